@@ -1,0 +1,32 @@
+# Everyday targets; CI runs the same commands through .ci/run.
+PYTHON ?= python3
+
+.PHONY: install test test-pure bench lint debug clean demo
+
+install:
+	$(PYTHON) -m pip install -q -e '.[test,lint]'
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-pure:
+	FASTDNS_NO_EXTENSIONS=1 $(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) -m pytest -q bench --benchmark-enable --benchmark-columns=median,ops,rounds
+
+lint:
+	ruff check fastdns tests bench setup.py
+	cython-lint $$(find fastdns -name '*.pyx' -o -name '*.pxd')
+
+debug:
+	FASTDNS_DEBUG=1 $(PYTHON) setup.py build_ext --inplace --force
+
+demo: install
+	fastdns serve --demo
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .benchmarks
+	find fastdns -name '*.so' -delete
+	find fastdns -name '*.pyx' | sed 's/\.pyx$$/.c/' | xargs rm -f
+	find fastdns -name '*.html' -delete
