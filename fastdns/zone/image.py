@@ -1,0 +1,221 @@
+"""The snapshot image: layout, a builder, and the pure-Python reader.
+
+The layout is specified in docs/internals.md section 2; the Cython core reads
+the same bytes in place. Everything here is the reference the C code is
+tested against, so it favours clarity; the compiler's bulk paths may build
+the same bytes faster but must stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fastdns.constants import QT_NAME
+
+MAGIC = b"FDNSIMG1"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIQIIIIII16x")  # 64 octets
+SLOT = struct.Struct("<IIIHH")  # 16 octets
+ZONE = struct.Struct("<IHHIIHH12x")  # 32 octets
+TEMPLATE_HEAD = struct.Struct(">HHHHH")  # flags, an, ns, ar, nreloc
+
+assert HEADER.size == 64 and SLOT.size == 16 and ZONE.size == 32
+
+# header flags
+IMG_SYNCED = 0x1
+
+# zone flags
+ZF_AUTH = 0x1
+ZF_SLOW_MISS = 0x2
+ZF_FALLTHROUGH = 0x4
+
+# zone kinds
+ZK_KUBERNETES = 0
+ZK_FORWARD = 1
+ZK_POD = 2
+ZK_HOSTS = 3
+
+# lookup results
+LK_ANSWER = 0  # (LK_ANSWER, answer_offset, suffix_pos)
+LK_SLOW = 2  # (LK_SLOW, zone_index, 0); zone_index -1 = in no zone
+
+
+def key_hash(key: bytes, qtype: int) -> int:
+    """CRC-32 of key + qtype (big-endian), never 0 (0 marks an empty slot)."""
+    return zlib.crc32(key + qtype.to_bytes(2, "big")) | 1
+
+
+def make_template(flags: int, ancount: int, nscount: int, arcount: int, body: bytes,
+                  relocs: Sequence[int] = ()) -> bytes:
+    """Template bytes as `wire.respond` consumes them (docs/internals.md §1)."""
+    head = TEMPLATE_HEAD.pack(flags, ancount, nscount, arcount, len(relocs))
+    return head + b"".join(r.to_bytes(2, "big") for r in relocs) + body
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSpec:
+    name: bytes  # lowercased wire, b"\x00" for the root
+    flags: int
+    negative: tuple[bytes, ...] = ()  # template variants of the zone-miss answer
+    ttl: int = 5
+    block: int = 0
+    kind: int = ZK_KUBERNETES
+
+
+Entry = tuple[bytes, int, Sequence[bytes]]  # (lowercased qname wire, qtype, template variants)
+
+
+def _slots_for(n: int) -> int:
+    size = 8
+    while size < n * 2:  # load factor <= 0.5 keeps probe chains short
+        size <<= 1
+    return size
+
+
+def build_image(entries: Iterable[Entry], zones: Sequence[ZoneSpec], generation: int = 0,
+                flags: int = 0, serial: int = 0) -> bytes:
+    """Lay out an image from (key, qtype, variants) entries and zone specs."""
+    entries = list(entries)
+    nslots = _slots_for(len(entries))
+    zones = sorted(zones, key=lambda z: len(z.name), reverse=True)
+    slots_off = HEADER.size
+    zones_off = slots_off + nslots * SLOT.size
+    data = bytearray(zones_off + len(zones) * ZONE.size)
+
+    def put_answer(variants: Sequence[bytes]) -> int:
+        if not variants:
+            raise ValueError("an answer needs at least one template")
+        off = len(data)
+        table = bytearray(struct.pack("<HH", len(variants), 0))
+        data.extend(b"\0" * (4 + 4 * len(variants)))
+        for t in variants:
+            table.extend(struct.pack("<I", len(data)))
+            data.extend(struct.pack("<I", len(t)))
+            data.extend(t)
+        data[off : off + len(table)] = table
+        return off
+
+    slots = [None] * nslots
+    seen = set()
+    for key, qtype, variants in entries:
+        if (key, qtype) in seen:
+            raise ValueError(f"duplicate image entry {key!r}/{qtype}")
+        seen.add((key, qtype))
+        key_off = len(data)
+        data.extend(key)
+        ans_off = put_answer(variants)
+        h = key_hash(key, qtype)
+        i = h & (nslots - 1)
+        while slots[i] is not None:
+            i = (i + 1) & (nslots - 1)
+        slots[i] = (h, key_off, ans_off, qtype, len(key))
+    for i, s in enumerate(slots):
+        if s is not None:
+            SLOT.pack_into(data, slots_off + i * SLOT.size, *s)
+    for zi, z in enumerate(zones):
+        name_off = len(data)
+        data.extend(z.name)
+        neg_off = put_answer(z.negative) if z.negative else 0
+        ZONE.pack_into(data, zones_off + zi * ZONE.size, name_off, len(z.name), z.flags, neg_off,
+                       z.ttl, z.block, z.kind)
+    HEADER.pack_into(data, 0, MAGIC, FORMAT_VERSION, flags, generation, len(data), nslots,
+                     slots_off, len(zones), zones_off, serial)
+    return bytes(data)
+
+
+class ImageError(ValueError):
+    """A snapshot image that fails its header checks."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    flags: int
+    generation: int
+    size: int
+    nslots: int
+    slots_off: int
+    nzones: int
+    zones_off: int
+    serial: int
+
+
+def read_header(image: bytes | memoryview) -> ImageHeader:
+    if len(image) < HEADER.size:
+        raise ImageError("image shorter than its header")
+    magic, version, flags, gen, size, nslots, soff, nz, zoff, serial = HEADER.unpack_from(image)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise ImageError("not a fastdns image of format version 1")
+    if size > len(image) or nslots & (nslots - 1) or soff + nslots * SLOT.size > size:
+        raise ImageError("image header inconsistent with its size")
+    return ImageHeader(flags, gen, size, nslots, soff, nz, zoff, serial)
+
+
+def answer_variants(image: bytes | memoryview, ans_off: int) -> list[bytes]:
+    n, _ = struct.unpack_from("<HH", image, ans_off)
+    out = []
+    for i in range(n):
+        (voff,) = struct.unpack_from("<I", image, ans_off + 4 + 4 * i)
+        (length,) = struct.unpack_from("<I", image, voff)
+        out.append(bytes(image[voff + 4 : voff + 4 + length]))
+    return out
+
+
+def zone_entry(image: bytes | memoryview, index: int) -> tuple[bytes, int, int, int, int, int]:
+    """(name, flags, negative_offset, ttl, block, kind) of zone `index`."""
+    h = read_header(image)
+    name_off, name_len, flags, neg, ttl, block, kind = ZONE.unpack_from(
+        image, h.zones_off + index * ZONE.size)
+    return bytes(image[name_off : name_off + name_len]), flags, neg, ttl, block, kind
+
+
+def _find(image: bytes | memoryview, h: ImageHeader, key: bytes, qtype: int) -> int:
+    hv = key_hash(key, qtype)
+    mask = h.nslots - 1
+    i = hv & mask
+    for _ in range(h.nslots):
+        sh, koff, aoff, sqt, klen = SLOT.unpack_from(image, h.slots_off + i * SLOT.size)
+        if sh == 0:
+            return 0
+        if sh == hv and sqt == qtype and klen == len(key) and image[koff : koff + klen] == key:
+            return aoff
+        i = (i + 1) & mask
+    return 0
+
+
+def label_starts(key: bytes) -> list[int]:
+    """Offsets of every label start in an uncompressed wire name, root included."""
+    out, p = [], 0
+    while p < len(key):
+        out.append(p)
+        if key[p] == 0:
+            break
+        p += key[p] + 1
+    return out
+
+
+def lookup(image: bytes | memoryview, key: bytes, qtype: int) -> tuple[int, int, int]:
+    """Resolve (key, qtype) per docs/internals.md §2: exact, name, zone, or slow."""
+    h = read_header(image)
+    off = _find(image, h, key, qtype)
+    if off:
+        return (LK_ANSWER, off, 12)
+    off = _find(image, h, key, QT_NAME)
+    if off:
+        return (LK_ANSWER, off, 12)
+    for zi in range(h.nzones):
+        name_off, name_len, zflags, neg, _ttl, _blk, _kind = ZONE.unpack_from(
+            image, h.zones_off + zi * ZONE.size)
+        if name_len > len(key):
+            continue
+        start = len(key) - name_len
+        if start not in label_starts(key):
+            continue
+        if image[name_off : name_off + name_len] != key[start:]:
+            continue
+        if zflags & ZF_SLOW_MISS or not neg:
+            return (LK_SLOW, zi, 0)
+        return (LK_ANSWER, neg, 12 + start)
+    return (LK_SLOW, -1, 0)
