@@ -1,0 +1,537 @@
+"""The Kubernetes source: list then watch the objects DNS is made of.
+
+Client choice: the official *sync* client (``kubernetes.client``) with one
+thread per watched kind, not ``kubernetes.aio``:
+- a silent watch must be noticed: the sync client's ``_request_timeout=
+  (connect, read)`` puts a read timeout on the socket itself, so a stream
+  that stops sending (a dead peer behind NAT, a hung apiserver) raises
+  after ``read_timeout`` seconds. ``kubernetes.aio`` turns
+  ``_request_timeout`` into one total aiohttp timeout, which for a watch of
+  ``timeoutSeconds`` is no liveness check at all;
+- the watch threads parse and strip JSON (a 100k-endpoint relist is
+  seconds of CPU); in threads the control process's asyncio loop (health,
+  metrics, publishing) keeps getting the GIL every switch interval instead
+  of stalling behind one long ``json.loads`` loop in a coroutine;
+- the source then works the same under asyncio, in tests and in benchmarks.
+The cost is cross-thread delivery, handled by ``LoopBatcher`` below.
+
+Per kind (CoreDNS ``plugin/kubernetes/controller.go`` semantics, client-go
+Reflector protocol, https://kubernetes.io/docs/reference/using-api/api-concepts/):
+list in pages of ``page_size`` (``limit``/``continue``), then watch from the
+list's resourceVersion with ``allowWatchBookmarks`` and ``timeoutSeconds``
+(300 s +/- 10 % so many replicas do not reconnect together); a watch that
+ends cleanly is reopened from the last resourceVersion seen (events and
+bookmarks both advance it); ``410 Expired`` (an ERROR line inside the 200
+stream, or an HTTP 410) means relist; other errors and 429 back off
+exponentially with jitter, honouring ``Retry-After``. Raw JSON only
+(``_preload_content=False``), never the client's model classes: objects are
+stripped at once (``fastdns.zone.objects.strip``), which is what keeps
+CoreDNS-sized clusters within memory.
+
+Callbacks: ``on_event(kind, event_type, obj)`` and ``on_synced()`` are called
+from the watch threads, one at a time (a lock serialises them), never from
+the thread that called ``start()``. ``event_type`` is ADDED, MODIFIED or
+DELETED; ``obj`` is the stripped object (for DELETED: the last one delivered
+for that key; ``obj.key`` is the key). A MODIFIED whose stripped form did not
+change is not delivered (a Pod status change that moves no IP, an
+EndpointSlice change in fields DNS ignores), and a relist delivers only the
+differences against what was delivered before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import urllib3
+
+from fastdns.control.backoff import Backoff
+from fastdns.zone.objects import Obj, StateError, strip
+
+log = logging.getLogger("fastdns.control.kube")
+
+# Pods that finished hold no IP DNS may answer with (CoreDNS controller.go
+# watches pods with the same selector when `pods verified`).
+POD_FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
+
+EventCallback = Callable[[str, str, Obj], None]
+
+
+@dataclass(frozen=True)
+class KubeConfig:
+    """How to reach the API and how to watch it.
+
+    Precedence follows CoreDNS (``plugin/kubernetes/kubernetes.go``
+    getClientConfig): ``kubeconfig`` (with its optional context) wins;
+    otherwise ``endpoint`` (the Corefile option; only the first URL is used)
+    with the optional ``tls CERT KEY CACERT`` files; otherwise the in-cluster
+    service account.
+    """
+
+    endpoint: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    pods_verified: bool = False  # `pods verified`: watch Pods too
+    label_selector: str | None = None  # Corefile `labels` (Services, EndpointSlices)
+    namespace_label_selector: str | None = None  # Corefile `namespace_labels`
+    # watch tuning
+    watch_timeout: float = 300.0  # timeoutSeconds, +/- 10 % jitter
+    read_timeout: float = 90.0  # > the apiserver's 1-minute bookmark period
+    connect_timeout: float = 10.0
+    list_read_timeout: float = 60.0
+    page_size: int = 500
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+
+    def kinds(self) -> tuple[str, ...]:
+        base = ("Namespace", "Service", "EndpointSlice")
+        return (*base, "Pod") if self.pods_verified else base
+
+
+def client_configuration(cfg: KubeConfig) -> Any:
+    """A ``kubernetes.client.Configuration`` for cfg (see KubeConfig's precedence)."""
+    from kubernetes import client, config
+
+    conf = client.Configuration()
+    if cfg.kubeconfig:
+        config.load_kube_config(config_file=cfg.kubeconfig, context=cfg.context,
+                                client_configuration=conf, persist_config=False)
+    elif cfg.endpoint:
+        conf.host = cfg.endpoint.rstrip("/")
+        if cfg.tls_cert:
+            conf.cert_file = cfg.tls_cert
+        if cfg.tls_key:
+            conf.key_file = cfg.tls_key
+        if cfg.tls_ca:
+            conf.ssl_ca_cert = cfg.tls_ca
+    else:
+        # Re-reads the projected token as it rotates (try_refresh_token).
+        config.load_incluster_config(client_configuration=conf)
+    # One retry covers a keep-alive connection the server closed meanwhile.
+    # Everything else is this module's backoff: no urllib3 retry of read
+    # timeouts (a silent server must be seen) nor its own sleeping through a
+    # 429's Retry-After (uninterruptible by stop()).
+    conf.retries = urllib3.Retry(total=1, read=0, redirect=0, respect_retry_after_header=False)
+    conf.connection_pool_maxsize = 8
+    return conf
+
+
+class _Expired(Exception):
+    """The resourceVersion is too old (410): relist."""
+
+
+class _StreamError(Exception):
+    """A non-410 ERROR event inside a watch stream."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__(f"{status.get('code')} {status.get('reason')}: {status.get('message')}")
+        self.status = status
+
+
+def _raw_key(kind: str, obj: dict[str, Any]) -> tuple[str, str] | None:
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not isinstance(name, str):
+        return None
+    if kind == "Namespace":
+        return ("", name)
+    return (meta.get("namespace") or "default", name)
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds from a Retry-After header or a Status' details.retryAfterSeconds."""
+    headers = getattr(exc, "headers", None)
+    value = headers.get("Retry-After") if headers is not None else None
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass  # an HTTP-date: fall through to the body
+    try:
+        body = json.loads(getattr(exc, "body", None) or "")
+        return float(body["details"]["retryAfterSeconds"])
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def iter_lines(resp: Any, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """Lines of a streamed urllib3 response as the chunks arrive."""
+    buf = bytearray()
+    for data in resp.stream(chunk, decode_content=True):
+        if not data:
+            continue
+        start = len(buf)
+        buf.extend(data)
+        nl = buf.find(b"\n", start)
+        if nl < 0:
+            continue
+        lines = buf.split(b"\n")
+        buf = lines.pop()
+        for line in lines:
+            if line.strip():
+                yield bytes(line)
+    if buf.strip():
+        yield bytes(buf)
+
+
+@dataclass
+class WatchCounters:
+    lists: int = 0  # list calls that completed (first list included)
+    relists: int = 0  # lists after the first (410, restarts)
+    watches: int = 0  # watch requests opened
+    events: int = 0  # events delivered to on_event
+    unchanged: int = 0  # MODIFIED/relisted objects whose stripped form was equal
+    bookmarks: int = 0
+    errors: int = 0  # failed requests / broken streams
+    read_timeouts: int = 0  # silent streams noticed
+    skipped: int = 0  # objects strip() rejected
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Watch:
+    kind: str
+    list_fn: Callable[..., Any]
+    field_selector: str | None = None
+    label_selector: str | None = None
+    known: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    rv: str = ""
+    synced: bool = False
+    counters: WatchCounters = field(default_factory=WatchCounters)
+    resp: Any = None
+    thread: threading.Thread | None = None
+
+
+class KubeSource:
+    """List+watch Namespaces, Services, EndpointSlices (and Pods) into callbacks."""
+
+    def __init__(self, config: KubeConfig, on_event: EventCallback,
+                 on_synced: Callable[[], None] | None = None, *,
+                 api_client: Any = None, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._on_event = on_event
+        self._on_synced = on_synced
+        self._api_client = api_client
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._emit_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._watches: list[_Watch] = []
+        self._synced = threading.Event()
+
+    # -------------------------------------------------------------- public
+
+    def start(self) -> None:
+        from kubernetes import client
+
+        if self._api_client is None:
+            self._api_client = client.ApiClient(client_configuration(self.config))
+        core = client.CoreV1Api(self._api_client)
+        disc = client.DiscoveryV1Api(self._api_client)
+        cfg = self.config
+        fns = {
+            "Namespace": (core.list_namespace, None, cfg.namespace_label_selector),
+            "Service": (core.list_service_for_all_namespaces, None, cfg.label_selector),
+            "EndpointSlice": (disc.list_endpoint_slice_for_all_namespaces, None,
+                              cfg.label_selector),
+            "Pod": (core.list_pod_for_all_namespaces, POD_FIELD_SELECTOR, None),
+        }
+        self._stop.clear()
+        self._watches = [_Watch(k, *fns[k]) for k in cfg.kinds()]
+        for w in self._watches:
+            w.thread = threading.Thread(target=self._run, args=(w,), daemon=True,
+                                        name=f"kube-watch-{w.kind}")
+            w.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the watch threads (an open stream is shut down, not waited for)."""
+        self._stop.set()
+        for w in self._watches:
+            self._abort(w)
+        deadline = time.monotonic() + timeout
+        for w in self._watches:
+            if w.thread is not None:
+                w.thread.join(max(0.0, deadline - time.monotonic()))
+        if self._api_client is not None:
+            self._api_client.close()
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        return self._synced.wait(timeout)
+
+    def resource_versions(self) -> dict[str, str]:
+        return {w.kind: w.rv for w in self._watches}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per kind: lists, relists, watches, events, unchanged, bookmarks, errors,
+        read_timeouts, skipped (for the metrics endpoint)."""
+        return {w.kind: w.counters.as_dict() for w in self._watches}
+
+    def total(self, name: str) -> int:
+        return sum(getattr(w.counters, name) for w in self._watches)
+
+    # ------------------------------------------------------------- threads
+
+    def _abort(self, w: _Watch) -> None:
+        resp = w.resp
+        if resp is not None:
+            try:
+                resp.shutdown()  # urllib3 >= 2.3: wakes a blocked read at once
+            except (AttributeError, ValueError, RuntimeError, OSError):
+                pass
+
+    def _run(self, w: _Watch) -> None:
+        backoff = Backoff(self.config.backoff_base, self.config.backoff_cap, rng=self._rng)
+        need_list = True
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self._relist(w)
+                    need_list = False
+                    backoff.reset()
+                if self._watch(w):
+                    backoff.reset()
+            except _Expired as exc:
+                log.info("%s watch: %s; relisting", w.kind, exc)
+                need_list = True
+            except urllib3.exceptions.ReadTimeoutError:
+                # A silent stream (no event, no bookmark for read_timeout):
+                # reopen from the same resourceVersion, no relist needed.
+                w.counters.read_timeouts += 1
+                log.info("%s watch silent for %.0fs; reconnecting", w.kind,
+                         self.config.read_timeout)
+            except Exception as exc:  # noqa: BLE001 - every failure backs off and retries
+                if self._stop.is_set():
+                    break
+                status = getattr(exc, "status", None)
+                if status == 410:  # HTTP 410 Gone/Expired on the watch or a list
+                    log.info("%s: HTTP 410; relisting", w.kind)
+                    need_list = True
+                    continue
+                w.counters.errors += 1
+                delay = backoff.next(_retry_after(exc) if status == 429 else None)
+                log.warning("%s %s failed (%s); retrying in %.2fs", w.kind,
+                            "list" if need_list else "watch", _describe(exc), delay)
+                self._stop.wait(delay)
+
+    def _relist(self, w: _Watch) -> None:
+        """Full paged list; deliver the differences to what was delivered."""
+        cfg = self.config
+        fresh: dict[tuple[str, str], Obj] = {}
+        cont: str | None = None
+        limit = cfg.page_size
+        rv = ""
+        while True:
+            kwargs: dict[str, Any] = {"limit": limit} if limit else {}
+            if cont:
+                kwargs["_continue"] = cont
+            if w.field_selector:
+                kwargs["field_selector"] = w.field_selector
+            if w.label_selector:
+                kwargs["label_selector"] = w.label_selector
+            try:
+                body = self._get_json(w, kwargs, cfg.list_read_timeout)
+            except Exception as exc:
+                if cont and getattr(exc, "status", None) == 410:
+                    # The continue token expired mid-list: client-go falls back
+                    # to one unpaged list (reflector.go).
+                    log.info("%s: continue token expired; listing without paging", w.kind)
+                    fresh.clear()
+                    cont, limit = None, 0
+                    continue
+                raise
+            meta = body.get("metadata") or {}
+            if not cont:
+                rv = str(meta.get("resourceVersion") or "")
+            for item in body.get("items") or ():
+                try:
+                    obj = strip(w.kind, item)
+                except StateError as exc:
+                    w.counters.skipped += 1
+                    log.warning("skipping %s: %s", w.kind, exc)
+                    continue
+                fresh[obj.key] = obj
+            cont = meta.get("continue") or None
+            if not cont:
+                break
+            if self._stop.is_set():
+                return
+        w.counters.lists += 1
+        if w.synced:
+            w.counters.relists += 1
+        old = w.known
+        for key, obj in fresh.items():
+            prev = old.get(key)
+            if prev is None:
+                self._emit(w, "ADDED", obj)
+            elif prev != obj:
+                self._emit(w, "MODIFIED", obj)
+            else:
+                w.counters.unchanged += 1
+        for key, prev in old.items():
+            if key not in fresh:
+                self._emit(w, "DELETED", prev)
+        w.known = fresh
+        w.rv = rv
+        if not w.synced:
+            w.synced = True
+            self._check_synced()
+
+    def _get_json(self, w: _Watch, kwargs: dict[str, Any], read_timeout: float) -> Any:
+        resp = w.list_fn(_preload_content=False,
+                         _request_timeout=(self.config.connect_timeout, read_timeout), **kwargs)
+        try:
+            return json.loads(resp.data)
+        finally:
+            resp.release_conn()
+
+    def _watch(self, w: _Watch) -> bool:
+        """One watch request; returns True when it ended cleanly (timeoutSeconds)."""
+        cfg = self.config
+        timeout = max(1, round(cfg.watch_timeout * self._rng.uniform(0.9, 1.1)))
+        kwargs: dict[str, Any] = {}
+        if w.field_selector:
+            kwargs["field_selector"] = w.field_selector
+        if w.label_selector:
+            kwargs["label_selector"] = w.label_selector
+        resp = w.list_fn(watch=True, resource_version=w.rv, allow_watch_bookmarks=True,
+                         timeout_seconds=timeout, _preload_content=False,
+                         _request_timeout=(cfg.connect_timeout, cfg.read_timeout), **kwargs)
+        w.resp = resp
+        w.counters.watches += 1
+        try:
+            if self._stop.is_set():
+                return False
+            for line in iter_lines(resp):
+                self._handle(w, json.loads(line))
+            return True
+        finally:
+            w.resp = None
+            resp.close()  # never hand a half-read stream back to the pool
+            resp.release_conn()
+
+    def _handle(self, w: _Watch, ev: dict[str, Any]) -> None:
+        etype = ev.get("type")
+        raw = ev.get("object") or {}
+        if etype == "ERROR":
+            if raw.get("code") == 410 or raw.get("reason") in ("Expired", "Gone"):
+                raise _Expired(raw.get("message") or "resource version expired")
+            raise _StreamError(raw)
+        rv = (raw.get("metadata") or {}).get("resourceVersion")
+        if etype == "BOOKMARK":
+            w.counters.bookmarks += 1
+        elif etype in ("ADDED", "MODIFIED"):
+            try:
+                obj = strip(w.kind, raw)
+            except StateError as exc:
+                w.counters.skipped += 1
+                log.warning("skipping %s event: %s", w.kind, exc)
+            else:
+                prev = w.known.get(obj.key)
+                if prev == obj:
+                    w.counters.unchanged += 1
+                else:
+                    w.known[obj.key] = obj
+                    self._emit(w, "ADDED" if prev is None else "MODIFIED", obj)
+        elif etype == "DELETED":
+            key = _raw_key(w.kind, raw)
+            prev = w.known.pop(key, None) if key is not None else None
+            if prev is not None:
+                self._emit(w, "DELETED", prev)
+        else:
+            raise _StreamError({"message": f"unknown watch event type {etype!r}"})
+        if rv:
+            w.rv = str(rv)
+
+    def _emit(self, w: _Watch, etype: str, obj: Obj) -> None:
+        w.counters.events += 1
+        with self._emit_lock:
+            try:
+                self._on_event(w.kind, etype, obj)
+            except Exception:
+                log.exception("on_event(%s, %s) failed", w.kind, etype)
+
+    def _check_synced(self) -> None:
+        with self._state_lock:
+            if self._synced.is_set() or not all(x.synced for x in self._watches):
+                return
+            self._synced.set()
+        if self._on_synced is not None:
+            with self._emit_lock:
+                try:
+                    self._on_synced()
+                except Exception:
+                    log.exception("on_synced failed")
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    if status:
+        return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+class LoopBatcher:
+    """Coalescing hook between the watch threads and an asyncio loop.
+
+    ``on_event``/``on_synced`` are given to KubeSource; events are appended to
+    a pending list under a lock and the loop is woken once per batch, then
+    ``on_batch(events)`` runs on the loop ``window`` seconds after the first
+    event of the batch, with every event received meanwhile. Each event is
+    ``(kind, event_type, obj, received)`` where ``received`` is the
+    ``time.monotonic()`` of its arrival, the start of the DNS programming
+    latency (coredns_kubernetes_dns_programming_duration_seconds).
+    """
+
+    def __init__(self, loop: Any, on_batch: Callable[[list[tuple[str, str, Obj, float]]], Any],
+                 on_synced: Callable[[], Any] | None = None, window: float = 0.005) -> None:
+        self._loop = loop
+        self._on_batch = on_batch
+        self._on_synced_cb = on_synced
+        self.window = window
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str, Obj, float]] = []
+        self._scheduled = False
+
+    def on_event(self, kind: str, etype: str, obj: Obj) -> None:
+        with self._lock:
+            self._pending.append((kind, etype, obj, time.monotonic()))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._arm)
+
+    def on_synced(self) -> None:
+        if self._on_synced_cb is not None:
+            # after any pending batch: flush first so state is complete
+            self._loop.call_soon_threadsafe(self._synced_on_loop)
+
+    def _synced_on_loop(self) -> None:
+        self.flush()
+        assert self._on_synced_cb is not None
+        self._on_synced_cb()
+
+    def _arm(self) -> None:
+        self._loop.call_later(self.window, self.flush)
+
+    def flush(self) -> None:
+        """Deliver what is pending now (runs on the loop)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._scheduled = False
+        if batch:
+            self._on_batch(batch)

@@ -1,0 +1,373 @@
+"""The control process: sources -> ClusterState -> compile -> publish.
+
+One thread (the loop) owns the cluster state, the compiler and the
+publisher; sources run on their own threads and only post to a queue:
+``post_state`` (a whole new state, from the state file), ``post_event`` and
+``post_synced`` (the Kubernetes watch, ``fastdns/control/kube.py``). Events
+are coalesced for ``coalesce`` seconds after the first one arrives, then
+compiled incrementally and published as one new generation, so a burst of
+endpoint updates during a rollout costs one publish, not hundreds.
+
+The process may crash and be restarted by the supervisor: workers keep
+serving the last image, and the new control process adopts the segments it
+finds (``Publisher.recover``) and continues the generation sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastdns.control.publisher import Publisher
+from fastdns.control.statefile import POLL_INTERVAL, StateFileSource, describe_error
+from fastdns.server import shm
+
+log = logging.getLogger("control")
+
+EXIT_OK = 0
+EXIT_CONTROL_FATAL = 3  # configuration error: the supervisor does not restart us
+COALESCE = 0.01  # seconds events are gathered before one compile + publish
+GC_INTERVAL = 0.1  # how often old images are checked for retirement
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """What the supervisor hands the control process (picklable for spawn)."""
+
+    instance: str
+    corefile_text: str
+    corefile_name: str
+    source: str  # "state" | "demo" | "kube"
+    source_path: str | None
+    nworkers: int
+    supervisor_pid: int
+    poll_interval: float = POLL_INTERVAL
+    coalesce: float = COALESCE
+
+
+class FatalConfig(Exception):
+    """The Corefile or the first state cannot be served; the message says why."""
+
+
+# -- Corefile -> zone compiler -------------------------------------------------
+
+
+def kubernetes_options(block: Any, index: int = 0) -> Any:
+    """The zone room's KubernetesOptions for server block ``index``'s ``kubernetes`` plugin.
+
+    ``local_ips`` (the apex NS glue when no kube-dns endpoint is local,
+    CoreDNS ``nsAddrs``) are the block's ``bind`` addresses when it has any.
+    """
+    from fastdns.zone.records import KubernetesOptions
+
+    conf = block.plugins["kubernetes"]
+    kw: dict[str, Any] = dict(
+        zones=tuple(conf.zones) or tuple(block.zones), ttl=conf.ttl,
+        namespaces=tuple(conf.namespaces), pods=conf.pods,
+        endpoint_pod_names=conf.endpoint_pod_names, noendpoints=conf.noendpoints,
+        ignore_empty_service=conf.ignore_empty_service, fallthrough=tuple(conf.fallthrough),
+        block=index)
+    hosts = tuple(h for h in getattr(block, "listen_hosts", ()) if h not in ("", "::", "0.0.0.0"))
+    if hosts:
+        kw["local_ips"] = hosts
+    try:
+        return KubernetesOptions(**kw)
+    except ValueError as e:
+        file, line = getattr(conf, "source", ("", 0))
+        raise FatalConfig(f"{file}:{line}: plugin kubernetes: {e}") from e
+
+
+def build_compiler(config: Any) -> Any:
+    """One compiler over every server block that has a ``kubernetes`` plugin."""
+    from fastdns.zone.compiler import Compiler
+
+    # A block with several ports is one ServerBlock per port sharing one
+    # plugin object (corefile/model.py): count each kubernetes plugin once.
+    seen: list[Any] = []
+    options = []
+    for i, b in enumerate(config.servers):
+        conf = b.plugins.get("kubernetes")
+        if conf is not None and not any(conf is c for c in seen):
+            seen.append(conf)
+            options.append(kubernetes_options(b, i))
+    if not options:
+        raise FatalConfig("no server block has a kubernetes plugin: nothing to serve")
+    if len(options) > 1:
+        raise FatalConfig("more than one kubernetes plugin is not supported yet")
+    return Compiler(options[0])
+
+
+# -- the loop ------------------------------------------------------------------
+
+_STOP = object()
+
+
+class ControlLoop:
+    """Owns state, compiler and publisher; everything else talks to it by queue."""
+
+    def __init__(self, compiler: Any, publisher: Publisher, *, coalesce: float = COALESCE,
+                 state: Any = None) -> None:
+        self.compiler = compiler
+        self.publisher = publisher
+        self.coalesce = coalesce
+        self.state = state
+        self.synced = True
+        self._q: queue.SimpleQueue = queue.SimpleQueue()  # reentrant: signal handlers put
+        self._stopping = False
+        self.publishes = 0
+
+    # thread-safe entry points -------------------------------------------------
+
+    def post_state(self, state: Any) -> None:
+        self._q.put(("state", state))
+
+    def post_event(self, kind: str, event_type: str, obj: Any) -> None:
+        """One watch event, as ``KubeSource`` delivers it: kind, ADDED/MODIFIED/
+        DELETED, and the stripped object (``ClusterState.apply`` needs no kind)."""
+        self._q.put(("event", event_type, obj))
+
+    def post_synced(self) -> None:
+        self._q.put(("synced",))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._q.put(_STOP)
+
+    # compile + publish ---------------------------------------------------------
+
+    def publish_full(self, state: Any, why: str) -> int | None:
+        self.state = state
+        t0 = time.perf_counter()
+        image = self.compiler.full(state)
+        return self._publish(image, t0, why)
+
+    def process_pending(self) -> None:
+        """Apply whatever is queued now, without waiting (tests, shutdown)."""
+        batch = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                batch.append(item)
+        if batch:
+            self._apply(batch)
+
+    def _publish(self, image: Any, t0: float, why: str) -> int | None:
+        t1 = time.perf_counter()
+        gen = self.publisher.publish(image)
+        t2 = time.perf_counter()
+        if gen is None:
+            log.info("%s: image unchanged (%d octets), nothing published", why, len(image))
+            return None
+        self.publishes += 1
+        log.info("%s: published generation %d (%d octets; compiled in %.1f ms, "
+                 "published in %.1f ms)", why, gen, len(image),
+                 (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+        return gen
+
+    def _apply(self, batch: list[tuple]) -> None:
+        """Apply a coalesced batch: the last whole state wins, then events on top.
+
+        A whole new state (the file changed) is turned into the events that
+        take the current state there (``sync_state``), so a file reload and a
+        watch burst take the same incremental path through the compiler.
+        """
+        t0 = time.perf_counter()
+        affected: Any = _new_affected()
+        full = self.state is None
+        events = 0
+        why = []
+        for item in batch:
+            if item[0] == "state":
+                if self.state is None:
+                    self.state = item[1]
+                    full = True
+                else:
+                    affected |= sync_state(self.state, item[1])
+                why.append("state reloaded")
+            elif item[0] == "event":
+                if self.state is None:
+                    from fastdns.zone.state import ClusterState
+
+                    self.state = ClusterState()
+                    full = True
+                affected |= self.state.apply(item[1], item[2])
+                events += 1
+            elif item[0] == "synced":
+                if not self.synced:
+                    self.synced = True
+                    full = True
+                why.append("synced")
+        if events:
+            why.append(f"{events} event{'s' if events != 1 else ''}")
+        label = ", ".join(dict.fromkeys(why))
+        if full:
+            image = self.compiler.full(self.state)
+        elif not affected:
+            log.debug("%s: no DNS-visible change", label)
+            return
+        else:
+            image = self.compiler.update(self.state, affected)
+        self._publish(image, t0, label)
+
+    def run(self) -> None:
+        last_gc = time.monotonic()
+        while not self._stopping:
+            try:
+                item = self._q.get(timeout=GC_INTERVAL)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            if item is not None:
+                batch = [item]
+                deadline = time.monotonic() + self.coalesce
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        nxt = self._q.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        self._stopping = True
+                        break
+                    batch.append(nxt)
+                if self._stopping:
+                    break
+                try:
+                    self._apply(batch)
+                except Exception as e:  # noqa: BLE001 - keep the last good image
+                    log.exception("compile failed, keeping generation %d: %s",
+                                  self.publisher.generation, describe_error(e))
+            now = time.monotonic()
+            if now - last_gc >= GC_INTERVAL:
+                self.publisher.collect()
+                last_gc = now
+
+
+def _new_affected() -> Any:
+    from fastdns.zone.state import Affected
+
+    return Affected()
+
+
+def sync_state(current: Any, new: Any) -> Any:
+    """Apply to ``current`` the events that turn it into ``new``; their Affected.
+
+    Upserts first (Namespaces before what lives in them), deletions last,
+    so a Service moving between slices never disappears in between.
+    """
+    out = _new_affected()
+    kinds = (("namespaces", "Namespace"), ("services", "Service"),
+             ("slices", "EndpointSlice"), ("pods", "Pod"))
+    for attr, _kind in kinds:
+        old_objs, new_objs = getattr(current, attr), getattr(new, attr)
+        for key, obj in list(new_objs.items()):
+            was = old_objs.get(key)
+            if was != obj:
+                out |= current.apply("ADDED" if was is None else "MODIFIED", obj)
+    for attr, kind in reversed(kinds):
+        old_objs, new_objs = getattr(current, attr), getattr(new, attr)
+        for key in [k for k in old_objs if k not in new_objs]:
+            out |= current.apply("DELETED", (kind, key))
+    return out
+
+
+def summarize(state: Any) -> str:
+    """'3 namespaces, 8 services, 12 endpoints' from whatever counts the state offers."""
+    summary = getattr(state, "summary", None)
+    if callable(summary):
+        return str(summary())
+    parts = []
+    for attr, label in (("namespaces", "namespaces"), ("services", "services"),
+                        ("slices", "endpoint slices"), ("pods", "pods")):
+        v = getattr(state, attr, None)
+        if v is not None:
+            try:
+                parts.append(f"{len(v)} {label}")
+            except TypeError:
+                pass
+    return ", ".join(parts) or "state loaded"
+
+
+# -- process main ------------------------------------------------------------
+
+
+def _parse(spec: ControlSpec) -> Any:
+    from fastdns import corefile
+
+    try:
+        return corefile.parse_corefile(spec.corefile_text, spec.corefile_name)
+    except corefile.CorefileError as e:
+        raise FatalConfig(str(e)) from e
+
+
+def control_main(spec: ControlSpec) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code (3 = do not restart me)."""
+    ctl = shm.ControlSegment.attach(spec.instance)
+    restarted = ctl.generation > 0
+    publisher = Publisher(ctl)
+    removed = publisher.recover()
+    if restarted:
+        log.info("restarted: generation %d in force, %d stale segments removed",
+                 ctl.generation, len(removed))
+    loop: ControlLoop | None = None
+    source: StateFileSource | None = None
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if loop is not None:
+            loop.stop()
+        else:
+            raise SystemExit(EXIT_OK)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        try:
+            config = _parse(spec)
+            compiler = build_compiler(config)
+        except FatalConfig as e:
+            log.error("%s", e)
+            return EXIT_CONTROL_FATAL
+        loop = ControlLoop(compiler, publisher, coalesce=spec.coalesce)
+        if spec.source in ("state", "demo"):
+            assert spec.source_path is not None
+            source = StateFileSource(spec.source_path, loop.post_state,
+                                     interval=spec.poll_interval)
+            try:
+                state = source.load_now()
+                log.info("%s: %s", spec.source_path, summarize(state))
+                loop.publish_full(state, "restart" if restarted else "initial load")
+            except Exception as e:  # noqa: BLE001 - a bad first state is the operator's
+                msg = f"{spec.source_path}: {describe_error(e)}"
+                if not restarted:
+                    log.error("%s", msg)
+                    return EXIT_CONTROL_FATAL
+                # workers serve the image the previous control process published
+                log.error("%s; keeping generation %d", msg, ctl.generation)
+            source.start()
+        elif spec.source == "kube":
+            log.error("--kubeconfig: the Kubernetes API source is not wired in yet")
+            return EXIT_CONTROL_FATAL
+        else:  # pragma: no cover - the supervisor validates
+            log.error("unknown state source %r", spec.source)
+            return EXIT_CONTROL_FATAL
+        loop.run()
+        return EXIT_OK
+    finally:
+        if source is not None:
+            source.stop()
+        with contextlib.suppress(Exception):
+            publisher.collect()
+        if os.getppid() != spec.supervisor_pid:
+            # The supervisor is gone (PR_SET_PDEATHSIG brought us here):
+            # nobody else will sweep this run's segments.
+            shm.sweep(spec.instance)
+        ctl.close()

@@ -1,0 +1,486 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The UDP fast path: drain a socket with recvmmsg, answer, sendmmsg.
+
+A uvloop reader callback calls ``FastPath.drain(fd, family)`` when the socket
+is readable. Each batch reads up to VLEN datagrams into preallocated slots
+(MSG_DONTWAIT), answers every one with the wire core's C ``answer_packet``
+into preallocated output slots, and sends all answers with one ``sendmmsg``.
+A hit creates no Python object. Packets the fast path cannot answer go to a
+Python callable (the slow path), which may hand back an answer to join the
+batch. The snapshot generation is checked once per batch, before any packet
+of it is touched, so a remap never pulls an image out from under a batch.
+
+Counters are written here directly into the worker's shm block with the
+word layout of ``fastdns/server/counters.py`` (mirrored below; a test checks
+``LAYOUT`` against it).
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.uio cimport iovec
+
+from fastdns._wire cimport answer_packet
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+
+    struct sockaddr:
+        unsigned short sa_family
+
+    struct sockaddr_storage:
+        unsigned short ss_family
+
+    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout)
+    int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags)
+    enum:
+        MSG_DONTWAIT
+        MSG_TRUNC
+        AF_INET
+        AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        pass
+
+    struct in6_addr:
+        pass
+
+    struct sockaddr_in:
+        unsigned short sin_port
+        in_addr sin_addr
+
+    struct sockaddr_in6:
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+
+    unsigned short ntohs(unsigned short)
+    unsigned int ntohl(unsigned int)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
+
+cdef extern from *:
+    """
+    /* The generation word is written by another process (one aligned
+       8-octet store, docs/internals.md section 4); an acquire load keeps
+       the compiler from caching it across batches. */
+    static inline unsigned long long fd_load_u64(const void *p) {
+        return __atomic_load_n((const unsigned long long *)p, __ATOMIC_ACQUIRE);
+    }
+    """
+    unsigned long long fd_load_u64(const void* p) nogil
+
+# -- sizes ----------------------------------------------------------------------
+cdef enum:
+    SLOT = 4096  # octets per datagram slot: answer_packet needs out_cap >= 4096
+    VLEN = 64  # datagrams per recvmmsg
+    MAX_BATCHES = 16  # batches per readiness callback, so one socket cannot starve the loop
+
+# -- counters layout: mirror of fastdns/server/counters.py ------------------------
+cdef enum:
+    W_GENERATION = 2
+    W_BATCHES = 3
+    W_DO = 5
+    W_SLOW = 6
+    W_SEND_ERRORS = 14
+    W_OVERSIZE = 15
+    W_QUERIES = 32
+    N_QTYPES = 10
+    QT_OTHER = 9
+    W_RESPONSES = 72
+    R_BADVERS = 16
+    R_DROPPED = 17
+    W_REQ_SIZE = 96
+    N_SIZE = 15
+    W_RESP_SIZE = 128
+    W_LATENCY = 160
+    N_LAT = 17
+    W_LATENCY_SUM_NS = 177
+    W_END = 178
+
+cdef int SIZE_BOUNDS[14]
+SIZE_BOUNDS[:] = [0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291,
+                  16000, 32000, 48000, 64000]
+
+LAYOUT = {
+    "W_GENERATION": W_GENERATION, "W_BATCHES": W_BATCHES, "W_DO": W_DO, "W_SLOW": W_SLOW,
+    "W_SEND_ERRORS": W_SEND_ERRORS, "W_OVERSIZE": W_OVERSIZE, "W_QUERIES": W_QUERIES,
+    "W_RESPONSES": W_RESPONSES, "W_REQ_SIZE": W_REQ_SIZE, "W_RESP_SIZE": W_RESP_SIZE,
+    "W_LATENCY": W_LATENCY, "W_LATENCY_SUM_NS": W_LATENCY_SUM_NS, "N_SIZE": N_SIZE,
+    "N_LAT": N_LAT, "R_BADVERS": R_BADVERS, "R_DROPPED": R_DROPPED, "QT_OTHER": QT_OTHER,
+    "SIZE_BUCKETS": tuple(SIZE_BOUNDS[i] for i in range(14)), "W_END": W_END,
+}
+SLOT_SIZE = SLOT
+BATCH = VLEN
+
+
+cdef inline int qtype_bucket(unsigned int qtype) noexcept nogil:
+    # order of counters.QTYPE_BUCKETS: A AAAA SRV PTR TXT NS SOA CNAME MX other
+    if qtype == 1:
+        return 0
+    if qtype == 28:
+        return 1
+    if qtype == 33:
+        return 2
+    if qtype == 12:
+        return 3
+    if qtype == 16:
+        return 4
+    if qtype == 2:
+        return 5
+    if qtype == 6:
+        return 6
+    if qtype == 5:
+        return 7
+    if qtype == 15:
+        return 8
+    return QT_OTHER
+
+
+cdef inline int size_bucket(Py_ssize_t n) noexcept nogil:
+    cdef int i
+    for i in range(14):
+        if n <= SIZE_BOUNDS[i]:
+            return i
+    return 14
+
+
+cdef inline void count_query(uint64_t* w, int proto, int family,
+                             const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Twin of counters.Counters.query: qtype bucket, DO bit, request size.
+
+    Precondition: ``w`` is a counters block of at least W_END words.
+    """
+    cdef int bucket = QT_OTHER
+    cdef Py_ssize_t o = 12
+    cdef unsigned int length
+    if n >= 12 and (p[4] | p[5]):
+        while o < n:
+            length = p[o]
+            if length == 0:
+                o += 1
+                break
+            if length & 0xC0:
+                o = n + 1
+                break
+            o += length + 1
+        else:
+            o = n + 1
+        if o + 4 <= n:
+            bucket = qtype_bucket(p[o] << 8 | p[o + 1])
+            o += 4
+            # an OPT right after the question of a query with no answer or
+            # authority records: DO is the top bit of the TTL's flags (RFC 6891 §6.1.3)
+            if (not (p[6] | p[7] | p[8] | p[9]) and (p[10] | p[11]) and o + 11 <= n
+                    and p[o] == 0 and p[o + 1] == 0 and p[o + 2] == 41 and p[o + 7] & 0x80):
+                w[W_DO] += 1
+    w[W_QUERIES + (proto * 2 + family - 1) * N_QTYPES + bucket] += 1
+    cdef int base = W_REQ_SIZE + proto * (N_SIZE + 1)
+    w[base + size_bucket(n)] += 1
+    w[base + N_SIZE] += <uint64_t>n
+
+
+cdef inline void count_response(uint64_t* w, int proto,
+                                const unsigned char* r, Py_ssize_t n) noexcept nogil:
+    """Twin of counters.Counters.response for an answer of ``n`` > 0 octets."""
+    cdef int rcode = R_DROPPED
+    if n >= 12:
+        rcode = r[3] & 0x0F
+        if (n >= 23 and (r[10] | r[11]) and r[n - 11] == 0 and r[n - 10] == 0
+                and r[n - 9] == 41 and r[n - 2] == 0 and r[n - 1] == 0 and r[n - 6]):
+            rcode = R_BADVERS
+    w[W_RESPONSES + rcode] += 1
+    cdef int base = W_RESP_SIZE + proto * (N_SIZE + 1)
+    w[base + size_bucket(n)] += 1
+    w[base + N_SIZE] += <uint64_t>n
+
+
+cdef inline void count_latency(uint64_t* w, uint64_t ns, uint64_t npackets) noexcept nogil:
+    # CoreDNS buckets: 0.00025 s * 2**k, k = 0..15
+    cdef uint64_t bound = 250000
+    cdef int i = 0
+    while i < 16 and ns > bound:
+        bound <<= 1
+        i += 1
+    w[W_LATENCY + i] += npackets
+    w[W_LATENCY_SUM_NS] += ns * npackets
+
+
+cdef inline uint64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef object sockaddr_tuple(const sockaddr_storage* sa):
+    """The address as Python's socket module spells it (for sock.sendto)."""
+    cdef char text[64]
+    cdef const sockaddr_in* a4
+    cdef const sockaddr_in6* a6
+    if sa.ss_family == AF_INET:
+        a4 = <const sockaddr_in*>sa
+        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(a4.sin_port))
+    a6 = <const sockaddr_in6*>sa
+    inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+    return (text.decode("ascii"), ntohs(a6.sin6_port), ntohl(a6.sin6_flowinfo),
+            a6.sin6_scope_id)
+
+
+@cython.final
+cdef class FastPath:
+    """One worker's UDP engine: buffers, the mapped image, the counters block.
+
+    ``generation_word`` is a buffer whose first 8 octets are the control
+    segment's generation; ``counters`` the worker's writable counters block;
+    ``on_generation()`` is called (at a batch boundary) when the generation
+    moved, and calls ``set_image`` with the new mapping; ``slow(data, addr,
+    zone)`` returns an answer (bytes) to send in this batch, or None when it
+    sends or drops the packet itself (it then counts the response).
+    """
+
+    cdef const unsigned char[::1] _image
+    cdef const unsigned char* image
+    cdef Py_ssize_t image_len
+    cdef const unsigned char[::1] _gen
+    cdef unsigned char[::1] _counters
+    cdef uint64_t* w
+    cdef readonly unsigned long long generation
+    cdef unsigned int rotation
+    cdef object on_generation
+    cdef object slow
+    cdef unsigned char* inbuf
+    cdef unsigned char* outbuf
+    cdef sockaddr_storage* addrs
+    cdef iovec* riov
+    cdef iovec* siov
+    cdef mmsghdr* rmsgs
+    cdef mmsghdr* smsgs
+    cdef int* slow_idx
+    cdef int* slow_zone
+
+    def __cinit__(self):
+        self.inbuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
+        self.outbuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
+        self.addrs = <sockaddr_storage*>PyMem_Malloc(VLEN * sizeof(sockaddr_storage))
+        self.riov = <iovec*>PyMem_Malloc(VLEN * sizeof(iovec))
+        self.siov = <iovec*>PyMem_Malloc(VLEN * sizeof(iovec))
+        self.rmsgs = <mmsghdr*>PyMem_Malloc(VLEN * sizeof(mmsghdr))
+        self.smsgs = <mmsghdr*>PyMem_Malloc(VLEN * sizeof(mmsghdr))
+        self.slow_idx = <int*>PyMem_Malloc(VLEN * sizeof(int))
+        self.slow_zone = <int*>PyMem_Malloc(VLEN * sizeof(int))
+        if (self.inbuf == NULL or self.outbuf == NULL or self.addrs == NULL
+                or self.riov == NULL or self.siov == NULL or self.rmsgs == NULL
+                or self.smsgs == NULL or self.slow_idx == NULL or self.slow_zone == NULL):
+            raise MemoryError()
+        memset(self.rmsgs, 0, VLEN * sizeof(mmsghdr))
+        memset(self.smsgs, 0, VLEN * sizeof(mmsghdr))
+        cdef int i
+        for i in range(VLEN):
+            self.riov[i].iov_base = self.inbuf + i * SLOT
+            self.riov[i].iov_len = SLOT
+            self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
+            self.rmsgs[i].msg_hdr.msg_iovlen = 1
+            self.rmsgs[i].msg_hdr.msg_name = &self.addrs[i]
+            self.smsgs[i].msg_hdr.msg_iov = &self.siov[i]
+            self.smsgs[i].msg_hdr.msg_iovlen = 1
+
+    def __dealloc__(self):
+        PyMem_Free(self.inbuf)
+        PyMem_Free(self.outbuf)
+        PyMem_Free(self.addrs)
+        PyMem_Free(self.riov)
+        PyMem_Free(self.siov)
+        PyMem_Free(self.rmsgs)
+        PyMem_Free(self.smsgs)
+        PyMem_Free(self.slow_idx)
+        PyMem_Free(self.slow_zone)
+
+    def __init__(self, generation_word, counters, on_generation, slow):
+        self._gen = generation_word
+        if self._gen.shape[0] < 8:
+            raise ValueError("generation word needs 8 octets")
+        self._counters = counters
+        if self._counters.shape[0] < W_END * 8:
+            raise ValueError("counters block too small")
+        self.w = <uint64_t*>&self._counters[0]
+        self.on_generation = on_generation
+        self.slow = slow
+        self.generation = 0
+        self.image = NULL
+        self.image_len = 0
+
+    def set_image(self, image, unsigned long long generation):
+        """Serve ``image`` (a buffer) from the next batch on; None unmaps.
+
+        The previous buffer is released here, so its owner may close it.
+        """
+        if image is None:
+            self._image = None
+            self.image = NULL
+            self.image_len = 0
+        else:
+            self._image = image
+            self.image = &self._image[0]
+            self.image_len = self._image.shape[0]
+        self.generation = generation
+        self.w[W_GENERATION] = generation
+
+    def release(self):
+        """Drop every buffer this object holds (before the mmaps close)."""
+        self._image = None
+        self.image = NULL
+        self.image_len = 0
+        self._gen = None
+        self._counters = None
+        self.w = NULL
+
+    def drain(self, int fd, int family):
+        """Answer what is queued on ``fd`` (family 1 = IPv4, 2 = IPv6); returns packets read."""
+        cdef int batches = 0, total = 0, n
+        if self.w == NULL:
+            return 0
+        while batches < MAX_BATCHES:
+            if fd_load_u64(&self._gen[0]) != self.generation:
+                # a publish: remap before this batch (the old image is no
+                # longer referenced by any packet once we get here)
+                self.on_generation()
+            if self.image == NULL:
+                break
+            n = self._batch(fd, family)
+            if n <= 0:
+                break
+            total += n
+            batches += 1
+            if n < VLEN:
+                break  # the queue is empty; level-triggered polling calls us again
+        return total
+
+    cdef int _batch(self, int fd, int family) except -2:
+        cdef int i, n, m = 0, nslow = 0, sent, r, zone
+        cdef Py_ssize_t length, ans
+        cdef uint64_t t0
+        cdef uint64_t* w = self.w
+        cdef unsigned char* pkt
+        cdef unsigned char* out
+        for i in range(VLEN):
+            self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+            self.rmsgs[i].msg_hdr.msg_flags = 0
+        with nogil:
+            n = recvmmsg(fd, self.rmsgs, VLEN, MSG_DONTWAIT, NULL)
+        if n <= 0:
+            return 0
+        t0 = now_ns()
+        w[W_BATCHES] += 1
+        with nogil:
+            for i in range(n):
+                pkt = self.inbuf + i * SLOT
+                out = self.outbuf + i * SLOT
+                length = self.rmsgs[i].msg_len
+                count_query(w, 0, family, pkt, length)
+                if self.rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                    # larger than a slot: no DNS query is (RFC 6891 sizes are for answers)
+                    w[W_OVERSIZE] += 1
+                    w[W_RESPONSES + R_DROPPED] += 1
+                    continue
+                zone = -1
+                ans = answer_packet(self.image, self.image_len, pkt, length, out, SLOT,
+                                    self.rotation, &zone)
+                self.rotation += 1
+                if ans > 0:
+                    count_response(w, 0, out, ans)
+                    self._queue(m, i, out, ans)
+                    m += 1
+                elif ans == 0:
+                    w[W_RESPONSES + R_DROPPED] += 1
+                else:
+                    w[W_SLOW] += 1
+                    self.slow_idx[nslow] = i
+                    self.slow_zone[nslow] = zone
+                    nslow += 1
+        for r in range(nslow):
+            m += self._slow_one(self.slow_idx[r], self.slow_zone[r], m)
+        sent = 0
+        with nogil:
+            while sent < m:
+                r = sendmmsg(fd, self.smsgs + sent, m - sent, MSG_DONTWAIT)
+                if r > 0:
+                    sent += r
+                elif r < 0 and errno == EINTR:
+                    continue
+                elif r < 0 and errno == EAGAIN:  # == EWOULDBLOCK on Linux
+                    # socket buffer full: UDP may drop, spinning here would not help
+                    w[W_SEND_ERRORS] += m - sent
+                    break
+                else:
+                    # this message failed (e.g. EPERM from a firewall): skip it
+                    w[W_SEND_ERRORS] += 1
+                    sent += 1
+            count_latency(w, now_ns() - t0, n)
+        return n
+
+    cdef inline void _queue(self, int m, int i, unsigned char* out,
+                            Py_ssize_t length) noexcept nogil:
+        self.siov[m].iov_base = out
+        self.siov[m].iov_len = length
+        self.smsgs[m].msg_hdr.msg_name = &self.addrs[i]
+        self.smsgs[m].msg_hdr.msg_namelen = self.rmsgs[i].msg_hdr.msg_namelen
+
+    cdef int _slow_one(self, int i, int zone, int m) except -1:
+        """Hand packet ``i`` to Python; queue its answer if one comes back now."""
+        cdef unsigned char* out = self.outbuf + i * SLOT
+        cdef Py_ssize_t length
+        data = PyBytes_FromStringAndSize(<char*>self.inbuf + i * SLOT, self.rmsgs[i].msg_len)
+        try:
+            resp = self.slow(data, sockaddr_tuple(&self.addrs[i]), zone)
+        except Exception:  # the slow path answers its own errors; never lose the batch
+            self.w[W_RESPONSES + R_DROPPED] += 1
+            return 0
+        if resp is None:
+            return 0
+        if not isinstance(resp, bytes) or PyBytes_GET_SIZE(resp) > SLOT:
+            self.w[W_RESPONSES + R_DROPPED] += 1
+            return 0
+        length = PyBytes_GET_SIZE(resp)
+        memcpy(out, PyBytes_AS_STRING(resp), length)
+        count_response(self.w, 0, out, length)
+        self._queue(m, i, out, length)
+        return 1
+
+
+def count_udp_query(counters, int family, data):
+    """Count a query through the C twin (tests compare it with counters.py)."""
+    cdef unsigned char[::1] blk = counters
+    cdef const unsigned char[::1] p = data
+    count_query(<uint64_t*>&blk[0], 0, family, &p[0] if p.shape[0] else NULL, p.shape[0])
+
+
+def count_udp_response(counters, data):
+    cdef unsigned char[::1] blk = counters
+    cdef const unsigned char[::1] p = data
+    count_response(<uint64_t*>&blk[0], 0, &p[0], p.shape[0])
+
+
+def count_batch_latency(counters, unsigned long long ns, unsigned long long n):
+    cdef unsigned char[::1] blk = counters
+    count_latency(<uint64_t*>&blk[0], ns, n)

@@ -1,0 +1,278 @@
+"""Per-worker counters in the control segment, and their reader.
+
+Each worker owns one block of ``shm.COUNTERS_SIZE`` octets (single writer,
+so plain uint64 increments, no atomics). The UDP fast path writes it from
+Cython (``_udp.pyx`` mirrors the offsets below; a test checks they agree),
+TCP and the slow path through :class:`Counters`. The metrics exporter reads
+every block with :func:`read_counters` and adds them up with
+:func:`sum_counters`; the metrics are CoreDNS's (``plugin/metrics/vars``):
+``coredns_dns_requests_total{proto,family,type}``,
+``coredns_dns_responses_total{rcode}``, ``coredns_dns_request_size_bytes``,
+``coredns_dns_response_size_bytes``, ``coredns_dns_request_duration_seconds``
+and ``coredns_dns_do_requests_total``.
+
+Accounting rule: every datagram or TCP frame a worker reads is one query
+(its type bucket read best-effort from the question; "other" when the
+question is unreadable) and ends in exactly one response bucket: the rcode
+of what was sent, or ``dropped``. Slow-path packets are counted as queries
+when read and as responses when their answer goes out, so
+``sum(queries) == sum(responses)`` once nothing is in flight.
+
+Layout: native-endian uint64 words; word ``i`` is at octet ``8*i``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from fastdns.constants import Qtype
+
+MAGIC = 0x46444E53_43540001  # "FDNSCT" + layout version 1
+
+PROTOS = ("udp", "tcp")
+FAMILIES = (1, 2)  # CoreDNS's family label: 1 = IPv4, 2 = IPv6
+QTYPE_BUCKETS = ("A", "AAAA", "SRV", "PTR", "TXT", "NS", "SOA", "CNAME", "MX", "other")
+_QTYPE_INDEX = {
+    Qtype.A: 0, Qtype.AAAA: 1, Qtype.SRV: 2, Qtype.PTR: 3, Qtype.TXT: 4,
+    Qtype.NS: 5, Qtype.SOA: 6, Qtype.CNAME: 7, Qtype.MX: 8,
+}
+QT_OTHER = 9
+RCODE_NAMES = (
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
+    "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13",
+    "RCODE14", "RCODE15", "BADVERS", "dropped",
+)
+R_BADVERS = 16  # any extended rcode (> 15) lands here; fastdns only sends BADVERS
+R_DROPPED = 17
+# CoreDNS plugin/metrics/vars/vars.go: sizes use these buckets (octets) ...
+SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
+# ... and durations prometheus.ExponentialBuckets(0.00025, 2, 16) (seconds).
+LATENCY_BUCKETS = tuple(0.00025 * 2**k for k in range(16))
+
+# -- word indices -------------------------------------------------------------
+W_MAGIC = 0
+W_PID = 1
+W_GENERATION = 2  # generation this worker serves
+W_BATCHES = 3  # UDP recvmmsg batches that returned packets
+W_REMAPS = 4  # image remaps after a publish
+W_DO = 5  # queries with the EDNS DO bit
+W_SLOW = 6  # packets handed to the Python slow path
+W_SLOW_POD = 7  # ... answered by pod synthesis
+W_SLOW_REFUSED = 8  # ... REFUSED (outside every zone, until the forwarder exists)
+W_SLOW_SERVFAIL = 9  # ... SERVFAIL after an internal error
+W_SLOW_OTHER = 10  # ... any other slow answer (e.g. a zone's negative answer)
+W_TCP_ACCEPTED = 11
+W_TCP_REJECTED = 12  # closed at once: over the per-worker connection cap
+W_TCP_IDLE_CLOSED = 13
+W_SEND_ERRORS = 14  # answers the kernel refused (counted as dropped too)
+W_OVERSIZE = 15  # datagrams larger than a receive slot (dropped)
+
+N_Q = len(PROTOS) * len(FAMILIES) * len(QTYPE_BUCKETS)  # 40
+N_SIZE = len(SIZE_BUCKETS) + 1  # + the +Inf bucket
+N_LAT = len(LATENCY_BUCKETS) + 1
+
+W_QUERIES = 32  # [proto][family][qtype]
+W_RESPONSES = W_QUERIES + N_Q  # [rcode 0..15, BADVERS, dropped]
+W_REQ_SIZE = 96  # [proto][N_SIZE buckets + sum]
+W_RESP_SIZE = W_REQ_SIZE + 2 * (N_SIZE + 1)
+W_LATENCY = W_RESP_SIZE + 2 * (N_SIZE + 1)  # [N_LAT buckets], sum in ns
+W_LATENCY_SUM_NS = W_LATENCY + N_LAT
+W_END = W_LATENCY_SUM_NS + 1
+
+assert W_RESPONSES + len(RCODE_NAMES) <= W_REQ_SIZE
+
+LAYOUT = {
+    "MAGIC": MAGIC, "W_PID": W_PID, "W_GENERATION": W_GENERATION, "W_BATCHES": W_BATCHES,
+    "W_REMAPS": W_REMAPS, "W_DO": W_DO, "W_SLOW": W_SLOW, "W_SEND_ERRORS": W_SEND_ERRORS,
+    "W_OVERSIZE": W_OVERSIZE, "W_QUERIES": W_QUERIES, "W_RESPONSES": W_RESPONSES,
+    "W_REQ_SIZE": W_REQ_SIZE, "W_RESP_SIZE": W_RESP_SIZE, "W_LATENCY": W_LATENCY,
+    "W_LATENCY_SUM_NS": W_LATENCY_SUM_NS, "N_SIZE": N_SIZE, "N_LAT": N_LAT,
+    "R_BADVERS": R_BADVERS, "R_DROPPED": R_DROPPED, "QT_OTHER": QT_OTHER,
+    "SIZE_BUCKETS": tuple(int(b) for b in SIZE_BUCKETS),
+}
+
+
+def qtype_bucket(qtype: int) -> int:
+    return _QTYPE_INDEX.get(qtype, QT_OTHER)
+
+
+def classify_query(pkt: bytes | memoryview) -> tuple[int, bool]:
+    """(qtype bucket, DO bit) of a query, best effort and never raising.
+
+    The DO bit is read from an OPT that directly follows the question of a
+    query without answer/authority records (how every stub sends it).
+    """
+    n = len(pkt)
+    if n < 12 or not (pkt[4] or pkt[5]):
+        return QT_OTHER, False
+    p = 12
+    while p < n:
+        length = pkt[p]
+        if length == 0:
+            p += 1
+            break
+        if length & 0xC0:
+            return QT_OTHER, False
+        p += length + 1
+    else:
+        return QT_OTHER, False
+    if p + 4 > n:
+        return QT_OTHER, False
+    bucket = qtype_bucket(pkt[p] << 8 | pkt[p + 1])
+    o = p + 4
+    do = (not (pkt[6] | pkt[7] | pkt[8] | pkt[9]) and (pkt[10] or pkt[11]) and o + 11 <= n
+          and pkt[o] == 0 and pkt[o + 1] == 0 and pkt[o + 2] == 41 and bool(pkt[o + 7] & 0x80))
+    return bucket, bool(do)
+
+
+def response_bucket(resp: bytes | memoryview) -> int:
+    """Rcode bucket of an answer: header rcode, or BADVERS for an extended one.
+
+    fastdns appends its OPT last and without options (docs/internals.md §1),
+    so its extended-rcode octet is 6 octets before the end.
+    """
+    n = len(resp)
+    if n < 12:
+        return R_DROPPED
+    rcode = resp[3] & 0x0F
+    if (n >= 23 and (resp[10] or resp[11]) and resp[n - 11] == 0 and resp[n - 10] == 0
+            and resp[n - 9] == 41 and resp[n - 2] == 0 and resp[n - 1] == 0 and resp[n - 6]):
+        return R_BADVERS
+    return rcode
+
+
+def size_bucket(size: int) -> int:
+    for i, bound in enumerate(SIZE_BUCKETS):
+        if size <= bound:
+            return i
+    return len(SIZE_BUCKETS)
+
+
+def latency_bucket(seconds: float) -> int:
+    for i, bound in enumerate(LATENCY_BUCKETS):
+        if seconds <= bound:
+            return i
+    return len(LATENCY_BUCKETS)
+
+
+class Counters:
+    """Writer used by the Python paths (TCP, slow path, the pure-Python UDP)."""
+
+    __slots__ = ("w",)
+
+    def __init__(self, block: memoryview) -> None:
+        self.w = block[: W_END * 8].cast("Q")
+
+    def start(self, pid: int) -> None:
+        self.w[W_PID] = pid
+        self.w[W_MAGIC] = MAGIC
+
+    def incr(self, word: int, n: int = 1) -> None:
+        self.w[word] += n
+
+    def query(self, proto: int, family: int, pkt: bytes | memoryview) -> None:
+        """Count one query read on ``proto`` (0 udp, 1 tcp) and ``family`` (1, 2)."""
+        w = self.w
+        bucket, do = classify_query(pkt)
+        w[W_QUERIES + (proto * 2 + family - 1) * len(QTYPE_BUCKETS) + bucket] += 1
+        if do:
+            w[W_DO] += 1
+        base = W_REQ_SIZE + proto * (N_SIZE + 1)
+        w[base + size_bucket(len(pkt))] += 1
+        w[base + N_SIZE] += len(pkt)
+
+    def response(self, proto: int, resp: bytes | memoryview | None) -> None:
+        """Count what was sent for one query (``None``: nothing was sent)."""
+        w = self.w
+        if resp is None:
+            w[W_RESPONSES + R_DROPPED] += 1
+            return
+        w[W_RESPONSES + response_bucket(resp)] += 1
+        base = W_RESP_SIZE + proto * (N_SIZE + 1)
+        w[base + size_bucket(len(resp))] += 1
+        w[base + N_SIZE] += len(resp)
+
+    def latency(self, seconds: float, n: int = 1) -> None:
+        self.w[W_LATENCY + latency_bucket(seconds)] += n
+        self.w[W_LATENCY_SUM_NS] += int(seconds * 1e9) * n
+
+    def release(self) -> None:
+        self.w.release()
+
+
+def _hist(words: list[int], start: int, bounds: tuple[float, ...], scale: float = 1.0) -> dict:
+    """Prometheus-shaped histogram: cumulative (le, count) pairs, sum, count."""
+    counts = words[start : start + len(bounds) + 1]
+    cum, buckets = 0, []
+    for bound, c in zip((*bounds, float("inf")), counts, strict=True):
+        cum += c
+        buckets.append((float(bound), cum))
+    return {"buckets": buckets, "sum": words[start + len(bounds) + 1] * scale, "count": cum}
+
+
+def read_counters(block: memoryview | bytes) -> dict:
+    """One worker block as a dict the metrics exporter can sum (see sum_counters).
+
+    A block no worker has started yet (magic missing) reads as all zeros.
+    """
+    words = list(struct.unpack_from(f"={W_END}Q", block))
+    if words[W_MAGIC] != MAGIC:
+        words = [0] * W_END
+    queries = {}
+    i = W_QUERIES
+    for proto in PROTOS:
+        for family in FAMILIES:
+            for qt in QTYPE_BUCKETS:
+                queries[(proto, family, qt)] = words[i]
+                i += 1
+    lat = words[W_LATENCY : W_LATENCY + N_LAT] + [words[W_LATENCY_SUM_NS]]
+    return {
+        "pid": words[W_PID],
+        "generation": words[W_GENERATION],
+        "batches": words[W_BATCHES],
+        "remaps": words[W_REMAPS],
+        "do_requests": words[W_DO],
+        "slow": {
+            "total": words[W_SLOW], "pod": words[W_SLOW_POD], "refused": words[W_SLOW_REFUSED],
+            "servfail": words[W_SLOW_SERVFAIL], "other": words[W_SLOW_OTHER],
+        },
+        "tcp": {
+            "accepted": words[W_TCP_ACCEPTED], "rejected": words[W_TCP_REJECTED],
+            "idle_closed": words[W_TCP_IDLE_CLOSED],
+        },
+        "send_errors": words[W_SEND_ERRORS],
+        "oversize": words[W_OVERSIZE],
+        "queries": queries,
+        "responses": dict(zip(RCODE_NAMES, words[W_RESPONSES : W_RESPONSES + len(RCODE_NAMES)],
+                              strict=True)),
+        "request_size": {
+            p: _hist(words, W_REQ_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+            for k, p in enumerate(PROTOS)
+        },
+        "response_size": {
+            p: _hist(words, W_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+            for k, p in enumerate(PROTOS)
+        },
+        "latency": _hist(lat, 0, LATENCY_BUCKETS, 1e-9),
+    }
+
+
+_NOT_SUMMED = ("pid", "generation")
+
+
+def sum_counters(blocks: list[dict]) -> dict:
+    """Add up read_counters() dicts of several workers (pid/generation dropped)."""
+
+    def add(a, b):
+        if isinstance(a, dict):
+            return {k: add(a[k], b[k]) for k in a}
+        if isinstance(a, list):
+            return [(x[0], x[1] + y[1]) for x, y in zip(a, b, strict=True)]
+        return a + b
+
+    if not blocks:
+        return {k: v for k, v in read_counters(bytes(W_END * 8)).items() if k not in _NOT_SUMMED}
+    total = {k: v for k, v in blocks[0].items() if k not in _NOT_SUMMED}
+    for blk in blocks[1:]:
+        total = add(total, {k: v for k, v in blk.items() if k not in _NOT_SUMMED})
+    return total

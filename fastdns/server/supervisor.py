@@ -1,0 +1,460 @@
+"""``fastdns serve``: the supervisor process.
+
+It owns nothing but processes and the control segment: it reads the
+Corefile far enough to know what to listen on, creates the shared control
+segment (so that it outlives a crash of the control process), starts one
+control process and N workers with the ``spawn`` start method (no state
+inherited through ``fork``), restarts any child that dies with exponential
+backoff, and on SIGTERM/SIGINT stops the children, sweeps this run's
+``/dev/shm/fastdns-<instance>-*`` segments and exits 0.
+
+Like NSD (``server.c``: the main process only restarts its children), the
+supervisor never touches packets or zone data, so it is very unlikely to die;
+if it is killed anyway, the children get SIGTERM through PR_SET_PDEATHSIG and
+the control process sweeps the segments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_objects
+from pathlib import Path
+from typing import Any
+
+from fastdns.server import shm
+
+log = logging.getLogger("supervisor")
+
+DEFAULT_COREFILE = "/etc/coredns/Corefile"
+DEFAULT_PORT = 53
+
+# Exit codes shared by the supervisor and the control process.
+EXIT_OK = 0
+EXIT_CONFIG = 1  # bad Corefile, state or options: the message is on stderr
+EXIT_CONTROL_FATAL = 3  # control process: configuration error, do not restart
+
+# Plugins `serve` wires in itself. Others the corefile registry calls
+# functional are accepted with a warning until they are wired here too;
+# QUIET_PLUGINS need nothing from the server (errors are logged anyway).
+SERVE_PLUGINS = frozenset({"bind", "kubernetes"})
+QUIET_PLUGINS = frozenset({"errors", "debug"})
+
+BACKOFF_FIRST = 0.1  # seconds before the first restart of a child
+BACKOFF_MAX = 10.0
+BACKOFF_RESET = 10.0  # a child that stayed up this long restarts fast again
+STOP_GRACE = 5.0  # SIGTERM, then SIGKILL after this many seconds
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServeError(Exception):
+    """A startup error already phrased for the operator (``file:line: ...``)."""
+
+
+# -- logging ----------------------------------------------------------------
+
+
+class _CoreDNSFormatter(logging.Formatter):
+    """``[INFO] plugin/reload: ...`` is CoreDNS's shape; ours names the component."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        return f"[{record.levelname}] {record.name}: {msg}"
+
+
+def setup_logging(level: str = "info") -> None:
+    """One stderr handler in CoreDNS's style; called in every process we start."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CoreDNSFormatter())
+    root.addHandler(handler)
+    root.setLevel(_level(level))
+
+
+def _level(name: str) -> int:
+    value = logging.getLevelName(str(name).upper())
+    return value if isinstance(value, int) else logging.INFO
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (Linux prctl(2)).
+
+    Without it a SIGKILLed supervisor would leave workers bound to the port.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -- the plan: what to serve, from the command line and the Corefile ----------
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """Everything a control process and the workers need, picklable."""
+
+    corefile_text: str
+    corefile_name: str
+    listen: tuple[tuple[str, int], ...]
+    source: str  # "state" | "demo" | "kube"
+    source_path: str | None
+    nworkers: int
+    log_level: str = "info"
+    zones: tuple[str, ...] = ()
+
+
+def demo_state_path() -> str:
+    return str(Path(__file__).resolve().parent.parent / "demo" / "cluster.yaml")
+
+
+def _corefile_text(args: argparse.Namespace) -> tuple[str, str]:
+    from fastdns import corefile
+
+    if args.corefile is None and getattr(args, "demo", False):
+        return corefile.DEFAULT_DEMO_COREFILE, "<demo Corefile>"
+    path = args.corefile or DEFAULT_COREFILE
+    try:
+        return Path(path).read_text(), path
+    except OSError as e:
+        raise ServeError(f"{path}: cannot read the Corefile: {e.strerror or e}") from e
+
+
+def _where(source: Any, filename: str) -> str:
+    """``file:line`` from a corefile ``source`` tuple, falling back to the file name."""
+    if isinstance(source, tuple) and len(source) == 2 and source[0]:
+        return f"{source[0]}:{source[1]}" if source[1] else str(source[0])
+    return filename
+
+
+def parse_config(text: str, filename: str) -> Any:
+    """The corefile module's Config, its errors turned into ServeError."""
+    from fastdns import corefile
+
+    try:
+        return corefile.parse_corefile(text, filename)
+    except corefile.CorefileError as e:
+        raise ServeError(str(e)) from e
+
+
+def check_plugins(config: Any, filename: str) -> list[str]:
+    """Refuse, naming file, line and plugin, anything this server does not run.
+
+    The corefile registry (``fastdns.corefile.support.SUPPORTED``) says which
+    plugins are functional; a plugin it marks "full" that ``serve`` does not
+    wire in itself yet (HTTP endpoints, reload) is accepted with a warning,
+    returned as the warning lines.
+    """
+    from fastdns.corefile.support import PARSED_REASON, SUPPORTED
+
+    warnings = []
+    for block in config.servers:
+        for name, conf in block.plugins.items():
+            where = _where(getattr(conf, "source", None), filename)
+            if SUPPORTED.get(name) != "full":
+                reason = PARSED_REASON.get(name, "not implemented by fastdns")
+                raise ServeError(f"{where}: plugin {name}: {reason}")
+            if name not in SERVE_PLUGINS and name not in QUIET_PLUGINS:
+                warnings.append(f"{where}: plugin {name}: accepted, but `fastdns serve` "
+                                "does not run it yet")
+        if "kubernetes" not in block.plugins:
+            where = _where(getattr(block, "source", None), filename)
+            raise ServeError(f"{where}: server block {' '.join(block.zones)}: no kubernetes "
+                             "plugin: nothing to serve (only kubernetes zones are served yet)")
+        transport = getattr(block, "transport", "dns")
+        if transport != "dns":
+            where = _where(getattr(block, "source", None), filename)
+            raise ServeError(f"{where}: server block {' '.join(block.zones)}: transport "
+                             f"{transport}:// is not supported yet (only dns://)")
+    return warnings
+
+
+def listen_addresses(config: Any) -> tuple[tuple[str, int], ...]:
+    """(address, port) pairs over all server blocks, in Corefile order, deduplicated.
+
+    Without ``bind`` CoreDNS listens on every address (``listen_hosts`` gives
+    ""); here that is the IPv4 and IPv6 wildcards (workers set IPV6_V6ONLY
+    so both can be bound on one port).
+    """
+    out: list[tuple[str, int]] = []
+    for block in config.servers:
+        port = block.port if block.port is not None else DEFAULT_PORT
+        for host in block.listen_hosts:
+            for a in (("0.0.0.0", "::") if host == "" else (host,)):
+                pair = (a, int(port))
+                if pair not in out:
+                    out.append(pair)
+    return tuple(out)
+
+
+def make_plan(args: argparse.Namespace) -> ServePlan:
+    text, filename = _corefile_text(args)
+    config = parse_config(text, filename)
+    for warning in check_plugins(config, filename):
+        log.warning("%s", warning)
+    if getattr(args, "kubeconfig", None):
+        source, path = "kube", args.kubeconfig
+    elif getattr(args, "state", None):
+        source, path = "state", args.state
+        if not os.path.exists(path):
+            raise ServeError(f"{path}: state file or directory does not exist")
+    elif getattr(args, "demo", False):
+        source, path = "demo", demo_state_path()
+    else:
+        raise ServeError("no cluster state: give --state PATH, --demo or --kubeconfig PATH")
+    nworkers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if not 1 <= nworkers <= shm.MAX_WORKERS:
+        raise ServeError(f"--workers must be within 1..{shm.MAX_WORKERS}")
+    zones: list[str] = []
+    for block in config.servers:
+        for z in block.plugins["kubernetes"].zones or block.zones:
+            if z not in zones:
+                zones.append(z)
+    return ServePlan(
+        corefile_text=text, corefile_name=filename, listen=listen_addresses(config),
+        source=source, source_path=path, nworkers=nworkers,
+        log_level=getattr(args, "log_level", "info") or "info", zones=tuple(zones))
+
+
+# -- child entry points (module level: picklable for spawn) ----------------
+
+
+def _worker_entry(spec: Any, log_level: str, parent_pid: int) -> None:
+    setup_logging(log_level)
+    die_with_parent(parent_pid)
+    from fastdns.server.worker import worker_main
+
+    worker_main(spec)
+
+
+def _control_entry(spec: Any, log_level: str, parent_pid: int) -> None:
+    setup_logging(log_level)
+    die_with_parent(parent_pid)
+    from fastdns.control.process import control_main
+
+    sys.exit(control_main(spec))
+
+
+# -- supervision --------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """One supervised process slot (the control process or worker ``index``)."""
+
+    name: str
+    index: int  # -1 for the control process
+    target: Any
+    args: tuple
+    proc: Any = None
+    started: float = 0.0
+    backoff: float = BACKOFF_FIRST
+    restart_at: float | None = None
+    restarts: int = 0
+    history: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, plan: ServePlan, instance: str | None = None) -> None:
+        self.plan = plan
+        self.instance = instance or secrets.token_hex(6)
+        self.ctx = multiprocessing.get_context("spawn")
+        self.ctl: shm.ControlSegment | None = None
+        self.children: list[Child] = []
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self._announced = False
+        self._wake_r, self._wake_w = os.pipe()
+
+    # signals ---------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        # SIGHUP (Corefile reload) belongs to a later issue; do not die of it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    # children --------------------------------------------------------------
+
+    def _make_children(self) -> None:
+        from fastdns.control.process import ControlSpec
+        from fastdns.server.worker import WorkerSpec
+
+        p = self.plan
+        pid = os.getpid()
+        cspec = ControlSpec(
+            instance=self.instance, corefile_text=p.corefile_text,
+            corefile_name=p.corefile_name, source=p.source, source_path=p.source_path,
+            nworkers=p.nworkers, supervisor_pid=pid)
+        self.children.append(Child("control", -1, _control_entry, (cspec, p.log_level, pid)))
+        for i in range(p.nworkers):
+            wspec = WorkerSpec(index=i, instance=self.instance, listen=p.listen)
+            self.children.append(
+                Child(f"worker {i}", i, _worker_entry, (wspec, p.log_level, pid)))
+
+    def _start(self, child: Child) -> None:
+        if child.index >= 0 and self.ctl is not None:
+            # The new worker maps the current image itself; its old slot must
+            # not pin an image the control process could otherwise unlink.
+            self.ctl.set_mapped(child.index, 0)
+        proc = self.ctx.Process(target=child.target, args=child.args,
+                                name=f"fastdns {child.name}", daemon=False)
+        proc.start()
+        child.proc = proc
+        child.started = time.monotonic()
+        child.restart_at = None
+        log.info("%s started (pid %d)", child.name, proc.pid)
+
+    def _reap(self, child: Child) -> None:
+        proc = child.proc
+        proc.join(0)
+        code = proc.exitcode
+        child.proc = None
+        if child.index >= 0 and self.ctl is not None:
+            self.ctl.set_mapped(child.index, 0)
+        if self.stopping:
+            return
+        how = _describe_exit(code)
+        if child.index < 0 and code == EXIT_CONTROL_FATAL and not self._announced:
+            # configuration or state error at startup: the control process said why
+            self.exit_code = EXIT_CONFIG
+            self.stopping = True
+            return
+        if child.index >= 0 and not self._announced:
+            # A worker that dies before the server ever served (a port in use,
+            # an address not on this host) would die again: fail like CoreDNS.
+            log.error("%s (pid %d) failed at startup: %s", child.name, proc.pid, how)
+            self.exit_code = EXIT_CONFIG
+            self.stopping = True
+            return
+        now = time.monotonic()
+        if now - child.started >= BACKOFF_RESET:
+            child.backoff = BACKOFF_FIRST
+        delay = child.backoff
+        child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        child.restart_at = now + delay
+        child.restarts += 1
+        log.warning("%s (pid %d) died: %s; restarting in %.1fs",
+                    child.name, proc.pid, how, delay)
+
+    def _stop_children(self) -> None:
+        live = [c for c in self.children if c.proc is not None and c.proc.is_alive()]
+        for c in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for c in live:
+            c.proc.join(max(0.0, deadline - time.monotonic()))
+        for c in live:
+            if c.proc.is_alive():
+                log.warning("%s (pid %d) did not stop in %.0fs: SIGKILL",
+                            c.name, c.proc.pid, STOP_GRACE)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(c.proc.pid, signal.SIGKILL)
+                c.proc.join(2.0)
+
+    def _all_serving(self) -> bool:
+        """The first image is published and every worker has mapped it."""
+        ctl = self.ctl
+        if ctl is None or ctl.generation == 0:
+            return False
+        return all(ctl.mapped(c.index) > 0 for c in self.children
+                   if c.index >= 0 and c.proc is not None)
+
+    def _announce(self) -> None:
+        p = self.plan
+        addrs = ", ".join(_fmt_addr(a, port) for a, port in p.listen)
+        log.info("serving %s on %s (udp, tcp) with %d worker%s",
+                 " ".join(p.zones), addrs, p.nworkers, "" if p.nworkers == 1 else "s")
+
+    # main loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        self.ctl = shm.ControlSegment.create(self.instance, self.plan.nworkers)
+        try:
+            self._make_children()
+            log.info("fastdns supervisor pid %d, shm instance %s", os.getpid(), self.instance)
+            for c in self.children:
+                self._start(c)
+            self._loop()
+        finally:
+            self.stopping = True
+            self._stop_children()
+            removed = shm.sweep(self.instance)
+            self.ctl.close()
+            signal.set_wakeup_fd(-1)
+            log.debug("swept %d shm segments", len(removed))
+            log.info("stopped")
+        return self.exit_code
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            timeout = 0.05 if not self._announced else 1.0
+            for c in self.children:
+                if c.proc is None and c.restart_at is not None:
+                    if c.restart_at <= now:
+                        self._start(c)
+                    else:
+                        timeout = min(timeout, c.restart_at - now)
+            sentinels = {c.proc.sentinel: c for c in self.children if c.proc is not None}
+            ready = wait_objects([*sentinels, self._wake_r], timeout=max(0.0, timeout))
+            for obj in ready:
+                if obj == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 512)
+                    continue
+                child = sentinels[obj]
+                if child.proc is not None and not child.proc.is_alive():
+                    self._reap(child)
+            if not self._announced and self._all_serving():
+                self._announced = True
+                self._announce()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _fmt_addr(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``fastdns serve``; returns the process exit code."""
+    setup_logging(getattr(args, "log_level", "info") or "info")
+    try:
+        plan = make_plan(args)
+    except ServeError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_CONFIG
+    return Supervisor(plan).run()

@@ -1,0 +1,351 @@
+"""A worker process: binds UDP and TCP with SO_REUSEPORT and answers from the snapshot.
+
+The supervisor starts one per core with ``multiprocessing`` (spawn) and
+``worker_main(spec)``. Every worker binds every listen address itself with
+SO_REUSEPORT, so the kernel spreads clients over workers and a dead worker
+takes only its own sockets with it (``socket(7)``).
+
+Snapshots: the worker maps the image the control segment names and checks
+the generation once per UDP batch (``_udp.FastPath``), on each TCP query and
+on a slow timer for an idle worker; a new generation is mapped, reported
+with ``set_mapped`` so the control process can unlink the old segment, and
+the old mapping is closed only after the batch that used it finished.
+
+Before the first publish a worker has its sockets bound (so a port clash
+fails at once) but does not read them: queries wait in the socket buffers
+and are answered as soon as the first image is mapped. Answering SERVFAIL
+instead would teach clients' negative caches nothing useful, and the image
+itself carries CoreDNS's "SERVFAIL until synced" behaviour (IMG_SYNCED).
+
+SIGTERM/SIGINT: stop reading, close the sockets and connections, unmap,
+return (exit status 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from fastdns.codec import NO_EXTENSIONS, wire
+from fastdns.server import counters as ctr
+from fastdns.server import shm
+from fastdns.server.slowpath import SlowPath
+from fastdns.server.tcp import MAX_MESSAGE, TcpListener
+from fastdns.zone import image as img
+
+log = logging.getLogger(__name__)
+
+_udp = None
+if not NO_EXTENSIONS:
+    try:
+        from fastdns.server import _udp
+    except ImportError:  # pragma: no cover - the extension was not built
+        _udp = None
+
+UDP, TCP = 0, 1  # the proto index of counters.PROTOS
+GENERATION_POLL = 0.5  # s: how often an idle worker notices a publish
+FIRST_IMAGE_POLL = 0.02  # s
+REMAP_RETRY = 0.1  # s between attempts when a published image cannot be mapped
+UDP_RCVBUF = 4 << 20  # octets asked for; the kernel caps it at net.core.rmem_max
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; picklable for ``multiprocessing`` spawn."""
+
+    index: int
+    instance: str
+    listen: tuple[tuple[str, int], ...]
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+    cpu: int | None = None  # pin to this CPU (benchmarks); None: leave the mask alone
+
+
+def family_of(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _family_label(af: int) -> int:
+    return 2 if af == socket.AF_INET6 else 1
+
+
+def _sockaddr(address: str, port: int) -> tuple:
+    return (address, port, 0, 0) if ":" in address else (address, port)
+
+
+def bind_udp(address: str, port: int) -> socket.socket:
+    af = family_of(address)
+    sock = socket.socket(af, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if af == socket.AF_INET6:
+            # "::" must not also take the IPv4 port another listen entry binds
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        except OSError:
+            pass
+        sock.bind(_sockaddr(address, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_tcp(address: str, port: int) -> socket.socket:
+    af = family_of(address)
+    sock = socket.socket(af, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if af == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(_sockaddr(address, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _PyUdpProtocol(asyncio.DatagramProtocol):
+    """The pure-Python UDP path (FASTDNS_NO_EXTENSIONS=1 or no build): same answers."""
+
+    def __init__(self, worker: Worker, family: int) -> None:
+        self.worker = worker
+        self.family = family
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        resp = self.worker.answer_py(data, UDP, self.family)
+        if resp is not None and self.transport is not None:
+            self.transport.sendto(resp, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for earlier answers: nothing to do (RFC 1122 §4.1.3.3)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.ctl = shm.ControlSegment.attach(spec.instance)
+        self.counters = ctr.Counters(self.ctl.counters(spec.index))
+        self._counters_block = self.ctl.counters(spec.index)
+        self.image: shm.ImageSegment | None = None
+        self.generation = 0
+        self.rotation = 0
+        self.slow = SlowPath(self.image_buf, self.counters)
+        self.tcp = TcpListener(self.answer_tcp, idle_timeout=spec.tcp_idle_timeout,
+                               max_connections=spec.tcp_max_connections,
+                               on_accept=lambda: self.counters.incr(ctr.W_TCP_ACCEPTED),
+                               on_reject=lambda: self.counters.incr(ctr.W_TCP_REJECTED),
+                               on_idle=lambda: self.counters.incr(ctr.W_TCP_IDLE_CLOSED))
+        self.udp_socks: list[tuple[socket.socket, int]] = []
+        self.tcp_socks: list[tuple[socket.socket, int]] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.transports: list[asyncio.BaseTransport] = []
+        self._retry_at = 0.0
+        self._stop: asyncio.Event | None = None
+        self._gen_map: mmap.mmap | None = None
+        self._gen_view: memoryview | None = None
+        self.fast = None
+
+    # -- snapshot ------------------------------------------------------------
+
+    def image_buf(self) -> memoryview | None:
+        return self.image.buf if self.image is not None else None
+
+    def check_generation(self) -> None:
+        if self.ctl.generation != self.generation:
+            self.remap()
+
+    def remap(self) -> None:
+        """Map the published image if it is newer; keep the old one on failure."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        try:
+            seg = self.ctl.current()
+            if seg is None:
+                return
+            if seg.generation == self.generation:
+                seg.close()
+                return
+            img.read_header(seg.buf)
+        except (shm.ShmError, OSError, img.ImageError) as e:
+            log.warning("worker %d: cannot map image generation %d: %s", self.spec.index,
+                        self.ctl.generation, e)
+            self._retry_at = now + REMAP_RETRY
+            return
+        old = self.image
+        self.image = seg
+        self.generation = seg.generation
+        if self.fast is not None:
+            self.fast.set_image(seg.buf, seg.generation)  # releases the old buffer
+        self.counters.w[ctr.W_GENERATION] = seg.generation
+        self.counters.incr(ctr.W_REMAPS)
+        self.ctl.set_mapped(self.spec.index, seg.generation)
+        if old is not None:
+            old.close()
+        log.debug("worker %d: serving generation %d", self.spec.index, seg.generation)
+
+    # -- answering (Python paths) ----------------------------------------------
+
+    def answer_py(self, data: bytes, proto: int, family: int) -> bytes | None:
+        """Count, answer and count the answer of one query (TCP, or UDP without _udp)."""
+        t0 = time.perf_counter()
+        c = self.counters
+        c.query(proto, family, data)
+        self.check_generation()
+        image = self.image.buf if self.image is not None else None
+        resp: bytes | None
+        if image is None:
+            resp = None
+        else:
+            self.rotation = (self.rotation + 1) & 0xFFFFFFFF
+            # TCP: the 65535-octet frame is the only limit (RFC 7766 §8)
+            status, resp, zone = wire.answer(image, data, self.rotation,
+                                             MAX_MESSAGE if proto == TCP else 0)
+            if status == wire.ST_SLOW:
+                c.incr(ctr.W_SLOW)
+                resp = self.slow.answer(data, zone)
+            elif status != wire.ST_ANSWER:
+                resp = None
+        c.response(proto, resp)
+        c.latency(time.perf_counter() - t0)
+        return resp
+
+    def answer_tcp(self, frame: bytes, family: int) -> bytes | None:
+        return self.answer_py(frame, TCP, family)
+
+    def _slow_udp(self, data: bytes, addr: tuple, zone: int) -> bytes | None:
+        return self.slow.answer(data, zone)
+
+    # -- lifetime --------------------------------------------------------------
+
+    def bind(self) -> None:
+        for address, port in self.spec.listen:
+            fam = _family_label(family_of(address))
+            self.udp_socks.append((bind_udp(address, port), fam))
+            self.tcp_socks.append((bind_tcp(address, port), fam))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.counters.start(os.getpid())
+        try:
+            self.bind()
+            while self.image is None and not self._stop.is_set():
+                self.remap()
+                if self.image is None:
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), FIRST_IMAGE_POLL)
+                    except TimeoutError:
+                        pass
+            if not self._stop.is_set():
+                await self._serve(loop)
+                await self._stop.wait()
+        finally:
+            await self._shutdown(loop)
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        if _udp is not None:
+            path = os.path.join(shm.SHM_DIR, self.ctl.name)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self._gen_map = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self._gen_view = memoryview(self._gen_map)
+            self.fast = _udp.FastPath(self._gen_view, self._counters_block, self.remap,
+                                      self._slow_udp)
+            assert self.image is not None
+            self.fast.set_image(self.image.buf, self.generation)
+            for sock, fam in self.udp_socks:
+                loop.add_reader(sock.fileno(), self.fast.drain, sock.fileno(), fam)
+        else:
+            for sock, fam in self.udp_socks:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda fam=fam: _PyUdpProtocol(self, fam), sock=sock)
+                self.transports.append(transport)
+        for sock, fam in self.tcp_socks:
+            self.servers.append(await loop.create_server(self.tcp.factory(fam), sock=sock))
+        loop.call_later(GENERATION_POLL, self._poll_generation, loop)
+        log.info("worker %d (pid %d): serving generation %d on %s (%s UDP path)",
+                 self.spec.index, os.getpid(), self.generation,
+                 ", ".join(f"{a}:{p}" for a, p in self.spec.listen),
+                 "Cython" if self.fast is not None else "Python")
+
+    def _poll_generation(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._stop is not None and self._stop.is_set():
+            return
+        self.check_generation()
+        loop.call_later(GENERATION_POLL, self._poll_generation, loop)
+
+    async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sock, _ in self.udp_socks:
+            if self.fast is not None and sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+        for server in self.servers:
+            server.close()
+        self.tcp.close_all()
+        for transport in self.transports:
+            transport.close()
+        for sock, _ in self.udp_socks + self.tcp_socks:
+            sock.close()
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass
+        await asyncio.sleep(0)  # let transports run connection_lost
+        if self.fast is not None:
+            self.fast.release()
+            self.fast = None
+        if self._gen_view is not None:
+            self._gen_view.release()
+            self._gen_map.close()
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+        try:
+            self.ctl.set_mapped(self.spec.index, 0)
+        except (IndexError, ValueError):
+            pass
+        self.counters.release()
+        self._counters_block = None
+        self.ctl.close()
+
+
+def _exit_now(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a worker process; returns (exit 0) after SIGTERM/SIGINT."""
+    import uvloop
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if spec.cpu is not None:
+        os.sched_setaffinity(0, {spec.cpu})
+    # Until the loop installs its handlers, a stop signal (Ctrl-C reaches the
+    # whole process group) must still end the worker with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_now)
+    worker = Worker(spec)
+    uvloop.run(worker.run())

@@ -1,0 +1,597 @@
+"""Pure-Python twin of the wire core: the oracle the Cython core is tested against.
+
+Every function here has a twin of the same name in ``fastdns._wire`` that
+returns the same bytes and raises the same ``fastdns.errors`` classes
+(docs/internals.md §1). This module favours being obviously right over being
+fast; where a rule is subtle, the order of checks is the contract, because
+the C code must fail on the same octet for the same reason.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from fastdns import errors
+from fastdns.constants import (
+    EDNS_PAYLOAD,
+    MIN_UDP_PAYLOAD,
+    QUERY_COPIED_BITS,
+    Flag,
+    Qclass,
+    Qtype,
+    Rcode,
+)
+from fastdns.zone import image as img
+
+__all__ = [
+    "SLOT",
+    "STATUS_SLOW",
+    "ST_ANSWER",
+    "ST_DROP",
+    "ST_SLOW",
+    "NameCompressor",
+    "Query",
+    "Response",
+    "answer",
+    "answer_batch",
+    "crc32",
+    "decode_name",
+    "encode_name",
+    "error_response",
+    "parse_query",
+    "parse_response",
+    "respond",
+]
+
+SLOT = 4096  # octets per packet slot in answer_batch's buffers; also the largest answer
+STATUS_SLOW = 0xFFFF
+ST_ANSWER = 0
+ST_DROP = 1
+ST_SLOW = 2
+
+# RFC 9267 §2: bound the pointers one name may follow. Pointers must also go
+# strictly backwards (each target before the previous one), which alone
+# rules out loops; the bound caps the work on long pointer chains.
+MAX_POINTERS = 127
+
+_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_U16 = struct.Struct(">H")
+_RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
+_HEADER = struct.Struct(">HHHHHH")
+_TEMPLATE_HEAD = struct.Struct(">HHHHH")
+
+# Plain ints: the IntFlag members would turn `~` into a complement over their own members only.
+_COPIED = int(QUERY_COPIED_BITS)
+_QR, _RA, _TC = int(Flag.QR), int(Flag.RA), int(Flag.TC)
+
+crc32 = zlib.crc32  # the Cython core carries its own table-driven CRC-32, tested equal
+
+
+class Query:
+    """A parsed query (read-only); see docs/internals.md §1 for each field."""
+
+    __slots__ = ("id", "flags", "opcode", "qname", "key", "qtype", "qclass", "question_end",
+                 "edns", "edns_version", "payload", "do")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Query.{name} is read-only")
+
+    def __repr__(self) -> str:
+        return (f"<Query id={self.id} opcode={self.opcode} qname={self.qname!r} "
+                f"qtype={self.qtype} qclass={self.qclass} edns={self.edns}>")
+
+
+def _new_query(**fields: object) -> Query:
+    q = Query.__new__(Query)
+    for k, v in fields.items():
+        object.__setattr__(q, k, v)
+    return q
+
+
+def _read_name(data: bytes, pos: int, want: bool) -> tuple[bytes | None, int]:
+    """Walk a possibly compressed name at `pos`: (uncompressed wire or None, end).
+
+    `end` is the offset just past the name where it starts (after its first
+    pointer). Pointers must land strictly before the previous jump target
+    (dnspython's rule), so the walk ends; label types 0x40/0x80 are errors.
+    """
+    n = len(data)
+    if pos < 0:
+        raise errors.ShortMessage
+    limit = pos
+    end = -1
+    total = 0
+    hops = 0
+    parts = []
+    while True:
+        if pos >= n:
+            raise errors.ShortMessage
+        length = data[pos]
+        if length == 0:
+            if end < 0:
+                end = pos + 1
+            if want:
+                parts.append(b"\x00")
+                return b"".join(parts), end
+            return None, end
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= n:
+                raise errors.ShortMessage
+            ptr = ((length & 0x3F) << 8) | data[pos + 1]
+            if ptr >= limit:
+                raise errors.BadPointer
+            hops += 1
+            if hops > MAX_POINTERS:
+                raise errors.PointerLoop
+            if end < 0:
+                end = pos + 2
+            limit = pos = ptr
+            continue
+        if kind:
+            raise errors.BadLabelType
+        total += length + 1
+        if total >= 255:  # no room left for the root octet (RFC 1035 §3.1)
+            raise errors.NameTooLong
+        if pos + 1 + length > n:
+            raise errors.ShortMessage
+        if want:
+            parts.append(data[pos : pos + 1 + length])
+        pos += 1 + length
+
+
+def _read_question_name(data: bytes) -> int:
+    """End offset of the uncompressed question name at 12 (RFC 1035 §4.1.2)."""
+    n = len(data)
+    pos = 12
+    total = 0
+    while True:
+        if pos >= n:
+            raise errors.ShortMessage
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        kind = length & 0xC0
+        if kind == 0xC0:
+            raise errors.CompressionInQuestion
+        if kind:
+            raise errors.BadLabelType
+        total += length + 1
+        if total >= 255:
+            raise errors.NameTooLong
+        if pos + 1 + length > n:
+            raise errors.ShortMessage
+        pos += 1 + length
+
+
+def _walk_opt_options(data: bytes, pos: int, end: int) -> None:
+    """RFC 6891 §6.1.2: {code, length, data} options must tile the rdata exactly."""
+    while pos < end:
+        if pos + 4 > end:
+            raise errors.BadOPT
+        (olen,) = _U16.unpack_from(data, pos + 2)
+        pos += 4
+        if pos + olen > end:
+            raise errors.BadOPT
+        pos += olen
+
+
+def _parse(data: bytes) -> tuple[dict, type[errors.WireError] | None]:
+    """Parse a query: (fields so far, error class or None).
+
+    `fields["question_end"] > 12` tells that the question was read, which
+    decides whether a FORMERR echoes it.
+    """
+    n = len(data)
+    if n < 12:
+        return {}, errors.DropPacket
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if flags & _QR:  # RFC 1035/2181: never answer a response
+        return {}, errors.DropPacket
+    f = dict(id=qid, flags=flags, opcode=(flags >> 11) & 0xF, qname=b"", key=b"", qtype=0,
+             qclass=0, question_end=12, edns=False, edns_version=0, payload=MIN_UDP_PAYLOAD,
+             do=False)
+
+    def question() -> None:
+        qend = _read_question_name(data)
+        if qend + 4 > n:
+            raise errors.ShortMessage
+        qname = data[12:qend]
+        qtype, qclass = struct.unpack_from(">HH", data, qend)
+        f.update(qname=qname, key=qname.translate(_LOWER), qtype=qtype, qclass=qclass,
+                 question_end=qend + 4)
+
+    if f["opcode"] != 0:
+        # RFC 8906 §3.1.4: unknown opcodes get NOTIMP; the question is echoed
+        # when it can be read, and nothing past it is looked at.
+        if qdcount == 1:
+            try:
+                question()
+            except errors.WireError:
+                pass
+        return f, None
+    if qdcount != 1:
+        return f, errors.QuestionCount
+    try:
+        question()
+        pos = f["question_end"]
+        seen_opt = False
+        first_additional = ancount + nscount
+        for i in range(ancount + nscount + arcount):
+            name_start = pos
+            _, pos = _read_name(data, pos, False)
+            name_end = pos
+            if pos + 10 > n:
+                raise errors.ShortMessage
+            rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+            pos += 10
+            if pos + rdlen > n:
+                raise errors.BadRdata
+            if rtype == Qtype.OPT and i >= first_additional:
+                if seen_opt:
+                    raise errors.DuplicateOPT  # RFC 6891 §6.1.1
+                if name_end != name_start + 1:
+                    raise errors.BadOPT  # owner must be the root, written as one 0 octet
+                _walk_opt_options(data, pos, pos + rdlen)
+                seen_opt = True
+                f.update(edns=True, edns_version=(ttl >> 16) & 0xFF,
+                         payload=max(MIN_UDP_PAYLOAD, rclass), do=bool(ttl & 0x8000))
+            pos += rdlen
+        if pos != n:
+            raise errors.TrailingData
+    except errors.WireError as e:
+        return f, type(e)
+    return f, None
+
+
+def parse_query(data: bytes) -> Query:
+    """Parse a query per docs/internals.md §1; raises a ``WireError`` subclass."""
+    data = bytes(data)
+    fields, err = _parse(data)
+    if err is not None:
+        raise err
+    return _new_query(**fields)
+
+
+def encode_name(name: str | bytes) -> bytes:
+    """Presentation name ("a.B.c" or "a.B.c.") -> uncompressed wire, case kept."""
+    if isinstance(name, str):
+        try:
+            raw = name.encode("ascii")
+        except UnicodeEncodeError:
+            raise errors.BadEncoding("names must be ASCII (IDNA is the caller's job)") from None
+    elif isinstance(name, (bytes, bytearray)):
+        raw = bytes(name)
+    else:
+        raise errors.BadEncoding(f"cannot encode a {type(name).__name__} as a name")
+    if raw == b".":
+        return b"\x00"
+    if raw.endswith(b"."):
+        raw = raw[:-1]
+    out = bytearray()
+    for label in raw.split(b"."):
+        if not label:
+            raise errors.BadEncoding("empty label")
+        if len(label) > 63:
+            raise errors.LabelTooLong
+        out.append(len(label))
+        out += label
+    out.append(0)
+    if len(out) > 255:
+        raise errors.NameTooLong
+    return bytes(out)
+
+
+def decode_name(data: bytes, offset: int) -> tuple[bytes, int]:
+    """(uncompressed wire, offset just past the name in `data`)."""
+    wire, end = _read_name(bytes(data), offset, True)
+    assert wire is not None
+    return wire, end
+
+
+def _label_starts(wire: bytes) -> list[int]:
+    """Label starts of an uncompressed wire name (root excluded); BadEncoding if it is not one."""
+    starts = []
+    pos = 0
+    while True:
+        if pos >= len(wire):
+            raise errors.BadEncoding("name does not end with the root label")
+        length = wire[pos]
+        if length == 0:
+            if pos + 1 != len(wire):
+                raise errors.BadEncoding("octets after the root label")
+            return starts
+        if length > 63:
+            raise errors.BadEncoding("label longer than 63 octets or a pointer")
+        starts.append(pos)
+        pos += 1 + length
+
+
+class NameCompressor:
+    """Name compression for the zone compiler (RFC 1035 §4.1.4).
+
+    Offsets are positions in the message being built. `origin` is the lowest
+    offset a pointer may target (the question, at 12, in a DNS message);
+    suffixes at or beyond 0x4000 cannot be pointed at and are not registered.
+    Matching is case-insensitive, the first registration of a suffix wins.
+    """
+
+    __slots__ = ("origin", "_table")
+
+    def __init__(self, origin: int = 12) -> None:
+        self.origin = origin
+        self._table: dict[bytes, int] = {}
+
+    def _register(self, wire: bytes, starts: list[int], offset: int, upto: int) -> None:
+        lower = wire.translate(_LOWER)
+        for s in starts[:upto]:
+            at = offset + s
+            if self.origin <= at < 0x4000:
+                self._table.setdefault(lower[s:], at)
+
+    def add(self, wire_lower: bytes, offset: int) -> None:
+        """Register every suffix of a name written uncompressed at `offset`."""
+        wire = bytes(wire_lower)
+        starts = _label_starts(wire)
+        self._register(wire, starts, offset, len(starts))
+
+    def encode(self, wire: bytes, offset: int) -> bytes:
+        """`wire` as written at `offset`: its longest known suffix becomes a pointer."""
+        wire = bytes(wire)
+        starts = _label_starts(wire)
+        lower = wire.translate(_LOWER)
+        for i, s in enumerate(starts):
+            target = self._table.get(lower[s:])
+            if target is not None:
+                self._register(wire, starts, offset, i)
+                return wire[:s] + (0xC000 | target).to_bytes(2, "big")
+        self._register(wire, starts, offset, len(starts))
+        return wire
+
+
+def _opt_rr(ext_rcode: int, do: bool) -> bytes:
+    """Our OPT: root owner, payload 1232, version 0, DO echoed, no options (RFC 6891 §6.1.3)."""
+    return struct.pack(">BHHBBHH", 0, Qtype.OPT, EDNS_PAYLOAD, ext_rcode, 0,
+                       0x8000 if do else 0, 0)
+
+
+def _query_flags(data: bytes) -> int:
+    return ((data[2] << 8) | data[3]) & _COPIED
+
+
+def error_response(data: bytes, q: Query | None, rcode: int) -> bytes:
+    """An error answer (FORMERR, NOTIMP, BADVERS, SERVFAIL, REFUSED ...) to `data`."""
+    data = bytes(data)
+    if len(data) < 12:
+        raise errors.DropPacket
+    if not 0 <= rcode <= 0xFFF:
+        raise ValueError("rcode out of range")
+    flags = _query_flags(data) | _QR | _RA | (rcode & 0xF)
+    if q is None or not q.qname:
+        return data[:2] + _HEADER.pack(0, flags, 0, 0, 0, 0)[2:]
+    if len(data) < q.question_end:
+        raise errors.ShortMessage
+    head = data[:2] + _HEADER.pack(0, flags, 1, 0, 0, 1 if q.edns else 0)[2:]
+    out = head + data[12 : q.question_end]
+    if q.edns:
+        out += _opt_rr(rcode >> 4, q.do)
+    return out
+
+
+def _udp_limit(q: Query) -> int:
+    # RFC 6891 §6.2.5: a payload under 512 means 512; SLOT caps what one
+    # batch slot (and a single UDP answer of ours) can hold.
+    return min(q.payload if q.edns else MIN_UDP_PAYLOAD, SLOT)
+
+
+def respond(data: bytes, q: Query, template: bytes, suffix_pos: int = 12) -> bytes:
+    """Assemble the answer to `data` from an image template (docs/internals.md §1)."""
+    return _respond(data, q, template, suffix_pos, 0)
+
+
+def _respond(data: bytes, q: Query, template: bytes, suffix_pos: int, max_size: int) -> bytes:
+    """`respond` with the size limit replaced by `max_size` when it is > 0 (TCP)."""
+    data = bytes(data)
+    template = bytes(template)
+    if not q.qname:
+        raise ValueError("respond needs a query whose question was parsed")
+    if not 0 <= suffix_pos < 0x4000:
+        raise ValueError("suffix_pos must fit a 14-bit compression pointer")
+    if len(data) < q.question_end:
+        raise errors.ShortMessage
+    if len(template) < _TEMPLATE_HEAD.size:
+        raise img.ImageError("template shorter than its head")
+    tflags, an, ns, ar, nreloc = _TEMPLATE_HEAD.unpack_from(template)
+    head = _TEMPLATE_HEAD.size + 2 * nreloc
+    if head > len(template):
+        raise img.ImageError("template relocations overrun it")
+    relocs = struct.unpack_from(f">{nreloc}H", template, _TEMPLATE_HEAD.size)
+    body = bytearray(template[head:])
+    for r in relocs:
+        if r + 2 > len(body):
+            raise img.ImageError("template relocation past its body")
+    flags = (tflags & ~_COPIED & 0xFFFF) | _query_flags(data)
+    question = data[12 : q.question_end]
+    opt = _opt_rr(0, q.do) if q.edns else b""
+    limit = max_size if max_size > 0 else _udp_limit(q)
+    if 12 + len(question) + len(body) + len(opt) > limit:
+        # RFC 1035 §4.2.1 / RFC 2181 §9: TC with the question only; the client retries over TCP.
+        return (data[:2] + _HEADER.pack(0, flags | _TC, 1, 0, 0, 1 if q.edns else 0)[2:]
+                + question + opt)
+    ptr = (0xC000 | suffix_pos).to_bytes(2, "big")
+    for r in relocs:
+        body[r : r + 2] = ptr
+    arcount = (ar + (1 if q.edns else 0)) & 0xFFFF
+    return (data[:2] + _HEADER.pack(0, flags, 1, an, ns, arcount)[2:] + question + bytes(body)
+            + opt)
+
+
+def _template(image, ans_off: int, counter: int) -> bytes:
+    """Template variant `counter % nvariants` of the answer record at `ans_off`."""
+    n = len(image)
+    if ans_off + 4 > n:
+        raise img.ImageError("answer record past the image")
+    (nvar,) = struct.unpack_from("<H", image, ans_off)
+    if nvar == 0:
+        raise img.ImageError("answer record without variants")
+    p = ans_off + 4 + 4 * ((counter & 0xFFFFFFFF) % nvar)
+    if p + 4 > n:
+        raise img.ImageError("variant table past the image")
+    (voff,) = struct.unpack_from("<I", image, p)
+    if voff + 4 > n:
+        raise img.ImageError("variant past the image")
+    (tlen,) = struct.unpack_from("<I", image, voff)
+    if voff + 4 + tlen > n:
+        raise img.ImageError("template past the image")
+    return bytes(image[voff + 4 : voff + 4 + tlen])
+
+
+def answer(image, data: bytes, counter: int = 0,
+           max_size: int = 0) -> tuple[int, bytes | None, int]:
+    """The fast path for one packet: (status, response, zone_index); see docs/internals.md §1.
+
+    `zone_index` is only meaningful for ST_SLOW; it is -1 otherwise. An image
+    whose internal offsets do not hold up answers SERVFAIL rather than crash.
+    `max_size` > 0 replaces the UDP size limit (TCP passes 65535, RFC 7766 §8).
+    """
+    if not 0 <= max_size <= 0xFFFF:
+        raise ValueError("max_size must be 0 (UDP) or a message size up to 65535")
+    img.read_header(image)
+    data = bytes(data)
+    fields, err = _parse(data)
+    if err is errors.DropPacket:
+        return ST_DROP, None, -1
+    if err is not None:
+        # The question is echoed when it was read; the OPT is not, since the
+        # message around it is not trusted (RFC 6891 §7 makes it optional).
+        fields["edns"] = False
+        q = _new_query(**fields)
+        return ST_ANSWER, error_response(data, q, Rcode.FORMERR), -1
+    q = _new_query(**fields)
+    if q.opcode != 0:
+        return ST_ANSWER, error_response(data, q, Rcode.NOTIMP), -1
+    if q.edns and q.edns_version:
+        return ST_ANSWER, error_response(data, q, Rcode.BADVERS), -1  # RFC 6891 §6.1.3
+    if q.qclass != Qclass.IN and q.qclass != Qclass.ANY:
+        return ST_SLOW, None, -1
+    try:
+        kind, where, suffix_pos = img.lookup(image, q.key, q.qtype)
+        if kind == img.LK_SLOW:
+            return ST_SLOW, None, where
+        template = _template(image, where, counter)
+        return ST_ANSWER, _respond(data, q, template, suffix_pos, max_size), -1
+    except (struct.error, img.ImageError):
+        return ST_ANSWER, error_response(data, q, Rcode.SERVFAIL), -1
+
+
+def answer_batch(image, inbuf, inlens, outbuf, outlens, counter: int = 0) -> int:
+    """Answer `len(inlens)` packets held in SLOT-sized slots; returns the slow count.
+
+    Packet i uses rotation counter `counter + i`.
+    """
+    img.read_header(image)
+    inb = memoryview(inbuf).cast("B")
+    outb = memoryview(outbuf).cast("B")
+    n = len(inlens)
+    if len(inb) < n * SLOT or len(outb) < n * SLOT or len(outlens) < n:
+        raise ValueError("buffers too small for the batch")
+    if outb.readonly:
+        raise ValueError("outbuf must be writable")
+    for i in range(n):
+        if inlens[i] > SLOT:
+            raise ValueError("a packet length exceeds SLOT")
+    slow = 0
+    for i in range(n):
+        base = i * SLOT
+        status, resp, _ = answer(image, bytes(inb[base : base + inlens[i]]), counter + i)
+        if status == ST_ANSWER:
+            assert resp is not None
+            outb[base : base + len(resp)] = resp
+            outlens[i] = len(resp)
+        elif status == ST_DROP:
+            outlens[i] = 0
+        else:
+            outlens[i] = STATUS_SLOW
+            slow += 1
+    return slow
+
+
+class Response:
+    """A parsed upstream response (read-only), for the forwarder and its cache."""
+
+    __slots__ = ("id", "flags", "rcode", "tc", "qname", "key", "qtype", "qclass", "ancount",
+                 "nscount", "arcount", "ttl_offsets", "min_ttl", "soa_minimum")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Response.{name} is read-only")
+
+    def __repr__(self) -> str:
+        return (f"<Response id={self.id} rcode={self.rcode} qname={self.qname!r} "
+                f"qtype={self.qtype} an={self.ancount} ns={self.nscount} ar={self.arcount}>")
+
+
+def parse_response(data: bytes) -> Response:
+    """Parse an upstream answer: question, TTL positions, SOA minimum (RFC 2308 §5)."""
+    data = bytes(data)
+    n = len(data)
+    if n < 12:
+        raise errors.ShortMessage
+    rid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if qdcount != 1:
+        raise errors.QuestionCount
+    qname, pos = _read_name(data, 12, True)
+    assert qname is not None
+    if pos + 4 > n:
+        raise errors.ShortMessage
+    qtype, qclass = struct.unpack_from(">HH", data, pos)
+    pos += 4
+    rcode = flags & 0xF
+    ttl_offsets: list[int] = []
+    min_ttl = -1
+    soa_minimum = -1
+    seen_opt = False
+    first_additional = ancount + nscount
+    for i in range(ancount + nscount + arcount):
+        name_start = pos
+        _, pos = _read_name(data, pos, False)
+        name_end = pos
+        if pos + 10 > n:
+            raise errors.ShortMessage
+        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+        ttl_at = pos + 4
+        pos += 10
+        rd_end = pos + rdlen
+        if rd_end > n:
+            raise errors.BadRdata
+        if rtype == Qtype.OPT and i >= first_additional:
+            if seen_opt:
+                raise errors.DuplicateOPT
+            if name_end != name_start + 1:
+                raise errors.BadOPT
+            _walk_opt_options(data, pos, rd_end)
+            seen_opt = True
+            rcode |= (ttl >> 24) << 4  # RFC 6891 §6.1.3: the upper 8 bits of the rcode
+        else:
+            ttl_offsets.append(ttl_at)
+            if min_ttl < 0 or ttl < min_ttl:
+                min_ttl = ttl
+            if rtype == Qtype.SOA and ancount <= i < first_additional:
+                # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM).
+                _, p = _read_name(data, pos, False)
+                _, p = _read_name(data, p, False)
+                if p + 20 != rd_end:
+                    raise errors.BadRdata
+                (minimum,) = struct.unpack_from(">I", data, p + 16)
+                if soa_minimum < 0:
+                    soa_minimum = min(ttl, minimum)
+        pos = rd_end
+    if pos != n:
+        raise errors.TrailingData
+    r = Response.__new__(Response)
+    for k, v in dict(id=rid, flags=flags, rcode=rcode, tc=bool(flags & _TC), qname=qname,
+                     key=qname.translate(_LOWER), qtype=qtype, qclass=qclass, ancount=ancount,
+                     nscount=nscount, arcount=arcount, ttl_offsets=ttl_offsets,
+                     min_ttl=min_ttl, soa_minimum=soa_minimum).items():
+        object.__setattr__(r, k, v)
+    return r

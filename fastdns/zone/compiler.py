@@ -1,0 +1,476 @@
+"""Records -> the snapshot image, incrementally, one fragment per Service.
+
+`Compiler.full(state)` compiles everything; `Compiler.update(state, affected)`
+recompiles only the fragments an event batch touched (`ClusterState.apply`
+says which) and re-assembles the image from cached fragments with bulk
+operations (`fragments.assemble`: blob joins plus a C index build). Both give
+the same bytes for the same state, generation and serial.
+
+Templates follow docs/internals.md §1: laid out for a message whose question
+is the lookup key at offset 12, every owner and every compressible name
+pointing into the question where it can (so answers echo the query's case).
+SRV targets are never compressed (RFC 2782, RFC 3597 §4) but later names may
+point at them. Everything that carries the SOA (serial!) lives in a small
+region rebuilt at each assembly: zone-miss answers (SOA owner and rdata
+zone suffix relocated onto the question), the apex SOA, and one NODATA
+answer per (zone, name length) that every name of that zone and length
+shares -- so a serial bump never invalidates the fragment cache.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fastdns.constants import QT_NAME, Flag, Rcode
+from fastdns.zone import image as img
+from fastdns.zone.fragments import (
+    EMPTY,
+    SHARED,
+    Fragment,
+    FragmentWriter,
+    assemble,
+    slot_count,
+)
+from fastdns.zone.records import (
+    PTR,
+    SOA,
+    SRV,
+    Answer,
+    KubernetesOptions,
+    NameSet,
+    RecordBuilder,
+    is_subdomain,
+    name_wire,
+    reverse_wire,
+)
+from fastdns.zone.state import Affected, ClusterState
+
+FLAGS_ANSWER = Flag.QR | Flag.AA | Flag.RA
+RR_HEAD = struct.Struct(">HHIH")  # type, class, ttl, rdlength
+SOA_TAIL = struct.Struct(">IIIII")
+CLASS_IN = 1
+PTR_BUCKETS = 4096
+_PTR12 = b"\xc0\x0c"
+_NS_DNS = b"\x02ns\x03dns"
+_HOSTMASTER = b"\x0ahostmaster"
+# offsets inside a zone-miss SOA RR of the three pointers to the zone suffix
+_SOA_RELOCS = (0, 12 + len(_NS_DNS), 12 + len(_NS_DNS) + 2 + len(_HOSTMASTER))
+
+Key = tuple[str, str]
+
+
+def _ptr(off: int) -> bytes:
+    return bytes((0xC0 | (off >> 8), off & 0xFF))
+
+
+def _qtable(key: bytes) -> dict[bytes, int]:
+    """Suffixes of the question (the lowercased key, at offset 12) -> their offsets."""
+    table = {}
+    p = 0
+    while key[p]:
+        table[key[p:]] = 12 + p
+        p += key[p] + 1
+    return table
+
+
+def _register(lower: bytes, starts: Iterable[int], table: dict[bytes, int], pos: int) -> None:
+    for s in starts:
+        if pos + s < 0x4000:
+            table.setdefault(lower[s:], pos + s)
+
+
+def _compress(name: bytes, table: dict[bytes, int], pos: int) -> bytes:
+    """`name` written at `pos`, its longest known suffix a pointer (RFC 1035 §4.1.4)."""
+    lower = name.lower()
+    starts = []
+    p = 0
+    while name[p]:
+        t = table.get(lower[p:])
+        if t is not None:
+            _register(lower, starts, table, pos)
+            return name[:p] + _ptr(t)
+        starts.append(p)
+        p += name[p] + 1
+    _register(lower, starts, table, pos)
+    return name
+
+
+def _starts(name: bytes) -> list[int]:
+    out, p = [], 0
+    while name[p]:
+        out.append(p)
+        p += name[p] + 1
+    return out
+
+
+def exact_template(key: bytes, ans: Answer) -> bytes:
+    """The template answering `key` (lowercased wire) with `ans` (answer, additional)."""
+    an, add = ans
+    pos = 12 + len(key) + 4
+    parts = []
+    table = None
+    for owner, rtype, ttl, prefix, name in (*an, *add):
+        if owner is None:
+            o = _PTR12
+        else:
+            if table is None:
+                table = _qtable(key)
+            o = _compress(owner, table, pos)
+        pos += len(o) + 10
+        if name is None:
+            rdata = prefix
+        else:
+            if table is None:
+                table = _qtable(key)
+            npos = pos + len(prefix)
+            if rtype == SRV:
+                _register(name.lower(), _starts(name), table, npos)
+                rdata = prefix + name
+            else:
+                rdata = prefix + _compress(name, table, npos)
+        parts.append(o + RR_HEAD.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata)
+        pos += len(rdata)
+    return img.TEMPLATE_HEAD.pack(FLAGS_ANSWER, len(an), 0, len(add), 0) + b"".join(parts)
+
+
+def soa_rr(zone_ptr: bytes, ttl: int, serial: int, minimum: int) -> bytes:
+    """The SOA of a zone whose name sits where `zone_ptr` points (backend_lookup.go SOA())."""
+    rdata = (_NS_DNS + zone_ptr + _HOSTMASTER + zone_ptr
+             + SOA_TAIL.pack(serial & 0xFFFFFFFF, 7200, 1800, 86400, minimum))
+    return zone_ptr + RR_HEAD.pack(SOA, CLASS_IN, ttl, len(rdata)) + rdata
+
+
+@dataclass(slots=True)
+class _Zone:
+    name: bytes  # lowercased wire
+    flags: int
+    kind: int
+    ttl: int
+    block: int
+    kube: bool  # a zone of the kubernetes block (has an SOA and negative answers)
+    forward: bool = True
+
+
+class Compiler:
+    """Compiles ClusterState into snapshot images, caching one fragment per Service.
+
+    `options` is the kubernetes block (None: no kubernetes zones, only
+    `zones_config`); `zones_config` holds extra zone table entries, e.g.
+    forward-only zones of other server blocks (`image.ZoneSpec` with kind
+    ZK_FORWARD and ZF_SLOW_MISS). `synced` (set by the control process; True
+    for state files) picks NXDOMAIN or SERVFAIL for zone misses; `generation`
+    is bumped before every image is stamped.
+    """
+
+    def __init__(self, options: KubernetesOptions | None,
+                 zones_config: Sequence[img.ZoneSpec] = ()) -> None:
+        self.options = options
+        self.builder = RecordBuilder(options) if options else None
+        self.synced = True
+        self.generation = 0
+        self.serial = 0
+        self.zones = self._zone_table(options, zones_config)
+        self._kzones = [z for z in self.zones if z.kube]
+        self._reset()
+        self._prepare_shared()
+
+    # -- zone table ------------------------------------------------------
+    @staticmethod
+    def _zone_table(opts: KubernetesOptions | None,
+                    extra: Sequence[img.ZoneSpec]) -> list[_Zone]:
+        zones: list[_Zone] = []
+        if opts is not None:
+            fall = [name_wire(f).lower() for f in opts.fallthrough]
+            b = RecordBuilder(opts)
+            for name in b.forward + b.reverse:
+                flags = img.ZF_AUTH
+                if any(is_subdomain(name, f) for f in fall):
+                    flags |= img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH
+                zones.append(_Zone(name, flags, img.ZK_KUBERNETES, opts.ttl, opts.block, True,
+                                   name in b.forward))
+            for f in fall:
+                # a fallthrough zone narrower than a kubernetes zone gets its own entry
+                if any(is_subdomain(f, z.name) and f != z.name for z in zones if z.kube):
+                    zones.append(_Zone(f, img.ZF_AUTH | img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH,
+                                       img.ZK_KUBERNETES, opts.ttl, opts.block, False))
+            if opts.pods == "insecure":
+                # misses below pod.ZONE go to podsynth.synthesize (a-b-c-d.ns.pod.ZONE)
+                for name in b.forward:
+                    zones.append(_Zone(b"\x03pod" + name, img.ZF_SLOW_MISS, img.ZK_POD,
+                                       opts.ttl, opts.block, False))
+        taken = {z.name for z in zones}
+        for spec in extra:
+            if spec.name.lower() in taken:
+                continue
+            taken.add(spec.name.lower())
+            zones.append(_Zone(spec.name.lower(), spec.flags, spec.kind, spec.ttl, spec.block,
+                               False))
+        zones.sort(key=lambda z: len(z.name), reverse=True)  # longest first (image §2)
+        return zones
+
+    def _zone_of(self, key: bytes) -> _Zone | None:
+        for z in self._kzones:
+            if key.endswith(z.name):
+                return z
+        return None
+
+    # -- caches ----------------------------------------------------------
+    def _reset(self) -> None:
+        self._frags: dict[tuple, Fragment] = {}
+        self._order: list[tuple] = []
+        self._order_dirty = True
+        self._svc_ptrs: dict[Key, list[tuple[bytes, bytes, bool]]] = {}
+        self._ptr: dict[bytes, dict[Key, list[tuple[bytes, bool]]]] = {}
+        self._bucket_ips: dict[int, set[bytes]] = {}
+        self._deps: dict[Key, set[Key]] = {}  # target service -> ExternalNames chasing it
+        self._svc_deps: dict[Key, set[Key]] = {}
+        self._serving: set[Key] = set()
+        self._dirty_buckets: set[int] = set()
+        self._apex_dirty = True
+
+    def _set_frag(self, key: tuple, frag: Fragment) -> bool:
+        old = self._frags.get(key)
+        if frag is EMPTY or not frag.ents and not frag.blob:
+            if old is None:
+                return False
+            del self._frags[key]
+            self._order_dirty = True
+            return True
+        if old is None:
+            self._order_dirty = True
+        self._frags[key] = frag
+        return old != frag
+
+    def _names_fragment(self, names: NameSet) -> Fragment:
+        w = FragmentWriter()
+        for key, (_wire, answers, nodata) in names.names.items():
+            koff = w.key(key)
+            for qtype, ans in answers.items():
+                w.entry(key, koff, qtype, w.answer(exact_template(key, ans)))
+            if nodata:
+                z = self._zone_of(key)
+                if z is not None:
+                    w.entry(key, koff, QT_NAME, SHARED | self._shared_rel[z.name][len(key)])
+        return w.finish()
+
+    # -- compile units ---------------------------------------------------
+    def _compile_service(self, state: ClusterState, key: Key) -> bool:
+        assert self.builder is not None
+        recs = self.builder.service(state, *key)
+        changed = self._set_frag(("s", *key), self._names_fragment(recs.names))
+        # PTR contributions
+        old = self._svc_ptrs.get(key, [])
+        if old != recs.ptrs:
+            changed = True
+            for packed, _t, _c in old:
+                claims = self._ptr.get(packed)
+                if claims is not None and claims.pop(key, None) is not None:
+                    self._touch(packed)
+                    if not claims:
+                        del self._ptr[packed]
+            for packed, target, cluster in recs.ptrs:
+                self._ptr.setdefault(packed, {}).setdefault(key, []).append((target, cluster))
+                self._touch(packed)
+            if recs.ptrs:
+                self._svc_ptrs[key] = recs.ptrs
+            else:
+                self._svc_ptrs.pop(key, None)
+        # ExternalName dependencies
+        old_deps = self._svc_deps.get(key, set())
+        if old_deps != recs.depends_on:
+            for d in old_deps - recs.depends_on:
+                self._deps.get(d, set()).discard(key)
+            for d in recs.depends_on - old_deps:
+                self._deps.setdefault(d, set()).add(key)
+            self._svc_deps[key] = set(recs.depends_on)
+        if recs.serves_local != (key in self._serving):
+            (self._serving.add if recs.serves_local else self._serving.discard)(key)
+            self._apex_dirty = True
+        elif key in self._serving:
+            self._apex_dirty = True
+        return changed
+
+    def _touch(self, packed: bytes) -> None:
+        b = zlib.crc32(packed) & (PTR_BUCKETS - 1)
+        self._dirty_buckets.add(b)
+        ips = self._bucket_ips.setdefault(b, set())
+        if packed in self._ptr:
+            ips.add(packed)
+        else:
+            ips.discard(packed)
+
+    def _compile_bucket(self, b: int) -> bool:
+        """PTRs of one bucket of addresses (reverse.go serviceRecordForIP)."""
+        ttl = self.options.ttl if self.options else 5
+        w = FragmentWriter()
+        ips = self._bucket_ips.get(b, set())
+        for packed in sorted(ips):
+            claims = self._ptr.get(packed)
+            if not claims:
+                continue
+            key = reverse_wire(packed)
+            if not any(z.kube and not z.forward and is_subdomain(key, z.name)
+                       for z in self._kzones):
+                continue  # outside the reverse zones this block serves
+            owners = sorted(claims)
+            targets: list[bytes] = []
+            cluster = [k for k in owners if any(c for _t, c in claims[k])]
+            if cluster:  # a ClusterIP wins, the first Service only
+                targets = [next(t for t, c in claims[cluster[0]] if c)]
+            else:
+                seen: set[bytes] = set()
+                for k in owners:
+                    for t, _c in claims[k]:
+                        if t.lower() not in seen:  # duplicates across slices go
+                            seen.add(t.lower())
+                            targets.append(t)
+            ans = (tuple((None, PTR, ttl, b"", t) for t in targets), ())
+            koff = w.key(key)
+            w.entry(key, koff, PTR, w.answer(exact_template(key, ans)))
+        if not ips:
+            self._bucket_ips.pop(b, None)
+        return self._set_frag(("p", b), w.finish())
+
+    def _compile_namespace(self, state: ClusterState, ns: str) -> bool:
+        assert self.builder is not None
+        changed = self._set_frag(("n", ns), self._names_fragment(self.builder.namespace(state, ns)))
+        pods = self._names_fragment(self.builder.verified_pods(state, ns))
+        return self._set_frag(("q", ns), pods) or changed
+
+    def _compile_apex(self, state: ClusterState) -> bool:
+        assert self.builder is not None
+        self._apex_dirty = False
+        serving = sorted(self._serving)
+        changed = False
+        for z in self._kzones:
+            names = self.builder.apex(state, z.name, serving, z.forward)
+            changed |= self._set_frag(("a", z.name), self._names_fragment(names))
+        return changed
+
+    # -- public ----------------------------------------------------------
+    def full(self, state: ClusterState, *, now: float | None = None) -> bytes:
+        """Compile every fragment from scratch and stamp a new image."""
+        self._reset()
+        self._prepare_shared()
+        if self.builder is not None:
+            keys = set(state.services) | set(state.slice_groups())
+            for key in sorted(keys):
+                self._compile_service(state, key)
+            for ns in sorted(state.all_namespaces()):
+                self._compile_namespace(state, ns)
+            for b in sorted(self._dirty_buckets):
+                self._compile_bucket(b)
+            self._compile_apex(state)
+        self._dirty_buckets = set()
+        self.serial = int(time.time() if now is None else now)
+        return self.assemble()
+
+    def update(self, state: ClusterState, affected: Affected, *,
+               now: float | None = None) -> bytes:
+        """Recompile what `affected` names (and what depends on it); stamp a new image."""
+        if not self._frags and not self._svc_ptrs:
+            return self.full(state, now=now)
+        if self.builder is None:
+            return self.assemble()
+        self._dirty_buckets = set()
+        changed = False
+        keys = set(affected.services)
+        namespaces = set(affected.namespaces)
+        for ns in namespaces:
+            keys.update((ns, n) for n in state.services_in(ns))
+        if self.options and self.options.pods == "verified":
+            namespaces |= affected.pod_namespaces
+        todo = list(keys)
+        while todo:  # ExternalNames whose chased answers embed a changed Service
+            for d in self._deps.get(todo.pop(), ()):
+                if d not in keys:
+                    keys.add(d)
+                    todo.append(d)
+        for key in sorted(keys):
+            changed |= self._compile_service(state, key)
+        for ns in sorted(namespaces):
+            changed |= self._compile_namespace(state, ns)
+        for b in sorted(self._dirty_buckets):
+            changed |= self._compile_bucket(b)
+        self._dirty_buckets = set()
+        if self._apex_dirty:
+            changed |= self._compile_apex(state)
+        if changed:
+            self.serial = int(time.time() if now is None else now)
+        return self.assemble()
+
+    # -- assembly --------------------------------------------------------
+    def _prepare_shared(self) -> None:
+        """Fixed layout of the shared NODATA region: zone by zone, name length by length."""
+        self._shared_rel: dict[bytes, dict[int, int]] = {}
+        off = 0
+        for z in self._kzones:
+            # answer record (12) + template head (10) + SOA RR with 2-octet pointers
+            size = 12 + 10 + len(soa_rr(_PTR12, 0, 0, 0))
+            self._shared_rel[z.name] = {n: off + (n - len(z.name)) * size
+                                        for n in range(len(z.name), 256)}
+            off += (256 - len(z.name)) * size
+
+    def _pre(self) -> tuple[Fragment, int, dict[bytes, tuple[int, int]]]:
+        """The region rebuilt every time: zone names, zone misses, shared NODATA, apex SOA.
+
+        Returns (fragment, offset of the shared region in it, zone name ->
+        (name offset, negative answer offset) in it).
+        """
+        opts = self.options
+        soa_ttl = opts.soa_ttl if opts else 0
+        minimum = opts.ttl if opts else 0
+        w = FragmentWriter()
+        where: dict[bytes, tuple[int, int]] = {}
+        miss_rcode = Rcode.NXDOMAIN if self.synced else Rcode.SERVFAIL
+        for z in self.zones:
+            name_off = w.key(z.name)
+            neg = 0
+            if z.kube:
+                body = soa_rr(_PTR12, soa_ttl, self.serial, minimum)
+                t = img.make_template(FLAGS_ANSWER | miss_rcode, 0, 1, 0, body, _SOA_RELOCS)
+                neg = w.answer(t)
+            where[z.name] = (name_off, neg)
+        shared_off = w.size
+        for z in self._kzones:
+            for n in range(len(z.name), 256):
+                assert w.size - shared_off == self._shared_rel[z.name][n]
+                body = soa_rr(_ptr(12 + n - len(z.name)), soa_ttl, self.serial, minimum)
+                w.answer(img.make_template(FLAGS_ANSWER, 0, 1, 0, body))
+        for z in self._kzones:
+            body = soa_rr(_PTR12, soa_ttl, self.serial, minimum)
+            t = img.make_template(FLAGS_ANSWER, 1, 0, 0, body)
+            w.entry(z.name, where[z.name][0], SOA, w.answer(t))
+        return w.finish(), shared_off, where
+
+    def assemble(self) -> bytes:
+        """Stamp a new image (generation + 1) from the cached fragments."""
+        if self._order_dirty:
+            self._order = sorted(self._frags)
+            self._order_dirty = False
+        frags = [self._frags[k] for k in self._order]
+        pre, shared_off, where = self._pre()
+        n = pre.count + sum(len(f.ents) for f in frags) // 16
+        nslots = slot_count(n)
+        slots_off = img.HEADER.size
+        zones_off = slots_off + nslots * img.SLOT.size
+        base = zones_off + len(self.zones) * img.ZONE.size
+        zone_table = b"".join(
+            img.ZONE.pack(base + where[z.name][0], len(z.name), z.flags,
+                          base + where[z.name][1] if where[z.name][1] else 0,
+                          z.ttl, z.block, z.kind)
+            for z in self.zones)
+        self.generation += 1
+        flags = img.IMG_SYNCED if self.synced else 0
+        header = img.HEADER.pack(img.MAGIC, img.FORMAT_VERSION, flags, self.generation, 0,
+                                 nslots, slots_off, len(self.zones), zones_off, self.serial)
+        return assemble(header, zone_table, nslots, [pre, *frags], base + shared_off)
+
+    def stats(self) -> dict[str, int]:
+        return {"fragments": len(self._frags),
+                "entries": sum(f.count for f in self._frags.values()),
+                "ptr_addresses": len(self._ptr)}

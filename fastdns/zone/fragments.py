@@ -1,0 +1,126 @@
+"""Compiled pieces of a snapshot image, and their assembly into one image.
+
+A *fragment* is the compiled form of one Service (or namespace, apex, PTR
+bucket): a blob holding its keys and answer records, the slot entries that
+index them, and the positions of the absolute offsets inside the blob that
+must be moved when the blob is placed. Fragments are cached by the compiler;
+re-assembling an image is then a join of blobs plus an index build, done by
+`_index.assemble` (Cython) or `assemble_py` (the reference, same bytes).
+
+Entry layout (16 octets, little-endian, the image slot layout with
+fragment-relative offsets): u32 hash, u32 key offset, u32 answer offset,
+u16 qtype, u16 key length. An answer offset with bit 31 set refers to the
+shared region (NODATA answers common to all names of a zone and length).
+Relocations: u32 positions of u32 fields in the blob that get the blob's
+image offset added (the variant offsets of answer records).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from array import array
+from typing import NamedTuple
+
+from fastdns.zone import image as img
+
+SHARED = 0x80000000
+_REC1 = struct.Struct("<HHII")  # nvariants=1, reserved, variant offset, template length
+
+
+class Fragment(NamedTuple):
+    blob: bytes
+    ents: bytes
+    relocs: bytes
+
+    @property
+    def count(self) -> int:
+        return len(self.ents) >> 4
+
+
+EMPTY = Fragment(b"", b"", b"")
+
+
+class FragmentWriter:
+    """Accumulates one fragment: keys, single-variant answer records, entries."""
+
+    __slots__ = ("parts", "size", "ents", "relocs")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.ents = array("I")
+        self.relocs = array("I")
+
+    def key(self, key: bytes) -> int:
+        off = self.size
+        self.parts.append(key)
+        self.size += len(key)
+        return off
+
+    def answer(self, template: bytes) -> int:
+        off = self.size
+        self.parts.append(_REC1.pack(1, 0, off + 8, len(template)))
+        self.parts.append(template)
+        self.relocs.append(off + 4)
+        self.size += 12 + len(template)
+        return off
+
+    def entry(self, key: bytes, key_off: int, qtype: int, ans: int) -> None:
+        h = zlib.crc32(key + qtype.to_bytes(2, "big")) | 1
+        self.ents.extend((h, key_off, ans, qtype | (len(key) << 16)))
+
+    def finish(self) -> Fragment:
+        if not self.size and not self.ents:
+            return EMPTY
+        return Fragment(b"".join(self.parts), self.ents.tobytes(), self.relocs.tobytes())
+
+
+def slot_count(n: int) -> int:
+    """Power of two with a load factor <= 0.75 (short linear-probe chains, compact index)."""
+    size = 8
+    while size * 3 < n * 4:
+        size <<= 1
+    return size
+
+
+def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragment],
+                shared_base: int) -> bytes:
+    """Reference assembly: header (size filled in), slots, zone table, then the fragments."""
+    if nslots <= 0 or nslots & (nslots - 1):
+        raise ValueError("nslots must be a power of two")
+    if sum(f.count for f in frags) >= nslots:
+        raise ValueError("more entries than slots")
+    slots_off = img.HEADER.size
+    base = slots_off + nslots * img.SLOT.size + len(zone_table)
+    total = base + sum(len(f.blob) for f in frags)
+    data = bytearray(total)
+    data[0 : len(header)] = header
+    struct.pack_into("<I", data, 24, total)  # header: total size
+    zt = slots_off + nslots * img.SLOT.size
+    data[zt : zt + len(zone_table)] = zone_table
+    mask = nslots - 1
+    occupied = bytearray(nslots)
+    cur = base
+    for f in frags:
+        data[cur : cur + len(f.blob)] = f.blob
+        for (r,) in struct.iter_unpack("<I", f.relocs):
+            (v,) = struct.unpack_from("<I", data, cur + r)
+            struct.pack_into("<I", data, cur + r, v + cur)
+        for h, koff, aoff, qk in struct.iter_unpack("<IIII", f.ents):
+            aoff = shared_base + (aoff & ~SHARED) if aoff & SHARED else aoff + cur
+            i = h & mask
+            while occupied[i]:
+                i = (i + 1) & mask
+            occupied[i] = 1
+            struct.pack_into("<IIII", data, slots_off + i * 16, h, koff + cur, aoff, qk)
+        cur += len(f.blob)
+    return bytes(data)
+
+
+try:  # the Cython build of the same function (fastdns/zone/_index.pyx)
+    from fastdns.zone._index import assemble as assemble_c
+except ImportError:  # pragma: no cover - no extension built
+    assemble_c = None
+
+assemble = assemble_c or assemble_py

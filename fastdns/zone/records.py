@@ -1,0 +1,622 @@
+"""Cluster state -> DNS records, exactly as CoreDNS's `kubernetes` plugin answers.
+
+Sources (coredns/coredns `plugin/kubernetes/`): `parse.go` (name grammar),
+`kubernetes.go` (`findServices`, `findPods`, `endpointHostname`),
+`reverse.go` (`serviceRecordForIP`), `ns.go` (`nsAddrs`), `handler.go`
+(NXDOMAIN vs NODATA, SERVFAIL before sync) and `plugin/backend_lookup.go`
+(A/AAAA/SRV assembly: duplicate removal, SRV weight, CNAME chasing). The
+Kubernetes DNS specification (kubernetes/dns `docs/specification.md`,
+schema 1.1.0) is the contract both follow.
+
+Records are produced per *owner name* of one Service (plus a few per-zone
+and per-namespace names), so the compiler can cache them per Service. Names
+are uncompressed wire; an RR's owner `None` means "the question name", which
+the compiler writes as a pointer to offset 12 (the answer echoes the query's
+case). Whatever is not listed is a negative answer that the compiler derives
+from the zone: a listed name with `nodata=True` answers other types NODATA,
+everything else under the zone is NXDOMAIN.
+
+Deliberate choices where CoreDNS is quirky (see the report in issue 3):
+NS and TXT queries for a name that does not exist are NXDOMAIN (CoreDNS says
+NODATA), and SOA is answered at the apex only. Names that CoreDNS answers
+NXDOMAIN for every other type keep that: `dns-version.ZONE` (TXT only) and
+reverse PTR names (PTR only), which is why they carry `nodata=False`.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from fastdns.constants import Qtype
+from fastdns.zone.objects import Service
+from fastdns.zone.state import ClusterState
+
+# plain ints: they key dicts and get packed on hot paths
+A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV = (
+    int(Qtype.A), int(Qtype.NS), int(Qtype.CNAME), int(Qtype.SOA), int(Qtype.PTR), int(Qtype.TXT),
+    int(Qtype.AAAA), int(Qtype.SRV))
+
+DNS_SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md
+DNS_VERSION_TTL = 28800  # CoreDNS kubernetes.go Services(), TypeTXT
+SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400  # plugin/backend_lookup.go SOA()
+MAX_CNAME_CHAIN = 8  # backend_lookup.go: "len(previousRecords) > 7"
+POD_MODES = ("disabled", "verified", "insecure")
+
+# (owner wire or None = the question name, type, ttl, rdata before the name, rdata name or None)
+RR = tuple[bytes | None, int, int, bytes, bytes | None]
+# (answer RRs, additional RRs)
+Answer = tuple[tuple[RR, ...], tuple[RR, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesOptions:
+    """The `kubernetes` plugin block (CoreDNS README, Syntax), as the compiler needs it.
+
+    `zones` lists forward and reverse zones as written (`cluster.local`,
+    `in-addr.arpa`, `0.10.in-addr.arpa` ...); `fallthrough` is () for off, a
+    zone list, or ("."),) for every zone; `local_ips` are this server's
+    addresses, which decide the apex NS glue (CoreDNS `nsAddrs`); `block` is
+    the Corefile server block index stored in the image's zone table.
+    """
+
+    zones: tuple[str, ...] = ("cluster.local",)
+    ttl: int = 5
+    namespaces: tuple[str, ...] = ()
+    pods: str = "disabled"
+    endpoint_pod_names: bool = False
+    noendpoints: bool = False
+    ignore_empty_service: bool = False
+    fallthrough: tuple[str, ...] = ()
+    local_ips: tuple[str, ...] = ("127.0.0.1",)
+    block: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ttl <= 3600:
+            raise ValueError(f"ttl must be in 0..3600, not {self.ttl}")
+        if self.pods not in POD_MODES:
+            raise ValueError(f"pods must be one of {', '.join(POD_MODES)}, not {self.pods!r}")
+        if not self.zones:
+            raise ValueError("the kubernetes plugin needs at least one zone")
+        for z in self.zones:
+            name_wire(z)  # raises on a malformed zone
+
+    @property
+    def soa_ttl(self) -> int:
+        return min(self.ttl, 300)  # backend_lookup.go SOA(): min(MinTTL, 300)
+
+    def exposed(self, state: ClusterState, namespace: str) -> bool:
+        """CoreDNS namespaceExposed: configured (or no list) and existing."""
+        if self.namespaces and namespace not in self.namespaces:
+            return False
+        return state.namespace_exists(namespace)
+
+
+# -- names -----------------------------------------------------------------
+
+def name_wire(name: str) -> bytes:
+    """Presentation -> wire, case kept ("." is the root); ValueError if malformed."""
+    raw = name.encode("ascii")
+    if raw in (b".", b""):
+        return b"\x00"
+    if raw.endswith(b"."):
+        raw = raw[:-1]
+    out = bytearray()
+    for label in raw.split(b"."):
+        if not label or len(label) > 63:
+            raise ValueError(f"malformed name {name!r}")
+        out.append(len(label))
+        out += label
+    out.append(0)
+    if len(out) > 255:
+        raise ValueError(f"name too long: {name!r}")
+    return bytes(out)
+
+
+def label(s: str) -> bytes:
+    b = s.encode("ascii", "replace")
+    return bytes((len(b),)) + b
+
+
+def is_subdomain(name: bytes, zone: bytes) -> bool:
+    """`name` (lowercased wire) equals `zone` or ends with it on a label boundary."""
+    if zone == b"\x00":
+        return True
+    if not name.endswith(zone):
+        return False
+    start = len(name) - len(zone)
+    p = 0
+    while p < start:
+        p += name[p] + 1
+    return p == start
+
+
+def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
+    """(forward zones, reverse zones) as lowercased wire, deduplicated, in order."""
+    fwd, rev, seen = [], [], set()
+    for z in zones:
+        w = name_wire(z).lower()
+        if w in seen:
+            continue
+        seen.add(w)
+        (rev if is_subdomain(w, b"\x07in-addr\x04arpa\x00") or is_subdomain(w, b"\x03ip6\x04arpa\x00")
+         else fwd).append(w)
+    return fwd, rev
+
+
+def ip_packed(ip: str) -> bytes | None:
+    """4 or 16 octets of an address, None if it is not one."""
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        try:
+            return socket.inet_pton(socket.AF_INET6, ip)
+        except OSError:
+            return None
+
+
+def ip_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def reverse_wire(packed: bytes) -> bytes:
+    """The in-addr.arpa / ip6.arpa name of an address, lowercased wire (RFC 1035 §3.5, RFC 3596)."""
+    if len(packed) == 4:
+        out = b"".join(label(str(o)) for o in reversed(packed))
+        return out + b"\x07in-addr\x04arpa\x00"
+    nibbles = packed.hex()[::-1]
+    return b"".join(b"\x01" + c.encode() for c in nibbles) + b"\x03ip6\x04arpa\x00"
+
+
+def dashed(ip: str) -> str:
+    """CoreDNS endpointHostname's last resort: `.` or `:` -> `-` (`5678:abcd::1` -> `5678-abcd--1`).
+
+    A name ending in `-` is not a valid label, so the spec's rule applies:
+    a trailing `-` becomes `-0` (`fd00::` -> `fd00--0`).
+    """
+    if "." in ip:
+        out = ip.replace(".", "-")
+    elif ":" in ip:
+        out = ip.replace(":", "-")
+    else:
+        return ""
+    if out.endswith("-"):
+        out += "0"
+    return out
+
+
+def addr_rr(packed: bytes, ttl: int, owner: bytes | None = None) -> RR:
+    return (owner, A if len(packed) == 4 else AAAA, ttl, packed, None)
+
+
+def srv_prefix(priority: int, weight: int, port: int) -> bytes:
+    return struct.pack(">HHH", priority, weight, port)
+
+
+def srv_weight(n: int) -> int:
+    """backend_lookup.go SRV(): 100/N per record of priority 0, floored, at least 1."""
+    return max(1, 100 // n) if n else 100
+
+
+# -- per-name record sets ----------------------------------------------------
+
+@dataclass(slots=True)
+class NameSet:
+    """Owner name (lowercased wire key) -> (wire as written, {qtype: Answer}, nodata)."""
+
+    names: dict[bytes, tuple[bytes, dict[int, Answer], bool]] = field(default_factory=dict)
+
+    def put(self, wire: bytes, qtype: int, answer: Answer, nodata: bool = True) -> None:
+        key = wire.lower()
+        got = self.names.get(key)
+        if got is None:
+            self.names[key] = (wire, {qtype: answer}, nodata)
+        else:
+            got[1][qtype] = answer
+
+    def exists(self, wire: bytes, nodata: bool = True) -> None:
+        key = wire.lower()
+        if key not in self.names:
+            self.names[key] = (wire, {}, nodata)
+
+
+@dataclass(slots=True)
+class ServiceRecords:
+    """Everything one Service (or an orphan slice group) contributes."""
+
+    names: NameSet
+    # PTR contributions: (address packed, target wire, from a ClusterIP)
+    ptrs: list[tuple[bytes, bytes, bool]]
+    # in-zone Services whose records this one's answers embed (ExternalName chasing)
+    depends_on: set[tuple[str, str]]
+    # does a ready endpoint hold one of our local IPs (apex NS glue, ns.go nsAddrs)
+    serves_local: bool
+
+
+@dataclass(slots=True)
+class _Ep:
+    """One ready endpoint address, flattened (CoreDNS object.EndpointAddress)."""
+
+    packed: bytes
+    hostname: str
+    ports: tuple[tuple[str, str, int], ...]  # (name, protocol, port); port -1 = none declared
+
+
+def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: str) -> list[_Ep]:
+    """Ready addresses of a Service's slices in slice order (object/endpoint.go:
+    not-ready endpoints are dropped, an empty port list becomes the -1 sentinel)."""
+    if opts.noendpoints:
+        return []  # CoreDNS does not even watch endpoints then
+    out = []
+    for sl in state.slices_of(ns, svc):
+        if sl.address_type not in ("IPv4", "IPv6"):
+            continue  # FQDN slices carry no addresses DNS can serve
+        ports = tuple((p.name, p.protocol, p.port) for p in sl.ports) or (("", "", -1),)
+        for ep in sl.endpoints:
+            if not ep.ready:
+                continue
+            for a in ep.addresses:
+                packed = ip_packed(a)
+                if packed is None:
+                    continue
+                host = _endpoint_hostname(ep.hostname, ep.target_pod, a, opts)
+                if host:
+                    out.append(_Ep(packed, host, ports))
+    return out
+
+
+def _endpoint_hostname(hostname: str | None, pod: str | None, ip: str,
+                       opts: KubernetesOptions) -> str:
+    # kubernetes.go endpointHostname; object/endpoint.go drops pod names of 64+ chars
+    if hostname:
+        return hostname
+    if opts.endpoint_pod_names and pod and len(pod) < 64:
+        return pod
+    return dashed(ip)
+
+
+def _srv_answer(entries: list[tuple[bytes, bytes, int]], ttl: int) -> Answer:
+    """SRV answer + additional from (target wire, address packed, port) candidates.
+
+    backend_lookup.go SRV(): weight from the count before duplicates go;
+    port -1 entries are skipped; (target, port) and (target, address) deduplicated.
+    """
+    w = srv_weight(len(entries))
+    ans: list[RR] = []
+    add: list[RR] = []
+    seen_srv: set[tuple[bytes, int]] = set()
+    seen_addr: set[tuple[bytes, bytes]] = set()
+    for target, packed, port in entries:
+        if port == -1:
+            continue
+        lk = target.lower()
+        if (lk, port) not in seen_srv:
+            seen_srv.add((lk, port))
+            ans.append((None, SRV, ttl, srv_prefix(0, w, port), target))
+        if (lk, packed) not in seen_addr:
+            seen_addr.add((lk, packed))
+            add.append(addr_rr(packed, ttl, target))
+    return tuple(ans), tuple(add)
+
+
+def _addr_answers(packed_list: list[bytes], ttl: int) -> tuple[Answer | None, Answer | None]:
+    """(A answer, AAAA answer), duplicates removed (backend_lookup.go A(): dup map)."""
+    v4: list[RR] = []
+    v6: list[RR] = []
+    seen: set[bytes] = set()
+    for p in packed_list:
+        if p in seen:
+            continue
+        seen.add(p)
+        (v4 if len(p) == 4 else v6).append((None, A if len(p) == 4 else AAAA, ttl, p, None))
+    return ((tuple(v4), ()) if v4 else None), ((tuple(v6), ()) if v6 else None)
+
+
+def _put_addrs(ns: NameSet, wire: bytes, packed_list: list[bytes], ttl: int) -> None:
+    a4, a6 = _addr_answers(packed_list, ttl)
+    if a4:
+        ns.put(wire, A, a4)
+    if a6:
+        ns.put(wire, AAAA, a6)
+    if not a4 and not a6:
+        ns.exists(wire)
+
+
+class RecordBuilder:
+    """Builds the records of a Service, a namespace or a zone apex, per forward zone."""
+
+    def __init__(self, opts: KubernetesOptions) -> None:
+        self.opts = opts
+        self.forward, self.reverse = split_zones(opts.zones)
+        self.primary = self.forward[0] if self.forward else b"\x07cluster\x05local\x00"
+        self.local_packed = {p for p in (ip_packed(i) for i in opts.local_ips) if p}
+
+    # -- services --------------------------------------------------------
+    def service(self, state: ClusterState, ns: str, name: str) -> ServiceRecords:
+        opts = self.opts
+        ttl = opts.ttl
+        out = ServiceRecords(NameSet(), [], set(), False)
+        svc = state.services.get((ns, name))
+        if opts.namespaces and ns not in opts.namespaces:
+            return out  # reverse.go skips unexposed namespaces as well
+        eps = ready_endpoints(state, opts, ns, name)
+        if self.local_packed and any(e.packed in self.local_packed for e in eps):
+            out.serves_local = True
+        # reverse.go: endpoint PTRs exist whatever the Service (even none); ClusterIP ones win
+        ep_base = label(name) + label(ns) + b"\x03svc" + self.primary
+        for e in eps:
+            out.ptrs.append((e.packed, label(e.hostname) + ep_base, False))
+        if svc is None:
+            return out
+        cluster_packed = [p for p in (ip_packed(i) for i in svc.cluster_ips) if p]
+        if svc.type != "ExternalName" and not svc.headless:
+            for p in cluster_packed:
+                out.ptrs.append((p, label(name) + label(ns) + b"\x03svc" + self.primary, True))
+        if not opts.exposed(state, ns):
+            return out
+        if (opts.ignore_empty_service and svc.type != "ExternalName" and not svc.headless
+                and not eps):
+            return out  # kubernetes.go findServices: NXDOMAIN when no endpoint can answer
+        for zone in self.forward:
+            base = label(name) + label(ns) + b"\x03svc" + zone
+            if svc.type == "ExternalName":
+                self._external(state, svc, base, zone, out)
+            elif svc.headless:
+                self._headless(eps, base, out.names, ttl)
+            else:
+                self._cluster_ip(svc, cluster_packed, base, out.names, ttl)
+            if svc.type != "ExternalName":
+                self._endpoint_names(eps, base, out.names, ttl)
+        return out
+
+    def _cluster_ip(self, svc: Service, packed: list[bytes], base: bytes, names: NameSet,
+                    ttl: int) -> None:
+        if not svc.ports:
+            return  # findServices appends one record per port: no port, no record (NXDOMAIN)
+        _put_addrs(names, base, packed, ttl)
+        entries = [(base, p, port.port) for port in svc.ports for p in packed]
+        if entries:
+            names.put(base, SRV, _srv_answer(entries, ttl))
+        groups: dict[bytes, list[tuple[bytes, bytes, int]]] = {}
+        order: list[tuple[bytes, bytes]] = []
+        for port in svc.ports:
+            if not port.name:
+                continue
+            owner = label("_" + port.name) + label("_" + port.protocol.lower()) + base
+            k = owner.lower()
+            if k not in groups:
+                groups[k] = []
+                order.append((k, owner))
+            groups[k].extend((base, p, port.port) for p in packed)
+        for k, owner in order:
+            if groups[k]:
+                names.put(owner, SRV, _srv_answer(groups[k], ttl))
+
+    def _headless(self, eps: list[_Ep], base: bytes, names: NameSet, ttl: int) -> None:
+        if not eps:
+            return  # no ready endpoint: NXDOMAIN
+        _put_addrs(names, base, [e.packed for e in eps], ttl)
+        entries = []
+        by_port: dict[bytes, tuple[bytes, list[tuple[bytes, bytes, int]]]] = {}
+        for e in eps:
+            target = label(e.hostname) + base
+            for pname, proto, port in e.ports:
+                entries.append((target, e.packed, port))
+                if pname and port != -1:
+                    owner = label("_" + pname) + label("_" + proto.lower()) + base
+                    k = owner.lower()
+                    if k not in by_port:
+                        by_port[k] = (owner, [])
+                    by_port[k][1].append((target, e.packed, port))
+        ans = _srv_answer(entries, ttl)
+        if ans[0]:
+            names.put(base, SRV, ans)
+        for owner, group in by_port.values():
+            names.put(owner, SRV, _srv_answer(group, ttl))
+
+    def _endpoint_names(self, eps: list[_Ep], base: bytes, names: NameSet, ttl: int) -> None:
+        """`endpoint.svc.ns.svc.zone` for ClusterIP and headless Services alike
+        (findServices: `svc.Headless() || r.endpoint != ""`)."""
+        by_host: dict[str, list[_Ep]] = {}
+        for e in eps:
+            by_host.setdefault(e.hostname.lower(), []).append(e)
+        for group in by_host.values():
+            owner = label(group[0].hostname) + base
+            _put_addrs(names, owner, [e.packed for e in group], ttl)
+            entries = [(owner, e.packed, port) for e in group for (_n, _p, port) in e.ports]
+            ans = _srv_answer(entries, ttl)
+            if ans[0]:
+                names.put(owner, SRV, ans)
+
+    def _external(self, state: ClusterState, svc: Service, base: bytes, zone: bytes,
+                  out: ServiceRecords) -> None:
+        ext = svc.external_name or ""
+        if not ext or ip_packed(ext.rstrip(".")) is not None:
+            return  # msg.Service.HostType() is not CNAME: no record (NXDOMAIN)
+        try:
+            target = name_wire(ext)
+        except (ValueError, UnicodeEncodeError):
+            return
+        names = out.names
+        ttl = self.opts.ttl
+        cname: RR = (None, CNAME, ttl, b"", target)
+        names.put(base, CNAME, ((cname,), ()))
+        if target.lower() == base.lower():
+            return  # "x CNAME x is a direct loop, don't add those"
+        for qtype in (A, AAAA):
+            if is_subdomain(target.lower(), zone):
+                chased = self.chase(state, target, qtype, zone, 1, {base.lower()},
+                                    out.depends_on)
+                if chased:
+                    names.put(base, qtype, ((cname, *chased), ()))
+            else:
+                # Out of zone: the forwarder would append the target's records
+                # (backend_lookup.go Lookup); until it does, the CNAME alone.
+                names.put(base, qtype, ((cname,), ()))
+        names.exists(base)
+
+    # -- in-zone resolution for CNAME chasing -------------------------------
+    def chase(self, state: ClusterState, target: bytes, qtype: int, zone: bytes, depth: int,
+              seen: set[bytes], deps: set[tuple[str, str]]) -> tuple[RR, ...]:
+        """Records for `target` (in `zone`) of `qtype`, owners set to `target`; () if none.
+
+        backend_lookup.go A(): an in-zone CNAME target is looked up again; a
+        CNAME whose chase yields nothing is dropped; at most 8 links.
+        """
+        key = target.lower()
+        if key in seen or depth >= MAX_CNAME_CHAIN:
+            return ()
+        seen = seen | {key}
+        labels = _labels(key[: len(key) - len(zone)] + b"\x00")
+        if not labels:
+            return ()
+        got: Answer | None = None
+        if labels[-1] == b"svc" and len(labels) in (3, 4):
+            ns, name = labels[-2].decode("ascii", "replace"), labels[-3].decode("ascii", "replace")
+            deps.add((ns, name))
+            recs = self.service(state, ns, name).names.names
+            entry = recs.get(key)
+            if entry is not None:
+                got = entry[1].get(qtype)
+                if got is None and CNAME in entry[1]:
+                    cname = entry[1][CNAME][0][0]
+                    nxt = cname[4]
+                    assert nxt is not None
+                    rest = ()
+                    if is_subdomain(nxt.lower(), zone):
+                        rest = self.chase(state, nxt, qtype, zone, depth + 1, seen, deps)
+                        if not rest:
+                            return ()
+                    return ((target, CNAME, cname[2], b"", nxt), *rest)
+        elif labels[-1] == b"pod" and len(labels) == 3:
+            ns = labels[-2].decode("ascii", "replace")
+            packed = self.pod_address(state, ns, labels[0].decode("ascii", "replace"))
+            if packed is not None and (qtype == A) == (len(packed) == 4):
+                return (addr_rr(packed, self.opts.ttl, target),)
+            return ()
+        if not got:
+            return ()
+        return tuple((target if rr[0] is None else rr[0], *rr[1:]) for rr in got[0])
+
+    def pod_address(self, state: ClusterState, ns: str, podname: str) -> bytes | None:
+        """kubernetes.go findPods: the address a pod name stands for, None = NXDOMAIN."""
+        mode = self.opts.pods
+        if mode == "disabled" or not self.opts.exposed(state, ns):
+            return None
+        packed = pod_name_address(podname)
+        if packed is None:
+            return None
+        if mode == "insecure":
+            return packed
+        for pod in state.pods_in(ns):
+            if pod.ips and pod.ips[0].lower() == ip_from_podname(podname):
+                return packed
+        return None
+
+    # -- namespaces, pods, apex ------------------------------------------
+    def namespace(self, state: ClusterState, ns: str) -> NameSet:
+        """`ns.svc.ZONE` (and `ns.pod.ZONE` unless pods are disabled): NODATA when exposed."""
+        out = NameSet()
+        if not self.opts.exposed(state, ns):
+            return out
+        for zone in self.forward:
+            out.exists(label(ns) + b"\x03svc" + zone)
+            if self.opts.pods != "disabled":
+                out.exists(label(ns) + b"\x03pod" + zone)
+        return out
+
+    def verified_pods(self, state: ClusterState, ns: str) -> NameSet:
+        """`pods verified`: one name per pod IP (object/pod.go keeps status.podIP only)."""
+        out = NameSet()
+        if self.opts.pods != "verified" or not self.opts.exposed(state, ns):
+            return out
+        for pod in state.pods_in(ns):
+            if not pod.ips:
+                continue
+            packed = ip_packed(pod.ips[0])
+            host = dashed(pod.ips[0])
+            if packed is None or not host:
+                continue
+            for zone in self.forward:
+                _put_addrs(out, label(host) + label(ns) + b"\x03pod" + zone, [packed],
+                           self.opts.ttl)
+        return out
+
+    def ns_addresses(self, state: ClusterState, zone: bytes,
+                     serving: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+        """ns.go nsAddrs: (owner wire, address) glue for the apex NS.
+
+        Services whose ready endpoints include a local IP: a ClusterIP one
+        by its name and first cluster IP, a headless one by its endpoints;
+        none found -> `ns.dns.ZONE` with the local IPs. Deduplicated by address.
+        """
+        pairs: list[tuple[bytes, bytes]] = []
+        for ns, name in serving:
+            svc = state.services.get((ns, name))
+            if svc is None or svc.type == "ExternalName":
+                continue
+            base = label(name) + label(ns) + b"\x03svc" + zone
+            if svc.headless:
+                for e in ready_endpoints(state, self.opts, ns, name):
+                    pairs.append((label(e.hostname) + base, e.packed))
+            elif svc.cluster_ips:
+                p = ip_packed(svc.cluster_ips[0])
+                if p:
+                    pairs.append((base, p))
+        if not pairs:
+            pairs = [(b"\x02ns\x03dns" + zone, p)
+                     for p in (ip_packed(i) for i in self.opts.local_ips) if p]
+        seen: set[bytes] = set()
+        out = []
+        for owner, p in pairs:
+            if p not in seen:
+                seen.add(p)
+                out.append((owner, p))
+        return out
+
+    def apex(self, state: ClusterState, zone: bytes, serving: list[tuple[str, str]],
+             forward: bool) -> NameSet:
+        """Names at and right under a zone apex; SOA itself is the compiler's (serial)."""
+        ttl = self.opts.ttl
+        out = NameSet()
+        glue = self.ns_addresses(state, zone, serving)
+        ns_rrs: list[RR] = []
+        seen: set[bytes] = set()
+        for owner, _p in glue:
+            if owner.lower() not in seen:
+                seen.add(owner.lower())
+                ns_rrs.append((None, NS, ttl, b"", owner))
+        out.put(zone, NS, (tuple(ns_rrs), tuple(addr_rr(p, ttl, o) for o, p in glue)))
+        out.exists(zone)
+        if not forward:
+            return out
+        # kubernetes.go Services(): isDefaultNS answers A/AAAA with the nsAddrs addresses
+        _put_addrs(out, b"\x02ns\x03dns" + zone, [p for _o, p in glue], ttl)
+        out.exists(b"\x03svc" + zone)  # parse.go: "return NODATA for apex queries"
+        out.exists(b"\x03pod" + zone)
+        txt = DNS_SCHEMA_VERSION.encode()
+        out.put(b"\x0bdns-version" + zone, TXT,
+                (((None, TXT, DNS_VERSION_TTL, bytes((len(txt),)) + txt, None),), ()),
+                nodata=False)
+        return out
+
+
+def _labels(wire: bytes) -> list[bytes]:
+    out, p = [], 0
+    while p < len(wire) and wire[p]:
+        out.append(wire[p + 1 : p + 1 + wire[p]])
+        p += wire[p] + 1
+    return out
+
+
+def ip_from_podname(podname: str) -> str:
+    """findPods: three dashes and no `--` is IPv4 (dashes -> dots), else IPv6 (dashes -> colons)."""
+    if podname.count("-") == 3 and "--" not in podname:
+        return podname.replace("-", ".")
+    return podname.replace("-", ":")
+
+
+def pod_name_address(podname: str) -> bytes | None:
+    """Address of a pod name label (`10-244-1-5`, `fd00--5`), None if it is not one."""
+    return ip_packed(ip_from_podname(podname))

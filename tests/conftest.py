@@ -1,0 +1,35 @@
+"""Shared fixtures. `wire` runs a test over both wire implementations.
+
+The `py`/`c` parametrisation follows multidict's conftest: every wire test
+runs against the pure-Python twin and the Cython core. The C run is skipped
+only when FASTDNS_NO_EXTENSIONS=1; otherwise a missing extension is an error
+(and tests/test_wire.py::test_c_extension_loaded fails on its own).
+"""
+
+import os
+
+import pytest
+
+NO_EXTENSIONS = os.environ.get("FASTDNS_NO_EXTENSIONS", "") not in ("", "0")
+
+
+@pytest.fixture(params=["py", "c"])
+def wire(request):
+    """The wire module under test: fastdns.wire (py) or fastdns._wire (c)."""
+    if request.param == "py":
+        from fastdns import wire as module
+    else:
+        if NO_EXTENSIONS:
+            pytest.skip("FASTDNS_NO_EXTENSIONS=1: the Cython core is not tested")
+        from fastdns import _wire as module
+    return module
+
+
+@pytest.fixture
+def wire_pair():
+    """(python twin, Cython core) for differential tests; skipped without extensions."""
+    if NO_EXTENSIONS:
+        pytest.skip("FASTDNS_NO_EXTENSIONS=1: nothing to compare the twin with")
+    from fastdns import _wire, wire
+
+    return wire, _wire

@@ -1,0 +1,167 @@
+"""The control process in-process: state-file watching, state diffs, the loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+
+import pytest
+
+from fastdns.control import statefile
+from fastdns.control.process import ControlLoop, sync_state
+from fastdns.control.publisher import Publisher
+from fastdns.server import shm
+from fastdns.zone.state import ClusterState, load_state
+
+NS = """
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+"""
+SVC = """
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  clusterIP: {ip}
+  clusterIPs: [{ip}]
+  ports: [{{name: http, port: 80, protocol: TCP}}]
+"""
+SLICE = """
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-abc
+  namespace: {ns}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+endpoints:
+- addresses: [{ep}]
+  conditions: {{ready: true}}
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+"""
+
+
+def cluster(*services: tuple[str, str], ns: str = "default", eps: dict | None = None) -> str:
+    text = NS.format(ns=ns)
+    for name, ip in services:
+        text += SVC.format(name=name, ns=ns, ip=ip)
+        if eps and name in eps:
+            text += SLICE.format(name=name, ns=ns, ep=eps[name])
+    return text
+
+
+# -- fingerprints ----------------------------------------------------------------
+
+
+def test_fingerprint_sees_every_kind_of_write(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("a: 1\n")
+    fp0 = statefile.fingerprint(str(f))
+    assert statefile.fingerprint(str(f)) == fp0
+    f.write_text("a: 2\n")  # same size, in place: mtime (ns) moves
+    fp1 = statefile.fingerprint(str(f))
+    assert fp1 != fp0
+    tmp = tmp_path / "s.tmp"
+    tmp.write_text("a: 2\n")
+    os.utime(tmp, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns))
+    os.replace(tmp, f)  # same size and mtime, new inode
+    assert statefile.fingerprint(str(f)) != fp1
+    f.unlink()
+    assert statefile.fingerprint(str(f)) == ()
+
+
+def test_fingerprint_of_a_directory(tmp_path):
+    (tmp_path / "a.yaml").write_text("x")
+    fp0 = statefile.fingerprint(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / ".hidden.yaml").write_text("ignored")
+    assert statefile.fingerprint(str(tmp_path))[1:] == fp0[1:]
+    (tmp_path / "b.json").write_text("{}")
+    assert statefile.fingerprint(str(tmp_path))[1:] != fp0[1:]
+
+
+# -- the source --------------------------------------------------------------------
+
+
+def test_source_reloads_and_keeps_last_good(tmp_path, caplog):
+    f = tmp_path / "cluster.yaml"
+    f.write_text(cluster(("web", "10.96.0.10")))
+    got = []
+    src = statefile.StateFileSource(str(f), got.append)
+    first = src.load_now()
+    assert ("default", "web") in first.services
+    assert not src.poll()  # nothing changed
+    f.write_text(cluster(("web", "10.96.0.10"), ("api", "10.96.0.11")))
+    assert src.poll()
+    assert ("default", "api") in got[-1].services
+    caplog.set_level(logging.ERROR, logger="control/statefile")
+    f.write_text(cluster(("bad", "10.96.0.30")).replace("port: 80,", "port: eighty,"))
+    assert not src.poll()
+    assert len(got) == 1
+    msg = caplog.records[-1].getMessage()
+    assert str(f) in msg and "Service default/bad" in msg and "last good" in msg
+    assert not src.poll()  # logged once per bad version, not every poll
+    assert len(caplog.records) == 1
+    f.write_text(cluster(("web", "10.96.0.12")))
+    assert src.poll() and got[-1].services[("default", "web")].cluster_ips == ("10.96.0.12",)
+
+
+def test_source_thread_notices_within_a_poll(tmp_path):
+    f = tmp_path / "cluster.yaml"
+    f.write_text(cluster(("web", "10.96.0.10")))
+    seen = threading.Event()
+    src = statefile.StateFileSource(str(f), lambda s: seen.set(), interval=0.05)
+    src.load_now()
+    src.start()
+    try:
+        t0 = time.monotonic()
+        f.write_text(cluster(("web", "10.96.0.20")))
+        assert seen.wait(2.0)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        src.stop()
+
+
+# -- whole-state diffs -------------------------------------------------------------
+
+
+def test_sync_state_turns_one_state_into_another(tmp_path):
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text(cluster(("web", "10.96.0.10"), ("api", "10.96.0.11"), ("db", "10.96.0.12"),
+                         eps={"web": "10.0.0.1", "api": "10.0.0.2"}))
+    b.write_text(cluster(("web", "10.96.0.10"), ("api", "10.96.0.11"), ("new", "10.96.0.13"),
+                         eps={"web": "10.0.0.1", "api": "10.0.0.9"}))
+    cur, new = load_state(str(a)), load_state(str(b))
+    affected = sync_state(cur, new)
+    assert affected.services == {("default", "api"), ("default", "db"), ("default", "new")}
+    assert not affected.namespaces
+    for attr in ("namespaces", "services", "slices", "pods"):
+        assert getattr(cur, attr) == getattr(new, attr)
+    assert not sync_state(cur, load_state(str(b)))  # no change, nothing affected
+
+
+def test_sync_state_namespace_going_away():
+    from fastdns.zone.objects import Namespace, Service
+
+    cur = ClusterState([Namespace("gone"), Service("gone", "x", "ClusterIP", ("10.96.1.1",),
+                                                   False, None, ())])
+    affected = sync_state(cur, ClusterState())
+    assert affected.namespaces == {"gone"} and affected.services == {("gone", "x")}
+    assert len(cur) == 0
+
+
+# -- the loop with the real compiler and shared memory ---------------------------------
+
+
+@pytest.fixture
+def instance():
+    inst = "c" + secrets.token_hex(5)
+    yield inst
+    shm.sweep(inst)

@@ -1,0 +1,199 @@
+"""Unit tests of the worker's parts that need no process: counters, slow path."""
+
+from __future__ import annotations
+
+import random
+
+import dns.message
+import dns.rcode
+import pytest
+from test_worker import POD_ZONE, build_test_image
+
+from fastdns.codec import NO_EXTENSIONS, wire
+from fastdns.constants import Qtype
+from fastdns.server import counters as ctr
+from fastdns.server.slowpath import SlowPath
+from fastdns.zone import image as img
+
+try:
+    from fastdns.server import _udp
+except ImportError:  # pragma: no cover - pure-Python run
+    _udp = None
+
+needs_udp = pytest.mark.skipif(_udp is None, reason="fastdns.server._udp not built")
+
+
+def test_udp_extension_loaded_when_extensions_are():
+    # the Cython fast path must not silently fall back to the Python twin
+    if not NO_EXTENSIONS:
+        assert _udp is not None
+
+
+@needs_udp
+def test_cython_layout_mirrors_counters_py():
+    for name, value in _udp.LAYOUT.items():
+        if name == "W_END":
+            assert value == ctr.W_END
+        else:
+            assert ctr.LAYOUT[name] == value, name
+    assert _udp.SLOT_SIZE == wire.SLOT
+
+
+def _packets(n: int) -> list[bytes]:
+    rng = random.Random(7)
+    base = [dns.message.make_query(name, t, want_dnssec=d, use_edns=e).to_wire()
+            for name in ("a.b.c", "kubernetes.default.svc.cluster.local", ".")
+            for t in ("A", "AAAA", "SRV", "PTR", "TXT", "NS", "SOA", "CNAME", "MX", "NAPTR")
+            for d in (False, True) for e in (None, 0)]
+    out = list(base)
+    while len(out) < n:
+        p = bytearray(rng.choice(base))
+        for _ in range(rng.randrange(4)):
+            p[rng.randrange(len(p))] = rng.randrange(256)
+        out.append(bytes(p[: rng.randrange(len(p) + 1)]) if rng.random() < 0.3 else bytes(p))
+    return out
+
+
+@needs_udp
+def test_cython_counting_equals_python_counting():
+    """The C twin in _udp.pyx and counters.Counters fill identical blocks."""
+    blk_c = bytearray(ctr.W_END * 8 + 64)
+    blk_py = bytearray(ctr.W_END * 8 + 64)
+    py = ctr.Counters(memoryview(blk_py))
+    py.start(1)
+    starter = ctr.Counters(memoryview(blk_c))
+    starter.start(1)
+    starter.release()
+    image = build_test_image(1)
+    for i, pkt in enumerate(_packets(3000)):
+        fam = 1 + i % 2
+        _udp.count_udp_query(blk_c, fam, pkt)
+        py.query(0, fam, pkt)
+        status, resp, _ = wire.answer(image, pkt)
+        if resp:
+            _udp.count_udp_response(blk_c, resp)
+            py.response(0, resp)
+        ns = (i * 7919) % 80_000_000
+        _udp.count_batch_latency(blk_c, ns, 1)
+        py.latency(ns / 1e9)
+    py.release()
+    c, p = ctr.read_counters(bytes(blk_c)), ctr.read_counters(bytes(blk_py))
+    # only the latency sum may differ by float rounding of ns -> s -> ns
+    assert abs(c["latency"]["sum"] - p["latency"]["sum"]) < 1e-5
+    c["latency"]["sum"] = p["latency"]["sum"] = 0
+    assert c == p
+    assert sum(c["queries"].values()) == 3000
+    assert c["do_requests"] > 0 and c["responses"]["FORMERR"] > 0
+
+
+def test_classify_query():
+    q = dns.message.make_query("x.y", "SRV", want_dnssec=True).to_wire()
+    assert ctr.classify_query(q) == (ctr.QTYPE_BUCKETS.index("SRV"), True)
+    q = dns.message.make_query("x.y", "NAPTR").to_wire()
+    assert ctr.classify_query(q) == (ctr.QT_OTHER, False)
+    assert ctr.classify_query(b"\0" * 5) == (ctr.QT_OTHER, False)
+
+
+def test_response_bucket_badvers():
+    q = dns.message.make_query("x.y", "A", use_edns=1)
+    status, resp, _ = wire.answer(build_test_image(1), q.to_wire())
+    assert status == wire.ST_ANSWER
+    assert ctr.response_bucket(resp) == ctr.R_BADVERS
+    r = dns.message.make_response(dns.message.make_query("x.y", "A"))
+    r.set_rcode(dns.rcode.NXDOMAIN)
+    assert ctr.response_bucket(r.to_wire()) == 3
+
+
+def test_histogram_buckets_and_sum():
+    block = bytearray(ctr.W_END * 8)
+    c = ctr.Counters(memoryview(block))
+    c.start(1)
+    c.latency(0.0002)  # <= 0.00025
+    c.latency(0.0003, 2)  # <= 0.0005
+    c.latency(100.0)  # +Inf
+    d = ctr.read_counters(bytes(block))
+    lat = d["latency"]
+    assert lat["count"] == 4
+    assert lat["buckets"][0] == (0.00025, 1) and lat["buckets"][1] == (0.0005, 3)
+    assert lat["buckets"][-1] == (float("inf"), 4)
+    assert abs(lat["sum"] - (0.0002 + 0.0006 + 100.0)) < 1e-6
+    assert ctr.size_bucket(511) == 5 and ctr.size_bucket(512) == 6 and ctr.size_bucket(10**6) == 14
+
+
+def test_read_counters_of_unstarted_block_is_zero():
+    d = ctr.read_counters(bytes([0xFF]) * (ctr.W_END * 8))
+    assert sum(d["queries"].values()) == 0 and d["pid"] == 0
+    total = ctr.sum_counters([d, d])
+    assert total["latency"]["count"] == 0
+    assert ctr.sum_counters([])["responses"]["NOERROR"] == 0
+
+
+# -- slow path ----------------------------------------------------------------
+
+def _slow(synth=None):
+    image = build_test_image(1)
+    block = bytearray(ctr.W_END * 8)
+    c = ctr.Counters(memoryview(block))
+    c.start(1)
+    return image, c, SlowPath(lambda: image, c, synthesize=synth)
+
+
+def _zone_index(image, name: str) -> int:
+    h = img.read_header(image)
+    key = wire.encode_name(name).lower()
+    for i in range(h.nzones):
+        if img.zone_entry(image, i)[0] == key:
+            return i
+    raise KeyError(name)
+
+
+def test_slow_outside_every_zone_is_refused():
+    image, c, slow = _slow()
+    q = dns.message.make_query("example.com", "A")
+    r = dns.message.from_wire(slow.answer(q.to_wire(), -1))
+    assert r.rcode() == dns.rcode.REFUSED and r.id == q.id
+    assert c.w[ctr.W_SLOW_REFUSED] == 1
+
+
+def test_slow_pod_zone_uses_synthesis():
+    seen = []
+
+    def synth(image, data, q):
+        seen.append(q.key)
+        if q.key.startswith(b"\x0810-1-2-3"):
+            return wire.error_response(data, q, 0)  # stands in for a synthesized answer
+        return None
+
+    image, c, slow = _slow(synth)
+    zi = _zone_index(image, POD_ZONE)
+    q = dns.message.make_query("10-1-2-3.ns." + POD_ZONE, "A")
+    r = dns.message.from_wire(slow.answer(q.to_wire(), zi))
+    assert r.rcode() == dns.rcode.NOERROR and seen
+    q = dns.message.make_query("NotAPod.ns." + POD_ZONE, "A")
+    r = dns.message.from_wire(slow.answer(q.to_wire(), zi))
+    assert r.rcode() == dns.rcode.NXDOMAIN  # the zone's negative answer, with SOA
+    assert r.authority[0].rdtype == Qtype.SOA
+    assert r.authority[0].name.to_text() == POD_ZONE  # relocated onto the zone suffix
+    assert c.w[ctr.W_SLOW_POD] == 1 and c.w[ctr.W_SLOW_OTHER] == 1
+
+
+def test_slow_internal_error_is_servfail():
+    def synth(image, data, q):
+        raise RuntimeError("boom")
+
+    image, c, slow = _slow(synth)
+    q = dns.message.make_query("a.ns." + POD_ZONE, "A")
+    r = dns.message.from_wire(slow.answer(q.to_wire(), _zone_index(image, POD_ZONE)))
+    assert r.rcode() == dns.rcode.SERVFAIL
+    assert c.w[ctr.W_SLOW_SERVFAIL] == 1
+
+
+def test_slow_without_synthesis_is_servfail_and_garbage_is_safe():
+    image, c, slow = _slow(None)
+    slow._synthesize = None
+    q = dns.message.make_query("a.ns." + POD_ZONE, "A")
+    r = dns.message.from_wire(slow.answer(q.to_wire(), _zone_index(image, POD_ZONE)))
+    assert r.rcode() == dns.rcode.SERVFAIL
+    assert slow.answer(b"\x00\x01", -1) is None  # shorter than a header: dropped
+    r = slow.answer(b"\x12\x34" + b"\x00" * 10 + b"\xff", -1)
+    assert r is not None and r[3] & 0xF == dns.rcode.FORMERR
