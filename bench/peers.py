@@ -245,6 +245,11 @@ server:
     pidfile: "{d}/nsd.pid"
     logfile: "{d}/nsd.log"
     verbosity: 0
+    # Debian's NSD has response rate limiting on (200 answers/s per /24), which
+    # would drop most of a benchmark from 127.0.0.1.
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
+    minimal-responses: yes
 remote-control:
     control-enable: no
 {zone_lines}""")
@@ -415,16 +420,15 @@ def wait_answering(srv: Started, port: int, probe: Probe, timeout: float) -> boo
     return False
 
 
-def dump_answers(port: int, queries: list[qm.Query],
-                 path: Path) -> tuple[int, int, list[str]]:
-    """Ask every distinct query once; write the floor's answer file; check each rcode.
+Distinct = list[tuple[str, str, str]]  # (name, qtype, kind) in a fixed order
+
+
+def fetch_all(port: int, uniq: Distinct) -> dict[int, bytes]:
+    """Ask every distinct query once and return the raw answers by index.
 
     Pipelined over one socket (a window of queries in flight) so 30k names take
-    about a second.
+    about a second; unanswered ones are retried twice.
     """
-    import dns.name
-
-    uniq = list(dict.fromkeys((q.name, q.qtype, q.kind) for q in queries))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     sock.connect(("127.0.0.1", port))
@@ -435,7 +439,7 @@ def dump_answers(port: int, queries: list[qm.Query],
         m = dns.message.make_query(name, qtype)
         m.id = i & 0xFFFF
         wires.append(m.to_wire())
-    for attempt in range(3):
+    for _ in range(3):
         todo = [i for i in range(len(uniq)) if i not in got]
         for start in range(0, len(todo), 256):
             window = todo[start:start + 256]
@@ -450,9 +454,16 @@ def dump_answers(port: int, queries: list[qm.Query],
                 i = pending.pop(int.from_bytes(data[:2], "big"), None)
                 if i is not None and data[12:].startswith(wires[i][12:]):
                     got[i] = data
-        if len(got) == len(uniq) or attempt == 2:
+        if len(got) == len(uniq):
             break
     sock.close()
+    return got
+
+
+def write_floor(uniq: Distinct, got: dict[int, bytes], path: Path) -> tuple[int, list[str]]:
+    """The floor's answer file from the reference's answers; check each against its kind."""
+    import dns.name
+
     problems: list[str] = []
     truncated = 0
     with path.open("wb") as f:
@@ -475,7 +486,49 @@ def dump_answers(port: int, queries: list[qm.Query],
             resp = b"\0\0" + data[2:]
             f.write(len(key).to_bytes(2, "big") + key + qt.to_bytes(2, "big")
                     + len(resp).to_bytes(2, "big") + resp)
-    return len(uniq), truncated, problems
+    return truncated, problems
+
+
+def _digest(data: bytes) -> tuple[tuple[object, ...], frozenset[str]]:
+    """(what must match, the additional section); order and case do not matter.
+
+    In the authority section only the SOA's owner, TTL and timers count: the
+    serial is each server's own (fastdns: time of the last change), and an NS
+    RRset next to a positive answer is a server's policy (NSD adds it).
+    """
+    m = dns.message.from_wire(data)
+
+    def rrs(section: list) -> frozenset[str]:
+        return frozenset(f"{rs.name.to_text().lower()} {rs.ttl} {rs.rdtype} {rd.to_text().lower()}"
+                         for rs in section for rd in rs)
+
+    soa = frozenset(f"{rs.name.to_text().lower()} {rs.ttl} {rd.mname} {rd.rname} {rd.refresh} "
+                    f"{rd.retry} {rd.expire} {rd.minimum}".lower()
+                    for rs in m.authority if rs.rdtype == dns.rdatatype.SOA for rd in rs)
+    return ((m.rcode(), bool(m.flags & dns.flags.AA), bool(m.flags & dns.flags.TC),
+             rrs(m.answer), soa), rrs(m.additional))
+
+
+def compare_all(uniq: Distinct, ref: dict[int, bytes],
+                got: dict[int, bytes]) -> tuple[int, int, list[str]]:
+    """(answers that differ from the reference's, additional sections that differ, examples)."""
+    differ = extra = 0
+    examples: list[str] = []
+    for i, (name, qtype, _) in enumerate(uniq):
+        if i not in ref:
+            continue
+        if i not in got:
+            differ += 1
+            examples.append(f"{name} {qtype}: no answer")
+            continue
+        (a, a_add), (b, b_add) = _digest(ref[i]), _digest(got[i])
+        if a != b:
+            differ += 1
+            if len(examples) < 5:
+                examples.append(f"{name} {qtype}: {b} != reference {a}")
+        elif a_add != b_add:
+            extra += 1
+    return differ, extra, examples
 
 
 # --------------------------------------------------------------------------
@@ -491,6 +544,7 @@ class Run:
     latency_us: float = 0.0
     cpu_us_per_q: float = float("nan")
     cpu_share: float = 0.0  # server CPU seconds per wall second
+    others: float = 0.0  # CPU seconds per second used by neither the server nor dnsperf
     rcodes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -498,15 +552,35 @@ class Run:
         return self.lost / self.sent if self.sent else float("nan")
 
 
+def _busy_ticks() -> int:
+    """Non-idle jiffies of the whole machine (/proc/stat: all but idle and iowait)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f[:8]) - f[3] - f[4]
+
+
 def dnsperf(port: int, datafile: Path, seconds: float, server_pid: int, extra: list[str]) -> Run:
+    """One bounded dnsperf load; the server tree's CPU is read around it."""
     argv = pinned(CLIENT_CPU, ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile),
-                               "-l", str(seconds), "-t", "2", *extra])
-    t0, c0 = time.monotonic(), tree_cpu_ticks(server_pid)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    c1, t1 = tree_cpu_ticks(server_pid), time.monotonic()
-    text = out.stdout + out.stderr
-    if out.returncode != 0 or "Queries sent" not in text:
-        raise RuntimeError(f"dnsperf failed ({out.returncode}): {text[-500:]}")
+                               "-l", f"{seconds:g}", "-t", "2", *extra])
+    with tempfile.TemporaryFile("w+") as out:
+        t0, c0, b0 = time.monotonic(), tree_cpu_ticks(server_pid), _busy_ticks()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = t0 + seconds + 30
+        while True:  # wait4 gives dnsperf's own CPU time, to tell other load apart
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        c1, b1, t1 = tree_cpu_ticks(server_pid), _busy_ticks(), time.monotonic()
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0 or "Queries sent" not in text:
+        raise RuntimeError(f"dnsperf failed ({proc.returncode}): {text[-500:]}")
 
     def num(label: str) -> float:
         m = re.search(label + r":\s+([\d.]+)", text)
@@ -518,8 +592,11 @@ def dnsperf(port: int, datafile: Path, seconds: float, server_pid: int, extra: l
     m = re.search(r"Response codes:\s+(.*)", text)
     if m:
         r.rcodes = {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", m.group(1))}
+    wall = t1 - t0
     cpu_s = (c1 - c0) / CLK_TCK
-    r.cpu_share = cpu_s / (t1 - t0)
+    r.cpu_share = cpu_s / wall
+    client_s = usage.ru_utime + usage.ru_stime
+    r.others = max(0.0, (b1 - b0) / CLK_TCK - cpu_s - client_s) / wall
     if r.completed:
         r.cpu_us_per_q = cpu_s * 1e6 / r.completed
     return r
@@ -535,14 +612,18 @@ class Result:
     rss_kib: int = 0
     pss_kib: int = 0
     warnings: list[str] = field(default_factory=list)
+    proc: Started | None = None
+    port: int = 0
+    differ: str = "–"  # answers that differ from the reference peer's, over the whole mix
 
     def med(self, attr: str) -> float:
         vals = [getattr(r, attr) for r in self.saturated]
         return statistics.median(vals) if vals else float("nan")
 
 
-def measure(server: Server, work: Path, files: dict[str, Path], probes: list[Probe],
-            args: argparse.Namespace, after_probe: Callable[[int], None] | None = None) -> Result:
+def start_checked(server: Server, work: Path, files: dict[str, Path], probes: list[Probe],
+                  args: argparse.Namespace) -> Result:
+    """Start one server and check its answers; a Result whose proc is None was not started."""
     res = Result(server.name, server.version)
     if server.missing:
         res.status = "skipped: " + server.missing
@@ -555,47 +636,61 @@ def measure(server: Server, work: Path, files: dict[str, Path], probes: list[Pro
     print(f"[{server.name}] starting on 127.0.0.1:{port} (CPU {SERVER_CPU}): {' '.join(argv)}",
           flush=True)
     srv = Started(argv, d, SERVER_CPU)
-    try:
-        if not wait_answering(srv, port, probes[0], args.start_timeout):
-            res.status = ("skipped: did not answer within "
-                          f"{args.start_timeout:.0f} s" + ("" if srv.alive() else " (exited)"))
-            print(f"[{server.name}] {res.status}\n{srv.log_tail()}", flush=True)
-            return res
-        bad, warn = check_probes(port, probes)
-        res.warnings = warn
-        for w in warn:
-            print(f"[{server.name}] probe difference: {w}", flush=True)
-        if bad:
-            res.status = "skipped: wrong answers: " + " | ".join(bad)
-            print(f"[{server.name}] {res.status}", flush=True)
-            return res
-        print(f"[{server.name}] probes ok ({len(probes) - len(warn)}/{len(probes)} exact)",
-              flush=True)
-        if after_probe:
-            after_probe(port)
-        sat = ["-c", str(args.clients), "-q", str(args.outstanding)]
-        for i in range(args.runs):
-            r = dnsperf(port, files["queries"], args.seconds, srv.pid, sat)
-            res.saturated.append(r)
-            print(f"[{server.name}] saturated run {i + 1}: {r.qps:,.0f} QPS, "
-                  f"{r.latency_us:.0f} us avg, lost {r.lost}/{r.sent}, "
-                  f"{r.cpu_us_per_q:.2f} us CPU/query (server busy {r.cpu_share:.0%}), "
-                  f"rcodes {r.rcodes}", flush=True)
-        res.rss_kib, res.pss_kib = tree_memory_kib(srv.pid)
-        r = dnsperf(port, files["queries"], args.seconds, srv.pid,
-                    ["-c", "1", "-q", "100", "-Q", str(args.rate)])
-        res.fixed = r
-        print(f"[{server.name}] fixed {args.rate}/s: {r.qps:,.0f} QPS, {r.latency_us:.0f} us avg, "
-              f"lost {r.lost}/{r.sent}, {r.cpu_us_per_q:.2f} us CPU/query", flush=True)
-        if not srv.alive():
-            res.status = "crashed during the load"
+    t0 = time.monotonic()
+    if not wait_answering(srv, port, probes[0], args.start_timeout):
+        res.status = ("skipped: did not answer within "
+                      f"{args.start_timeout:.0f} s" + ("" if srv.alive() else " (exited)"))
+        print(f"[{server.name}] {res.status}\n{srv.log_tail()}", flush=True)
+        srv.stop()
         return res
+    bad, warn = check_probes(port, probes)
+    res.warnings = warn
+    for w in warn:
+        print(f"[{server.name}] probe difference: {w}", flush=True)
+    if bad:
+        res.status = "skipped: wrong answers: " + " | ".join(bad)
+        print(f"[{server.name}] {res.status}", flush=True)
+        srv.stop()
+        return res
+    print(f"[{server.name}] answering after {time.monotonic() - t0:.1f} s; probes ok "
+          f"({len(probes) - len(warn)}/{len(probes)} exact)", flush=True)
+    res.proc, res.port = srv, port
+    return res
+
+
+def load_round(res: Result, files: dict[str, Path], args: argparse.Namespace,
+               fixed: bool) -> None:
+    """One saturated run, or the fixed-rate run, against a started server."""
+    if res.proc is None or res.status != "ok":
+        return
+    name = res.name
+    if time.monotonic() + args.seconds + 5 > args.deadline:
+        print(f"[{name}] {'fixed-rate' if fixed else 'saturated'} run skipped: time budget "
+              f"(--budget {args.budget:g} s) spent", flush=True)
+        return
+    try:
+        if not fixed:
+            r = dnsperf(res.port, files["queries"], args.seconds, res.proc.pid,
+                        ["-c", str(args.clients), "-q", str(args.outstanding)])
+            res.saturated.append(r)
+            rss, pss = tree_memory_kib(res.proc.pid)
+            res.rss_kib, res.pss_kib = max(res.rss_kib, rss), max(res.pss_kib, pss)
+            print(f"[{name}] saturated run {len(res.saturated)}: {r.qps:,.0f} QPS, "
+                  f"{r.latency_us:.0f} us avg, lost {r.lost}/{r.sent}, "
+                  f"{r.cpu_us_per_q:.2f} us CPU/query (server busy {r.cpu_share:.0%}, "
+                  f"other load {r.others:.2f} CPU), rcodes {r.rcodes}", flush=True)
+        else:
+            r = dnsperf(res.port, files["queries"], args.seconds, res.proc.pid,
+                        ["-c", "1", "-q", "100", "-Q", str(args.rate)])
+            res.fixed = r
+            print(f"[{name}] fixed {args.rate}/s: {r.qps:,.0f} QPS, {r.latency_us:.0f} us avg, "
+                  f"lost {r.lost}/{r.sent}, {r.cpu_us_per_q:.2f} us CPU/query", flush=True)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         res.status = f"failed: {exc}"
-        print(f"[{server.name}] {res.status}", flush=True)
-        return res
-    finally:
-        srv.stop()
+        print(f"[{name}] {res.status}", flush=True)
+    if not res.proc.alive():
+        res.status = "exited during the load"
+        print(f"[{name}] {res.status}\n{res.proc.log_tail()}", flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -632,23 +727,27 @@ def tables(results: list[Result], args: argparse.Namespace, meta: dict[str, str]
         "",
         f"Saturated: server (one worker) on CPU {SERVER_CPU}, `dnsperf -c {args.clients} "
         f"-q {args.outstanding} -l {args.seconds:g}` on CPU {CLIENT_CPU}; median of "
-        f"{args.runs} run(s). CPU/query = the server process tree's utime+stime over answered "
-        "queries. RSS/PSS summed over the tree after the saturated runs.",
+        f"{args.runs} run(s), the servers' runs interleaved. CPU/query = the server process "
+        "tree's utime+stime over answered queries; server busy = that CPU time per second "
+        "(below 100 % means dnsperf, not the server, was the limit); other load = CPU seconds "
+        "per second used on the machine by neither the server nor dnsperf during the run. "
+        "RSS/PSS: summed over the process tree, largest seen after a saturated run.",
         "",
         "| server | version | QPS | QPS ×knot | avg latency µs | loss | CPU µs/query "
-        "| CPU ×knot | server CPU busy | RSS MiB | PSS MiB |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| CPU ×knot | server busy | other load | RSS MiB | PSS MiB | answers ≠ ref |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         if not r.saturated:
-            lines.append(f"| {r.name} | {r.version} | {r.status} ||||||||| ")
+            lines.append(f"| {r.name} | {r.version} | {r.status} |" + " |" * 10)
             continue
         q, c = r.med("qps"), r.med("cpu_us_per_q")
         loss = statistics.median(x.loss for x in r.saturated)
         lines.append(
             f"| {r.name} | {r.version} | {q:,.0f} | {_f(q / kq, '.2f')} | "
             f"{r.med('latency_us'):.0f} | {loss:.3%} | {c:.2f} | {_f(c / kc, '.2f')} | "
-            f"{r.med('cpu_share'):.0%} | {r.rss_kib / 1024:.1f} | {r.pss_kib / 1024:.1f} |")
+            f"{r.med('cpu_share'):.0%} | {r.med('others'):.2f} | {r.rss_kib / 1024:.1f} | "
+            f"{r.pss_kib / 1024:.1f} | {r.differ} |")
     fixed_knot = knot.fixed if knot else None
     lines += [
         "",
@@ -667,12 +766,20 @@ def tables(results: list[Result], args: argparse.Namespace, meta: dict[str, str]
     notes = [f"- {r.name}: probe difference (measured anyway): {w}"
              for r in results for w in r.warnings]
     notes += [f"- {r.name}: {r.status}" for r in results if r.status != "ok" and r.saturated]
+    notes += [f"- {r.name}: {len(r.saturated)} of {args.runs} saturated runs (time budget)"
+              for r in results if r.saturated and len(r.saturated) < args.runs]
     if notes:
         lines += ["", *notes]
-    lines += ["", "The C floor replays the complete answers the reference peer "
-              f"({meta['reference']}) gave to each distinct query (hash of lowercased qname + "
-              "qtype, ID and RD/CD patched), so it does the per-packet work of a server and "
-              "nothing else.", ""]
+    lines += ["", f"Correctness: every server first answered {meta['nprobes']} probe queries "
+              "as the zone data says (else it is not measured), then every distinct query of "
+              f"the mix once; \"answers ≠ ref\" counts answers whose rcode, AA, TC, answer "
+              "section (as a set) or authority SOA (serial aside) differ from the reference "
+              f"peer's ({meta['reference']})"
+              "; \"addl.\" counts those equal but for the additional section.", "",
+              "The C floor replays the complete answers the reference peer gave to each distinct "
+              "query (hash of the lowercased qname + qtype, ID and RD/CD patched from the query; "
+              "one thread, recvmmsg/sendmmsg batches of 64), so it does the per-packet work of a "
+              "server and nothing else.", ""]
     return "\n".join(lines)
 
 
@@ -734,6 +841,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q when saturated")
     p.add_argument("--only", help="comma-separated subset: knot,nsd,unbound,floor,fastdns")
     p.add_argument("--start-timeout", type=float, default=60.0)
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole run; loads that would overrun it are skipped "
+                        "(default 360, --quick 90)")
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -742,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     args.queries = args.queries or (20000 if args.quick else 100000)
     args.seconds = args.seconds or (3.0 if args.quick else 10.0)
     args.runs = args.runs or (1 if args.quick else 3)
+    args.budget = args.budget or (90.0 if args.quick else 360.0)
 
     if not shutil.which("dnsperf"):
         print(f"dnsperf not found: {INSTALL_HINT}", file=sys.stderr)
@@ -752,6 +863,9 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: one CPU only; server and dnsperf share it", flush=True)
 
     t_start = time.monotonic()
+    args.deadline = t_start + args.budget
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every server started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="fastdns-peers-"))
     try:
         state = make_state(work, args)
@@ -766,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"cluster": f"{nsvc} services, {sum(len(v) for v in rec.rrsets.values())} "
                            f"records + {len(rec.ptr)} PTR names",
                 "mix": f"{len(mix)} queries, {len(set(mix))} distinct",
-                "machine": machine(), "reference": "none", "truncated": "not checked"}
+                "machine": machine(), "reference": "none", "truncated": "not checked",
+                "nprobes": str(len(probes))}
         print(f"{meta['cluster']}; {meta['mix']}; work dir {work}", flush=True)
 
         servers = discover()
@@ -778,33 +893,63 @@ def main(argv: list[str] | None = None) -> int:
                                   "floor-answers": work / "floor-answers.bin",
                                   "floor-binary": work / "floor"}
 
-        def capture_reference(name: str) -> Callable[[int], None]:
-            def cb(port: int) -> None:
-                if meta["reference"] != "none":
-                    return
-                extra = [qm.Query(pr.qname, pr.qtype, "probe") for pr in probes]
-                n, tc, problems = dump_answers(port, mix + extra, files["floor-answers"])
-                meta["reference"] = name
-                meta["truncated"] = f"{tc} of {n} distinct queries"
-                print(f"[{name}] recorded {n} distinct answers for the C floor ({tc} truncated "
-                      f"at 512 octets); {len(problems)} not as the mix expects", flush=True)
+        uniq: Distinct = list(dict.fromkeys(
+            [(q.name, q.qtype, q.kind) for q in mix]
+            + [(pr.qname, pr.qtype, "probe") for pr in probes]))
+        reference: dict[int, bytes] = {}
+
+        def check_all(res: Result) -> None:
+            """The first peer that passes the probes is the reference; the rest are compared."""
+            got = fetch_all(res.port, uniq)
+            if not reference and res.name in ("knot", "nsd", "unbound"):
+                reference.update(got)
+                tc, problems = write_floor(uniq, got, files["floor-answers"])
+                meta["reference"] = res.name
+                meta["truncated"] = f"{tc} of {len(uniq)} distinct queries"
+                print(f"[{res.name}] reference: {len(got)}/{len(uniq)} distinct answers recorded "
+                      f"for the C floor ({tc} truncated at 512 octets); {len(problems)} not as "
+                      "the mix expects", flush=True)
                 for pr in problems[:10]:
                     print(f"    {pr}", flush=True)
-            return cb
+                res.differ = f"ref ({len(problems)} ≠ mix)"
+                return
+            if not reference:
+                return
+            differ, extra, examples = compare_all(uniq, reference, got)
+            res.differ = f"{differ}/{len(uniq)}" + (f" (+{extra} addl.)" if extra else "")
+            print(f"[{res.name}] answers differing from {meta['reference']}: {differ} of "
+                  f"{len(uniq)}; additional sections differing: {extra}", flush=True)
+            for ex in examples:
+                print(f"    {ex}", flush=True)
 
-        results = []
-        for s in servers:
-            if s.name == "C floor" and not s.missing:
-                if not files["floor-answers"].exists():
-                    s.missing = "no reference peer answered, nothing to replay"
-                else:
-                    cc = subprocess.run([s.binary, "-O2", "-Wall", "-o", str(files["floor-binary"]),
-                                         str(HERE / "floor" / "floor.c")],
-                                        capture_output=True, text=True)
-                    if cc.returncode:
-                        s.missing = f"gcc failed: {cc.stderr[-300:]}"
-            cb = capture_reference(s.name) if s.name in ("knot", "nsd", "unbound") else None
-            results.append(measure(s, work, files, probes, args, cb))
+        # Start everything first (the reference peer before the floor, which replays
+        # its answers), then interleave the runs: on a shared machine a burst of
+        # other load then spreads over all servers instead of hitting one.
+        results: list[Result] = []
+        try:
+            for s in servers:
+                if s.name == "C floor" and not s.missing:
+                    if not files["floor-answers"].exists():
+                        s.missing = "no reference peer answered, nothing to replay"
+                    else:
+                        cc = subprocess.run(
+                            [s.binary, "-O2", "-Wall", "-o", str(files["floor-binary"]),
+                             str(HERE / "floor" / "floor.c")], capture_output=True, text=True)
+                        if cc.returncode:
+                            s.missing = f"gcc failed: {cc.stderr[-300:]}"
+                res = start_checked(s, work, files, probes, args)
+                results.append(res)
+                if res.proc:
+                    check_all(res)
+            for _ in range(args.runs):
+                for res in results:
+                    load_round(res, files, args, fixed=False)
+            for res in results:
+                load_round(res, files, args, fixed=True)
+        finally:
+            for res in results:
+                if res.proc:
+                    res.proc.stop()
         body = tables(results, args, meta)
         print("\n" + body)
         cmd = "python3 bench/peers.py" + (" " + " ".join(argv if argv is not None

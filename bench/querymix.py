@@ -81,6 +81,11 @@ def endpoint_label(address: str, hostname: str | None) -> str:
     return label
 
 
+def _canonical(address: str) -> str:
+    """RFC 5952 text: the generator may write "fd00::0:1", a zone file parser "fd00::1"."""
+    return ipaddress.ip_address(address).compressed
+
+
 def _rtype(address: str) -> str:
     return "AAAA" if ":" in address else "A"
 
@@ -142,11 +147,13 @@ def build_records(objects: Iterable[Any], zone: str = ZONE) -> Records:
             for ep in sl.endpoints:
                 if not ep.ready:
                     continue
-                for addr in ep.addresses:
+                for raw in ep.addresses:
+                    addr = _canonical(raw)
                     if addr in seen:
                         continue
                     seen.add(addr)
-                    eps.append((addr, f"{endpoint_label(addr, ep.hostname)}.{fqdn}"))
+                    # CoreDNS builds the label from the address string as stored
+                    eps.append((addr, f"{endpoint_label(raw, ep.hostname)}.{fqdn}"))
         for addr, epname in eps:  # endpoint names exist for every service kind in CoreDNS
             rr[(epname, _rtype(addr))].append(addr)
             ptr[ipaddress.ip_address(addr).reverse_pointer + "."].append(epname)
@@ -170,7 +177,7 @@ def build_records(objects: Iterable[Any], zone: str = ZONE) -> Records:
             has_a = any(":" not in a for a, _ in eps)
             has_aaaa = any(":" in a for a, _ in eps)
         else:
-            for ip in svc.cluster_ips:
+            for ip in map(_canonical, svc.cluster_ips):
                 rr[(fqdn, _rtype(ip))].append(ip)
                 ptr[ipaddress.ip_address(ip).reverse_pointer + "."].append(fqdn)
             nips = max(1, len(svc.cluster_ips))

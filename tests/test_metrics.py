@@ -345,6 +345,7 @@ def test_blocks_from_a_parsed_corefile():
     assert second.servers == ("dns://:5353",) and second.zones == (".",)
     assert second.answering_plugin == "whoami"
 
+
 def test_health_self_check_feeds_coredns_health_metrics(ctl):
     values = m.ControlValues()
     collector = m.DnsCollector([ctl.counters(0)], kubeadm_labels(), values=values,
@@ -369,3 +370,129 @@ def test_health_self_check_feeds_coredns_health_metrics(ctl):
     assert les == ["0.00025", "0.0025", "0.025", "0.25", "2.5", "+Inf"]
     failures = fams["coredns_health_request_failures"].samples[0]
     assert failures.value == 0
+
+
+# -- end to end: fastdns serve, real queries, a real scrape --------------------
+
+
+def _free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (the DNS listener needs both)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.slow
+def test_end_to_end_counts_match_queries_sent(tmp_path):
+    import collections
+    import signal
+    import sys
+
+    import dns.query
+
+    dns_port, mport, hport, rport = (_free_port() for _ in range(4))
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(f"""\
+.:{dns_port} {{
+    bind 127.0.0.1
+    errors
+    health 127.0.0.1:{hport} {{
+        lameduck 1s
+    }}
+    ready 127.0.0.1:{rport}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }}
+    prometheus 127.0.0.1:{mport}
+}}
+""")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastdns", "serve", "--corefile", str(corefile), "--demo",
+         "--workers", "2"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, _ = _get(f"http://127.0.0.1:{rport}/ready")
+            except OSError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.05)
+        assert status == 200, (tmp_path / "serve.log").read_text()
+        assert _get(f"http://127.0.0.1:{hport}/health") == (200, "OK")
+
+        # Exactly these queries, each from its own socket (so SO_REUSEPORT
+        # spreads them over both workers), each answered.
+        plan = ([("kubernetes.default.svc.cluster.local", "A", "udp")] * 30
+                + [("kubernetes.default.svc.cluster.local", "AAAA", "udp")] * 10
+                + [("nope.default.svc.cluster.local", "A", "udp")] * 5
+                + [("kubernetes.default.svc.cluster.local", "TXT", "tcp")] * 4)
+        rcodes: collections.Counter[str] = collections.Counter()
+        for name, rdtype, proto in plan:
+            q = dns.message.make_query(name, rdtype)
+            send = dns.query.udp if proto == "udp" else dns.query.tcp
+            r = send(q, "127.0.0.1", port=dns_port, timeout=3)
+            rcodes[dns.rcode.to_text(r.rcode())] += 1
+
+        status, text = _get(f"http://127.0.0.1:{mport}/metrics")
+        assert status == 200
+        got: dict[tuple[str, frozenset], float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                got[(s.name, frozenset(s.labels.items()))] = s.value
+        base = {"server": f"dns://127.0.0.1:{dns_port}", "zone": ".", "view": ""}
+
+        def lbl(**kw: str) -> frozenset:
+            return frozenset({**base, **kw}.items())
+
+        assert samples_named(got, "coredns_dns_requests_total") == {
+            lbl(proto="udp", family="1", type="A"): 35.0,
+            lbl(proto="udp", family="1", type="AAAA"): 10.0,
+            lbl(proto="tcp", family="1", type="TXT"): 4.0,
+        }
+        assert samples_named(got, "coredns_dns_responses_total") == {
+            lbl(rcode=rc, plugin="kubernetes"): float(n) for rc, n in rcodes.items()}
+        assert got[("coredns_dns_request_duration_seconds_count", lbl())] == len(plan)
+        per_worker = samples_named(got, "fastdns_worker_requests_total")
+        assert sorted(dict(k)["worker"] for k in per_worker) == ["0", "1"]
+        assert sum(per_worker.values()) == len(plan)
+        assert all(v > 0 for v in per_worker.values()), per_worker  # both workers summed
+        assert got[("fastdns_snapshot_generation", frozenset())] >= 1
+        assert got[("fastdns_snapshot_image_bytes", frozenset())] > 0
+        assert {dict(k)["name"] for k in samples_named(got, "coredns_plugin_enabled")} == {
+            "errors", "kubernetes", "prometheus"}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()

@@ -439,6 +439,25 @@ def test_sigterm_exits_zero_and_sweeps_shm(server):
     assert not any(_alive(p) for p in children)
 
 
+def test_supervisor_killed_leaves_nothing(tmp_path):
+    """SIGKILL of the supervisor: PR_SET_PDEATHSIG stops the children, control sweeps."""
+    port = free_port()
+    (tmp_path / "Corefile").write_text(corefile_for(port))
+    srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"), "--demo",
+                            "--workers", "1"], port)
+    try:
+        srv.wait_answering()
+        inst = srv.instance
+        children = [srv.pids("control")[-1], srv.pids("worker 0")[-1]]
+        assert shm.list_segments(inst)
+        srv.proc.kill()
+        srv.proc.wait()
+        assert _wait(lambda: not any(_alive(p) for p in children), 10.0)
+        assert shm.list_segments(inst) == []
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
 # -- startup errors and the demo ----------------------------------------------
 
 

@@ -165,3 +165,104 @@ def instance():
     inst = "c" + secrets.token_hex(5)
     yield inst
     shm.sweep(inst)
+
+
+COREFILE = """\
+cluster.local:53 {
+    kubernetes cluster.local in-addr.arpa {
+        ttl 7
+    }
+}
+"""
+
+
+def _loop(instance, state):
+    from fastdns.control.process import build_compiler
+    from fastdns.corefile import parse_corefile
+
+    ctl = shm.ControlSegment.create(instance, 1)
+    loop = ControlLoop(build_compiler(parse_corefile(COREFILE, "Corefile")), Publisher(ctl),
+                       coalesce=0.02)
+    loop.publish_full(state, "test")
+    t = threading.Thread(target=loop.run, daemon=True)
+    t.start()
+    return ctl, loop, t
+
+
+def _resolve(ctl, name: str) -> tuple[int, set[str]]:
+    """(rcode, A addresses) of `name` answered from the published image by the wire core."""
+    import dns.message
+
+    from fastdns.codec import wire
+
+    seg = ctl.current()
+    try:
+        q = dns.message.make_query(name, "A")
+        status, resp, _ = wire.answer(seg.buf, q.to_wire(), 0)
+        assert status == wire.ST_ANSWER
+        r = dns.message.from_wire(resp)
+        return r.rcode(), {rr.address for rrset in r.answer for rr in rrset}
+    finally:
+        seg.close()
+
+
+def _wait_gen(ctl, gen: int, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ctl.generation >= gen:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_loop_publishes_a_new_state_incrementally(instance, tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(cluster(("web", "10.96.0.10"), ("api", "10.96.0.11")))
+    ctl, loop, t = _loop(instance, load_state(str(f)))
+    calls = []
+    real_update = loop.compiler.update
+    loop.compiler.update = lambda state, affected: (calls.append(affected),
+                                                    real_update(state, affected))[1]
+    try:
+        assert ctl.generation == 1
+        assert _resolve(ctl, "web.default.svc.cluster.local.")[1] == {"10.96.0.10"}
+        f.write_text(cluster(("web", "10.96.0.20"), ("api", "10.96.0.11")))
+        loop.post_state(load_state(str(f)))
+        assert _wait_gen(ctl, 2)
+        assert _resolve(ctl, "web.default.svc.cluster.local.")[1] == {"10.96.0.20"}
+        assert _resolve(ctl, "api.default.svc.cluster.local.")[1] == {"10.96.0.11"}
+        assert [c.services for c in calls] == [{("default", "web")}]  # only what changed
+        # the same state again: nothing to publish
+        loop.post_state(load_state(str(f)))
+        time.sleep(0.2)
+        assert ctl.generation == 2
+        # the image that is no longer mapped by anyone was unlinked
+        assert [g for g, _ in shm.list_images(instance)] == [2]
+    finally:
+        loop.stop()
+        t.join(5)
+        ctl.close()
+
+
+def test_loop_coalesces_a_burst_of_events(instance, tmp_path):
+    from fastdns.zone.objects import Service, ServicePort
+
+    f = tmp_path / "c.yaml"
+    f.write_text(cluster(("web", "10.96.0.10")))
+    ctl, loop, t = _loop(instance, load_state(str(f)))
+    try:
+        for i in range(200):
+            svc = Service("default", f"s{i}", "ClusterIP", (f"10.96.1.{i}",), False, None,
+                          (ServicePort("http", "TCP", 80),))
+            loop.post_event("Service", "ADDED", svc)
+        assert _wait_gen(ctl, 2)
+        time.sleep(0.2)
+        assert ctl.generation == 2, "200 events within the window make one publish"
+        assert _resolve(ctl, "s199.default.svc.cluster.local.")[1] == {"10.96.1.199"}
+        loop.post_event("Service", "DELETED", ("Service", ("default", "s5")))
+        assert _wait_gen(ctl, 3)
+        assert _resolve(ctl, "s5.default.svc.cluster.local.")[0] == 3  # NXDOMAIN
+    finally:
+        loop.stop()
+        t.join(5)
+        ctl.close()

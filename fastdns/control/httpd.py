@@ -307,7 +307,13 @@ class HttpEndpoints:
     def start(self) -> None:
         try:
             for (host, port, _), routes in self._plan().items():
-                srv = _Server(host, port, routes)
+                try:
+                    srv = _Server(host, port, routes)
+                except OSError as e:
+                    # Go's wording: "listen tcp :9153: bind: address already in use"
+                    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    why = (e.strerror or str(e)).lower()
+                    raise OSError(e.errno, f"listen tcp {where}: bind: {why}") from e
                 self._servers.append(srv)
                 bound = srv.server_address
                 for path in routes:

@@ -76,6 +76,7 @@ _SERVER_RCODES = frozenset({"FORMERR", "NOTIMP", "BADSIG"})
 # tries them; the first one a block has names the ``plugin`` label.
 _ANSWERING = ("kubernetes", "hosts", "whoami", "cache", "forward")
 
+
 def rcode_label(name: str) -> str:
     """CoreDNS's rcode label (``plugin/pkg/rcode.ToString`` over miekg/dns).
 

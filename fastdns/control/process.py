@@ -121,6 +121,9 @@ class ControlLoop:
         self._q: queue.SimpleQueue = queue.SimpleQueue()  # reentrant: signal handlers put
         self._stopping = False
         self.publishes = 0
+        # (generation, image octets, compile s, publish s, synced) after every
+        # compile: metrics and readiness (fastdns/control/httpd.py Observability).
+        self.on_publish: Any = None
 
     # thread-safe entry points -------------------------------------------------
 
@@ -138,6 +141,12 @@ class ControlLoop:
     def stop(self) -> None:
         self._stopping = True
         self._q.put(_STOP)
+
+    def set_unsynced(self, state: Any) -> None:
+        """Start from ``state`` and publish nothing more until ``post_synced``."""
+        self.state = state
+        self.synced = False
+        self.compiler.synced = False
 
     # compile + publish ---------------------------------------------------------
 
@@ -164,6 +173,9 @@ class ControlLoop:
         t1 = time.perf_counter()
         gen = self.publisher.publish(image)
         t2 = time.perf_counter()
+        if self.on_publish is not None:  # an unchanged image is the one in force
+            self.on_publish(gen if gen is not None else self.publisher.generation,
+                            len(image), t1 - t0, t2 - t1, self.synced)
         if gen is None:
             log.info("%s: image unchanged (%d octets), nothing published", why, len(image))
             return None
@@ -204,11 +216,14 @@ class ControlLoop:
             elif item[0] == "synced":
                 if not self.synced:
                     self.synced = True
+                    self.compiler.synced = True
                     full = True
                 why.append("synced")
         if events:
             why.append(f"{events} event{'s' if events != 1 else ''}")
         label = ", ".join(dict.fromkeys(why))
+        if not self.synced:
+            return  # a partial list must not replace a complete image
         if full:
             image = self.compiler.full(self.state)
         elif not affected:
@@ -281,23 +296,49 @@ def sync_state(current: Any, new: Any) -> Any:
 
 
 def summarize(state: Any) -> str:
-    """'3 namespaces, 8 services, 12 endpoints' from whatever counts the state offers."""
-    summary = getattr(state, "summary", None)
-    if callable(summary):
-        return str(summary())
-    parts = []
-    for attr, label in (("namespaces", "namespaces"), ("services", "services"),
-                        ("slices", "endpoint slices"), ("pods", "pods")):
-        v = getattr(state, attr, None)
-        if v is not None:
-            try:
-                parts.append(f"{len(v)} {label}")
-            except TypeError:
-                pass
-    return ", ".join(parts) or "state loaded"
+    """'4 namespaces, 8 services, 12 endpoints in 7 slices, 8 pods' for the startup log."""
+    endpoints = sum(len(e.addresses) for sl in state.slices.values() for e in sl.endpoints)
+    return (f"{len(state.all_namespaces())} namespaces, {len(state.services)} services, "
+            f"{endpoints} endpoints in {len(state.slices)} slices, {len(state.pods)} pods")
 
 
 # -- process main ------------------------------------------------------------
+
+
+def kube_config(config: Any, kubeconfig: str | None) -> Any:
+    """KubeConfig from the Corefile's kubernetes plugin; ``--kubeconfig`` wins over its
+    ``kubeconfig`` option (CoreDNS's precedence is then kubeconfig > endpoint > in-cluster)."""
+    from fastdns.control.kube import KubeConfig
+
+    conf = next(b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins)
+    path, context = (conf.kubeconfig or (None, None))
+    tls = conf.tls or (None, None, None)
+    return KubeConfig(
+        endpoint=conf.endpoint[0] if conf.endpoint else None,
+        kubeconfig=kubeconfig or path, context=context or None,
+        tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
+        pods_verified=conf.pods == "verified",
+        label_selector=conf.labels, namespace_label_selector=conf.namespace_labels)
+
+
+def start_kube_source(loop: ControlLoop, config: Any, kubeconfig: str | None,
+                      restarted: bool) -> Any:
+    """List+watch the API into the loop (``fastdns/control/kube.py``).
+
+    Until the first full sync the loop holds back: on a first start it
+    publishes the empty, unsynced image at once (zone misses SERVFAIL, as
+    CoreDNS answers before its first sync); a restarted control process
+    keeps the previous, complete image in force until its own sync is done.
+    """
+    from fastdns.control.kube import KubeSource
+    from fastdns.zone.state import ClusterState
+
+    loop.set_unsynced(ClusterState())
+    if not restarted:
+        loop.publish_full(loop.state, "waiting for the first sync with the Kubernetes API")
+    source = KubeSource(kube_config(config, kubeconfig), loop.post_event, loop.post_synced)
+    source.start()
+    return source
 
 
 def _parse(spec: ControlSpec) -> Any:
@@ -319,7 +360,8 @@ def control_main(spec: ControlSpec) -> int:
         log.info("restarted: generation %d in force, %d stale segments removed",
                  ctl.generation, len(removed))
     loop: ControlLoop | None = None
-    source: StateFileSource | None = None
+    source: Any = None  # StateFileSource or KubeSource: start() / stop()
+    obs: Any = None  # /metrics, /health, /ready (fastdns/control/httpd.py)
 
     def on_signal(signum: int, frame: Any) -> None:
         if loop is not None:
@@ -337,6 +379,14 @@ def control_main(spec: ControlSpec) -> int:
             log.error("%s", e)
             return EXIT_CONTROL_FATAL
         loop = ControlLoop(compiler, publisher, coalesce=spec.coalesce)
+        from fastdns.control.httpd import Observability
+
+        try:
+            obs = Observability.start(config, ctl, spec.corefile_text)
+        except OSError as e:
+            log.error("%s", e)
+            return EXIT_CONTROL_FATAL
+        loop.on_publish = obs.published
         if spec.source in ("state", "demo"):
             assert spec.source_path is not None
             source = StateFileSource(spec.source_path, loop.post_state,
@@ -354,8 +404,7 @@ def control_main(spec: ControlSpec) -> int:
                 log.error("%s; keeping generation %d", msg, ctl.generation)
             source.start()
         elif spec.source == "kube":
-            log.error("--kubeconfig: the Kubernetes API source is not wired in yet")
-            return EXIT_CONTROL_FATAL
+            source = start_kube_source(loop, config, spec.source_path, restarted)
         else:  # pragma: no cover - the supervisor validates
             log.error("unknown state source %r", spec.source)
             return EXIT_CONTROL_FATAL
@@ -364,6 +413,8 @@ def control_main(spec: ControlSpec) -> int:
     finally:
         if source is not None:
             source.stop()
+        if obs is not None:
+            obs.stop()
         with contextlib.suppress(Exception):
             publisher.collect()
         if os.getppid() != spec.supervisor_pid:

@@ -242,12 +242,27 @@ def _worker_entry(spec: Any, log_level: str, parent_pid: int) -> None:
     worker_main(spec)
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def _control_entry(spec: Any, log_level: str, parent_pid: int) -> None:
     setup_logging(log_level)
-    die_with_parent(parent_pid)
-    from fastdns.control.process import control_main
+    # Until control_main installs its own handlers, SIGTERM (from the
+    # supervisor, or PR_SET_PDEATHSIG) must still unwind through the sweep.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    code = EXIT_OK
+    try:
+        die_with_parent(parent_pid)
+        from fastdns.control.process import control_main
 
-    sys.exit(control_main(spec))
+        code = control_main(spec)
+    finally:
+        if os.getppid() != parent_pid:
+            # the supervisor is gone: nobody else will remove this run's segments
+            shm.sweep(spec.instance)
+    sys.exit(code)
 
 
 # -- supervision --------------------------------------------------------------

@@ -67,6 +67,17 @@ def _ptr(off: int) -> bytes:
     return bytes((0xC0 | (off >> 8), off & 0xFF))
 
 
+class _Heads(dict):
+    """Template heads of plain answers (QR AA RA, n answers), made on first use."""
+
+    def __missing__(self, n: int) -> bytes:
+        self[n] = v = img.TEMPLATE_HEAD.pack(FLAGS_ANSWER, n, 0, 0, 0)
+        return v
+
+
+_HEAD_AN = _Heads()
+
+
 def _qtable(key: bytes) -> dict[bytes, int]:
     """Suffixes of the question (the lowercased key, at offset 12) -> their offsets."""
     table = {}
@@ -110,6 +121,10 @@ def _starts(name: bytes) -> list[int]:
 def exact_template(key: bytes, ans: Answer) -> bytes:
     """The template answering `key` (lowercased wire) with `ans` (answer, additional)."""
     an, add = ans
+    if not add and all(rr[0] is None and rr[4] is None for rr in an):
+        # owners are the question, no names in rdata (A, AAAA, TXT): nothing to compress
+        return _HEAD_AN[len(an)] + b"".join(
+            _PTR12 + RR_HEAD.pack(t, CLASS_IN, ttl, len(rd)) + rd for _o, t, ttl, rd, _n in an)
     pos = 12 + len(key) + 4
     parts = []
     table = None
@@ -306,31 +321,38 @@ class Compiler:
     def _compile_bucket(self, b: int) -> bool:
         """PTRs of one bucket of addresses (reverse.go serviceRecordForIP)."""
         ttl = self.options.ttl if self.options else 5
+        rev_zones = [z.name for z in self._kzones if not z.forward]
         w = FragmentWriter()
         ips = self._bucket_ips.get(b, set())
+        head1 = _HEAD_AN[1] + _PTR12
         for packed in sorted(ips):
             claims = self._ptr.get(packed)
             if not claims:
                 continue
             key = reverse_wire(packed)
-            if not any(z.kube and not z.forward and is_subdomain(key, z.name)
-                       for z in self._kzones):
+            if not any(key.endswith(z) for z in rev_zones):
                 continue  # outside the reverse zones this block serves
-            owners = sorted(claims)
-            targets: list[bytes] = []
-            cluster = [k for k in owners if any(c for _t, c in claims[k])]
-            if cluster:  # a ClusterIP wins, the first Service only
-                targets = [next(t for t, c in claims[cluster[0]] if c)]
+            if len(claims) == 1:
+                [targets] = claims.values()
+            else:
+                targets = [t for k in sorted(claims) for t in claims[k]]
+            cluster = [t for t, c in targets if c]
+            if cluster:  # a ClusterIP wins: the first Service's name only
+                names = cluster[:1]
             else:
                 seen: set[bytes] = set()
-                for k in owners:
-                    for t, _c in claims[k]:
-                        if t.lower() not in seen:  # duplicates across slices go
-                            seen.add(t.lower())
-                            targets.append(t)
-            ans = (tuple((None, PTR, ttl, b"", t) for t in targets), ())
+                names = []
+                for t, _c in targets:
+                    if t.lower() not in seen:  # the same address in two slices: one PTR
+                        seen.add(t.lower())
+                        names.append(t)
             koff = w.key(key)
-            w.entry(key, koff, PTR, w.answer(exact_template(key, ans)))
+            if len(names) == 1:
+                t = names[0]
+                tmpl = head1 + RR_HEAD.pack(PTR, CLASS_IN, ttl, len(t)) + t
+            else:
+                tmpl = exact_template(key, (tuple((None, PTR, ttl, b"", t) for t in names), ()))
+            w.entry(key, koff, PTR, w.answer(tmpl))
         if not ips:
             self._bucket_ips.pop(b, None)
         return self._set_frag(("p", b), w.finish())

@@ -84,9 +84,22 @@ def slot_count(n: int) -> int:
     return size
 
 
+BLOCK_BITS = 12
+
+
+def block_shift(nslots: int) -> int:
+    bits = nslots.bit_length() - 1
+    return bits - BLOCK_BITS if bits > BLOCK_BITS else 0
+
+
 def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragment],
                 shared_base: int) -> bytes:
-    """Reference assembly: header (size filled in), slots, zone table, then the fragments."""
+    """Reference assembly: header (size filled in), slots, zone table, then the fragments.
+
+    Slot insertion order: entries sorted (stably, fragment order within) by
+    the block of 2^BLOCK_BITS their home slot falls in, so the C build fills
+    the table almost sequentially; linear probing from the home slot.
+    """
     if nslots <= 0 or nslots & (nslots - 1):
         raise ValueError("nslots must be a power of two")
     if sum(f.count for f in frags) >= nslots:
@@ -100,7 +113,8 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
     zt = slots_off + nslots * img.SLOT.size
     data[zt : zt + len(zone_table)] = zone_table
     mask = nslots - 1
-    occupied = bytearray(nslots)
+    shift = block_shift(nslots)
+    pending: list[tuple[int, int, int, int]] = []
     cur = base
     for f in frags:
         data[cur : cur + len(f.blob)] = f.blob
@@ -109,12 +123,16 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
             struct.pack_into("<I", data, cur + r, v + cur)
         for h, koff, aoff, qk in struct.iter_unpack("<IIII", f.ents):
             aoff = shared_base + (aoff & ~SHARED) if aoff & SHARED else aoff + cur
-            i = h & mask
-            while occupied[i]:
-                i = (i + 1) & mask
-            occupied[i] = 1
-            struct.pack_into("<IIII", data, slots_off + i * 16, h, koff + cur, aoff, qk)
+            pending.append((h, koff + cur, aoff, qk))
         cur += len(f.blob)
+    pending.sort(key=lambda e: (e[0] & mask) >> shift)  # stable
+    occupied = bytearray(nslots)
+    for h, koff, aoff, qk in pending:
+        i = h & mask
+        while occupied[i]:
+            i = (i + 1) & mask
+        occupied[i] = 1
+        struct.pack_into("<IIII", data, slots_off + i * 16, h, koff, aoff, qk)
     return bytes(data)
 
 

@@ -43,6 +43,8 @@ DNS_VERSION_TTL = 28800  # CoreDNS kubernetes.go Services(), TypeTXT
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400  # plugin/backend_lookup.go SOA()
 MAX_CNAME_CHAIN = 8  # backend_lookup.go: "len(previousRecords) > 7"
 POD_MODES = ("disabled", "verified", "insecure")
+IN_ADDR = b"\x07in-addr\x04arpa\x00"
+IP6_ARPA = b"\x03ip6\x04arpa\x00"
 
 # (owner wire or None = the question name, type, ttl, rdata before the name, rdata name or None)
 RR = tuple[bytes | None, int, int, bytes, bytes | None]
@@ -58,7 +60,9 @@ class KubernetesOptions:
     `in-addr.arpa`, `0.10.in-addr.arpa` ...); `fallthrough` is () for off, a
     zone list, or ("."),) for every zone; `local_ips` are this server's
     addresses, which decide the apex NS glue (CoreDNS `nsAddrs`); `block` is
-    the Corefile server block index stored in the image's zone table.
+    the Corefile server block index stored in the image's zone table;
+    `endpoint_srv` turns on CoreDNS's SRV answers at endpoint names (see
+    `RecordBuilder._endpoint_names`).
     """
 
     zones: tuple[str, ...] = ("cluster.local",)
@@ -71,6 +75,7 @@ class KubernetesOptions:
     fallthrough: tuple[str, ...] = ()
     local_ips: tuple[str, ...] = ("127.0.0.1",)
     block: int = 0
+    endpoint_srv: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.ttl <= 3600:
@@ -140,8 +145,8 @@ def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
         if w in seen:
             continue
         seen.add(w)
-        (rev if is_subdomain(w, b"\x07in-addr\x04arpa\x00") or is_subdomain(w, b"\x03ip6\x04arpa\x00")
-         else fwd).append(w)
+        reverse = is_subdomain(w, IN_ADDR) or is_subdomain(w, IP6_ARPA)
+        (rev if reverse else fwd).append(w)
     return fwd, rev
 
 
@@ -163,10 +168,13 @@ def ip_text(packed: bytes) -> str:
 def reverse_wire(packed: bytes) -> bytes:
     """The in-addr.arpa / ip6.arpa name of an address, lowercased wire (RFC 1035 §3.5, RFC 3596)."""
     if len(packed) == 4:
-        out = b"".join(label(str(o)) for o in reversed(packed))
-        return out + b"\x07in-addr\x04arpa\x00"
-    nibbles = packed.hex()[::-1]
-    return b"".join(b"\x01" + c.encode() for c in nibbles) + b"\x03ip6\x04arpa\x00"
+        d = _OCTET_LABELS
+        return d[packed[3]] + d[packed[2]] + d[packed[1]] + d[packed[0]] + IN_ADDR
+    return b"".join(_NIBBLE_LABELS[c] for c in packed.hex()[::-1]) + IP6_ARPA
+
+
+_OCTET_LABELS = [bytes((len(str(o)),)) + str(o).encode() for o in range(256)]
+_NIBBLE_LABELS = {c: b"\x01" + c.encode() for c in "0123456789abcdef"}
 
 
 def dashed(ip: str) -> str:
@@ -234,13 +242,10 @@ class ServiceRecords:
     serves_local: bool
 
 
-@dataclass(slots=True)
-class _Ep:
-    """One ready endpoint address, flattened (CoreDNS object.EndpointAddress)."""
-
-    packed: bytes
-    hostname: str
-    ports: tuple[tuple[str, str, int], ...]  # (name, protocol, port); port -1 = none declared
+# A ready endpoint address, flattened (CoreDNS object.EndpointAddress):
+# (address packed, endpoint hostname, ((port name, protocol, port) ...)), port -1 = none declared
+_Ep = tuple[bytes, str, tuple[tuple[str, str, int], ...]]
+_NO_PORTS = (("", "", -1),)
 
 
 def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: str) -> list[_Ep]:
@@ -249,10 +254,11 @@ def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: 
     if opts.noendpoints:
         return []  # CoreDNS does not even watch endpoints then
     out = []
+    pod_names = opts.endpoint_pod_names
     for sl in state.slices_of(ns, svc):
         if sl.address_type not in ("IPv4", "IPv6"):
             continue  # FQDN slices carry no addresses DNS can serve
-        ports = tuple((p.name, p.protocol, p.port) for p in sl.ports) or (("", "", -1),)
+        ports = tuple((p.name, p.protocol, p.port) for p in sl.ports) or _NO_PORTS
         for ep in sl.endpoints:
             if not ep.ready:
                 continue
@@ -260,20 +266,16 @@ def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: 
                 packed = ip_packed(a)
                 if packed is None:
                     continue
-                host = _endpoint_hostname(ep.hostname, ep.target_pod, a, opts)
+                # kubernetes.go endpointHostname; object/endpoint.go drops pod names of 64+
+                if ep.hostname:
+                    host = ep.hostname
+                elif pod_names and ep.target_pod and len(ep.target_pod) < 64:
+                    host = ep.target_pod
+                else:
+                    host = dashed(a)
                 if host:
-                    out.append(_Ep(packed, host, ports))
+                    out.append((packed, host, ports))
     return out
-
-
-def _endpoint_hostname(hostname: str | None, pod: str | None, ip: str,
-                       opts: KubernetesOptions) -> str:
-    # kubernetes.go endpointHostname; object/endpoint.go drops pod names of 64+ chars
-    if hostname:
-        return hostname
-    if opts.endpoint_pod_names and pod and len(pod) < 64:
-        return pod
-    return dashed(ip)
 
 
 def _srv_answer(entries: list[tuple[bytes, bytes, int]], ttl: int) -> Answer:
@@ -341,12 +343,12 @@ class RecordBuilder:
         if opts.namespaces and ns not in opts.namespaces:
             return out  # reverse.go skips unexposed namespaces as well
         eps = ready_endpoints(state, opts, ns, name)
-        if self.local_packed and any(e.packed in self.local_packed for e in eps):
+        if self.local_packed and any(e[0] in self.local_packed for e in eps):
             out.serves_local = True
         # reverse.go: endpoint PTRs exist whatever the Service (even none); ClusterIP ones win
         ep_base = label(name) + label(ns) + b"\x03svc" + self.primary
-        for e in eps:
-            out.ptrs.append((e.packed, label(e.hostname) + ep_base, False))
+        for packed, host, _ports in eps:
+            out.ptrs.append((packed, label(host) + ep_base, False))
         if svc is None:
             return out
         cluster_packed = [p for p in (ip_packed(i) for i in svc.cluster_ips) if p]
@@ -396,19 +398,19 @@ class RecordBuilder:
     def _headless(self, eps: list[_Ep], base: bytes, names: NameSet, ttl: int) -> None:
         if not eps:
             return  # no ready endpoint: NXDOMAIN
-        _put_addrs(names, base, [e.packed for e in eps], ttl)
+        _put_addrs(names, base, [e[0] for e in eps], ttl)
         entries = []
         by_port: dict[bytes, tuple[bytes, list[tuple[bytes, bytes, int]]]] = {}
-        for e in eps:
-            target = label(e.hostname) + base
-            for pname, proto, port in e.ports:
-                entries.append((target, e.packed, port))
+        for packed, host, ports in eps:
+            target = label(host) + base
+            for pname, proto, port in ports:
+                entries.append((target, packed, port))
                 if pname and port != -1:
                     owner = label("_" + pname) + label("_" + proto.lower()) + base
                     k = owner.lower()
                     if k not in by_port:
                         by_port[k] = (owner, [])
-                    by_port[k][1].append((target, e.packed, port))
+                    by_port[k][1].append((target, packed, port))
         ans = _srv_answer(entries, ttl)
         if ans[0]:
             names.put(base, SRV, ans)
@@ -417,17 +419,36 @@ class RecordBuilder:
 
     def _endpoint_names(self, eps: list[_Ep], base: bytes, names: NameSet, ttl: int) -> None:
         """`endpoint.svc.ns.svc.zone` for ClusterIP and headless Services alike
-        (findServices: `svc.Headless() || r.endpoint != ""`)."""
+        (findServices: `svc.Headless() || r.endpoint != ""`).
+
+        CoreDNS also answers SRV at these names (one record per port, target
+        the name itself); that costs ~120 octets per endpoint, a third of a
+        large image, for a query nobody makes, so it is behind the
+        `endpoint_srv` option (off: SRV there is NODATA).
+        """
         by_host: dict[str, list[_Ep]] = {}
         for e in eps:
-            by_host.setdefault(e.hostname.lower(), []).append(e)
+            h = e[1].lower()
+            got = by_host.get(h)
+            if got is None:
+                by_host[h] = [e]
+            else:
+                got.append(e)
+        put = names.names
+        with_srv = self.opts.endpoint_srv
         for group in by_host.values():
-            owner = label(group[0].hostname) + base
-            _put_addrs(names, owner, [e.packed for e in group], ttl)
-            entries = [(owner, e.packed, port) for e in group for (_n, _p, port) in e.ports]
-            ans = _srv_answer(entries, ttl)
-            if ans[0]:
-                names.put(owner, SRV, ans)
+            owner = label(group[0][1]) + base
+            if len(group) == 1 and not with_srv:  # the common case, kept cheap
+                packed = group[0][0]
+                rr = (None, A if len(packed) == 4 else AAAA, ttl, packed, None)
+                put[owner.lower()] = (owner, {rr[1]: ((rr,), ())}, True)
+                continue
+            _put_addrs(names, owner, [e[0] for e in group], ttl)
+            if with_srv:
+                entries = [(owner, e[0], port) for e in group for (_n, _p, port) in e[2]]
+                ans = _srv_answer(entries, ttl)
+                if ans[0]:
+                    names.put(owner, SRV, ans)
 
     def _external(self, state: ClusterState, svc: Service, base: bytes, zone: bytes,
                   out: ServiceRecords) -> None:
@@ -558,8 +579,8 @@ class RecordBuilder:
                 continue
             base = label(name) + label(ns) + b"\x03svc" + zone
             if svc.headless:
-                for e in ready_endpoints(state, self.opts, ns, name):
-                    pairs.append((label(e.hostname) + base, e.packed))
+                for packed, host, _ports in ready_endpoints(state, self.opts, ns, name):
+                    pairs.append((label(host) + base, packed))
             elif svc.cluster_ips:
                 p = ip_packed(svc.cluster_ips[0])
                 if p:
