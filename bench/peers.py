@@ -113,16 +113,36 @@ def tree_cpu_ticks(root: int) -> int:
 
 def tree_memory_kib(root: int) -> tuple[int, int]:
     """(sum of VmRSS, sum of Pss) over the process tree, in KiB."""
-    rss = pss = 0
+    pairs = [_memory_kib(p) for p in tree(root)]
+    return sum(r for r, _ in pairs), sum(p for _, p in pairs)
+
+
+def memory_breakdown(root: int) -> str:
+    """'pid name RSS/PSS MiB' per process of the tree, for servers with several."""
+    parts = []
     for p in tree(root):
+        name = "?"
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1])
+            name = Path(f"/proc/{p}/comm").read_text().strip()
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    pss += int(line.split()[1])
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            if name.startswith("python") and len(cmd) > 3:
+                name = " ".join(c.decode(errors="replace") for c in cmd[1:4])[:40]
+        rss, pss = _memory_kib(p)
+        parts.append(f"{p} {name} {rss / 1024:.1f}/{pss / 1024:.1f}")
+    return "; ".join(parts)
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
     return rss, pss
 
 
@@ -675,6 +695,8 @@ def load_round(res: Result, files: dict[str, Path], args: argparse.Namespace,
             res.saturated.append(r)
             rss, pss = tree_memory_kib(res.proc.pid)
             res.rss_kib, res.pss_kib = max(res.rss_kib, rss), max(res.pss_kib, pss)
+            if len(res.saturated) == 1:
+                print(f"[{name}] memory by process: {memory_breakdown(res.proc.pid)}", flush=True)
             print(f"[{name}] saturated run {len(res.saturated)}: {r.qps:,.0f} QPS, "
                   f"{r.latency_us:.0f} us avg, lost {r.lost}/{r.sent}, "
                   f"{r.cpu_us_per_q:.2f} us CPU/query (server busy {r.cpu_share:.0%}, "
@@ -684,7 +706,8 @@ def load_round(res: Result, files: dict[str, Path], args: argparse.Namespace,
                         ["-c", "1", "-q", "100", "-Q", str(args.rate)])
             res.fixed = r
             print(f"[{name}] fixed {args.rate}/s: {r.qps:,.0f} QPS, {r.latency_us:.0f} us avg, "
-                  f"lost {r.lost}/{r.sent}, {r.cpu_us_per_q:.2f} us CPU/query", flush=True)
+                  f"lost {r.lost}/{r.sent}, {r.cpu_us_per_q:.2f} us CPU/query "
+                  f"(other load {r.others:.2f} CPU)", flush=True)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         res.status = f"failed: {exc}"
         print(f"[{name}] {res.status}", flush=True)
@@ -753,8 +776,8 @@ def tables(results: list[Result], args: argparse.Namespace, meta: dict[str, str]
         "",
         f"Fixed rate: `dnsperf -Q {args.rate} -c 1 -q 100 -l {args.seconds:g}`, one run.",
         "",
-        "| server | QPS | avg latency µs | loss | CPU µs/query | CPU ×knot |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| server | QPS | avg latency µs | loss | CPU µs/query | CPU ×knot | other load |",
+        "|---|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         f = r.fixed
@@ -762,7 +785,15 @@ def tables(results: list[Result], args: argparse.Namespace, meta: dict[str, str]
             continue
         ratio = f.cpu_us_per_q / fixed_knot.cpu_us_per_q if fixed_knot else float("nan")
         lines.append(f"| {r.name} | {f.qps:,.0f} | {f.latency_us:.0f} | {f.loss:.3%} | "
-                     f"{f.cpu_us_per_q:.2f} | {_f(ratio, '.2f')} |")
+                     f"{f.cpu_us_per_q:.2f} | {_f(ratio, '.2f')} | {f.others:.2f} |")
+    fd = next((r for r in results if r.name == "fastdns" and r.saturated), None)
+    if fd and knot:
+        q, c = fd.med("qps") / kq, fd.med("cpu_us_per_q") / kc
+        lost = sum(x.lost for x in fd.saturated)
+        ok = q >= 0.95 and c <= 0.90 and lost == 0
+        lines += ["", f"Issue 4 target (saturated, same run: QPS ≥ 0.95× knot, CPU/query ≤ 0.90× "
+                  f"knot, zero loss): {'met' if ok else 'not met'} (QPS {q:.2f}×, CPU {c:.2f}×, "
+                  f"{lost} lost)."]
     notes = [f"- {r.name}: probe difference (measured anyway): {w}"
              for r in results for w in r.warnings]
     notes += [f"- {r.name}: {r.status}" for r in results if r.status != "ok" and r.saturated]

@@ -1,6 +1,10 @@
 """Type stubs of the Cython wire core; the API is the one of fastdns.wire (docs/internals.md §1)."""
 
-from collections.abc import Buffer
+import mmap
+from array import array
+from typing import TypeAlias
+
+Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap | array[int]
 
 SLOT: int
 STATUS_SLOW: int

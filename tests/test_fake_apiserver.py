@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -133,16 +135,15 @@ def test_watch_stream_events_carry_kind(api, kube):
     changed = svc("a", "10.0.0.1", team="dns")
     api.update("Service", changed)
     api.delete("Service", ("default", "a"))
-    for flag in (True,):  # the client always sends watch=true; 1 and True below
-        resp = core.list_service_for_all_namespaces(
-            watch=flag, resource_version=str(rv), timeout_seconds=1, _preload_content=False)
-        events = raw_lines(resp)
-        assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
-        assert all(e["object"]["kind"] == "Service" and e["object"]["apiVersion"] == "v1"
-                   for e in events)
-        rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
-        assert rvs == [rv + 1, rv + 2, rv + 3]
-        assert events[1]["object"]["metadata"]["labels"] == {"team": "dns"}
+    resp = core.list_service_for_all_namespaces(  # the client sends watch=true
+        watch=True, resource_version=str(rv), timeout_seconds=1, _preload_content=False)
+    events = raw_lines(resp)
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
+    assert all(e["object"]["kind"] == "Service" and e["object"]["apiVersion"] == "v1"
+               for e in events)
+    rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert rvs == [rv + 1, rv + 2, rv + 3]
+    assert events[1]["object"]["metadata"]["labels"] == {"team": "dns"}
     for flag in ("1", "True"):
         raw = _http_get(api, f"/api/v1/services?watch={flag}&resourceVersion={rv}"
                         "&timeoutSeconds=1")
@@ -349,6 +350,21 @@ def test_down_resets_open_watch(api, kube):
     api.set_down(False)
 
 
+def test_slow_delays_every_response(api, kube):
+    core = client.CoreV1Api(kube)
+    api.slow(0.4)
+    start = time.monotonic()
+    core.list_namespace(_preload_content=False)
+    assert time.monotonic() - start >= 0.4
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as info:  # a read timeout
+        core.list_namespace(_preload_content=False, _request_timeout=(1, 0.1))
+    assert isinstance(info.value.reason, urllib3.exceptions.ReadTimeoutError)
+    api.slow(0)
+    start = time.monotonic()
+    core.list_namespace(_preload_content=False)
+    assert time.monotonic() - start < 0.3
+
+
 def test_version_and_discovery_stubs(api, kube):
     info = client.VersionApi(kube).get_code()
     assert info.major == "1" and info.git_version.startswith("v1.")
@@ -421,6 +437,20 @@ def test_standalone_process_serves_a_state_file(tmp_path):
                 "web"]
             disc = client.DiscoveryV1Api(api_client)
             assert disc.list_endpoint_slice_for_all_namespaces().items[0].endpoints is None
+            # the controls over HTTP: compact, then an old rv gets the 410 line
+            urllib.request.urlopen(urllib.request.Request(f"{url}/_fake/compact", method="POST"))
+            resp = core.list_service_for_all_namespaces(
+                watch=True, resource_version="1", timeout_seconds=1, _preload_content=False)
+            assert raw_lines(resp)[0]["object"]["reason"] == "Expired"
+            urllib.request.urlopen(urllib.request.Request(
+                f"{url}/_fake/down?seconds=0.5", method="POST"))
+            time.sleep(0.1)
+            port = int(url.rsplit(":", 1)[1])
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.6)
+            counts = json.loads(urllib.request.urlopen(f"{url}/_fake/requests").read())
+            assert {"path": "/api/v1/services", "watch": True, "count": 1} in counts["requests"]
     finally:
         proc.terminate()
         proc.wait(10)

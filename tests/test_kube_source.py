@@ -6,7 +6,6 @@ failure cases (410, API down, silent stream) each cost about a second.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
@@ -19,7 +18,6 @@ from fastdns.control.backoff import Backoff
 from fastdns.control.kube import (
     KubeConfig,
     KubeSource,
-    LoopBatcher,
     client_configuration,
     iter_lines,
 )
@@ -251,6 +249,22 @@ def test_api_down_backs_off_and_recovers(api, run_source):
     assert rec.wait(lambda ev: len(ev) > m, 1.0)
 
 
+def test_api_slower_than_the_read_timeout(api):
+    api.slow(1.2)  # every response, headers included, later than the 1 s read timeout
+    rec = Recorder()
+    src = KubeSource(replace(FAST, endpoint=api.url, list_read_timeout=1.0), rec.on_event,
+                     rec.on_synced)
+    src.start()
+    try:
+        time.sleep(1.3)
+        assert not src.synced and src.total("errors") >= 3  # every kind's list timed out
+        api.slow(0)
+        assert src.wait_synced(3)
+        assert len(rec) == 3
+    finally:
+        src.stop()
+
+
 def test_429_honours_retry_after(api, run_source):
     api.fail_next(1, status=429, retry_after=1, path="/api/v1/services", watch=False)
     start = time.monotonic()
@@ -364,44 +378,6 @@ def test_stop_is_prompt_with_open_watches(api):
     assert not any(t.name.startswith("kube-watch-") for t in threading.enumerate())
 
 
-def test_loop_batcher_coalesces_onto_the_loop(api):
-    async def main() -> tuple[list[list], list, int]:
-        loop = asyncio.get_running_loop()
-        batches: list[list] = []
-        synced: list[int] = []
-        loop_thread = threading.get_ident()
-        threads: set[int] = set()
-
-        def on_batch(batch):
-            threads.add(threading.get_ident())
-            batches.append(batch)
-
-        batcher = LoopBatcher(loop, on_batch, lambda: synced.append(len(batches)),
-                              window=0.05)
-        src = KubeSource(replace(FAST, endpoint=api.url), batcher.on_event, batcher.on_synced)
-        src.start()
-        try:
-            for _ in range(100):
-                if synced:
-                    break
-                await asyncio.sleep(0.05)
-            first = len(batches)
-            for i in range(20):
-                api.create("Service", svc(f"burst{i}", f"10.0.3.{i}"))
-            await asyncio.sleep(0.3)
-        finally:
-            src.stop()
-        assert threads == {loop_thread}
-        return batches, synced, first
-
-    batches, synced, first = asyncio.run(main())
-    assert synced and synced[0] >= 1  # the initial objects were flushed before on_synced
-    burst = [e for b in batches[first:] for e in b]
-    assert [e[2].name for e in burst] == [f"burst{i}" for i in range(20)]
-    assert len(batches) - first <= 3  # 20 events in a handful of batches
-    assert all(isinstance(e[3], float) for e in burst)
-
-
 def test_backoff_grows_with_jitter_and_honours_retry_after():
     b = Backoff(base=0.1, cap=1.0, rng=random.Random(1))
     delays = [b.next() for _ in range(8)]
@@ -416,11 +392,13 @@ def test_backoff_grows_with_jitter_and_honours_retry_after():
 
 
 class _Chunks:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
+    """What urllib3's read1() returns, one socket read at a time."""
 
-    def stream(self, amt, decode_content=True):
-        yield from self.chunks
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+
+    def read1(self, amt: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
 
 
 def test_iter_lines_reassembles_chunks():

@@ -93,7 +93,9 @@ def ask(name: str, rdtype: str = "A", *, port: int, where: str = "127.0.0.1",
     q = dns.message.make_query(name, rdtype, **kw)
     if tcp:
         return dns.query.tcp(q, where, port=port, timeout=timeout)
-    return dns.query.udp(q, where, port=port, timeout=timeout)
+    # ignore_unexpected: a reused ephemeral port may still get a late answer
+    # meant for an earlier, timed-out client socket
+    return dns.query.udp(q, where, port=port, timeout=timeout, ignore_unexpected=True)
 
 
 def a_records(resp: dns.message.Message) -> set[str]:
@@ -135,7 +137,8 @@ class Server:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
             try:
                 r = ask(KUBERNETES, port=self.port, where=where, timeout=0.3)
-                if r.rcode() == dns.rcode.NOERROR and a_records(r):
+                if r.rcode() == dns.rcode.NOERROR and a_records(r) \
+                        and "] supervisor: serving " in self.log():
                     return
             except (dns.exception.Timeout, OSError):
                 pass
@@ -425,6 +428,17 @@ def test_control_killed_workers_keep_answering(server):
     state.write_text(state.read_text() + NEW_SERVICE.format(n=9))
     assert _wait(lambda: a_records(ask("fresh-9.default.svc.cluster.local.",
                                        port=server.port)) == {"10.96.77.9"}, 2.0)
+    # the restarts are counted where the metrics exporter reads them
+    from fastdns.control import metrics
+
+    stats = metrics.SharedStats.attach(server.instance)
+    try:
+        assert stats.get(metrics.S_WORKER_RESTARTS) == 1
+        assert stats.get(metrics.S_CONTROL_RESTARTS) == 1
+        assert stats.get(metrics.S_SUPERVISOR_PID) == server.proc.pid
+        assert stats.get(metrics.S_CONTROL_PID) == server.pids("control")[-1]
+    finally:
+        stats.close()
     # old images were retired: at most the current one and the previous one remain
     assert _wait(lambda: len(shm.list_images(server.instance)) <= 2, 3.0), \
         shm.list_images(server.instance)
@@ -454,6 +468,40 @@ def test_supervisor_killed_leaves_nothing(tmp_path):
         srv.proc.wait()
         assert _wait(lambda: not any(_alive(p) for p in children), 10.0)
         assert shm.list_segments(inst) == []
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def _http_status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_sigterm_with_lameduck_keeps_answering_then_exits(tmp_path):
+    """health `lameduck 1s`: after SIGTERM /ready is 503, DNS still answers, then exit 0."""
+    port, ready_port = free_port(), free_port(v6=False)
+    extra = (f"    health 127.0.0.1:{free_port(v6=False)} {{\n        lameduck 1s\n    }}\n"
+             f"    ready 127.0.0.1:{ready_port}\n")
+    (tmp_path / "Corefile").write_text(corefile_for(port, extra=extra))
+    srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"), "--demo",
+                            "--workers", "1"], port)
+    try:
+        srv.wait_answering()
+        ready = f"http://127.0.0.1:{ready_port}/ready"
+        assert _wait(lambda: _http_status(ready) == 200, 5.0)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert _wait(lambda: _http_status(ready) == 503, 0.8)
+        assert a_records(ask(KUBERNETES, port=port)) == {"10.96.0.1"}
+        assert srv.proc.wait(10) == 0
+        assert time.monotonic() - t0 >= 1.0
+        assert "lameduck" in srv.log()
     finally:
         srv.stop(signal.SIGKILL)
 

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from wire_cases import BIG, HUGE, MULTI, WEB, cluster_image, opt, query, wire_name
 
 from fastdns import errors
+from fastdns.zone.image import read_header
 
 IMAGE = cluster_image(extra_names=50)
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 label = st.text(alphabet="abcXYZ09-_", min_size=1, max_size=12)
@@ -228,3 +229,25 @@ def test_answer_batch_equals_answer(wire_pair, batch, counter):
                 assert outlens[i] == wire.STATUS_SLOW
                 expect_slow += 1
         assert slow == expect_slow
+
+
+@st.composite
+def corrupt_images(draw):
+    """The test image with a few octets past the header overwritten."""
+    image = bytearray(IMAGE)
+    hdr = read_header(IMAGE)
+    tables = st.one_of(st.integers(hdr.slots_off, hdr.slots_off + 16 * hdr.nslots - 1),
+                       st.integers(hdr.zones_off, hdr.zones_off + 32 * hdr.nzones - 1))
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.one_of(tables, st.integers(64, len(image) - 1)))
+        image[at] = draw(st.sampled_from([0, 1, 0x7F, 0xFF, draw(st.integers(0, 255))]))
+    return bytes(image)
+
+
+@SETTINGS
+@given(image=corrupt_images(), data=st.one_of(valid_queries(), mutated(valid_queries())),
+       counter=st.integers(0, 5))
+def test_corrupt_image_agrees(wire_pair, image, data, counter):
+    """An inconsistent image never crashes either side, and both say the same."""
+    py, c = wire_pair
+    assert py.answer(image, data, counter) == c.answer(image, data, counter)

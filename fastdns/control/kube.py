@@ -9,11 +9,13 @@ thread per watched kind, not ``kubernetes.aio``:
   ``_request_timeout`` into one total aiohttp timeout, which for a watch of
   ``timeoutSeconds`` is no liveness check at all;
 - the watch threads parse and strip JSON (a 100k-endpoint relist is
-  seconds of CPU); in threads the control process's asyncio loop (health,
-  metrics, publishing) keeps getting the GIL every switch interval instead
-  of stalling behind one long ``json.loads`` loop in a coroutine;
-- the source then works the same under asyncio, in tests and in benchmarks.
-The cost is cross-thread delivery, handled by ``LoopBatcher`` below.
+  seconds of CPU); in threads, the control loop (compile, publish) and the
+  health/metrics HTTP server keep getting the GIL every switch interval
+  instead of stalling behind a coroutine that parses for seconds;
+- the source needs no event loop: the control process, tests and
+  benchmarks use it the same way.
+The cost is cross-thread delivery: the consumer queues what it gets
+(``fastdns/control/process.py`` ControlLoop.post_event) and coalesces there.
 
 Per kind (CoreDNS ``plugin/kubernetes/controller.go`` semantics, client-go
 Reflector protocol, https://kubernetes.io/docs/reference/using-api/api-concepts/):
@@ -30,8 +32,9 @@ CoreDNS-sized clusters within memory.
 
 Callbacks: ``on_event(kind, event_type, obj)`` and ``on_synced()`` are called
 from the watch threads, one at a time (a lock serialises them), never from
-the thread that called ``start()``. ``event_type`` is ADDED, MODIFIED or
-DELETED; ``obj`` is the stripped object (for DELETED: the last one delivered
+the thread that called ``start()``; every event of a kind's first list is
+delivered before ``on_synced``, which comes once, after the last kind's
+first list. ``event_type`` is ADDED, MODIFIED or DELETED; ``obj`` is the stripped object (for DELETED: the last one delivered
 for that key; ``obj.key`` is the key). A MODIFIED whose stripped form did not
 change is not delivered (a Pod status change that moves no IP, an
 EndpointSlice change in fields DNS ignores), and a relist delivers only the
@@ -164,15 +167,17 @@ def _retry_after(exc: Any) -> float | None:
 
 
 def iter_lines(resp: Any, chunk: int = 1 << 16) -> Iterator[bytes]:
-    """Lines of a streamed urllib3 response as the chunks arrive."""
+    """Lines of a streamed urllib3 response as the bytes arrive.
+
+    ``read1`` returns whatever one socket read brings (chunked or not), so
+    an event is parsed as soon as its line is complete; ``stream()`` would
+    wait for ``chunk`` bytes on a response that is not chunk-encoded.
+    """
     buf = bytearray()
-    for data in resp.stream(chunk, decode_content=True):
-        if not data:
-            continue
+    while data := resp.read1(chunk):
         start = len(buf)
         buf.extend(data)
-        nl = buf.find(b"\n", start)
-        if nl < 0:
+        if buf.find(b"\n", start) < 0:
             continue
         lines = buf.split(b"\n")
         buf = lines.pop()
@@ -214,7 +219,13 @@ class _Watch:
 
 
 class KubeSource:
-    """List+watch Namespaces, Services, EndpointSlices (and Pods) into callbacks."""
+    """List+watch Namespaces, Services, EndpointSlices (and Pods) into callbacks.
+
+    ``start()`` raises ``kubernetes.config.ConfigException`` when the
+    configuration cannot be used (no kubeconfig file, not in a cluster);
+    after that every failure is retried forever. ``api_client`` replaces
+    the client built from ``config`` (tests, shared clients).
+    """
 
     def __init__(self, config: KubeConfig, on_event: EventCallback,
                  on_synced: Callable[[], None] | None = None, *,
@@ -370,9 +381,6 @@ class KubeSource:
                 break
             if self._stop.is_set():
                 return
-        w.counters.lists += 1
-        if w.synced:
-            w.counters.relists += 1
         old = w.known
         for key, obj in fresh.items():
             prev = old.get(key)
@@ -387,6 +395,9 @@ class KubeSource:
                 self._emit(w, "DELETED", prev)
         w.known = fresh
         w.rv = rv
+        w.counters.lists += 1
+        if w.synced:
+            w.counters.relists += 1
         if not w.synced:
             w.synced = True
             self._check_synced()
@@ -483,55 +494,3 @@ def _describe(exc: BaseException) -> str:
     if status:
         return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
     return f"{type(exc).__name__}: {exc}"[:300]
-
-
-class LoopBatcher:
-    """Coalescing hook between the watch threads and an asyncio loop.
-
-    ``on_event``/``on_synced`` are given to KubeSource; events are appended to
-    a pending list under a lock and the loop is woken once per batch, then
-    ``on_batch(events)`` runs on the loop ``window`` seconds after the first
-    event of the batch, with every event received meanwhile. Each event is
-    ``(kind, event_type, obj, received)`` where ``received`` is the
-    ``time.monotonic()`` of its arrival, the start of the DNS programming
-    latency (coredns_kubernetes_dns_programming_duration_seconds).
-    """
-
-    def __init__(self, loop: Any, on_batch: Callable[[list[tuple[str, str, Obj, float]]], Any],
-                 on_synced: Callable[[], Any] | None = None, window: float = 0.005) -> None:
-        self._loop = loop
-        self._on_batch = on_batch
-        self._on_synced_cb = on_synced
-        self.window = window
-        self._lock = threading.Lock()
-        self._pending: list[tuple[str, str, Obj, float]] = []
-        self._scheduled = False
-
-    def on_event(self, kind: str, etype: str, obj: Obj) -> None:
-        with self._lock:
-            self._pending.append((kind, etype, obj, time.monotonic()))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._loop.call_soon_threadsafe(self._arm)
-
-    def on_synced(self) -> None:
-        if self._on_synced_cb is not None:
-            # after any pending batch: flush first so state is complete
-            self._loop.call_soon_threadsafe(self._synced_on_loop)
-
-    def _synced_on_loop(self) -> None:
-        self.flush()
-        assert self._on_synced_cb is not None
-        self._on_synced_cb()
-
-    def _arm(self) -> None:
-        self._loop.call_later(self.window, self.flush)
-
-    def flush(self) -> None:
-        """Deliver what is pending now (runs on the loop)."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-            self._scheduled = False
-        if batch:
-            self._on_batch(batch)

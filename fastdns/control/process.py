@@ -350,10 +350,24 @@ def _parse(spec: ControlSpec) -> Any:
         raise FatalConfig(str(e)) from e
 
 
+def _record_pid(instance: str) -> None:
+    """The control pid word the metrics exporter reads for process_* metrics."""
+    try:
+        from fastdns.control import metrics
+    except ImportError:  # pragma: no cover - prometheus-client missing
+        return
+    stats = metrics.SharedStats.attach(instance)
+    try:
+        stats.set(metrics.S_CONTROL_PID, os.getpid())
+    finally:
+        stats.close()
+
+
 def control_main(spec: ControlSpec) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code (3 = do not restart me)."""
     ctl = shm.ControlSegment.attach(spec.instance)
     restarted = ctl.generation > 0
+    _record_pid(spec.instance)
     publisher = Publisher(ctl)
     removed = publisher.recover()
     if restarted:

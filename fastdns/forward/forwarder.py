@@ -37,6 +37,7 @@ from fastdns.forward.upstream import Upstream, UpstreamError
 READ_TIMEOUT = 2.0  # CoreDNS plugin/pkg/proxy: per-exchange read timeout
 TIMEOUT = 5.0  # CoreDNS plugin/forward defaultTimeout: one query, all attempts
 HEALTH_TIMEOUT = 1.0  # CoreDNS hcReadTimeout
+_TC_HI = int(Flag.TC) >> 8  # TC in the first flags octet
 
 
 class ForwardError(Exception):
@@ -176,7 +177,7 @@ class Forwarder:
             t0 = time.perf_counter()
             try:
                 data = await self._ask(up, query, q, use_tcp, min(self.read_timeout, remaining))
-                if not use_tcp and data[2] & (Flag.TC >> 8):
+                if not use_tcp and data[2] & _TC_HI:
                     self.tc_retries += 1
                     left = deadline - loop.time()
                     if left <= 0:

@@ -19,6 +19,11 @@ _RR_FIXED = struct.Struct(">HHIH")
 EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020), as wire.error_response does
 MIN_UDP = 512
 MAX_UDP = 4096  # wire.SLOT: the largest UDP answer one worker slot holds
+# plain ints: IntFlag arithmetic costs about a microsecond per operation
+_COPIED = int(QUERY_COPIED_BITS)
+_KEEP = 0xFFFF & ~_COPIED
+_QR = int(Flag.QR)
+_TC = int(Flag.TC)
 
 # dns.RcodeToString in miekg/dns, the rcode label CoreDNS puts on its metrics.
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
@@ -61,13 +66,17 @@ def matches(resp, qid: int, q) -> bool:
     The name is compared case-insensitively (RFC 4343); ``resp`` is a parsed
     ``wire.Response``.
     """
-    return (resp.id == qid and resp.flags & Flag.QR != 0 and resp.key == q.key
+    return (resp.id == qid and resp.flags & _QR != 0 and resp.key == q.key
             and resp.qtype == q.qtype and resp.qclass == q.qclass)
+
+
+_OPT = (struct.pack(">BHHBBHH", 0, Qtype.OPT, EDNS_PAYLOAD, 0, 0, 0, 0),
+        struct.pack(">BHHBBHH", 0, Qtype.OPT, EDNS_PAYLOAD, 0, 0, 0x8000, 0))
 
 
 def opt_rr(do: bool) -> bytes:
     """Our OPT (RFC 6891 §6.1.2): root owner, payload 1232, version 0, DO echoed."""
-    return struct.pack(">BHHBBHH", 0, Qtype.OPT, EDNS_PAYLOAD, 0, 0, 0x8000 if do else 0, 0)
+    return _OPT[1 if do else 0]
 
 
 def udp_limit(q) -> int:
@@ -77,7 +86,7 @@ def udp_limit(q) -> int:
 
 def truncated(answer: bytes, query: bytes, q) -> bytes:
     """RFC 2181 §9: TC set, the question only (and our OPT): the client retries over TCP."""
-    flags = ((answer[2] << 8) | answer[3]) | Flag.TC
+    flags = ((answer[2] << 8) | answer[3]) | _TC
     head = _HEADER.pack(0, flags, 1, 0, 0, 1 if q.edns else 0)
     return query[:2] + head[2:] + query[12:q.question_end] + (opt_rr(q.do) if q.edns else b"")
 
@@ -96,8 +105,7 @@ def adapt(raw: bytes, query: bytes, q) -> bytes:
     0x20 case; the lengths are equal because the question matched); the rest
     (TTLs, OPT) as the upstream sent it.
     """
-    flags = ((raw[2] << 8) | raw[3]) & ~QUERY_COPIED_BITS & 0xFFFF
-    flags |= ((query[2] << 8) | query[3]) & QUERY_COPIED_BITS
+    flags = (((raw[2] << 8) | raw[3]) & _KEEP) | (((query[2] << 8) | query[3]) & _COPIED)
     return (query[:2] + flags.to_bytes(2, "big") + raw[4:12] + query[12:q.question_end]
             + raw[q.question_end:])
 
@@ -117,8 +125,9 @@ def strip_opt(data: bytes, question_end: int) -> bytes | None:
     """The message without its OPT RR, for storage (the OPT is rebuilt per client).
 
     Returns ``data`` unchanged when there is no OPT, and None when the OPT is
-    not the last RR: cutting it out of the middle could break compression
-    pointers into what follows, and no sane server sends that.
+    not the last RR (cutting it out of the middle could break compression
+    pointers into what follows, and no sane server sends that) or carries
+    extended rcode bits (RFC 6891 §6.1.3: they would be lost).
     """
     _id, _flags, _qd, an, ns, ar = _HEADER.unpack_from(data)
     pos = question_end
@@ -129,7 +138,23 @@ def strip_opt(data: bytes, question_end: int) -> bytes | None:
         rtype, _cls, _ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
         pos += 10 + rdlen
         if rtype == Qtype.OPT and i >= an + ns:
-            if i != total - 1:
+            if i != total - 1 or data[pos - 10 - rdlen + 4] != 0:
                 return None
             return data[:10] + (ar - 1).to_bytes(2, "big") + data[12:start]
     return data
+
+
+def reopt(raw: bytes, query: bytes, q) -> bytes:
+    """``adapt`` with the upstream's OPT replaced by ours (or none, as the client asked).
+
+    The upstream's EDNS options answer the client whose query went upstream
+    (a DNS cookie, RFC 7873, would be wrong for every other client).
+    """
+    body = strip_opt(raw, q.question_end)
+    if body is None:
+        return adapt(raw, query, q)
+    out = adapt(body, query, q)
+    if not q.edns:
+        return out
+    ar = ((out[10] << 8) | out[11]) + 1
+    return out[:10] + ar.to_bytes(2, "big") + out[12:] + opt_rr(q.do)

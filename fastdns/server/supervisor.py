@@ -22,11 +22,12 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import platform
 import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_objects
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ EXIT_CONTROL_FATAL = 3  # control process: configuration error, do not restart
 # Plugins `serve` wires in itself. Others the corefile registry calls
 # functional are accepted with a warning until they are wired here too;
 # QUIET_PLUGINS need nothing from the server (errors are logged anyway).
-SERVE_PLUGINS = frozenset({"bind", "kubernetes"})
+SERVE_PLUGINS = frozenset({"bind", "kubernetes", "health", "ready", "prometheus"})
 QUIET_PLUGINS = frozenset({"errors", "debug"})
 
 BACKOFF_FIRST = 0.1  # seconds before the first restart of a child
@@ -117,6 +118,7 @@ class ServePlan:
     nworkers: int
     log_level: str = "info"
     zones: tuple[str, ...] = ()
+    lameduck: float = 0.0  # health's `lameduck`: keep serving this long after SIGTERM
 
 
 def demo_state_path() -> str:
@@ -202,6 +204,15 @@ def listen_addresses(config: Any) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def default_workers() -> int:
+    """One worker per CPU this process may run on (a container's cpuset, not the host's)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, shm.MAX_WORKERS))
+
+
 def make_plan(args: argparse.Namespace) -> ServePlan:
     text, filename = _corefile_text(args)
     config = parse_config(text, filename)
@@ -217,7 +228,7 @@ def make_plan(args: argparse.Namespace) -> ServePlan:
         source, path = "demo", demo_state_path()
     else:
         raise ServeError("no cluster state: give --state PATH, --demo or --kubeconfig PATH")
-    nworkers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    nworkers = args.workers if args.workers is not None else default_workers()
     if not 1 <= nworkers <= shm.MAX_WORKERS:
         raise ServeError(f"--workers must be within 1..{shm.MAX_WORKERS}")
     zones: list[str] = []
@@ -225,10 +236,13 @@ def make_plan(args: argparse.Namespace) -> ServePlan:
         for z in block.plugins["kubernetes"].zones or block.zones:
             if z not in zones:
                 zones.append(z)
+    lameduck = max((float(getattr(b.plugins["health"], "lameduck", 0.0) or 0.0)
+                    for b in config.servers if "health" in b.plugins), default=0.0)
     return ServePlan(
         corefile_text=text, corefile_name=filename, listen=listen_addresses(config),
         source=source, source_path=path, nworkers=nworkers,
-        log_level=getattr(args, "log_level", "info") or "info", zones=tuple(zones))
+        log_level=getattr(args, "log_level", "info") or "info", zones=tuple(zones),
+        lameduck=lameduck)
 
 
 # -- child entry points (module level: picklable for spawn) ----------------
@@ -281,7 +295,6 @@ class Child:
     backoff: float = BACKOFF_FIRST
     restart_at: float | None = None
     restarts: int = 0
-    history: list[float] = field(default_factory=list)
 
 
 class Supervisor:
@@ -295,10 +308,13 @@ class Supervisor:
         self.exit_code = EXIT_OK
         self._announced = False
         self._wake_r, self._wake_w = os.pipe()
+        self.stats: Any = None  # fastdns.control.metrics.SharedStats, when available
+        self._signals = 0
 
     # signals ---------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
         if not self.stopping:
             log.info("%s: shutting down", signal.Signals(signum).name)
         self.stopping = True
@@ -338,6 +354,11 @@ class Supervisor:
         proc = self.ctx.Process(target=child.target, args=child.args,
                                 name=f"fastdns {child.name}", daemon=False)
         proc.start()
+        if child.restarts and self.stats is not None:
+            if child.index >= 0:
+                self.stats.worker_restarted()
+            else:
+                self.stats.control_restarted()
         child.proc = proc
         child.started = time.monotonic()
         child.restart_at = None
@@ -375,6 +396,20 @@ class Supervisor:
         log.warning("%s (pid %d) died: %s; restarting in %.1fs",
                     child.name, proc.pid, how, delay)
 
+    def _lameduck(self) -> None:
+        """CoreDNS health ``lameduck``: /ready says 503 but DNS is answered for a while,
+        so that endpoints controllers take this server out before it stops.
+        A second signal cuts it short."""
+        if self.plan.lameduck <= 0:
+            return
+        log.info("going into lameduck mode for %gs", self.plan.lameduck)
+        first = self._signals
+        deadline = time.monotonic() + self.plan.lameduck
+        while self._signals == first and (left := deadline - time.monotonic()) > 0:
+            wait_objects([self._wake_r], timeout=left)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 512)
+
     def _stop_children(self) -> None:
         live = [c for c in self.children if c.proc is not None and c.proc.is_alive()]
         for c in live:
@@ -390,6 +425,15 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(c.proc.pid, signal.SIGKILL)
                 c.proc.join(2.0)
+
+    def _attach_stats(self) -> None:
+        """Process-level stats words of the control segment (docs/internals.md §4)."""
+        try:
+            from fastdns.control import metrics
+        except ImportError:  # pragma: no cover - prometheus-client missing
+            return
+        self.stats = metrics.SharedStats.attach(self.instance)
+        self.stats.set(metrics.S_SUPERVISOR_PID, os.getpid())
 
     def _all_serving(self) -> bool:
         """The first image is published and every worker has mapped it."""
@@ -411,14 +455,23 @@ class Supervisor:
         self._install_signals()
         self.ctl = shm.ControlSegment.create(self.instance, self.plan.nworkers)
         try:
+            self._attach_stats()
             self._make_children()
+            log.info("fastdns-%s, python %s, %s/%s", _version(), platform.python_version(),
+                     sys.platform, platform.machine())
             log.info("fastdns supervisor pid %d, shm instance %s", os.getpid(), self.instance)
             for c in self.children:
                 self._start(c)
             self._loop()
         finally:
             self.stopping = True
+            if self.stats is not None:
+                self.stats.start_lameduck()
+            if self._signals and self._announced:
+                self._lameduck()
             self._stop_children()
+            if self.stats is not None:
+                self.stats.close()
             removed = shm.sweep(self.instance)
             self.ctl.close()
             signal.set_wakeup_fd(-1)
@@ -449,6 +502,17 @@ class Supervisor:
             if not self._announced and self._all_serving():
                 self._announced = True
                 self._announce()
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("fastdns")
+    except Exception:  # noqa: BLE001 - not installed: running from a checkout
+        import fastdns
+
+        return getattr(fastdns, "__version__", "dev")
 
 
 def _describe_exit(code: int | None) -> str:

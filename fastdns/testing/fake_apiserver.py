@@ -27,7 +27,8 @@ or standalone (benchmarks, subprocesses)::
 
 which prints ``listening on http://127.0.0.1:PORT`` once it serves. Objects
 can then be changed over HTTP like on a real server (POST to a namespaced
-collection, PUT/DELETE on an object).
+collection, PUT/DELETE on an object), and the test controls are under
+``/_fake/`` (``POST /_fake/compact``, ``/_fake/down?seconds=2``, ...).
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ class _Event:
     type: str  # ADDED, MODIFIED, DELETED
     obj: dict[str, Any]  # without kind/apiVersion
     prev: dict[str, Any] | None
+    raw: bytes  # obj as compact JSON
 
 
 @dataclass
@@ -238,6 +240,10 @@ def _key(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
 
 def _now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _event_rv(ev: _Event) -> int:
@@ -269,12 +275,16 @@ class FakeApiServer:
         self._lock = threading.RLock()
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             k: {} for k in RESOURCES}
+        # each object's JSON, encoded once per change: lists and watch lines
+        # are then joins, so a 100k-endpoint list is served as fast as a real
+        # apiserver serves it from its watch cache
+        self._enc: dict[str, dict[tuple[str, str], bytes]] = {k: {} for k in RESOURCES}
         self._rv = 1
         self._history: list[_Event] = []  # live part starts at _hist_start
         self._hist_start = 0
         self._floor = 1  # watches from rv >= floor can be served from history
-        self._snapshots: collections.OrderedDict[tuple, list[tuple[tuple[str, str], dict]]] = (
-            collections.OrderedDict())
+        self._snapshots: collections.OrderedDict[
+            tuple, list[tuple[tuple[str, str], dict, bytes]]] = collections.OrderedDict()
         self._snapshot_cache = snapshot_cache
         self._failures: list[_Failure] = []
         self._delay = 0.0
@@ -356,6 +366,10 @@ class FakeApiServer:
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         await self._listen()
+        if self._down:  # set_down(True) before start(): the port is reserved, then closed
+            assert self._listener is not None
+            self._listener.close()
+            self._listener = None
 
     async def _listen(self) -> None:
         assert self._runner is not None and self._runner.server is not None
@@ -434,10 +448,11 @@ class FakeApiServer:
             key = ("", key[1])
         with self._lock:
             old = self._objects[k].pop(key)
+            del self._enc[k][key]
             self._rv += 1
             gone = copy.deepcopy(old)
             gone["metadata"]["resourceVersion"] = str(self._rv)
-            self._record(_Event(self._rv, k, "DELETED", gone, old))
+            self._record(_Event(self._rv, k, "DELETED", gone, old, _encode(gone)))
         self._notify()
         return gone
 
@@ -492,7 +507,8 @@ class FakeApiServer:
             self._failures.append(_Failure(n, status, retry_after, path, watch, message))
 
     def set_down(self, down: bool = True) -> None:
-        """Down: stop listening (connections refused) and reset open connections."""
+        """Down: stop listening (connections refused) and reset open connections;
+        up again: listen on the same port. The store can change meanwhile."""
         if self._loop is None:
             self._down = down
             return
@@ -576,7 +592,9 @@ class FakeApiServer:
                 meta["creationTimestamp"] = old["metadata"].get("creationTimestamp")
             meta["resourceVersion"] = str(self._rv)
             table[key] = obj
-            self._record(_Event(self._rv, kind, "ADDED" if old is None else "MODIFIED", obj, old))
+            raw = self._enc[kind][key] = _encode(obj)
+            self._record(_Event(self._rv, kind, "ADDED" if old is None else "MODIFIED", obj, old,
+                                raw))
         self._notify()
         return _with_kind(RESOURCES[kind], copy.deepcopy(obj))
 
@@ -652,6 +670,8 @@ class FakeApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if path.startswith("/_fake/"):
+            return self._control(path[len("/_fake/"):], request)
         if request.method == "GET":
             stub = self._discovery(path)
             if stub is not None:
@@ -672,6 +692,41 @@ class FakeApiServer:
         except ValueError as exc:
             return self._status(400, str(exc))
         return self._status(405, f"method {request.method} not allowed", "MethodNotAllowed")
+
+    def _control(self, verb: str, request: web.Request) -> web.Response:
+        """The test controls over HTTP, for a standalone server driven by another
+        process (benchmarks): POST /_fake/{compact,hang,slow,fail,down},
+        GET /_fake/requests. ``down?seconds=S`` comes back up after S seconds."""
+        q = request.query
+        if verb == "requests" and request.method == "GET":
+            with self._lock:
+                counts = [{"path": p, "watch": w, "count": c}
+                          for (p, w), c in sorted(self._counts.items())]
+            return web.json_response({"resourceVersion": str(self.resource_version),
+                                      "requests": counts})
+        if request.method != "POST":
+            return self._status(405, "controls are POST", "MethodNotAllowed")
+        if verb == "compact":
+            self.compact()
+        elif verb == "hang":
+            self.hang_watches()
+        elif verb == "slow":
+            self.slow(float(q.get("seconds", "0")))
+        elif verb == "fail":
+            watch = q.get("watch")
+            self.fail_next(int(q.get("n", "1")), int(q.get("status", "500")),
+                           float(q["retry_after"]) if "retry_after" in q else None,
+                           path=q.get("path"),
+                           watch=None if watch is None else watch in ("1", "true", "True"))
+        elif verb == "down":
+            seconds = float(q.get("seconds", "1"))
+            loop = asyncio.get_running_loop()
+            # answer first, then go down: the caller gets its 200
+            loop.call_soon(lambda: loop.create_task(self._set_down(True)))
+            loop.call_later(seconds, lambda: loop.create_task(self._set_down(False)))
+        else:
+            return self._status(404, f"no control {verb!r}")
+        return web.json_response({"ok": True, "resourceVersion": str(self.resource_version)})
 
     def _route(self, path: str) -> tuple[Resource, str | None, str | None] | None:
         """Map an API path to (resource, namespace or None, object name or None)."""
@@ -744,12 +799,13 @@ class FakeApiServer:
             else:
                 list_rv = self._rv
                 start = ""
-                items = [(k, o) for k, o in sorted(self._objects[res.kind].items())
+                enc = self._enc[res.kind]
+                items = [(k, o, enc[k]) for k, o in sorted(self._objects[res.kind].items())
                          if (namespace is None or k[0] == namespace)
                          and (label is None or label(o)) and (field is None or field(o))]
                 skey = (res.kind, namespace, q.get("labelSelector"), q.get("fieldSelector"),
                         list_rv)
-        keys = [f"{k[0]}/{k[1]}" if k[0] else k[1] for k, _ in items]
+        keys = [f"{k[0]}/{k[1]}" if k[0] else k[1] for k, _, _ in items]
         lo = bisect.bisect_left(keys, start) if start else 0
         hi = len(items) if limit <= 0 else min(len(items), lo + limit)
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
@@ -764,10 +820,10 @@ class FakeApiServer:
                 self._snapshots.move_to_end(skey)
                 while len(self._snapshots) > self._snapshot_cache:
                     self._snapshots.popitem(last=False)
-        body = {"kind": res.list_kind, "apiVersion": res.api_version, "metadata": meta,
-                "items": [o for _, o in items[lo:hi]]}
-        return web.Response(body=json.dumps(body, separators=(",", ":")),
-                            content_type="application/json")
+        head = _encode({"kind": res.list_kind, "apiVersion": res.api_version, "metadata": meta})
+        body = b"".join((head[:-1], b',"items":[', b",".join(r for _, _, r in items[lo:hi]),
+                         b"]}"))
+        return web.Response(body=body, content_type="application/json")
 
     def _get_one(self, res: Resource, namespace: str | None, name: str) -> web.Response:
         with self._lock:
@@ -852,19 +908,21 @@ class FakeApiServer:
                 if start_rv is None:
                     # rv unset or "0": synthetic ADDED events for the current state
                     cursor = self._rv
-                    for _, obj in sorted(self._objects[res.kind].items()):
+                    enc = self._enc[res.kind]
+                    for key, obj in sorted(self._objects[res.kind].items()):
                         if selected(obj):
-                            lines.append(self._line("ADDED", res, obj))
+                            lines.append(self._line("ADDED", res, enc[key]))
                 elif start_rv < self._floor:
                     err = status_object(410, f"too old resource version: {start_rv} "
                                         f"({self._floor + 1})", "Expired")
-                    await resp.write(json.dumps({"type": "ERROR", "object": err}).encode()
-                                     + b"\n")
-                    return resp
+                    lines.append(_encode({"type": "ERROR", "object": err}) + b"\n")
+                    cursor = -1
                 else:
                     cursor = start_rv
             if lines:
                 await resp.write(b"".join(lines))
+            if cursor < 0:
+                return resp  # the 410 ERROR line ends the stream
             while True:
                 changed = self._changed
                 assert changed is not None
@@ -888,8 +946,7 @@ class FakeApiServer:
                         # watcher terminated by the cacher, it must relist
                         err = status_object(410, f"too old resource version: {cursor} "
                                             f"({self._floor + 1})", "Expired")
-                        lines.append(json.dumps({"type": "ERROR", "object": err}).encode()
-                                     + b"\n")
+                        lines.append(_encode({"type": "ERROR", "object": err}) + b"\n")
                         expired = True
                         events: list[_Event] = []
                     else:
@@ -901,25 +958,25 @@ class FakeApiServer:
                     was = selected(ev.prev)
                     if ev.type == "DELETED":
                         if was:
-                            lines.append(self._line("DELETED", res, ev.obj))
+                            lines.append(self._line("DELETED", res, ev.raw))
                         continue
                     now_sel = selected(ev.obj)
                     if now_sel:
-                        lines.append(self._line("MODIFIED" if was else "ADDED", res, ev.obj))
+                        lines.append(self._line("MODIFIED" if was else "ADDED", res, ev.raw))
                     elif was:
                         # left the selection (e.g. a pod became Succeeded): the
                         # cacher sends DELETED with the previous object at the
                         # event's resourceVersion
                         gone = copy.deepcopy(ev.prev)
                         gone["metadata"]["resourceVersion"] = str(ev.rv)
-                        lines.append(self._line("DELETED", res, gone))
+                        lines.append(self._line("DELETED", res, _encode(gone)))
                 if expired:
                     await resp.write(b"".join(lines))
                     return resp
                 if bookmarks and time.monotonic() >= next_bookmark:
-                    lines.append(json.dumps({"type": "BOOKMARK", "object": {
+                    lines.append(_encode({"type": "BOOKMARK", "object": {
                         "kind": res.kind, "apiVersion": res.api_version,
-                        "metadata": {"resourceVersion": str(cursor)}}}).encode() + b"\n")
+                        "metadata": {"resourceVersion": str(cursor)}}}) + b"\n")
                     next_bookmark = time.monotonic() + self.bookmark_interval
                 if lines:
                     await resp.write(b"".join(lines))
@@ -942,9 +999,12 @@ class FakeApiServer:
             await asyncio.wait_for(event.wait(), seconds)
 
     @staticmethod
-    def _line(etype: str, res: Resource, obj: dict[str, Any]) -> bytes:
-        return json.dumps({"type": etype, "object": _with_kind(res, obj)},
-                          separators=(",", ":")).encode() + b"\n"
+    def _line(etype: str, res: Resource, raw: bytes) -> bytes:
+        """One watch line; the object gets kind/apiVersion first, as the apiserver
+        writes them (raw is the object's JSON, never empty: it has metadata)."""
+        return b"".join((b'{"type":"', etype.encode(), b'","object":{"kind":"',
+                         res.kind.encode(), b'","apiVersion":"', res.api_version.encode(),
+                         b'",', raw[1:], b"}\n"))
 
 
 # --------------------------------------------------------------------------
@@ -953,11 +1013,15 @@ class FakeApiServer:
 
 def load_state_file(path: str) -> list[dict[str, Any]]:
     """Objects of a ``kubectl get -o yaml|json`` file (a List or multi-document YAML)."""
+    with open(path) as f:
+        text = f.read()
+    if text.lstrip().startswith("{"):
+        with contextlib.suppress(ValueError):  # JSON is YAML, but json is 50x faster
+            return [json.loads(text)]
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path) as f:
-        return [d for d in yaml.load_all(f, Loader=loader) if isinstance(d, dict)]
+    return [d for d in yaml.load_all(text, Loader=loader) if isinstance(d, dict)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ port for both) and answers from a dict of records built with dnspython.
 Knobs, changeable while it runs: ``delay`` (seconds before each answer),
 ``drop`` (answer nothing), ``tc_udp`` (UDP answers are header+question with
 TC), ``spoof`` (before the real answer, send one with a wrong ID and one
-with a wrong question, both carrying ``SPOOF_ADDR``), ``servfail``,
+with a wrong question, both carrying ``SPOOF_ADDR``; ``"only"``: and no real
+answer), ``servfail``,
 ``negative_soa`` (False: NXDOMAIN/NODATA without the SOA). It counts the
 queries it received per transport and keeps the last ones.
 
@@ -49,15 +50,15 @@ class TestUpstream:
 
     def __init__(self, records: dict[str, list[tuple[str, str]]] | None = None, *,
                  zone: str = "example.test.", ttl: int = 300, soa_ttl: int = 3600,
-                 soa_minimum: int = 60, host: str = "127.0.0.1") -> None:
+                 soa_minimum: int = 60, host: str = "127.0.0.1", port: int = 0) -> None:
         self.zone = dns.name.from_text(zone)
         self.ttl = ttl
         self.host = host
-        self.port = 0
+        self.port = port
         self.delay = 0.0
         self.drop = False
         self.tc_udp = False
-        self.spoof = False
+        self.spoof: bool | str = False
         self.servfail = False
         self.negative_soa = True
         self.counts: Counter[str] = Counter()  # "udp" / "tcp" -> queries received
@@ -107,11 +108,22 @@ class TestUpstream:
 
     async def start(self) -> TestUpstream:
         loop = asyncio.get_running_loop()
-        self._tcp_server = await asyncio.start_server(self._tcp_client, self.host, self.port)
-        self.port = self._tcp_server.sockets[0].getsockname()[1]
-        self._udp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, self.port))
-        return self
+        wanted = self.port
+        for attempt in range(20):
+            server = await asyncio.start_server(self._tcp_client, self.host, wanted)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                self._udp_transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(self.host, port))
+            except OSError:
+                server.close()
+                await server.wait_closed()
+                if wanted or attempt == 19:
+                    raise
+                continue  # the TCP port's UDP twin is taken: another ephemeral port
+            self._tcp_server, self.port = server, port
+            return self
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -186,6 +198,8 @@ class TestUpstream:
             bad_q = dns.message.make_response(bad_q)
             bad_q.answer.append(dns.rrset.from_text(qn.name, 3600, "IN", "A", SPOOF_ADDR))
             out += [bad_id.to_wire(), bad_q.to_wire()]
+        if self.spoof == "only":
+            return out
         if proto == "udp" and self.tc_udp:
             tc = dns.message.make_response(query)
             tc.flags |= dns.flags.TC

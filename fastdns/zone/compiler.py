@@ -22,10 +22,11 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fastdns.constants import QT_NAME, Flag, Rcode
+from fastdns.constants import Flag, Rcode
 from fastdns.zone import image as img
 from fastdns.zone.fragments import (
     EMPTY,
@@ -55,6 +56,8 @@ SOA_TAIL = struct.Struct(">IIIII")
 CLASS_IN = 1
 PTR_BUCKETS = 4096
 _PTR12 = b"\xc0\x0c"
+_REC1 = struct.Struct("<HHII")  # fragments.FragmentWriter.answer: one variant
+_QT2 = {t: t.to_bytes(2, "big") for t in range(256)}
 _NS_DNS = b"\x02ns\x03dns"
 _HOSTMASTER = b"\x0ahostmaster"
 # offsets inside a zone-miss SOA RR of the three pointers to the zone suffix
@@ -121,6 +124,9 @@ def _starts(name: bytes) -> list[int]:
 def exact_template(key: bytes, ans: Answer) -> bytes:
     """The template answering `key` (lowercased wire) with `ans` (answer, additional)."""
     an, add = ans
+    if not add and len(an) == 1 and an[0][0] is None and an[0][4] is None:
+        _o, t, ttl, rd, _n = an[0]
+        return _HEAD_AN[1] + _PTR12 + RR_HEAD.pack(t, CLASS_IN, ttl, len(rd)) + rd
     if not add and all(rr[0] is None and rr[4] is None for rr in an):
         # owners are the question, no names in rdata (A, AAAA, TXT): nothing to compress
         return _HEAD_AN[len(an)] + b"".join(
@@ -190,6 +196,9 @@ class Compiler:
         self.serial = 0
         self.zones = self._zone_table(options, zones_config)
         self._kzones = [z for z in self.zones if z.kube]
+        self._last_zone: _Zone | None = None
+        self._nested = any(a is not b and is_subdomain(a.name, b.name)
+                           for a in self._kzones for b in self._kzones)
         self._reset()
         self._prepare_shared()
 
@@ -228,8 +237,12 @@ class Compiler:
         return zones
 
     def _zone_of(self, key: bytes) -> _Zone | None:
+        last = self._last_zone
+        if last is not None and not self._nested and key.endswith(last.name):
+            return last  # zones do not nest: the zone of the previous name still fits
         for z in self._kzones:
             if key.endswith(z.name):
+                self._last_zone = z
                 return z
         return None
 
@@ -246,6 +259,7 @@ class Compiler:
         self._serving: set[Key] = set()
         self._dirty_buckets: set[int] = set()
         self._apex_dirty = True
+        self._bulk = False  # full(): buckets are filled once at the end
 
     def _set_frag(self, key: tuple, frag: Fragment) -> bool:
         old = self._frags.get(key)
@@ -261,16 +275,57 @@ class Compiler:
         return old != frag
 
     def _names_fragment(self, names: NameSet) -> Fragment:
-        w = FragmentWriter()
+        """One fragment from a NameSet: FragmentWriter's layout, inlined (the hot loop)."""
+        parts: list[bytes] = []
+        ents = array("I")
+        relocs = array("I")
+        app, ext, rel = parts.append, ents.extend, relocs.append
+        crc32, pack, qt2 = zlib.crc32, _REC1.pack, _QT2
+        shared, zone_of = self._shared_rel, self._zone_of
+        size = 0
         for key, (_wire, answers, nodata) in names.names.items():
-            koff = w.key(key)
+            koff = size
+            app(key)
+            size += len(key)
+            kc = crc32(key)
+            kl = len(key) << 16
             for qtype, ans in answers.items():
-                w.entry(key, koff, qtype, w.answer(exact_template(key, ans)))
+                t = exact_template(key, ans)
+                app(pack(1, 0, size + 8, len(t)))
+                app(t)
+                rel(size + 4)
+                ext((crc32(qt2[qtype], kc) | 1, koff, size, qtype | kl))
+                size += 12 + len(t)
             if nodata:
-                z = self._zone_of(key)
+                z = zone_of(key)
                 if z is not None:
-                    w.entry(key, koff, QT_NAME, SHARED | self._shared_rel[z.name][len(key)])
-        return w.finish()
+                    ext((crc32(b"\0\0", kc) | 1, koff, SHARED | shared[z.name][len(key)], kl))
+        if names.addr_names:
+            ttl = self.options.ttl if self.options else 5
+            heads = {4: _HEAD_AN[1] + _PTR12 + RR_HEAD.pack(1, CLASS_IN, ttl, 4),
+                     16: _HEAD_AN[1] + _PTR12 + RR_HEAD.pack(28, CLASS_IN, ttl, 16)}
+            qa = {4: (qt2[1], 1), 16: (qt2[28], 28)}
+            z = None
+            for key, packed in names.addr_names:
+                koff = size
+                app(key)
+                size += len(key)
+                kc = crc32(key)
+                kl = len(key) << 16
+                t = heads[len(packed)] + packed
+                app(pack(1, 0, size + 8, len(t)))
+                app(t)
+                rel(size + 4)
+                q2, qt = qa[len(packed)]
+                ext((crc32(q2, kc) | 1, koff, size, qt | kl))
+                size += 12 + len(t)
+                if z is None or not key.endswith(z.name):
+                    z = zone_of(key)
+                if z is not None:
+                    ext((crc32(b"\0\0", kc) | 1, koff, SHARED | shared[z.name][len(key)], kl))
+        if not parts:
+            return EMPTY
+        return Fragment(b"".join(parts), ents.tobytes(), relocs.tobytes())
 
     # -- compile units ---------------------------------------------------
     def _compile_service(self, state: ClusterState, key: Key) -> bool:
@@ -287,9 +342,11 @@ class Compiler:
                     self._touch(packed)
                     if not claims:
                         del self._ptr[packed]
+            bulk = self._bulk
             for packed, target, cluster in recs.ptrs:
                 self._ptr.setdefault(packed, {}).setdefault(key, []).append((target, cluster))
-                self._touch(packed)
+                if not bulk:
+                    self._touch(packed)
             if recs.ptrs:
                 self._svc_ptrs[key] = recs.ptrs
             else:
@@ -330,15 +387,19 @@ class Compiler:
             if not claims:
                 continue
             key = reverse_wire(packed)
-            if not any(key.endswith(z) for z in rev_zones):
+            for z in rev_zones:
+                if key.endswith(z):
+                    break
+            else:
                 continue  # outside the reverse zones this block serves
             if len(claims) == 1:
                 [targets] = claims.values()
             else:
                 targets = [t for k in sorted(claims) for t in claims[k]]
-            cluster = [t for t, c in targets if c]
-            if cluster:  # a ClusterIP wins: the first Service's name only
-                names = cluster[:1]
+            if len(targets) == 1:
+                names = [targets[0][0]]
+            elif cluster := [t for t, c in targets if c]:
+                names = cluster[:1]  # a ClusterIP wins: the first Service's name only
             else:
                 seen: set[bytes] = set()
                 names = []
@@ -380,8 +441,19 @@ class Compiler:
         self._prepare_shared()
         if self.builder is not None:
             keys = set(state.services) | set(state.slice_groups())
+            self._bulk = True
             for key in sorted(keys):
                 self._compile_service(state, key)
+            self._bulk = False
+            mask = PTR_BUCKETS - 1
+            for packed in self._ptr:
+                b = zlib.crc32(packed) & mask
+                got = self._bucket_ips.get(b)
+                if got is None:
+                    self._bucket_ips[b] = {packed}
+                    self._dirty_buckets.add(b)
+                else:
+                    got.add(packed)
             for ns in sorted(state.all_namespaces()):
                 self._compile_namespace(state, ns)
             for b in sorted(self._dirty_buckets):

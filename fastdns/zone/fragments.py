@@ -67,7 +67,7 @@ class FragmentWriter:
         return off
 
     def entry(self, key: bytes, key_off: int, qtype: int, ans: int) -> None:
-        h = zlib.crc32(key + qtype.to_bytes(2, "big")) | 1
+        h = zlib.crc32(qtype.to_bytes(2, "big"), zlib.crc32(key)) | 1  # crc32(key + qtype)
         self.ents.extend((h, key_off, ans, qtype | (len(key) << 16)))
 
     def finish(self) -> Fragment:

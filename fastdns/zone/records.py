@@ -214,6 +214,9 @@ class NameSet:
     """Owner name (lowercased wire key) -> (wire as written, {qtype: Answer}, nodata)."""
 
     names: dict[bytes, tuple[bytes, dict[int, Answer], bool]] = field(default_factory=dict)
+    # names holding exactly one A or AAAA record (and NODATA otherwise): endpoint
+    # names, by far the most numerous, kept flat so the compiler writes them in a tight loop
+    addr_names: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def put(self, wire: bytes, qtype: int, answer: Answer, nodata: bool = True) -> None:
         key = wire.lower()
@@ -243,8 +246,9 @@ class ServiceRecords:
 
 
 # A ready endpoint address, flattened (CoreDNS object.EndpointAddress):
-# (address packed, endpoint hostname, ((port name, protocol, port) ...)), port -1 = none declared
-_Ep = tuple[bytes, str, tuple[tuple[str, str, int], ...]]
+# (address packed, endpoint hostname, ((port name, protocol, port) ...), hostname as a wire
+# label); port -1 = none declared
+_Ep = tuple[bytes, str, tuple[tuple[str, str, int], ...], bytes]
 _NO_PORTS = (("", "", -1),)
 
 
@@ -274,7 +278,7 @@ def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: 
                 else:
                     host = dashed(a)
                 if host:
-                    out.append((packed, host, ports))
+                    out.append((packed, host, ports, label(host)))
     return out
 
 
@@ -340,15 +344,15 @@ class RecordBuilder:
         ttl = opts.ttl
         out = ServiceRecords(NameSet(), [], set(), False)
         svc = state.services.get((ns, name))
-        if opts.namespaces and ns not in opts.namespaces:
-            return out  # reverse.go skips unexposed namespaces as well
         eps = ready_endpoints(state, opts, ns, name)
         if self.local_packed and any(e[0] in self.local_packed for e in eps):
-            out.serves_local = True
+            out.serves_local = True  # ns.go nsAddrs looks at every namespace
+        if opts.namespaces and ns not in opts.namespaces:
+            return out  # reverse.go skips unexposed namespaces as well
         # reverse.go: endpoint PTRs exist whatever the Service (even none); ClusterIP ones win
         ep_base = label(name) + label(ns) + b"\x03svc" + self.primary
-        for packed, host, _ports in eps:
-            out.ptrs.append((packed, label(host) + ep_base, False))
+        for packed, _host, _ports, hl in eps:
+            out.ptrs.append((packed, hl + ep_base, False))
         if svc is None:
             return out
         cluster_packed = [p for p in (ip_packed(i) for i in svc.cluster_ips) if p]
@@ -401,8 +405,8 @@ class RecordBuilder:
         _put_addrs(names, base, [e[0] for e in eps], ttl)
         entries = []
         by_port: dict[bytes, tuple[bytes, list[tuple[bytes, bytes, int]]]] = {}
-        for packed, host, ports in eps:
-            target = label(host) + base
+        for packed, _host, ports, hl in eps:
+            target = hl + base
             for pname, proto, port in ports:
                 entries.append((target, packed, port))
                 if pname and port != -1:
@@ -434,14 +438,12 @@ class RecordBuilder:
                 by_host[h] = [e]
             else:
                 got.append(e)
-        put = names.names
+        flat = names.addr_names
         with_srv = self.opts.endpoint_srv
         for group in by_host.values():
-            owner = label(group[0][1]) + base
+            owner = group[0][3] + base
             if len(group) == 1 and not with_srv:  # the common case, kept cheap
-                packed = group[0][0]
-                rr = (None, A if len(packed) == 4 else AAAA, ttl, packed, None)
-                put[owner.lower()] = (owner, {rr[1]: ((rr,), ())}, True)
+                flat.append((owner.lower(), group[0][0]))
                 continue
             _put_addrs(names, owner, [e[0] for e in group], ttl)
             if with_srv:
@@ -496,8 +498,13 @@ class RecordBuilder:
         if labels[-1] == b"svc" and len(labels) in (3, 4):
             ns, name = labels[-2].decode("ascii", "replace"), labels[-3].decode("ascii", "replace")
             deps.add((ns, name))
-            recs = self.service(state, ns, name).names.names
-            entry = recs.get(key)
+            nameset = self.service(state, ns, name).names
+            entry = nameset.names.get(key)
+            if entry is None:
+                for k, packed in nameset.addr_names:
+                    if k == key:
+                        return (addr_rr(packed, self.opts.ttl, target),) if (
+                            (qtype == A) == (len(packed) == 4)) else ()
             if entry is not None:
                 got = entry[1].get(qtype)
                 if got is None and CNAME in entry[1]:
@@ -579,8 +586,8 @@ class RecordBuilder:
                 continue
             base = label(name) + label(ns) + b"\x03svc" + zone
             if svc.headless:
-                for packed, host, _ports in ready_endpoints(state, self.opts, ns, name):
-                    pairs.append((label(host) + base, packed))
+                for packed, _host, _ports, hl in ready_endpoints(state, self.opts, ns, name):
+                    pairs.append((hl + base, packed))
             elif svc.cluster_ips:
                 p = ip_packed(svc.cluster_ips[0])
                 if p:

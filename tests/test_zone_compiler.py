@@ -1,0 +1,329 @@
+"""The compiler: image layout, incremental == full, both assemblers, random clusters."""
+
+import dataclasses
+import struct
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.reversename
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zonetests import SERIAL, ask
+
+from fastdns.zone import fragments
+from fastdns.zone import image as img
+from fastdns.zone.compiler import Compiler
+from fastdns.zone.objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
+from fastdns.zone.records import KubernetesOptions
+from fastdns.zone.state import Affected, ClusterState, demo_path, load_state
+
+KUBEADM = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), pods="insecure",
+                            fallthrough=("in-addr.arpa", "ip6.arpa"), ttl=30)
+
+
+def _no_generation(image: bytes) -> bytes:
+    return image[:16] + b"\0" * 8 + image[24:]
+
+
+# -- image header and zone table ------------------------------------------------
+
+def test_header_generation_synced_serial():
+    c = Compiler(KUBEADM)
+    state = load_state(demo_path())
+    a = c.full(state, now=1000)
+    h = img.read_header(a)
+    assert (h.generation, h.serial, h.flags & img.IMG_SYNCED, h.size) == (1, 1000, 1, len(a))
+    c.synced = False
+    b = c.assemble()
+    h = img.read_header(b)
+    assert (h.generation, h.serial, h.flags & img.IMG_SYNCED) == (2, 1000, 0)
+    # a change nobody can see keeps the serial; a visible one moves it
+    pod = next(iter(state.pods.values()))
+    c.synced = True
+    d = c.update(state, state.apply("MODIFIED", dataclasses.replace(pod, phase="Failed")),
+                 now=2000)
+    assert img.read_header(d).serial == 1000
+    svc = state.services[("default", "nginx")]
+    moved = dataclasses.replace(svc, cluster_ips=("10.96.9.9",))
+    e = c.update(state, state.apply("MODIFIED", moved), now=3000)
+    assert img.read_header(e).serial == 3000
+
+
+def test_zone_table_flags_and_kinds():
+    extra = [img.ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD, block=1),
+             img.ZoneSpec(b"\x07example\x03org\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]
+    image = Compiler(KUBEADM, extra).full(load_state(demo_path()))
+    zones = {}
+    for i in range(img.read_header(image).nzones):
+        name, flags, neg, ttl, block, kind = img.zone_entry(image, i)
+        zones[name] = (flags, bool(neg), ttl, block, kind)
+    assert zones[b"\x07cluster\x05local\x00"] == (img.ZF_AUTH, True, 30, 0, img.ZK_KUBERNETES)
+    fall = img.ZF_AUTH | img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH
+    assert zones[b"\x07in-addr\x04arpa\x00"] == (fall, True, 30, 0, img.ZK_KUBERNETES)
+    assert zones[b"\x03ip6\x04arpa\x00"] == (fall, True, 30, 0, img.ZK_KUBERNETES)
+    assert zones[b"\x03pod\x07cluster\x05local\x00"][0] == img.ZF_SLOW_MISS
+    assert zones[b"\x03pod\x07cluster\x05local\x00"][4] == img.ZK_POD
+    assert zones[b"\x00"] == (img.ZF_SLOW_MISS, False, 5, 1, img.ZK_FORWARD)
+    assert zones[b"\x07example\x03org\x00"][4] == img.ZK_FORWARD
+    names = [img.zone_entry(image, i)[0] for i in range(len(zones))]
+    assert [len(n) for n in names] == sorted((len(n) for n in names), reverse=True)
+
+
+def test_zone_miss_uses_the_zones_suffix(wire):
+    """The negative SOA points at the zone suffix inside the question, whatever its length."""
+    image = Compiler(KUBEADM).full(load_state(demo_path()), now=SERIAL)
+    for qname in ("x.cluster.local.", "a.very.long.nonexistent.name.default.svc.Cluster.Local."):
+        status, msg, _ = ask(wire, image, qname, "A")
+        assert status == 0 and msg.rcode() == dns.rcode.NXDOMAIN
+        (soa,) = msg.authority
+        assert soa.name.to_text() == qname[-len("cluster.local."):]
+        assert soa[0].mname.to_text().lower() == "ns.dns.cluster.local."
+        assert soa[0].serial == SERIAL
+
+
+def test_without_kubernetes_only_extra_zones(wire):
+    image = Compiler(None, [img.ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]).full(
+        ClusterState())
+    assert ask(wire, image, "nginx.default.svc.cluster.local.", "A")[0] == 2
+
+
+# -- both assemblers ----------------------------------------------------------------
+
+@pytest.mark.skipif(fragments.assemble_c is None, reason="fastdns.zone._index not built")
+def test_c_and_python_assembly_are_identical():
+    c = Compiler(KUBEADM)
+    image = c.full(load_state(demo_path()))
+    frags = [c._frags[k] for k in c._order]
+    pre, shared_off, _where = c._pre()
+    n = pre.count + sum(f.count for f in frags)
+    for nslots in (fragments.slot_count(n), 1 << 14):  # also with 4 blocks of slots per block
+        h = image[:64]
+        zt_off = 64 + fragments.slot_count(n) * 16
+        zt = image[zt_off : zt_off + len(c.zones) * 32]
+        args = (h, zt, nslots, [pre, *frags], 999)
+        assert fragments.assemble_c(*args) == fragments.assemble_py(*args)
+
+
+def test_c_assembly_loaded():
+    """The Cython assembler is built in this tree (the pure one is 100x slower at scale)."""
+    import os
+
+    if os.environ.get("FASTDNS_NO_EXTENSIONS"):
+        pytest.skip("FASTDNS_NO_EXTENSIONS=1")
+    assert fragments.assemble is fragments.assemble_c
+
+
+def test_assembly_rejects_overfull_tables():
+    f = fragments.FragmentWriter()
+    for i in range(8):
+        f.entry(bytes([1, 97 + i, 0]), f.key(bytes([1, 97 + i, 0])), 1, 0)
+    frag = f.finish()
+    for fn in filter(None, (fragments.assemble_c, fragments.assemble_py)):
+        with pytest.raises(ValueError):
+            fn(b"\0" * 64, b"", 8, [frag], 0)
+
+
+# -- random clusters ------------------------------------------------------------------
+
+NAMES = st.sampled_from(["a", "b", "c", "web", "db", "x1"])
+NSS = st.sampled_from(["ns1", "ns2", "ns3"])
+HOSTS = st.sampled_from([None, None, "h0", "h1", "h2"])
+PORTS = st.lists(st.tuples(st.sampled_from(["", "http", "grpc", "dns"]),
+                           st.sampled_from(["TCP", "UDP"]), st.integers(1, 65535)),
+                 max_size=3, unique_by=lambda p: (p[0] or str(p[2]), p[1]))
+
+
+@st.composite
+def clusters(draw):
+    """Namespaces, Services (ClusterIP v4/v6/dual, headless, ExternalName) and slices;
+    every address unique so PTRs are unambiguous."""
+    ips = iter(range(1, 10_000))
+    objs = [Namespace(n) for n in draw(st.sets(NSS, min_size=1))]
+    for ns in draw(st.lists(NSS, min_size=1, max_size=3, unique=True)):
+        for name in draw(st.sets(NAMES, max_size=3)):
+            kind = draw(st.sampled_from(["v4", "v6", "dual", "headless", "external"]))
+            ports = tuple(ServicePort(*p) for p in draw(PORTS))
+            if kind == "external":
+                target = draw(st.sampled_from(["example.com", "a.ns1.svc.cluster.local"]))
+                objs.append(Service(ns, name, "ExternalName", (), False, target, ()))
+                continue
+            cips = {"v4": (f"10.96.0.{next(ips) % 250 + 1}",),
+                    "v6": (f"fd00::{next(ips):x}",),
+                    "dual": (f"10.96.1.{next(ips) % 250 + 1}", f"fd00::1:{next(ips):x}"),
+                    "headless": ()}[kind]
+            if kind != "headless" and not ports:
+                ports = (ServicePort("http", "TCP", 80),)
+            objs.append(Service(ns, name, "ClusterIP", cips, kind == "headless", None, ports))
+            for si in range(draw(st.integers(0, 2))):
+                v6 = draw(st.booleans())
+                eps = []
+                for _ in range(draw(st.integers(0, 3))):
+                    n = next(ips)
+                    addr = f"fd00:244::{n:x}" if v6 else f"10.244.{n // 250}.{n % 250 + 1}"
+                    eps.append(Endpoint((addr,), draw(st.booleans()) or draw(st.booleans()),
+                                        draw(HOSTS), None, None))
+                objs.append(EndpointSlice(ns, f"{name}-{si}", name, "IPv6" if v6 else "IPv4",
+                                          tuple(eps), ports))
+    return objs
+
+
+def _expected(objs, opts):
+    """(qname, qtype) -> set of rdata text, computed straight from the spec."""
+    zone = "cluster.local."
+    svcs = {(o.namespace, o.name): o for o in objs if isinstance(o, Service)}
+    want: dict[tuple[str, str], set[str]] = {}
+    ptr: dict[str, set[str]] = {}
+    for (ns, name), s in svcs.items():
+        base = f"{name}.{ns}.svc.{zone}"
+        slices = [o for o in objs if isinstance(o, EndpointSlice) and o.namespace == ns
+                  and o.service == name]
+        ready = [(a, e.hostname) for sl in slices for e in sl.endpoints if e.ready
+                 for a in e.addresses]
+        if s.type == "ExternalName":
+            want[(base, "CNAME")] = {s.external_name + "."}
+            continue
+        addrs = s.cluster_ips if not s.headless else tuple(a for a, _h in ready)
+        if s.headless and not ready:
+            continue
+        want[(base, "A")] = {a for a in addrs if ":" not in a}
+        want[(base, "AAAA")] = {a for a in addrs if ":" in a}
+        for a, h in ready:
+            host = h or a.replace(".", "-").replace(":", "-")
+            host = host + "0" if host.endswith("-") else host
+            want.setdefault((f"{host}.{base}", "A"), set())
+            want.setdefault((f"{host}.{base}", "AAAA"), set())
+            want[(f"{host}.{base}", "AAAA" if ":" in a else "A")].add(a)
+            ptr.setdefault(a, set()).add(f"{host}.{base}")
+        for ip in s.cluster_ips:
+            ptr[ip] = {base}
+    for ip, targets in ptr.items():
+        want[(dns.reversename.from_address(ip).to_text(), "PTR")] = targets
+    return want
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=clusters(), junk=st.lists(st.text("abcdefghijklmnopqrstuvwxyz0123456789-",
+                                                min_size=1, max_size=12), max_size=5))
+def test_random_cluster_answers_exactly(objs, junk):
+    from fastdns import wire
+
+    opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"))
+    state = ClusterState(objs)
+    image = Compiler(opts).full(state, now=SERIAL)
+    want = _expected(objs, opts)
+    for (qname, qtype), rdatas in want.items():
+        status, msg, _ = ask(wire, image, qname, qtype)
+        assert status == 0, (qname, qtype)
+        got = {rd.to_text() if qtype not in ("A", "AAAA") else str(rd)
+               for rrset in msg.answer if rrset.rdtype == dns.rdatatype.from_text(qtype)
+               for rd in rrset}
+        if qtype in ("A", "AAAA"):
+            import ipaddress
+
+            got = {str(ipaddress.ip_address(g)) for g in got}
+            rdatas = {str(ipaddress.ip_address(r)) for r in rdatas}
+        assert got == rdatas, (qname, qtype, msg.to_text())
+        assert msg.rcode() == dns.rcode.NOERROR
+    existing = {q.lower() for q, _t in want}
+    for label in junk:
+        label = label.strip("-") or "x"
+        for qname in (f"{label}.ns1.svc.cluster.local.", f"{label}.a.ns1.svc.cluster.local.",
+                      f"{label}.{label}.x.cluster.local."):
+            if qname in existing:
+                continue
+            status, msg, _ = ask(wire, image, qname, "A")
+            assert status == 0 and msg.rcode() == dns.rcode.NXDOMAIN, msg.to_text()
+
+
+@st.composite
+def event_batches(draw):
+    objs = draw(clusters())
+    batches = []
+    pool = list(objs)
+    for _ in range(draw(st.integers(1, 4))):
+        batch = []
+        for _ in range(draw(st.integers(1, 4))):
+            other = draw(clusters())
+            choice = draw(st.sampled_from(["add", "delete", "modify"]))
+            if choice == "add" or not pool:
+                batch.append(("ADDED", draw(st.sampled_from(other))))
+            elif choice == "delete":
+                batch.append(("DELETED", draw(st.sampled_from(pool))))
+            else:
+                o = draw(st.sampled_from(pool))
+                if isinstance(o, Service) and not o.headless and o.type != "ExternalName":
+                    o = dataclasses.replace(o, cluster_ips=("10.96.7.7",))
+                elif isinstance(o, EndpointSlice):
+                    o = dataclasses.replace(o, endpoints=o.endpoints[1:])
+                batch.append(("MODIFIED", o))
+            pool.append(batch[-1][1])
+        batches.append(batch)
+    return objs, batches
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=event_batches(), local=st.booleans())
+def test_incremental_equals_full(case, local):
+    objs, batches = case
+    opts = dataclasses.replace(KUBEADM, local_ips=("10.244.0.2",) if local else ("127.0.0.1",))
+    state = ClusterState(objs)
+    inc = Compiler(opts)
+    inc.full(state, now=SERIAL)
+    for batch in batches:
+        affected = Affected()
+        for event, obj in batch:
+            affected |= state.apply(event, obj)
+        a = inc.update(state, affected, now=SERIAL)
+        b = Compiler(opts).full(state, now=SERIAL)
+        assert _no_generation(a) == _no_generation(b)
+
+
+def test_incremental_follows_externalname_targets():
+    """An ExternalName's chased A records move when its target Service changes."""
+    from fastdns import wire
+
+    state = load_state(demo_path())
+    c = Compiler(KUBEADM)
+    c.full(state)
+    svc = state.services[("default", "nginx")]
+    image = c.update(state, state.apply(
+        "MODIFIED", dataclasses.replace(svc, cluster_ips=("10.96.55.55",))))
+    _s, msg, _ = ask(wire, image, "frontend.shop.svc.cluster.local.", "A")
+    assert "10.96.55.55" in msg.to_text()
+
+
+def test_pod_verified_follows_pod_events():
+    from fastdns import wire
+
+    opts = KubernetesOptions(zones=("cluster.local",), pods="verified")
+    state = load_state(demo_path())
+    c = Compiler(opts)
+    c.full(state)
+    image = c.update(state, state.apply("ADDED", Pod("default", "p", ("10.9.9.9",), "Running")))
+    _s, msg, _ = ask(wire, image, "10-9-9-9.default.pod.cluster.local.", "A")
+    assert msg.rcode() == dns.rcode.NOERROR and "10.9.9.9" in msg.to_text()
+    image = c.update(state, state.apply("DELETED", ("Pod", ("default", "p"))))
+    _s, msg, _ = ask(wire, image, "10-9-9-9.default.pod.cluster.local.", "A")
+    assert msg.rcode() == dns.rcode.NXDOMAIN
+
+
+def test_large_answer_is_truncated_over_udp_and_whole_over_tcp_size(wire):
+    """A headless Service with many endpoints: the template is whole; UDP gets TC."""
+    eps = tuple(Endpoint((f"10.1.{i // 200}.{i % 200 + 1}",), True, None, None, None)
+                for i in range(300))
+    state = ClusterState([Namespace("big"), Service("big", "h", "ClusterIP", (), True, None, ()),
+                          EndpointSlice("big", "h-0", "h", "IPv4", eps, ())])
+    image = Compiler(KubernetesOptions()).full(state)
+    q = dns.message.make_query("h.big.svc.cluster.local.", "A")
+    status, resp, _ = wire.answer(image, q.to_wire())
+    assert status == 0
+    (flags,) = struct.unpack_from(">H", resp, 2)
+    assert flags & 0x0200  # TC
+    try:  # TCP: the limit is the 2-octet frame (docs/internals.md §1, TCP)
+        status, resp, _ = wire.answer(image, q.to_wire(), 0, 65535)
+    except TypeError:
+        pytest.skip("this wire core has no max_size yet")
+    assert status == 0
+    assert len(dns.message.from_wire(resp).answer[0]) == 300
