@@ -77,11 +77,11 @@ def free_port(v6: bool = HAS_IPV6) -> int:
     raise RuntimeError("no free port")
 
 
-def corefile_for(port: int, v6: bool = HAS_IPV6, extra: str = "") -> str:
+def corefile_for(port: int, v6: bool = HAS_IPV6, extra: str = "", bind: bool = True) -> str:
     binds = "127.0.0.1 ::1" if v6 else "127.0.0.1"
     return (f"cluster.local:{port} in-addr.arpa:{port} ip6.arpa:{port} {{\n"
-            f"    bind {binds}\n"
-            f"    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
+            + (f"    bind {binds}\n" if bind else "")
+            + f"    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
             f"        ttl 30\n"
             f"    }}\n"
             f"{extra}"
@@ -483,16 +483,20 @@ def _http_status(url: str) -> int:
         return e.code
 
 
-def test_sigterm_with_lameduck_keeps_answering_then_exits(tmp_path):
-    """health `lameduck 1s`: after SIGTERM /ready is 503, DNS still answers, then exit 0."""
+def test_no_bind_listens_everywhere_and_lameduck(tmp_path):
+    """No `bind`: both wildcards (CoreDNS's default). health `lameduck 1s`: after
+    SIGTERM /ready is 503 while DNS still answers, then exit 0."""
     port, ready_port = free_port(), free_port(v6=False)
     extra = (f"    health 127.0.0.1:{free_port(v6=False)} {{\n        lameduck 1s\n    }}\n"
              f"    ready 127.0.0.1:{ready_port}\n")
-    (tmp_path / "Corefile").write_text(corefile_for(port, extra=extra))
+    (tmp_path / "Corefile").write_text(corefile_for(port, extra=extra, bind=False))
     srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"), "--demo",
                             "--workers", "1"], port)
     try:
         srv.wait_answering()
+        assert f"0.0.0.0:{port}, [::]:{port}" in srv.log()
+        if HAS_IPV6:
+            assert a_records(ask(KUBERNETES, port=port, where="::1", tcp=True)) == {"10.96.0.1"}
         ready = f"http://127.0.0.1:{ready_port}/ready"
         assert _wait(lambda: _http_status(ready) == 200, 5.0)
         t0 = time.monotonic()

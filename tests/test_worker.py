@@ -382,6 +382,12 @@ def test_counters_count_exactly_the_queries_sent(server):
 
 # -- robustness ---------------------------------------------------------------------
 
+def _udp_path() -> bool:
+    from fastdns.server import worker
+
+    return worker._udp is not None
+
+
 def _garbage(rng: random.Random, valid: list[bytes]) -> bytes:
     kind = rng.randrange(4)
     if kind == 0:
@@ -433,6 +439,9 @@ def test_garbage_leaves_every_worker_alive_and_answering(server):
         for s, _ in senders:
             s.close()
     assert sent > 9_000
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as big:
+        for size in (4097, 20_000, 65_000):  # larger than a receive slot: dropped
+            big.sendto(rng.choice(valid) + bytes(size), ("127.0.0.1", server.port))
     time.sleep(0.2)
     for p in server.procs:
         assert p.is_alive()
@@ -447,6 +456,8 @@ def test_garbage_leaves_every_worker_alive_and_answering(server):
         assert answered > sum(v for k, v in before[i].items() if k != "dropped"), i
     tot = server.total()
     assert tot["responses"]["FORMERR"] > 0 and tot["responses"]["dropped"] > 0
+    if _udp_path():
+        assert tot["oversize"] == 3
 
 
 # -- a worker of its own: connection cap, SIGTERM, waiting for the first image ----------

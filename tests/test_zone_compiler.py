@@ -95,7 +95,8 @@ def test_without_kubernetes_only_extra_zones(wire):
 def test_c_and_python_assembly_are_identical():
     c = Compiler(KUBEADM)
     image = c.full(load_state(demo_path()))
-    frags = [c._frags[k] for k in c._order]
+    c.assemble()
+    frags = list(c._list)
     pre, shared_off, _where = c._pre()
     n = pre.count + sum(f.count for f in frags)
     for nslots in (fragments.slot_count(n), 1 << 14):  # also with 4 blocks of slots per block

@@ -629,6 +629,9 @@ class FakeApiServer:
             failure = self._take_failure(request.path, watch)
         if delay:
             await asyncio.sleep(delay)
+            if request.transport is None or request.transport.is_closing():
+                # the client gave up meanwhile; aiohttp drops this quietly
+                return web.Response(status=499)
         if failure is not None:
             return self._failure_response(failure)
         if self.token is not None and request.path.startswith(("/api", "/apis")):
@@ -897,7 +900,10 @@ class FakeApiServer:
 
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionResetError:
+            return web.Response(status=499)  # the client is gone; dropped quietly
         down_epoch, hang_epoch = self._down_epoch, self._hang_epoch
         loop_deadline = time.monotonic() + timeout
         next_bookmark = time.monotonic() + self.bookmark_interval

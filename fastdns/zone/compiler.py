@@ -197,6 +197,7 @@ class Compiler:
         self.zones = self._zone_table(options, zones_config)
         self._kzones = [z for z in self.zones if z.kube]
         self._last_zone: _Zone | None = None
+        self._rev_zones = [z.name for z in self._kzones if not z.forward]
         self._nested = any(a is not b and is_subdomain(a.name, b.name)
                            for a in self._kzones for b in self._kzones)
         self._reset()
@@ -249,8 +250,11 @@ class Compiler:
     # -- caches ----------------------------------------------------------
     def _reset(self) -> None:
         self._frags: dict[tuple, Fragment] = {}
-        self._order: list[tuple] = []
         self._order_dirty = True
+        self._list: list[Fragment] = []  # fragments in key order (valid unless dirty)
+        self._pos: dict[tuple, int] = {}
+        self._nent = 0
+        self._ptr_cache: dict[bytes, tuple[bytes, bytes, int] | None] = {}
         self._svc_ptrs: dict[Key, list[tuple[bytes, bytes, bool]]] = {}
         self._ptr: dict[bytes, dict[Key, list[tuple[bytes, bool]]]] = {}
         self._bucket_ips: dict[int, set[bytes]] = {}
@@ -262,16 +266,21 @@ class Compiler:
         self._bulk = False  # full(): buckets are filled once at the end
 
     def _set_frag(self, key: tuple, frag: Fragment) -> bool:
+        """Store a fragment (EMPTY removes it); True when the image bytes change."""
         old = self._frags.get(key)
         if frag is EMPTY or not frag.ents and not frag.blob:
             if old is None:
                 return False
             del self._frags[key]
             self._order_dirty = True
+            self._nent -= old.count
             return True
         if old is None:
             self._order_dirty = True
+        elif not self._order_dirty:
+            self._list[self._pos[key]] = frag
         self._frags[key] = frag
+        self._nent += frag.count - (old.count if old is not None else 0)
         return old != frag
 
     def _names_fragment(self, names: NameSet) -> Fragment:
@@ -369,6 +378,7 @@ class Compiler:
     def _touch(self, packed: bytes) -> None:
         b = zlib.crc32(packed) & (PTR_BUCKETS - 1)
         self._dirty_buckets.add(b)
+        self._ptr_cache.pop(packed, None)
         ips = self._bucket_ips.setdefault(b, set())
         if packed in self._ptr:
             ips.add(packed)
@@ -376,47 +386,71 @@ class Compiler:
             ips.discard(packed)
 
     def _compile_bucket(self, b: int) -> bool:
-        """PTRs of one bucket of addresses (reverse.go serviceRecordForIP)."""
-        ttl = self.options.ttl if self.options else 5
-        rev_zones = [z.name for z in self._kzones if not z.forward]
-        w = FragmentWriter()
+        """PTRs of one bucket of addresses (reverse.go serviceRecordForIP).
+
+        Each address's (key, template, hash) is cached until a Service touches it,
+        so a bucket is re-laid out, not recompiled.
+        """
+        parts: list[bytes] = []
+        ents = array("I")
+        relocs = array("I")
+        app, ext, rel, pack = parts.append, ents.extend, relocs.append, _REC1.pack
+        cache = self._ptr_cache
+        size = 0
         ips = self._bucket_ips.get(b, set())
-        head1 = _HEAD_AN[1] + _PTR12
         for packed in sorted(ips):
-            claims = self._ptr.get(packed)
-            if not claims:
+            got = cache.get(packed, False)
+            if got is False:
+                got = cache[packed] = self._ptr_record(packed)
+            if got is None:
                 continue
-            key = reverse_wire(packed)
-            for z in rev_zones:
-                if key.endswith(z):
-                    break
-            else:
-                continue  # outside the reverse zones this block serves
-            if len(claims) == 1:
-                [targets] = claims.values()
-            else:
-                targets = [t for k in sorted(claims) for t in claims[k]]
-            if len(targets) == 1:
-                names = [targets[0][0]]
-            elif cluster := [t for t, c in targets if c]:
-                names = cluster[:1]  # a ClusterIP wins: the first Service's name only
-            else:
-                seen: set[bytes] = set()
-                names = []
-                for t, _c in targets:
-                    if t.lower() not in seen:  # the same address in two slices: one PTR
-                        seen.add(t.lower())
-                        names.append(t)
-            koff = w.key(key)
-            if len(names) == 1:
-                t = names[0]
-                tmpl = head1 + RR_HEAD.pack(PTR, CLASS_IN, ttl, len(t)) + t
-            else:
-                tmpl = exact_template(key, (tuple((None, PTR, ttl, b"", t) for t in names), ()))
-            w.entry(key, koff, PTR, w.answer(tmpl))
+            key, tmpl, h = got
+            koff = size
+            app(key)
+            size += len(key)
+            app(pack(1, 0, size + 8, len(tmpl)))
+            app(tmpl)
+            rel(size + 4)
+            ext((h, koff, size, PTR | len(key) << 16))
+            size += 12 + len(tmpl)
         if not ips:
             self._bucket_ips.pop(b, None)
-        return self._set_frag(("p", b), w.finish())
+        frag = Fragment(b"".join(parts), ents.tobytes(), relocs.tobytes()) if parts else EMPTY
+        return self._set_frag(("p", b), frag)
+
+    def _ptr_record(self, packed: bytes) -> tuple[bytes, bytes, int] | None:
+        """(key, template, slot hash) of one address's PTR answer; None if not served."""
+        claims = self._ptr.get(packed)
+        if not claims:
+            return None
+        key = reverse_wire(packed)
+        for z in self._rev_zones:
+            if key.endswith(z):
+                break
+        else:
+            return None  # outside the reverse zones this block serves
+        if len(claims) == 1:
+            [targets] = claims.values()
+        else:
+            targets = [t for k in sorted(claims) for t in claims[k]]
+        if len(targets) == 1:
+            names = [targets[0][0]]
+        elif cluster := [t for t, c in targets if c]:
+            names = cluster[:1]  # a ClusterIP wins: the first Service's name only
+        else:
+            seen: set[bytes] = set()
+            names = []
+            for t, _c in targets:
+                if t.lower() not in seen:  # the same address in two slices: one PTR
+                    seen.add(t.lower())
+                    names.append(t)
+        ttl = self.options.ttl if self.options else 5
+        if len(names) == 1:
+            t = names[0]
+            tmpl = _HEAD_AN[1] + _PTR12 + RR_HEAD.pack(PTR, CLASS_IN, ttl, len(t)) + t
+        else:
+            tmpl = exact_template(key, (tuple((None, PTR, ttl, b"", t) for t in names), ()))
+        return key, tmpl, zlib.crc32(_QT2[PTR], zlib.crc32(key)) | 1
 
     def _compile_namespace(self, state: ClusterState, ns: str) -> bool:
         assert self.builder is not None
@@ -508,6 +542,7 @@ class Compiler:
             self._shared_rel[z.name] = {n: off + (n - len(z.name)) * size
                                         for n in range(len(z.name), 256)}
             off += (256 - len(z.name)) * size
+        self._shared_size = size
 
     def _pre(self) -> tuple[Fragment, int, dict[bytes, tuple[int, int]]]:
         """The region rebuilt every time: zone names, zone misses, shared NODATA, apex SOA.
@@ -530,11 +565,16 @@ class Compiler:
                 neg = w.answer(t)
             where[z.name] = (name_off, neg)
         shared_off = w.size
+        nodata_head = img.TEMPLATE_HEAD.pack(FLAGS_ANSWER, 0, 1, 0, 0)
         for z in self._kzones:
+            # soa_rr(p, ...) unrolled: the pointer is the only part that varies
+            tail = SOA_TAIL.pack(self.serial & 0xFFFFFFFF, 7200, 1800, 86400, minimum)
+            rr_head = RR_HEAD.pack(SOA, CLASS_IN, soa_ttl,
+                                   len(_NS_DNS) + len(_HOSTMASTER) + 4 + len(tail))
             for n in range(len(z.name), 256):
-                assert w.size - shared_off == self._shared_rel[z.name][n]
-                body = soa_rr(_ptr(12 + n - len(z.name)), soa_ttl, self.serial, minimum)
-                w.answer(img.make_template(FLAGS_ANSWER, 0, 1, 0, body))
+                p = _ptr(12 + n - len(z.name))
+                w.answer(b"".join((nodata_head, p, rr_head, _NS_DNS, p, _HOSTMASTER, p, tail)))
+            assert w.size - shared_off == self._shared_rel[z.name][255] + self._shared_size
         for z in self._kzones:
             body = soa_rr(_PTR12, soa_ttl, self.serial, minimum)
             t = img.make_template(FLAGS_ANSWER, 1, 0, 0, body)
@@ -544,11 +584,12 @@ class Compiler:
     def assemble(self) -> bytes:
         """Stamp a new image (generation + 1) from the cached fragments."""
         if self._order_dirty:
-            self._order = sorted(self._frags)
+            order = sorted(self._frags)
+            self._list = [self._frags[k] for k in order]
+            self._pos = {k: i for i, k in enumerate(order)}
             self._order_dirty = False
-        frags = [self._frags[k] for k in self._order]
         pre, shared_off, where = self._pre()
-        n = pre.count + sum(len(f.ents) for f in frags) // 16
+        n = pre.count + self._nent
         nslots = slot_count(n)
         slots_off = img.HEADER.size
         zones_off = slots_off + nslots * img.SLOT.size
@@ -562,7 +603,7 @@ class Compiler:
         flags = img.IMG_SYNCED if self.synced else 0
         header = img.HEADER.pack(img.MAGIC, img.FORMAT_VERSION, flags, self.generation, 0,
                                  nslots, slots_off, len(self.zones), zones_off, self.serial)
-        return assemble(header, zone_table, nslots, [pre, *frags], base + shared_off)
+        return assemble(header, zone_table, nslots, [pre, *self._list], base + shared_off)
 
     def stats(self) -> dict[str, int]:
         return {"fragments": len(self._frags),
