@@ -1,7 +1,7 @@
 # Everyday targets; CI runs the same commands through .ci/run.
 PYTHON ?= python3
 
-.PHONY: install test test-pure bench lint debug clean demo
+.PHONY: install test test-pure bench bench-peers lint debug clean demo
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test,lint]'
@@ -14,6 +14,10 @@ test-pure:
 
 bench: install
 	$(PYTHON) -m pytest -q bench --benchmark-enable --benchmark-columns=median,ops,rounds
+
+# fastdns vs knot/nsd/unbound/C floor over loopback (~5 min; bench/README.md)
+bench-peers:
+	$(PYTHON) bench/peers.py
 
 lint:
 	ruff check fastdns tests bench setup.py

@@ -101,6 +101,7 @@ class ServiceInfo:
     has_aaaa: bool
     srv_names: list[str] = field(default_factory=list)  # _port._proto owners
     external: bool = False
+    headless: bool = False
 
 
 @dataclass
@@ -194,7 +195,8 @@ def build_records(objects: Iterable[Any], zone: str = ZONE) -> Records:
                     rr[(fqdn, "SRV")].append(f"0 {w} {p.port} {fqdn}")
             has_a = any(":" not in ip for ip in svc.cluster_ips)
             has_aaaa = any(":" in ip for ip in svc.cluster_ips)
-        infos.append(ServiceInfo(ns, name, fqdn, has_a, has_aaaa, srv_names))
+        infos.append(ServiceInfo(ns, name, fqdn, has_a, has_aaaa, srv_names,
+                                 headless=svc.headless))
     return Records(dict(rr), infos, dict(ptr))
 
 

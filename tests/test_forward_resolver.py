@@ -16,8 +16,9 @@ import dns.rcode
 import uvloop
 
 from fastdns.codec import wire
+from fastdns.corefile import parse_corefile
 from fastdns.corefile.model import CacheConfig, ForwardConfig, Upstream
-from fastdns.forward import Forwarder, ForwardingResolver, ResponseCache
+from fastdns.forward import Forwarder, ForwardingResolver, ResponseCache, from_plugins
 from fastdns.forward.cache import DENIAL, SUCCESS
 from fastdns.testing.upstream import TestUpstream
 
@@ -258,4 +259,23 @@ def test_dnspython_client_through_a_udp_front():
             finally:
                 transport.close()
                 res.close()
+    run(main())
+
+
+def test_resolver_from_a_nodelocal_style_corefile_block():
+    async def main():
+        records = {"www.cluster.local.": [("A", "192.0.2.1")]}
+        async with TestUpstream(records, zone="cluster.local.", ttl=3600) as up:
+            text = (f"cluster.local:53 {{\n cache {{\n  success 9984 30\n  denial 9984 5\n }}\n"
+                    f" forward . {up.addr} {{\n  force_tcp\n }}\n}}\n"
+                    f".:53 {{\n errors\n}}\n")
+            cfg = parse_corefile(text, "Corefile")
+            blocks = {b.zones[0]: b for b in cfg.servers}
+            assert from_plugins(blocks["."].plugins) is None
+            res = from_plugins(blocks["cluster.local."].plugins, **FAST)
+            data, q = make_query("www.cluster.local.")
+            assert summary(await res.resolve(data, q)) == (0, ["192.0.2.1"], {3600})
+            assert summary(await res.resolve(data, q)) == (0, ["192.0.2.1"], {30})
+            assert up.counts == {"tcp": 1}
+            res.close()
     run(main())

@@ -142,6 +142,10 @@ def clusters(draw):
     every address unique so PTRs are unambiguous."""
     ips = iter(range(1, 10_000))
     objs = [Namespace(n) for n in draw(st.sets(NSS, min_size=1))]
+    for ns in draw(st.sets(NSS, max_size=2)):
+        for _i in range(draw(st.integers(0, 2))):
+            n = next(ips)
+            objs.append(Pod(ns, f"p{n}", (f"10.244.{n // 250}.{n % 250 + 1}",), "Running"))
     for ns in draw(st.lists(NSS, min_size=1, max_size=3, unique=True)):
         for name in draw(st.sets(NAMES, max_size=3)):
             kind = draw(st.sampled_from(["v4", "v6", "dual", "headless", "external"]))
@@ -204,12 +208,11 @@ def _expected(objs, opts):
     return want
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(objs=clusters(), junk=st.lists(st.text("abcdefghijklmnopqrstuvwxyz0123456789-",
                                                 min_size=1, max_size=12), max_size=5))
-def test_random_cluster_answers_exactly(objs, junk):
-    from fastdns import wire
-
+def test_random_cluster_answers_exactly(wire, objs, junk):
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"))
     state = ClusterState(objs)
     image = Compiler(opts).full(state, now=SERIAL)
@@ -265,10 +268,11 @@ def event_batches(draw):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=event_batches(), local=st.booleans())
-def test_incremental_equals_full(case, local):
+@given(case=event_batches(), local=st.booleans(), pods=st.sampled_from(["insecure", "verified"]))
+def test_incremental_equals_full(case, local, pods):
     objs, batches = case
-    opts = dataclasses.replace(KUBEADM, local_ips=("10.244.0.2",) if local else ("127.0.0.1",))
+    opts = dataclasses.replace(KUBEADM, local_ips=("10.244.0.2",) if local else ("127.0.0.1",),
+                               pods=pods)
     state = ClusterState(objs)
     inc = Compiler(opts)
     inc.full(state, now=SERIAL)
@@ -328,3 +332,70 @@ def test_large_answer_is_truncated_over_udp_and_whole_over_tcp_size(wire):
         pytest.skip("this wire core has no max_size yet")
     assert status == 0
     assert len(dns.message.from_wire(resp).answer[0]) == 300
+
+
+def test_podsynth_answers_only_below_pod_zones(wire):
+    from fastdns.zone import podsynth
+
+    image = Compiler(KUBEADM).full(load_state(demo_path()))
+    for qname in ("nginx.default.svc.cluster.local.", "1-2-3-4.default.pod.example.org."):
+        data = dns.message.make_query(qname, "A").to_wire()
+        assert podsynth.synthesize(image, data, wire.parse_query(data)) is None
+    data = dns.message.make_query("10-0-0-1.Default.POD.cluster.local.", "A").to_wire()
+    msg = dns.message.from_wire(podsynth.synthesize(image, data, wire.parse_query(data)))
+    assert msg.answer[0].name.to_text() == "10-0-0-1.Default.POD.cluster.local."
+    assert msg.answer[0].ttl == 30 and msg.answer[0][0].address == "10.0.0.1"
+    # pods disabled / verified: no ZK_POD zone, nothing is left to synthesis
+    for mode in ("disabled", "verified"):
+        image = Compiler(dataclasses.replace(KUBEADM, pods=mode)).full(load_state(demo_path()))
+        kinds = {img.zone_entry(image, i)[5] for i in range(img.read_header(image).nzones)}
+        assert img.ZK_POD not in kinds
+
+
+@st.composite
+def fragment_lists(draw):
+    frags = []
+    for _ in range(draw(st.integers(0, 6))):
+        w = fragments.FragmentWriter()
+        for _ in range(draw(st.integers(0, 5))):
+            key = b"\x03" + draw(st.binary(min_size=3, max_size=3)) + b"\x00"
+            koff = w.key(key)
+            for qtype in draw(st.sets(st.integers(0, 300), max_size=3)):
+                ans = (draw(st.integers(0, 500)) | fragments.SHARED if draw(st.booleans())
+                       else w.answer(draw(st.binary(max_size=20))))
+                w.entry(key, koff, qtype, ans)
+        frags.append(w.finish())
+    return frags
+
+
+@settings(max_examples=60, deadline=None)
+@given(frags=fragment_lists(), big=st.booleans(), shared=st.integers(0, 1 << 20))
+def test_assemblers_agree_on_random_fragments(frags, big, shared):
+    if fragments.assemble_c is None:
+        pytest.skip("fastdns.zone._index not built")
+    n = sum(f.count for f in frags)
+    nslots = 1 << 13 if big else fragments.slot_count(n)  # 1<<13: 2 slots per block
+    header = img.HEADER.pack(img.MAGIC, 1, 0, 7, 0, nslots, 64, 1, 64 + nslots * 16, 9)
+    args = (header, b"z" * 32, nslots, frags, shared)
+    image = fragments.assemble_c(*args)
+    assert image == fragments.assemble_py(*args)
+    h = img.read_header(image)
+    assert h.size == len(image) and h.nslots == nslots
+    # every entry got a slot
+    slots = {struct.unpack_from("<IIIHH", image, 64 + i * 16) for i in range(nslots)}
+    got = {(s[0], s[3], s[4]) for s in slots if s[0]}
+    for f in frags:
+        for hv, _k, _a, qk in struct.iter_unpack("<IIII", f.ents):
+            assert (hv, qk & 0xFFFF, qk >> 16) in got
+
+
+def test_extra_zone_keeps_its_negative_variants(wire):
+    """A zones_config entry with its own miss answers (e.g. a hosts-like zone):
+    they are laid out as a multi-variant answer record and rotate by counter."""
+    t1 = img.make_template(0x8583, 0, 0, 0, b"")  # NXDOMAIN, no SOA
+    t2 = img.make_template(0x8582, 0, 0, 0, b"")  # SERVFAIL
+    spec = img.ZoneSpec(b"\x04test\x00", img.ZF_AUTH, negative=(t1, t2), kind=img.ZK_HOSTS)
+    image = Compiler(None, [spec]).full(ClusterState())
+    data = dns.message.make_query("x.test.", "A").to_wire()
+    rcodes = {dns.message.from_wire(wire.answer(image, data, n)[1]).rcode() for n in (0, 1)}
+    assert rcodes == {dns.rcode.NXDOMAIN, dns.rcode.SERVFAIL}

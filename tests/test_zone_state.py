@@ -142,3 +142,21 @@ def test_apply_rejects_nonsense():
         s.apply("ADDED", {"kind": "Service"})
     with pytest.raises(StateError):
         s.apply("DELETED", ("Deployment", ("a", "b")))
+
+
+def test_gen_cluster_writes_loadable_state(tmp_path):
+    """bench/gen_cluster.py (also used by other benchmarks) writes the --state format."""
+    import subprocess
+    import sys
+
+    gen = os.path.join(HERE, os.pardir, "bench", "gen_cluster.py")
+    for name in ("c.json", "c.yaml"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, gen, "--services", "40", "--endpoints-per-service", "3",
+                        "--headless-share", "0.5", "--dualstack-share", "0.5", "-o", str(out)],
+                       check=True)
+        s = load_state(out)
+        assert len(s.services) == 40 and len(s.pods) >= 120
+        assert any(v.headless for v in s.services.values())
+        assert any(len(v.cluster_ips) == 2 for v in s.services.values())
+        assert sum(len(sl.endpoints) for sl in s.slices.values()) >= 120

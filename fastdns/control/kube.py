@@ -34,11 +34,12 @@ Callbacks: ``on_event(kind, event_type, obj)`` and ``on_synced()`` are called
 from the watch threads, one at a time (a lock serialises them), never from
 the thread that called ``start()``; every event of a kind's first list is
 delivered before ``on_synced``, which comes once, after the last kind's
-first list. ``event_type`` is ADDED, MODIFIED or DELETED; ``obj`` is the stripped object (for DELETED: the last one delivered
-for that key; ``obj.key`` is the key). A MODIFIED whose stripped form did not
-change is not delivered (a Pod status change that moves no IP, an
-EndpointSlice change in fields DNS ignores), and a relist delivers only the
-differences against what was delivered before.
+first list. ``event_type`` is ADDED, MODIFIED or DELETED; ``obj`` is the
+stripped object (for DELETED: the last one delivered for that key;
+``obj.key`` is the key). A MODIFIED whose stripped form did not change is
+not delivered (a Pod status change that moves no IP, an EndpointSlice
+change in fields DNS ignores), and a relist delivers only the differences
+against what was delivered before.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ class KubeConfig:
     namespace_label_selector: str | None = None  # Corefile `namespace_labels`
     # watch tuning
     watch_timeout: float = 300.0  # timeoutSeconds, +/- 10 % jitter
-    read_timeout: float = 90.0  # > the apiserver's 1-minute bookmark period
+    # > the apiserver's bookmark period (apiserver/pkg/storage/cacher/cacher.go
+    # defaultBookmarkFrequency = 1 min), so only a dead stream times out
+    read_timeout: float = 90.0
     connect_timeout: float = 10.0
     list_read_timeout: float = 60.0
     page_size: int = 500
@@ -234,6 +237,7 @@ class KubeSource:
         self._on_event = on_event
         self._on_synced = on_synced
         self._api_client = api_client
+        self._own_client = api_client is None
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._emit_lock = threading.Lock()
@@ -274,8 +278,9 @@ class KubeSource:
         for w in self._watches:
             if w.thread is not None:
                 w.thread.join(max(0.0, deadline - time.monotonic()))
-        if self._api_client is not None:
+        if self._own_client and self._api_client is not None:
             self._api_client.close()
+            self._api_client = None
 
     @property
     def synced(self) -> bool:
@@ -314,8 +319,19 @@ class KubeSource:
                     self._relist(w)
                     need_list = False
                     backoff.reset()
-                if self._watch(w):
+                started = time.monotonic()
+                lines = self._watch(w)
+                if lines or time.monotonic() - started >= 1.0:
                     backoff.reset()
+                elif not self._stop.is_set():
+                    # An empty watch that ended at once would make this loop
+                    # spin (kubernetes#104171); client-go treats a "very short
+                    # watch" as an error (reflector.go), so does this.
+                    w.counters.errors += 1
+                    delay = backoff.next()
+                    log.warning("%s watch ended at once without events; retrying in %.2fs",
+                                w.kind, delay)
+                    self._stop.wait(delay)
             except _Expired as exc:
                 log.info("%s watch: %s; relisting", w.kind, exc)
                 need_list = True
@@ -325,7 +341,7 @@ class KubeSource:
                 w.counters.read_timeouts += 1
                 log.info("%s watch silent for %.0fs; reconnecting", w.kind,
                          self.config.read_timeout)
-            except Exception as exc:  # noqa: BLE001 - every failure backs off and retries
+            except Exception as exc:  # every other failure backs off and retries
                 if self._stop.is_set():
                     break
                 status = getattr(exc, "status", None)
@@ -410,8 +426,9 @@ class KubeSource:
         finally:
             resp.release_conn()
 
-    def _watch(self, w: _Watch) -> bool:
-        """One watch request; returns True when it ended cleanly (timeoutSeconds)."""
+    def _watch(self, w: _Watch) -> int:
+        """One watch request until it ends cleanly (timeoutSeconds); returns the
+        number of lines (events and bookmarks) it brought."""
         cfg = self.config
         timeout = max(1, round(cfg.watch_timeout * self._rng.uniform(0.9, 1.1)))
         kwargs: dict[str, Any] = {}
@@ -424,12 +441,14 @@ class KubeSource:
                          _request_timeout=(cfg.connect_timeout, cfg.read_timeout), **kwargs)
         w.resp = resp
         w.counters.watches += 1
+        lines = 0
         try:
             if self._stop.is_set():
-                return False
+                return 0
             for line in iter_lines(resp):
                 self._handle(w, json.loads(line))
-            return True
+                lines += 1
+            return lines
         finally:
             w.resp = None
             resp.close()  # never hand a half-read stream back to the pool

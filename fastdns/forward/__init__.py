@@ -7,7 +7,7 @@ worker's slow path awaits for a forwarded name.
 
 from fastdns.forward.cache import ResponseCache
 from fastdns.forward.forwarder import Forwarder, ForwardError, ForwardRefused, NoUpstream
-from fastdns.forward.resolver import ForwardingResolver
+from fastdns.forward.resolver import ForwardingResolver, from_plugins
 
 __all__ = ["Forwarder", "ForwardError", "ForwardRefused", "NoUpstream", "ResponseCache",
-           "ForwardingResolver"]
+           "ForwardingResolver", "from_plugins"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fastdns import errors
 from fastdns.codec import wire
@@ -156,3 +156,14 @@ class ForwardingResolver:
         for t in list(self.inflight.values()):
             t.cancel()
         self.forwarder.close()
+
+
+def from_plugins(plugins: Mapping[str, object], **forwarder_kw) -> ForwardingResolver | None:
+    """The resolver of a server block's ``plugins`` (``ServerBlock.plugins``), or None
+    when the block has no ``forward``; its ``cache``, if any, fronts the forwarder."""
+    fwd = plugins.get("forward")
+    if fwd is None:
+        return None
+    cache = plugins.get("cache")
+    return ForwardingResolver(Forwarder(fwd, **forwarder_kw),  # type: ignore[arg-type]
+                              ResponseCache(cache) if cache is not None else None)  # type: ignore[arg-type]

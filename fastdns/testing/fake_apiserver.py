@@ -53,7 +53,8 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeApiServer", "RESOURCES", "main"]
+__all__ = ["FakeApiServer", "RESOURCES", "load_state_file", "main", "parse_field_selector",
+           "parse_label_selector", "status_object"]
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,19 @@ class FakeApiServer:
 
     Every public method is thread-safe: the HTTP side runs on its own event
     loop thread (``start()``) or on the caller's loop (``serve_async()``).
+
+    The event history is one window over all kinds (``history_size`` events,
+    like an etcd compaction window), not the apiserver's per-resource watch
+    caches: a quiet kind's resourceVersion ages with every other kind's
+    changes, which is exactly what bookmarks are for. Watches get a
+    BOOKMARK every ``bookmark_interval`` seconds when they allow them (the
+    apiserver's ``defaultBookmarkFrequency`` is one minute).
+
+    Test controls: ``create/update/apply/delete(kind, obj)``, ``load``,
+    ``compact()``, ``fail_next(n, status, retry_after, path=, watch=)``,
+    ``set_down(bool)``, ``slow(seconds)``, ``hang_watches()``,
+    ``empty_watches(n)``, ``requests(path, watch=)``, ``request_log``,
+    ``open_watches``, ``write_kubeconfig(path)``.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, history_size: int = 1000,
@@ -291,6 +305,7 @@ class FakeApiServer:
         self._down = False
         self._down_epoch = 0
         self._hang_epoch = 0
+        self._empty_watches = 0
         self._counts: collections.Counter[tuple[str, bool]] = collections.Counter()
         self.request_log: collections.deque[tuple[str, str, dict[str, str]]] = (
             collections.deque(maxlen=1000))
@@ -539,6 +554,12 @@ class FakeApiServer:
         with self._lock:
             self._hang_epoch += 1
         self._notify()
+
+    def empty_watches(self, n: int) -> None:
+        """The next n watch requests get a 200 that ends at once with no line
+        (the apiserver did that for Events with a stale rv, kubernetes#104171)."""
+        with self._lock:
+            self._empty_watches = n
 
     def requests(self, path: str | None = None, *, watch: bool | None = None) -> int:
         """How many API requests arrived, optionally for one path / watch or not."""
@@ -898,12 +919,18 @@ class FakeApiServer:
                 return False
             return (label is None or label(obj)) and (field is None or field(obj))
 
+        with self._lock:
+            empty = self._empty_watches > 0
+            self._empty_watches -= empty
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         try:
             await resp.prepare(request)
         except ConnectionResetError:
             return web.Response(status=499)  # the client is gone; dropped quietly
+        if empty:
+            await resp.write_eof()
+            return resp
         down_epoch, hang_epoch = self._down_epoch, self._hang_epoch
         loop_deadline = time.monotonic() + timeout
         next_bookmark = time.monotonic() + self.bookmark_interval
@@ -919,9 +946,7 @@ class FakeApiServer:
                         if selected(obj):
                             lines.append(self._line("ADDED", res, enc[key]))
                 elif start_rv < self._floor:
-                    err = status_object(410, f"too old resource version: {start_rv} "
-                                        f"({self._floor + 1})", "Expired")
-                    lines.append(_encode({"type": "ERROR", "object": err}) + b"\n")
+                    lines.append(self._expired_line(start_rv))
                     cursor = -1
                 else:
                     cursor = start_rv
@@ -950,32 +975,13 @@ class FakeApiServer:
                     if cursor < self._floor:
                         # this watcher fell behind the history: like a slow
                         # watcher terminated by the cacher, it must relist
-                        err = status_object(410, f"too old resource version: {cursor} "
-                                            f"({self._floor + 1})", "Expired")
-                        lines.append(_encode({"type": "ERROR", "object": err}) + b"\n")
+                        lines.append(self._expired_line(cursor))
                         expired = True
                         events: list[_Event] = []
                     else:
                         events = self._events_since(cursor)
                         cursor = self._rv
-                for ev in events:
-                    if ev.kind != res.kind:
-                        continue
-                    was = selected(ev.prev)
-                    if ev.type == "DELETED":
-                        if was:
-                            lines.append(self._line("DELETED", res, ev.raw))
-                        continue
-                    now_sel = selected(ev.obj)
-                    if now_sel:
-                        lines.append(self._line("MODIFIED" if was else "ADDED", res, ev.raw))
-                    elif was:
-                        # left the selection (e.g. a pod became Succeeded): the
-                        # cacher sends DELETED with the previous object at the
-                        # event's resourceVersion
-                        gone = copy.deepcopy(ev.prev)
-                        gone["metadata"]["resourceVersion"] = str(ev.rv)
-                        lines.append(self._line("DELETED", res, _encode(gone)))
+                lines += self._event_lines(events, res, selected)
                 if expired:
                     await resp.write(b"".join(lines))
                     return resp
@@ -996,6 +1002,34 @@ class FakeApiServer:
         finally:
             self._open_watches -= 1
         return resp
+
+    def _expired_line(self, rv: int) -> bytes:
+        """The 410 ERROR line of apiserver watch_cache.go (lock held)."""
+        err = status_object(410, f"too old resource version: {rv} ({self._floor + 1})",
+                            "Expired")
+        return _encode({"type": "ERROR", "object": err}) + b"\n"
+
+    def _event_lines(self, events: list[_Event], res: Resource,
+                     selected: Callable[[dict[str, Any] | None], bool]) -> list[bytes]:
+        """Watch lines for one watcher, with the cacher's selector transitions."""
+        lines = []
+        for ev in events:
+            if ev.kind != res.kind:
+                continue
+            was = selected(ev.prev)
+            if ev.type == "DELETED":
+                if was:
+                    lines.append(self._line("DELETED", res, ev.raw))
+            elif selected(ev.obj):
+                lines.append(self._line("MODIFIED" if was else "ADDED", res, ev.raw))
+            elif was:
+                # left the selection (a pod became Succeeded): the cacher sends
+                # DELETED with the previous object at the event's resourceVersion
+                gone = copy.deepcopy(ev.prev)
+                assert gone is not None
+                gone["metadata"]["resourceVersion"] = str(ev.rv)
+                lines.append(self._line("DELETED", res, _encode(gone)))
+        return lines
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> None:

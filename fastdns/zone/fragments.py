@@ -17,6 +17,7 @@ image offset added (the variant offsets of answer records).
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from array import array
@@ -64,6 +65,26 @@ class FragmentWriter:
         self.parts.append(template)
         self.relocs.append(off + 4)
         self.size += 12 + len(template)
+        return off
+
+    def answer_variants(self, templates: tuple[bytes, ...] | list[bytes]) -> int:
+        """An answer record with several variants (loadbalance rotation, image §2)."""
+        if len(templates) == 1:
+            return self.answer(templates[0])
+        if not templates:
+            raise ValueError("an answer needs at least one template")
+        off = self.size
+        table = [struct.pack("<HH", len(templates), 0)]
+        pos = off + 4 + 4 * len(templates)
+        for i, t in enumerate(templates):
+            table.append(struct.pack("<I", pos))
+            self.relocs.append(off + 4 + 4 * i)
+            pos += 4 + len(t)
+        self.parts.extend(table)
+        for t in templates:
+            self.parts.append(struct.pack("<I", len(t)))
+            self.parts.append(t)
+        self.size = pos
         return off
 
     def entry(self, key: bytes, key_off: int, qtype: int, ans: int) -> None:
@@ -136,9 +157,12 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
     return bytes(data)
 
 
-try:  # the Cython build of the same function (fastdns/zone/_index.pyx)
-    from fastdns.zone._index import assemble as assemble_c
-except ImportError:  # pragma: no cover - no extension built
+if os.environ.get("FASTDNS_NO_EXTENSIONS", "") in ("", "0"):
+    try:  # the Cython build of the same function (fastdns/zone/_index.pyx)
+        from fastdns.zone._index import assemble as assemble_c
+    except ImportError:  # pragma: no cover - no extension built
+        assemble_c = None
+else:  # FASTDNS_NO_EXTENSIONS=1 forces the reference, as fastdns.codec does
     assemble_c = None
 
 assemble = assemble_c or assemble_py

@@ -16,11 +16,14 @@ case). Whatever is not listed is a negative answer that the compiler derives
 from the zone: a listed name with `nodata=True` answers other types NODATA,
 everything else under the zone is NXDOMAIN.
 
-Deliberate choices where CoreDNS is quirky (see the report in issue 3):
-NS and TXT queries for a name that does not exist are NXDOMAIN (CoreDNS says
-NODATA), and SOA is answered at the apex only. Names that CoreDNS answers
-NXDOMAIN for every other type keep that: `dns-version.ZONE` (TXT only) and
-reverse PTR names (PTR only), which is why they carry `nodata=False`.
+Deliberate choices where CoreDNS is quirky: NS and TXT queries for a name
+that does not exist are NXDOMAIN (CoreDNS says NODATA), SOA is answered at
+the apex only, and SRV at endpoint names only with `endpoint_srv` (it would
+cost a third of a large image). Names that CoreDNS answers NXDOMAIN for
+every other type keep that: `dns-version.ZONE` (TXT only) and reverse PTR
+names (PTR only), which is why they carry `nodata=False`. Names below
+`_port._proto` labels without underscores, and `_._tcp`-style empty port
+labels, which CoreDNS's parser also accepts, are not served.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class KubernetesOptions:
 
     `zones` lists forward and reverse zones as written (`cluster.local`,
     `in-addr.arpa`, `0.10.in-addr.arpa` ...); `fallthrough` is () for off, a
-    zone list, or ("."),) for every zone; `local_ips` are this server's
+    zone list, or (".",) for every zone; `local_ips` are this server's
     addresses, which decide the apex NS glue (CoreDNS `nsAddrs`); `block` is
     the Corefile server block index stored in the image's zone table;
     `endpoint_srv` turns on CoreDNS's SRV answers at endpoint names (see
@@ -617,10 +620,10 @@ class RecordBuilder:
                 ns_rrs.append((None, NS, ttl, b"", owner))
         out.put(zone, NS, (tuple(ns_rrs), tuple(addr_rr(p, ttl, o) for o, p in glue)))
         out.exists(zone)
-        if not forward:
-            return out
         # kubernetes.go Services(): isDefaultNS answers A/AAAA with the nsAddrs addresses
         _put_addrs(out, b"\x02ns\x03dns" + zone, [p for _o, p in glue], ttl)
+        if not forward:
+            return out
         out.exists(b"\x03svc" + zone)  # parse.go: "return NODATA for apex queries"
         out.exists(b"\x03pod" + zone)
         txt = DNS_SCHEMA_VERSION.encode()
