@@ -10,7 +10,8 @@ share 0.2, dual-stack share 0.1) is built and stripped, then the peak-RSS
 counter is reset (/proc/self/clear_refs, "5") so "peak RSS" is the process
 during compilation, cluster state included. Options are the kubeadm
 default block (cluster.local, in-addr.arpa, ip6.arpa, pods insecure,
-reverse fallthrough, ttl 30). Times are wall clock and process CPU
+reverse fallthrough, ttl 30, and the block's `loadbalance`: rotated
+variants of multi-address answers). Times are wall clock and process CPU
 (CPU is the fairer figure on a shared machine); the one-Service change
 flips one endpoint's readiness in a random Service and is the median of
 --changes runs of `ClusterState.apply` + `Compiler.update`.
@@ -72,7 +73,8 @@ def run_scale(services: int, per_service: int, changes: int, repeat: int) -> dic
     rss_state = _rss_kb("VmRSS")
     peak_ok = _reset_peak()
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), pods="insecure",
-                             fallthrough=("in-addr.arpa", "ip6.arpa"), ttl=30)
+                             fallthrough=("in-addr.arpa", "ip6.arpa"), ttl=30,
+                             loadbalance=True)
     fulls = []
     c = Compiler(opts)
     for i in range(repeat):

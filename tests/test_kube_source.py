@@ -309,6 +309,20 @@ def test_paged_list(api, run_source):
                if p == "/api/v1/services" and "watch" not in q)
 
 
+def test_expired_continue_token_falls_back_to_one_unpaged_list(api, run_source):
+    for i in range(5):
+        api.create("Service", svc(f"s{i}", f"10.0.2.{i}"))
+    api.fail_next(1, status=410, path="/api/v1/services",
+                  when=lambda path, query: "continue" in query)
+    src, rec = run_source(page_size=2)
+    assert {o.name for k, _, o in rec.since(0) if k == "Service"} == {
+        "web", *(f"s{i}" for i in range(5))}
+    lists = [q for _, p, q in api.request_log if p == "/api/v1/services" and "watch" not in q]
+    assert len(lists) == 3  # page 1, page 2 (410), then everything without limit
+    assert "continue" in lists[1] and "limit" not in lists[2]
+    assert src.counters()["Service"]["errors"] == 0
+
+
 def test_watch_request_parameters(api, run_source):
     run_source()
     watches = [q for _, p, q in api.request_log if p == "/api/v1/services" and "watch" in q]

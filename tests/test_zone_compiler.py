@@ -399,3 +399,50 @@ def test_extra_zone_keeps_its_negative_variants(wire):
     data = dns.message.make_query("x.test.", "A").to_wire()
     rcodes = {dns.message.from_wire(wire.answer(image, data, n)[1]).rcode() for n in (0, 1)}
     assert rcodes == {dns.rcode.NXDOMAIN, dns.rcode.SERVFAIL}
+
+
+def test_overlong_names_are_left_out_not_fatal(wire):
+    """With a long zone, an endpoint name can pass 255 octets: it is skipped (it could
+    not be asked, RFC 1035 §2.3.4), and PTR/SRV never point at it."""
+    long = "a" * 63
+    zone = "z" * 60 + ".example.org"
+    state = ClusterState([
+        Namespace(long), Service(long, long, "ClusterIP", (), True, None, ()),
+        EndpointSlice(long, "s", long, "IPv4", (Endpoint(("10.0.0.1",), True, long, None, None),),
+                      (ServicePort("http", "TCP", 80),))])
+    image = Compiler(KubernetesOptions(zones=(zone, "in-addr.arpa"))).full(state)
+    _s, msg, _ = ask(wire, image, f"{long}.{long}.svc.{zone}.", "A")
+    assert msg.rcode() == dns.rcode.NOERROR and msg.answer[0][0].address == "10.0.0.1"
+    _s, msg, _ = ask(wire, image, f"{long}.{long}.svc.{zone}.", "SRV")
+    assert msg.rcode() == dns.rcode.NOERROR and not msg.answer
+    _s, msg, _ = ask(wire, image, "1.0.0.10.in-addr.arpa.", "PTR")
+    assert msg.rcode() == dns.rcode.NXDOMAIN
+
+
+def test_loadbalance_rotates_addresses_cname_first(wire):
+    opts = dataclasses.replace(KUBEADM, loadbalance=True)
+    eps = tuple(Endpoint((f"10.1.0.{i}",), True, None, None, None) for i in range(1, 21))
+    state = load_state(demo_path())
+    for o in (Service("shop", "big", "ClusterIP", (), True, None, ()),
+              EndpointSlice("shop", "big-0", "big", "IPv4", eps, ()),
+              Service("shop", "alias", "ExternalName", (), False, "web.shop.svc.cluster.local",
+                      ())):
+        state.apply("ADDED", o)
+    image = Compiler(opts).full(state)
+    for qname, n, total in (("web.shop.svc.cluster.local.", 2, 2),
+                            ("big.shop.svc.cluster.local.", 8, 20),
+                            ("alias.shop.svc.cluster.local.", 2, 3)):
+        data = dns.message.make_query(qname, "A").to_wire()
+        firsts = set()
+        for counter in range(2 * n):
+            msg = dns.message.from_wire(wire.answer(image, data, counter)[1])
+            rrs = [(r.rdtype, rd.to_text()) for r in msg.answer for rd in r]
+            assert len(rrs) == total
+            if qname.startswith("alias"):
+                assert rrs[0][0] == dns.rdatatype.CNAME
+                rrs = rrs[1:]
+            firsts.add(rrs[0][1])
+            # dnspython merges an RRset; the wire order is what rotates
+            raw = wire.answer(image, data, counter)[1]
+            assert raw == wire.answer(image, data, counter + n)[1]
+        assert len(firsts) == n

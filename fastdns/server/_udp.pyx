@@ -372,8 +372,6 @@ cdef class FastPath:
                 break
             total += n
             batches += 1
-            if n < VLEN:
-                break  # the queue is empty; level-triggered polling calls us again
         return total
 
     cdef int _batch(self, int fd, int family) except -2:

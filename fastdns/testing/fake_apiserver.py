@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,6 +229,7 @@ class _Failure:
     path: str | None
     watch: bool | None
     message: str | None
+    when: Callable[[str, Mapping[str, str]], bool] | None
 
 
 def _key(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
@@ -511,15 +512,18 @@ class FakeApiServer:
 
     def fail_next(self, n: int = 1, status: int = 500, retry_after: float | None = None, *,
                   path: str | None = None, watch: bool | None = None,
-                  message: str | None = None) -> None:
+                  message: str | None = None,
+                  when: Callable[[str, Mapping[str, str]], bool] | None = None) -> None:
         """Answer the next n matching API requests with an HTTP error Status.
 
         ``path`` restricts it to requests whose path starts with it; ``watch``
-        to watch (True) or non-watch (False) requests; 429 responses carry
-        ``Retry-After`` and ``details.retryAfterSeconds`` when retry_after is set.
+        to watch (True) or non-watch (False) requests; ``when(path, query)``
+        to requests it accepts; 429 responses carry ``Retry-After`` and
+        ``details.retryAfterSeconds`` when retry_after is set.
         """
         with self._lock:
-            self._failures.append(_Failure(n, status, retry_after, path, watch, message))
+            self._failures.append(
+                _Failure(n, status, retry_after, path, watch, message, when))
 
     def set_down(self, down: bool = True) -> None:
         """Down: stop listening (connections refused) and reset open connections;
@@ -647,7 +651,7 @@ class FakeApiServer:
             self._counts[(request.path, watch)] += 1
             self.request_log.append((request.method, request.path, dict(request.query)))
             delay = self._delay
-            failure = self._take_failure(request.path, watch)
+            failure = self._take_failure(request.path, request.query, watch)
         if delay:
             await asyncio.sleep(delay)
             if request.transport is None or request.transport.is_closing():
@@ -660,11 +664,14 @@ class FakeApiServer:
                 return self._status(401, "Unauthorized")
         return await handler(request)
 
-    def _take_failure(self, path: str, watch: bool) -> _Failure | None:
+    def _take_failure(self, path: str, query: Mapping[str, str],
+                      watch: bool) -> _Failure | None:
         for f in self._failures:
             if f.path is not None and not path.startswith(f.path):
                 continue
             if f.watch is not None and f.watch != watch:
+                continue
+            if f.when is not None and not f.when(path, query):
                 continue
             f.remaining -= 1
             if f.remaining <= 0:

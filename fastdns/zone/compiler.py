@@ -40,12 +40,14 @@ from fastdns.zone.fragments import (
     slot_count,
 )
 from fastdns.zone.records import (
+    AAAA,
     PTR,
     SOA,
     SOA_EXPIRE,
     SOA_REFRESH,
     SOA_RETRY,
     SRV,
+    A,
     Answer,
     KubernetesOptions,
     NameSet,
@@ -176,6 +178,45 @@ def exact_template(key: bytes, ans: Answer) -> bytes:
         parts.append(o + RR_HEAD.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata)
         pos += len(rdata)
     return img.TEMPLATE_HEAD.pack(FLAGS_ANSWER, len(an), 0, len(add), 0) + b"".join(parts)
+
+
+MAX_ROTATIONS = 8
+
+
+def rotations(ans: Answer) -> list[Answer]:
+    """Round-robin variants of an answer (CoreDNS `loadbalance` round_robin).
+
+    The address records of the answer section rotate; at most MAX_ROTATIONS
+    variants, spread over the set so every record leads in some variant of a
+    small set and the lead moves evenly through a large one.
+    """
+    an, add = ans
+    # loadbalance.go roundRobin: CNAMEs (and the rest) first, addresses shuffled after
+    head = tuple(rr for rr in an if rr[1] not in (A, AAAA))
+    addrs = tuple(rr for rr in an if rr[1] in (A, AAAA))
+    n = len(addrs)
+    if n < 2:
+        return [ans]
+    steps = range(n) if n <= MAX_ROTATIONS else [k * n // MAX_ROTATIONS
+                                                 for k in range(MAX_ROTATIONS)]
+    return [(head + addrs[k:] + addrs[:k], add) for k in steps]
+
+
+def _variants_record(off: int, templates: list[bytes]) -> tuple[bytes, list[int]]:
+    """An answer record of several variants placed at fragment offset `off`:
+    (its bytes, relocation positions of its variant offsets)."""
+    n = len(templates)
+    table = [struct.pack("<HH", n, 0)]
+    relocs = []
+    pos = off + 4 + 4 * n
+    for i, t in enumerate(templates):
+        table.append(struct.pack("<I", pos))
+        relocs.append(off + 4 + 4 * i)
+        pos += 4 + len(t)
+    for t in templates:
+        table.append(struct.pack("<I", len(t)))
+        table.append(t)
+    return b"".join(table), relocs
 
 
 def soa_rr(zone_ptr: bytes, ttl: int, serial: int, minimum: int) -> bytes:
@@ -322,14 +363,25 @@ class Compiler:
         app, ext, rel = parts.append, ents.extend, relocs.append
         crc32, pack, qt2 = zlib.crc32, _REC1.pack, _QT2
         shared, zone_of = self._shared_rel, self._zone_of
+        rotate = self.options is not None and self.options.loadbalance
         size = 0
         for key, (_wire, answers, nodata) in names.names.items():
+            if len(key) > 255:
+                continue  # cannot be asked (RFC 1035 §2.3.4); possible with very long zones
             koff = size
             app(key)
             size += len(key)
             kc = crc32(key)
             kl = len(key) << 16
             for qtype, ans in answers.items():
+                if rotate and len(ans[0]) > 1 and qtype in (A, AAAA):
+                    rec, rs = _variants_record(size, [exact_template(key, a)
+                                                      for a in rotations(ans)])
+                    app(rec)
+                    relocs.extend(rs)
+                    ext((crc32(qt2[qtype], kc) | 1, koff, size, qtype | kl))
+                    size += len(rec)
+                    continue
                 t = exact_template(key, ans)
                 app(pack(1, 0, size + 8, len(t)))
                 app(t)
@@ -347,6 +399,8 @@ class Compiler:
             qa = {4: (qt2[1], 1), 16: (qt2[28], 28)}
             z = None
             for key, packed in names.addr_names:
+                if len(key) > 255:
+                    continue
                 koff = size
                 app(key)
                 size += len(key)
@@ -475,6 +529,9 @@ class Compiler:
                 if t.lower() not in seen:  # the same address in two slices: one PTR
                     seen.add(t.lower())
                     names.append(t)
+        names = [t for t in names if len(t) <= 255]  # over-long names cannot be written
+        if not names:
+            return None
         ttl = self.options.ttl if self.options else 5
         if len(names) == 1:
             t = names[0]

@@ -65,7 +65,9 @@ class KubernetesOptions:
     addresses, which decide the apex NS glue (CoreDNS `nsAddrs`); `block` is
     the Corefile server block index stored in the image's zone table;
     `endpoint_srv` turns on CoreDNS's SRV answers at endpoint names (see
-    `RecordBuilder._endpoint_names`).
+    `RecordBuilder._endpoint_names`); `loadbalance` (the block has the
+    `loadbalance` plugin) makes answers with several A/AAAA records rotate:
+    the compiler emits rotated variants and the worker picks one per query.
     """
 
     zones: tuple[str, ...] = ("cluster.local",)
@@ -79,6 +81,7 @@ class KubernetesOptions:
     local_ips: tuple[str, ...] = ("127.0.0.1",)
     block: int = 0
     endpoint_srv: bool = False
+    loadbalance: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.ttl <= 3600:
@@ -297,7 +300,7 @@ def _srv_answer(entries: list[tuple[bytes, bytes, int]], ttl: int) -> Answer:
     seen_srv: set[tuple[bytes, int]] = set()
     seen_addr: set[tuple[bytes, bytes]] = set()
     for target, packed, port in entries:
-        if port == -1:
+        if port == -1 or len(target) > 255:
             continue
         lk = target.lower()
         if (lk, port) not in seen_srv:

@@ -69,7 +69,8 @@ class Table:
 def _options(text: str) -> KubernetesOptions:
     kw: dict = {}
     tuples = {"zones", "namespaces", "fallthrough", "local_ips"}
-    bools = {"endpoint_pod_names", "noendpoints", "ignore_empty_service", "endpoint_srv"}
+    bools = {"endpoint_pod_names", "noendpoints", "ignore_empty_service", "endpoint_srv",
+             "loadbalance"}
     for item in text.split():
         k, _, v = item.partition("=")
         if k in tuples:
