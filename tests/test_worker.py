@@ -114,6 +114,7 @@ def build_test_image(generation: int, ip: str = "10.96.0.1") -> bytes:
               + _w("kubernetes.default.svc." + ZONE))
     add_name("_https._tcp.kubernetes.default.svc." + ZONE,
              {Qtype.SRV: [img.make_template(0x8400, 1, 0, 0, srv)]})
+    add_name("default." + POD_ZONE, {})  # pods of namespace "default" are exposed
     # zone miss: NXDOMAIN + SOA whose owner is relocated to the zone suffix
     neg_body = b"\0\0" + _rr(b"", Qtype.SOA, _soa_rdata())
     negative = img.make_template(0x8403, 0, 1, 0, neg_body, relocs=[0])
@@ -234,6 +235,22 @@ def test_answers(server, where, proto):
                                    use_edns=0), where, server.port)
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].port == 443
     assert r.edns == 0
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_pod_names_go_through_the_slow_path(server, proto):
+    pytest.importorskip("fastdns.zone.podsynth")
+    ask = udp if proto == "udp" else tcp
+    before = server.total()["slow"]
+    r = ask(dns.message.make_query("10-1-2-3.default." + POD_ZONE, "A"), "127.0.0.1",
+            server.port)
+    assert r.rcode() == dns.rcode.NOERROR and a_of(r) == ["10.1.2.3"]
+    r = ask(dns.message.make_query("10-1-2-3.hidden." + POD_ZONE, "A"), "127.0.0.1",
+            server.port)
+    assert r.rcode() == dns.rcode.NXDOMAIN  # namespace not exposed
+    after = server.total()["slow"]
+    assert after["total"] - before["total"] == 2
+    assert after["pod"] - before["pod"] == 2
 
 
 def test_0x20_case_echo(server):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import random
+import secrets
 
 import dns.message
 import dns.rcode
 import pytest
-from test_worker import POD_ZONE, build_test_image
+from test_worker import POD_ZONE, build_test_image, free_port
 
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.constants import Qtype
 from fastdns.server import counters as ctr
+from fastdns.server import shm
+from fastdns.server import worker as wk
 from fastdns.server.slowpath import SlowPath
 from fastdns.zone import image as img
 
@@ -197,3 +201,38 @@ def test_slow_without_synthesis_is_servfail_and_garbage_is_safe():
     assert slow.answer(b"\x00\x01", -1) is None  # shorter than a header: dropped
     r = slow.answer(b"\x12\x34" + b"\x00" * 10 + b"\xff", -1)
     assert r is not None and r[3] & 0xF == dns.rcode.FORMERR
+
+
+def test_bind_skips_the_ipv6_wildcard_without_ipv6(monkeypatch):
+    real = wk.bind_udp
+
+    def no_v6(address, port):
+        if ":" in address:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(address, port)
+
+    monkeypatch.setattr(wk, "bind_udp", no_v6)
+    instance = "u" + secrets.token_hex(6)
+    ctl = shm.ControlSegment.create(instance, 1)
+    port = free_port()
+    w = None
+    try:
+        w = wk.Worker(wk.WorkerSpec(0, instance, (("127.0.0.1", port), ("::", port))))
+        w.bind()
+        assert [s.getsockname()[:2] for s, _ in w.udp_socks] == [("127.0.0.1", port)]
+        # a specific address that cannot be bound is an error, not a warning
+        w2 = wk.Worker(wk.WorkerSpec(0, instance, (("127.0.0.1", free_port()), ("::1", port))))
+        with pytest.raises(OSError):
+            w2.bind()
+        for s, _ in w2.udp_socks + w2.tcp_socks:
+            s.close()
+        w2.counters.release()
+        w2.ctl.close()
+    finally:
+        if w is not None:
+            for s, _ in w.udp_socks + w.tcp_socks:
+                s.close()
+            w.counters.release()
+            w.ctl.close()
+        ctl.close()
+        shm.sweep(instance)

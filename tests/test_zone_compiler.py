@@ -1,6 +1,7 @@
 """The compiler: image layout, incremental == full, both assemblers, random clusters."""
 
 import dataclasses
+import os
 import struct
 
 import dns.message
@@ -109,8 +110,6 @@ def test_c_and_python_assembly_are_identical():
 
 def test_c_assembly_loaded():
     """The Cython assembler is built in this tree (the pure one is 100x slower at scale)."""
-    import os
-
     if os.environ.get("FASTDNS_NO_EXTENSIONS"):
         pytest.skip("FASTDNS_NO_EXTENSIONS=1")
     assert fragments.assemble is fragments.assemble_c
@@ -446,3 +445,49 @@ def test_loadbalance_rotates_addresses_cname_first(wire):
             raw = wire.answer(image, data, counter)[1]
             assert raw == wire.answer(image, data, counter + n)[1]
         assert len(firsts) == n
+
+
+def _reference_template(wire, key: bytes, ans) -> bytes:
+    """exact_template rebuilt on the wire module's NameCompressor (the documented
+    compression contract, docs/internals.md §1)."""
+    from fastdns.constants import Qtype
+
+    an, add = ans
+    comp = wire.NameCompressor(12)
+    comp.add(key, 12)
+    pos = 12 + len(key) + 4
+    body = b""
+    for owner, rtype, ttl, prefix, name in (*an, *add):
+        o = comp.encode(owner if owner is not None else key, pos)
+        pos += len(o) + 10
+        if name is None:
+            rdata = prefix
+        elif rtype == Qtype.SRV:  # never compressed (RFC 2782), but pointed at
+            comp.add(name.lower(), pos + len(prefix))
+            rdata = prefix + name
+        else:
+            rdata = prefix + comp.encode(name, pos + len(prefix))
+        body += o + struct.pack(">HHIH", rtype, 1, ttl, len(rdata)) + rdata
+        pos += len(rdata)
+    return img.make_template(0x8480, len(an), 0, len(add), body)
+
+
+def test_templates_follow_the_namecompressor_contract():
+    from fastdns import wire
+    from fastdns.zone.compiler import exact_template
+    from fastdns.zone.records import RecordBuilder
+
+    opts = KubernetesOptions(zones=("cluster.local",), endpoint_srv=True)
+    state = load_state(demo_path())
+    fixture = load_state(os.path.join(os.path.dirname(__file__), "zonetests", "cluster.yaml"))
+    for o in (*fixture.namespaces.values(), *fixture.services.values(),
+              *fixture.slices.values()):
+        state.apply("ADDED", o)
+    b = RecordBuilder(opts)
+    n = 0
+    for key in sorted(state.services):
+        for k, (_w, answers, _nd) in b.service(state, *key).names.names.items():
+            for ans in answers.values():
+                assert exact_template(k, ans) == _reference_template(wire, k, ans), k
+                n += 1
+    assert n > 50

@@ -56,7 +56,7 @@ from typing import Any
 import urllib3
 
 from fastdns.control.backoff import Backoff
-from fastdns.zone.objects import Obj, StateError, strip
+from fastdns.zone.objects import Obj, Service, StateError, strip
 
 log = logging.getLogger("fastdns.control.kube")
 
@@ -244,6 +244,10 @@ class KubeSource:
         self._state_lock = threading.Lock()
         self._watches: list[_Watch] = []
         self._synced = threading.Event()
+        # Services without spec.selector: the stripped form drops the selector
+        # (DNS does not need it) but the programming-latency metric's
+        # service_kind does (headless_with_selector / headless_without_selector)
+        self._selectorless: set[tuple[str, str]] = set()
 
     # -------------------------------------------------------------- public
 
@@ -299,6 +303,24 @@ class KubeSource:
 
     def total(self, name: str) -> int:
         return sum(getattr(w.counters, name) for w in self._watches)
+
+    def service_kind(self, svc: Service) -> str:
+        """CoreDNS's ``service_kind`` label of a Service (plugin/kubernetes/object/
+        metrics.go): cluster_ip, headless_with_selector or headless_without_selector."""
+        if not svc.headless:
+            return "cluster_ip"
+        if svc.key in self._selectorless:
+            return "headless_without_selector"
+        return "headless_with_selector"
+
+    def _note_selector(self, w: _Watch, key: tuple[str, str], raw: dict[str, Any]) -> None:
+        if w.kind != "Service":
+            return
+        spec = raw.get("spec")
+        if isinstance(spec, dict) and spec.get("selector"):
+            self._selectorless.discard(key)
+        else:
+            self._selectorless.add(key)
 
     # ------------------------------------------------------------- threads
 
@@ -392,6 +414,7 @@ class KubeSource:
                     log.warning("skipping %s: %s", w.kind, exc)
                     continue
                 fresh[obj.key] = obj
+                self._note_selector(w, obj.key, item)
             cont = meta.get("continue") or None
             if not cont:
                 break
@@ -409,6 +432,7 @@ class KubeSource:
         for key, prev in old.items():
             if key not in fresh:
                 self._emit(w, "DELETED", prev)
+                self._selectorless.discard(key)
         w.known = fresh
         w.rv = rv
         w.counters.lists += 1
@@ -471,6 +495,7 @@ class KubeSource:
                 w.counters.skipped += 1
                 log.warning("skipping %s event: %s", w.kind, exc)
             else:
+                self._note_selector(w, obj.key, raw)
                 prev = w.known.get(obj.key)
                 if prev == obj:
                     w.counters.unchanged += 1
@@ -482,6 +507,7 @@ class KubeSource:
             prev = w.known.pop(key, None) if key is not None else None
             if prev is not None:
                 self._emit(w, "DELETED", prev)
+                self._selectorless.discard(prev.key)
         else:
             raise _StreamError({"message": f"unknown watch event type {etype!r}"})
         if rv:

@@ -16,11 +16,13 @@ finds (``Publisher.recover``) and continues the generation sequence.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,11 @@ log = logging.getLogger("control")
 EXIT_OK = 0
 EXIT_CONTROL_FATAL = 3  # configuration error: the supervisor does not restart us
 COALESCE = 0.01  # seconds events are gathered before one compile + publish
+# CoreDNS's service_kind label values of
+# coredns_kubernetes_dns_programming_duration_seconds (plugin/kubernetes/object/metrics.go)
+KIND_CLUSTER_IP = "cluster_ip"
+KIND_HEADLESS_WITH_SELECTOR = "headless_with_selector"
+KIND_HEADLESS_WITHOUT_SELECTOR = "headless_without_selector"
 GC_INTERVAL = 0.1  # how often old images are checked for retirement
 
 
@@ -124,19 +131,40 @@ class ControlLoop:
         # (generation, image octets, compile s, publish s, synced) after every
         # compile: metrics and readiness (fastdns/control/httpd.py Observability).
         self.on_publish: Any = None
+        # (seconds, service_kind) per watch event a published snapshot serves,
+        # from the event's arrival here (ControlValues.observe_programming_latency)
+        self.on_programmed: Callable[[float, str], None] | None = None
+        # Service -> CoreDNS service_kind; KubeSource.service_kind knows selectors
+        self.service_kind: Callable[[Any], str] = default_service_kind
 
     # thread-safe entry points -------------------------------------------------
 
+    # Every item carries its arrival time (monotonic): the coalescing window
+    # and the programming latency both count from it.
+
     def post_state(self, state: Any) -> None:
-        self._q.put(("state", state))
+        self._q.put(("state", time.monotonic(), state))
 
     def post_event(self, kind: str, event_type: str, obj: Any) -> None:
         """One watch event, as ``KubeSource`` delivers it: kind, ADDED/MODIFIED/
         DELETED, and the stripped object (``ClusterState.apply`` needs no kind)."""
-        self._q.put(("event", event_type, obj))
+        self._q.put(("event", time.monotonic(), event_type, obj))
 
     def post_synced(self) -> None:
-        self._q.put(("synced",))
+        self._q.put(("synced", time.monotonic()))
+
+    def wait_synced(self, source: Any, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``source``'s first full sync (False: not yet,
+        or stopping). The loop is not running: what the source posts meanwhile
+        stays queued and becomes the first image once ``run`` starts."""
+        deadline = time.monotonic() + timeout
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if source.wait_synced(min(left, 0.1)):
+                return True
+        return False
 
     def stop(self) -> None:
         self._stopping = True
@@ -196,14 +224,18 @@ class ControlLoop:
         affected: Any = _new_affected()
         full = self.state is None
         events = 0
+        first_sync = False
+        # (arrival, object) of the events that changed what DNS may answer,
+        # applied on a synced state: what the programming latency measures
+        visible: list[tuple[float, Any]] = []
         why = []
         for item in batch:
             if item[0] == "state":
                 if self.state is None:
-                    self.state = item[1]
+                    self.state = item[2]
                     full = True
                 else:
-                    affected |= sync_state(self.state, item[1])
+                    affected |= sync_state(self.state, item[2])
                 why.append("state reloaded")
             elif item[0] == "event":
                 if self.state is None:
@@ -211,13 +243,17 @@ class ControlLoop:
 
                     self.state = ClusterState()
                     full = True
-                affected |= self.state.apply(item[1], item[2])
+                got = self.state.apply(item[2], item[3])
+                if got:
+                    affected |= got
+                    if self.synced:
+                        visible.append((item[1], item[3]))
                 events += 1
             elif item[0] == "synced":
                 if not self.synced:
                     self.synced = True
                     self.compiler.synced = True
-                    full = True
+                    full = first_sync = True
                 why.append("synced")
         if events:
             why.append(f"{events} event{'s' if events != 1 else ''}")
@@ -231,7 +267,31 @@ class ControlLoop:
             return
         else:
             image = self.compiler.update(self.state, affected)
-        self._publish(image, t0, label)
+        gen = self._publish(image, t0, label)
+        del image  # the publisher keeps what it needs; no second copy while recording
+        if gen is not None and visible:
+            self._programmed(visible)
+        if first_sync:
+            # The whole cluster state now lives until it changes, and it is
+            # acyclic: keep the cyclic GC from walking ~10^6 objects in every
+            # full collection, which stalls the loop for hundreds of ms at
+            # 100k endpoints (CPython gc.freeze, meant for exactly this).
+            gc.freeze()
+
+    def _programmed(self, visible: list[tuple[float, Any]]) -> None:
+        """Observe event arrival -> snapshot published for each DNS-visible event."""
+        if self.on_programmed is None:
+            return
+        now = time.monotonic()
+        services = self.state.services
+        for arrived, obj in visible:
+            svc = _service_of(obj, services)
+            if svc is None:
+                continue
+            try:
+                self.on_programmed(now - arrived, self.service_kind(svc))
+            except Exception:  # noqa: BLE001 - metrics never stop the loop
+                log.exception("recording the programming latency failed")
 
     def run(self) -> None:
         last_gc = time.monotonic()
@@ -244,7 +304,9 @@ class ControlLoop:
                 break
             if item is not None:
                 batch = [item]
-                deadline = time.monotonic() + self.coalesce
+                # The window counts from the first item's arrival: a batch that
+                # queued while the previous one compiled goes out at once.
+                deadline = item[1] + self.coalesce
                 while (left := deadline - time.monotonic()) > 0:
                     try:
                         nxt = self._q.get(timeout=left)
@@ -265,6 +327,22 @@ class ControlLoop:
             if now - last_gc >= GC_INTERVAL:
                 self.publisher.collect()
                 last_gc = now
+
+
+def default_service_kind(svc: Any) -> str:
+    """CoreDNS's service_kind of a stripped Service, not knowing its selector."""
+    return KIND_HEADLESS_WITH_SELECTOR if svc.headless else KIND_CLUSTER_IP
+
+
+def _service_of(obj: Any, services: dict) -> Any:
+    """The Service a Service or EndpointSlice event programs (None: neither, or gone)."""
+    from fastdns.zone.objects import EndpointSlice, Service
+
+    if isinstance(obj, Service):
+        return services.get(obj.key, obj)
+    if isinstance(obj, EndpointSlice) and obj.service:
+        return services.get((obj.namespace, obj.service))
+    return None
 
 
 def _new_affected() -> Any:
@@ -321,23 +399,40 @@ def kube_config(config: Any, kubeconfig: str | None) -> Any:
         label_selector=conf.labels, namespace_label_selector=conf.namespace_labels)
 
 
+def startup_timeout(config: Any) -> float:
+    """The kubernetes plugin's ``startup_timeout`` (CoreDNS default 5 s)."""
+    conf = next(b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins)
+    return float(getattr(conf, "startup_timeout", 5.0))
+
+
 def start_kube_source(loop: ControlLoop, config: Any, kubeconfig: str | None,
                       restarted: bool) -> Any:
     """List+watch the API into the loop (``fastdns/control/kube.py``).
 
-    Until the first full sync the loop holds back: on a first start it
-    publishes the empty, unsynced image at once (zone misses SERVFAIL, as
-    CoreDNS answers before its first sync); a restarted control process
-    keeps the previous, complete image in force until its own sync is done.
+    Startup as CoreDNS's (``plugin/kubernetes/kubernetes.go`` InitKubeCache /
+    setup.go onStart): wait up to ``startup_timeout`` for the first full
+    sync, so the first image workers map is complete; if the API does not
+    answer in time, serve anyway with CoreDNS's warning: the empty, unsynced
+    image, whose zone misses answer SERVFAIL + SOA until the sync lands
+    (``handler.go``: no NXDOMAIN before ``HasSynced``). Readiness stays false
+    until then (``Observability.published(synced=...)``). A restarted control
+    process keeps the previous, complete image in force until its own sync.
     """
     from fastdns.control.kube import KubeSource
     from fastdns.zone.state import ClusterState
 
     loop.set_unsynced(ClusterState())
-    if not restarted:
-        loop.publish_full(loop.state, "waiting for the first sync with the Kubernetes API")
     source = KubeSource(kube_config(config, kubeconfig), loop.post_event, loop.post_synced)
+    loop.service_kind = source.service_kind
     source.start()
+    if not restarted:
+        timeout = startup_timeout(config)
+        if loop.wait_synced(source, timeout):
+            log.info("first sync with the Kubernetes API done")
+        elif not loop._stopping:
+            log.warning("starting server with unsynced Kubernetes API (no full sync "
+                        "within startup_timeout %gs)", timeout)
+            loop.publish_full(loop.state, "waiting for the first sync with the Kubernetes API")
     return source
 
 
@@ -401,6 +496,7 @@ def control_main(spec: ControlSpec) -> int:
             log.error("%s", e)
             return EXIT_CONTROL_FATAL
         loop.on_publish = obs.published
+        loop.on_programmed = obs.values.observe_programming_latency
         if spec.source in ("state", "demo"):
             assert spec.source_path is not None
             source = StateFileSource(spec.source_path, loop.post_state,

@@ -95,6 +95,7 @@ cdef enum:
     SLOT = 4096  # octets per datagram slot: answer_packet needs out_cap >= 4096
     VLEN = 64  # datagrams per recvmmsg
     MAX_BATCHES = 16  # batches per readiness callback, so one socket cannot starve the loop
+    RETRY_AT = 4  # a batch of at least this many packets is followed by another recvmmsg
 
 # -- counters layout: mirror of fastdns/server/counters.py ------------------------
 cdef enum:
@@ -372,6 +373,13 @@ cdef class FastPath:
                 break
             total += n
             batches += 1
+            if n < RETRY_AT:
+                # A short batch: the queue is (nearly) empty, so go back to
+                # the loop (level-triggered: it calls us again). After a
+                # longer one more has likely arrived while we answered, and
+                # another recvmmsg is cheaper than epoll_wait plus the
+                # loop's dispatch.
+                break
         return total
 
     cdef int _batch(self, int fd, int family) except -2:
@@ -387,6 +395,7 @@ cdef class FastPath:
         with nogil:
             n = recvmmsg(fd, self.rmsgs, VLEN, MSG_DONTWAIT, NULL)
         if n <= 0:
+            w[W_OVERSIZE] += 1  # TEMP: empty recvmmsg
             return 0
         t0 = now_ns()
         w[W_BATCHES] += 1

@@ -24,6 +24,7 @@ return (exit status 0).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import mmap
 import os
@@ -53,6 +54,7 @@ GENERATION_POLL = 0.5  # s: how often an idle worker notices a publish
 FIRST_IMAGE_POLL = 0.02  # s
 REMAP_RETRY = 0.1  # s between attempts when a published image cannot be mapped
 UDP_RCVBUF = 4 << 20  # octets asked for; the kernel caps it at net.core.rmem_max
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,17 @@ class Worker:
     def bind(self) -> None:
         for address, port in self.spec.listen:
             fam = _family_label(family_of(address))
-            self.udp_socks.append((bind_udp(address, port), fam))
+            try:
+                udp = bind_udp(address, port)
+            except OSError as e:
+                # The IPv6 wildcard that stands for "every address" (no `bind`)
+                # is optional on a host or container without IPv6.
+                if (address == "::" and e.errno in _NO_IPV6 and len(self.spec.listen) > 1):
+                    log.warning("worker %d: no IPv6 here, not listening on [::]:%d (%s)",
+                                self.spec.index, port, e.strerror)
+                    continue
+                raise
+            self.udp_socks.append((udp, fam))
             self.tcp_socks.append((bind_tcp(address, port), fam))
 
     async def run(self) -> None:

@@ -153,6 +153,10 @@ def exact_template(key: bytes, ans: Answer) -> bytes:
         # owners are the question, no names in rdata (A, AAAA, TXT): nothing to compress
         return _HEAD_AN[len(an)] + b"".join(
             _PTR12 + RR_HEAD.pack(t, CLASS_IN, ttl, len(rd)) + rd for _o, t, ttl, rd, _n in an)
+    if an and an[0][1] == SRV:
+        t = _srv_template(key, an, add)
+        if t is not None:
+            return t
     pos = 12 + len(key) + 4
     parts = []
     table = None
@@ -219,6 +223,37 @@ def _variants_record(off: int, templates: list[bytes]) -> tuple[bytes, list[int]
     return b"".join(table), relocs
 
 
+def _srv_template(key: bytes, an: tuple, add: tuple) -> bytes | None:
+    """exact_template for the usual SRV answer, without the general suffix table.
+
+    Owners are the question; targets are written whole (RFC 2782) and each
+    additional record's owner is a target: a pointer into the question when
+    the target is a suffix of it, else to the target's first copy -- what the
+    general compressor picks too (targets of one answer are never suffixes of
+    each other: they are all endpoint names, or all the Service's name).
+    None (use the general path) otherwise.
+    """
+    pos = 12 + len(key) + 4
+    where = _qtable(key)  # a target that is a suffix of the question points there
+    parts = []
+    for owner, rtype, ttl, prefix, name in an:
+        if owner is not None or rtype != SRV or name is None:
+            return None
+        rdata = prefix + name
+        lower = name.lower()
+        if lower not in where:
+            where[lower] = pos + 12 + len(prefix)
+        parts.append(_PTR12 + RR_HEAD.pack(SRV, CLASS_IN, ttl, len(rdata)) + rdata)
+        pos += 12 + len(rdata)
+    for owner, rtype, ttl, prefix, name in add:
+        at = where.get(owner.lower()) if owner is not None and name is None else None
+        if at is None or at >= 0x4000:
+            return None
+        parts.append(_ptr(at) + RR_HEAD.pack(rtype, CLASS_IN, ttl, len(prefix)) + prefix)
+        pos += 12 + len(prefix)
+    return img.TEMPLATE_HEAD.pack(FLAGS_ANSWER, len(an), 0, len(add), 0) + b"".join(parts)
+
+
 def soa_rr(zone_ptr: bytes, ttl: int, serial: int, minimum: int) -> bytes:
     """The SOA of a zone whose name sits where `zone_ptr` points (backend_lookup.go SOA())."""
     rdata = (_NS_DNS + zone_ptr + _HOSTMASTER + zone_ptr
@@ -260,6 +295,9 @@ class Compiler:
         self._kzones = [z for z in self.zones if z.kube]
         self._last_zone: _Zone | None = None
         self._rev_zones = [z.name for z in self._kzones if not z.forward]
+        # PTR answer template up to the rdata length: QR AA RA, 1 answer, owner = question
+        self._ptr_head = _HEAD_AN[1] + _PTR12 + struct.pack(
+            ">HHI", PTR, CLASS_IN, options.ttl if options else 5)
         self._nested = any(a is not b and is_subdomain(a.name, b.name)
                            for a in self._kzones for b in self._kzones)
         self._reset()
@@ -318,7 +356,8 @@ class Compiler:
         self._nent = 0
         self._ptr_cache: dict[bytes, tuple[bytes, bytes, int] | None] = {}
         self._svc_ptrs: dict[Key, list[tuple[bytes, bytes, bool]]] = {}
-        self._ptr: dict[bytes, dict[Key, list[tuple[bytes, bool]]]] = {}
+        # address -> Service -> its PTR contributions (packed, target, from a ClusterIP)
+        self._ptr: dict[bytes, dict[Key, list[tuple[bytes, bytes, bool]]]] = {}
         self._bucket_ips: dict[int, set[bytes]] = {}
         self._deps: dict[Key, set[Key]] = {}  # target service -> ExternalNames chasing it
         self._svc_deps: dict[Key, set[Key]] = {}
@@ -428,7 +467,7 @@ class Compiler:
         changed = self._set_frag(("s", *key), self._names_fragment(recs.names))
         # PTR contributions
         old = self._svc_ptrs.get(key, [])
-        if old != recs.ptrs:
+        if old != recs.ptrs and (self._rev_zones or old):  # no reverse zone: no PTR to track
             changed = True
             for packed, _t, _c in old:
                 claims = self._ptr.get(packed)
@@ -437,8 +476,18 @@ class Compiler:
                     if not claims:
                         del self._ptr[packed]
             bulk = self._bulk
-            for packed, target, cluster in recs.ptrs:
-                self._ptr.setdefault(packed, {}).setdefault(key, []).append((target, cluster))
+            ptr = self._ptr
+            for rec in recs.ptrs:  # (packed, target, from a ClusterIP)
+                packed = rec[0]
+                claims = ptr.get(packed)
+                if claims is None:
+                    ptr[packed] = {key: [rec]}
+                else:
+                    mine = claims.get(key)
+                    if mine is None:
+                        claims[key] = [rec]
+                    else:
+                        mine.append(rec)
                 if not bulk:
                     self._touch(packed)
             if recs.ptrs:
@@ -518,14 +567,18 @@ class Compiler:
             [targets] = claims.values()
         else:
             targets = [t for k in sorted(claims) for t in claims[k]]
-        if len(targets) == 1:
-            names = [targets[0][0]]
-        elif cluster := [t for t, c in targets if c]:
+        if len(targets) == 1:  # the common case, short
+            t = targets[0][1]
+            if len(t) > 255:
+                return None
+            tmpl = self._ptr_head + len(t).to_bytes(2, "big") + t
+            return key, tmpl, zlib.crc32(_QT2[PTR], zlib.crc32(key)) | 1
+        if cluster := [t for _p, t, c in targets if c]:
             names = cluster[:1]  # a ClusterIP wins: the first Service's name only
         else:
             seen: set[bytes] = set()
             names = []
-            for t, _c in targets:
+            for _p, t, _c in targets:
                 if t.lower() not in seen:  # the same address in two slices: one PTR
                     seen.add(t.lower())
                     names.append(t)
