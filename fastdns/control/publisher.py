@@ -6,12 +6,27 @@ completely, then announced in the control segment. Old segments are
 unlinked as soon as no live worker reports having one mapped (the
 supervisor zeroes a dead worker's slot), as Knot frees the old zone
 database only after its readers moved (``src/knot/zone/zonedb-load.c``).
+
+With ``background=True`` (the control process) the slow file work leaves the
+path from an event to its published image: a thread keeps one *spare*
+segment preallocated (``posix_fallocate``: the tmpfs pages exist before the
+image does) and unlinks retired images, both system calls that run without
+the GIL. A publish then only ``pwrite``s the image into the spare and renames
+it to its generation's name: at 10k Services (a 38 MB image) that is ~7 ms
+instead of ~30 ms to create, fault in and fill a fresh segment, plus ~8 ms
+per unlink (bench/bench_kube.py). Workers never see a spare's name, so the
+publish protocol is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import queue
 import struct
+import threading
+from collections.abc import Callable
 
 from fastdns.server import shm
 
@@ -20,12 +35,18 @@ log = logging.getLogger("control")
 # Image header: u64 generation at octet 16 (docs/internals.md §2).
 _GEN_OFFSET = 16
 _GEN = struct.Struct("<Q")
+SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
+
+
+def _spare_slack(size: int) -> int:
+    """Room a spare leaves for the next image to grow (1/64, at least 64 KiB)."""
+    return max(1 << 16, size >> 6)
 
 
 class Publisher:
     """Creates image segments and retires the ones no worker uses any more."""
 
-    def __init__(self, ctl: shm.ControlSegment) -> None:
+    def __init__(self, ctl: shm.ControlSegment, *, background: bool = False) -> None:
         self.ctl = ctl
         self.instance = ctl.instance
         self.generation = ctl.generation
@@ -33,6 +54,21 @@ class Publisher:
         self._last: bytes | bytearray | None = None
         # images created by this or an earlier control process, not yet unlinked
         self._live: dict[int, str] = {}
+        self._bg: _Background | None = _Background() if background else None
+        self._spare_lock = threading.Lock()
+        self._spare: tuple[str, int, int] | None = None  # (name, fd, allocated octets)
+        self._spare_pending = False
+        self._spares = 0
+
+    def close(self) -> None:
+        """Stop the background thread and remove the spare segment."""
+        if self._bg is not None:
+            self._bg.close()
+            self._bg = None
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            _drop_spare(spare)
 
     def recover(self) -> list[str]:
         """Adopt what a crashed control process left: keep the published image.
@@ -45,6 +81,10 @@ class Publisher:
         current = self.ctl.image_name() if self.ctl.generation else None
         mapped = self._mapped_generations()
         removed = []
+        for name in shm.list_segments(self.instance):
+            if SPARE_TAG in name:  # a crashed control process's spare
+                shm.ImageSegment.unlink(name)
+                removed.append(name)
         for gen, name in shm.list_images(self.instance):
             if gen > self.ctl.generation:
                 shm.ImageSegment.unlink(name)
@@ -69,19 +109,86 @@ class Publisher:
         if not force and self.generation > 0 and _same_image(image, self._last):
             return None
         gen = self.generation + 1
-        seg = shm.ImageSegment.create(self.instance, gen, image)
-        try:
-            if len(seg.buf) >= _GEN_OFFSET + 8:
-                _GEN.pack_into(seg.buf, _GEN_OFFSET, gen)
-        finally:
-            seg.close()  # the pages stay in /dev/shm; workers map them by name
-        self.ctl.publish(seg.name, gen)
+        name = self._write(gen, image)
+        self.ctl.publish(name, gen)
         self.generation = gen
         # a caller's bytearray may change later: keep a copy of that
         self._last = bytes(image) if isinstance(image, bytearray) else image
-        self._live[gen] = seg.name
+        self._live[gen] = name
         self.collect()
+        self._want_spare(len(image))
         return gen
+
+    def _write(self, gen: int, image: bytes | bytearray) -> str:
+        """The image, generation stamped, in segment ``image_name(gen)``; its name."""
+        if self._bg is None:
+            seg = shm.ImageSegment.create(self.instance, gen, image)
+            try:
+                if len(seg.buf) >= _GEN_OFFSET + 8:
+                    _GEN.pack_into(seg.buf, _GEN_OFFSET, gen)
+            finally:
+                seg.close()  # the pages stay in /dev/shm; workers map them by name
+            return seg.name
+        name = shm.image_name(self.instance, gen)
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare[2] < len(image):
+            self._bg.submit(_drop_spare, spare)  # outgrown
+            spare = None
+        if spare is None:  # none ready yet: a fresh file, written the same way
+            path = os.path.join(shm.SHM_DIR, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # never announced: a crashed control process's
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            spare = (name, fd, 0)
+        sname, fd, _size = spare
+        try:
+            _pwrite_all(fd, image, 0)
+            if len(image) >= _GEN_OFFSET + 8:
+                _pwrite_all(fd, _GEN.pack(gen), _GEN_OFFSET)
+            os.ftruncate(fd, len(image))  # give back the slack
+        except BaseException:
+            os.close(fd)
+            shm.ImageSegment.unlink(sname)
+            raise
+        os.close(fd)
+        if sname != name:
+            # rename(2) replaces a stale, never-announced segment of that name
+            os.rename(os.path.join(shm.SHM_DIR, sname), os.path.join(shm.SHM_DIR, name))
+        return name
+
+    def _want_spare(self, size: int) -> None:
+        if self._bg is None:
+            return
+        with self._spare_lock:
+            if self._spare is not None or self._spare_pending:
+                return
+            self._spare_pending = True
+            self._spares += 1
+            name = f"{shm.PREFIX}{self.instance}{SPARE_TAG}{self._spares}"
+        self._bg.submit(self._make_spare, name, size + _spare_slack(size))
+
+    def _make_spare(self, name: str, size: int) -> None:
+        """Background thread: create and preallocate the next image's segment."""
+        try:
+            path = os.path.join(shm.SHM_DIR, name)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError:  # a filesystem without fallocate: a plain file then
+                os.close(fd)
+                os.unlink(path)
+                return
+            with self._spare_lock:
+                if self._bg is None:  # closed meanwhile
+                    _drop_spare((name, fd, size))
+                else:
+                    self._spare = (name, fd, size)
+        except OSError as e:
+            log.warning("preallocating an image segment failed: %s", e)
+        finally:
+            with self._spare_lock:
+                self._spare_pending = False
 
     def _mapped_generations(self) -> set[int]:
         return {self.ctl.mapped(i) for i in range(self.ctl.nworkers)} - {0}
@@ -94,7 +201,10 @@ class Publisher:
             if gen == self.generation or gen in mapped:
                 continue
             name = self._live.pop(gen)
-            shm.ImageSegment.unlink(name)
+            if self._bg is not None:
+                self._bg.submit(shm.ImageSegment.unlink, name)
+            else:
+                shm.ImageSegment.unlink(name)
             removed.append(name)
         if removed:
             log.debug("unlinked %s", ", ".join(removed))
@@ -117,3 +227,41 @@ def _same_image(image: bytes | bytearray, last: bytes | bytearray | None) -> boo
     mv = memoryview(last)
     return (image.startswith(mv[:_GEN_OFFSET])
             and image.startswith(mv[_GEN_OFFSET + 8:], _GEN_OFFSET + 8))
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        done += os.pwrite(fd, mv[done:], offset + done)
+
+
+def _drop_spare(spare: tuple[str, int, int]) -> None:
+    name, fd, _size = spare
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    shm.ImageSegment.unlink(name)
+
+
+class _Background:
+    """One daemon thread running file work in order (preallocate, unlink)."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="publisher-files", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self._q.put((fn, args))
+
+    def _run(self) -> None:
+        while (job := self._q.get()) is not None:
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - file work must not kill the thread
+                log.exception("background %s failed", getattr(fn, "__name__", fn))
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._q.put(None)
+        self._thread.join(timeout)

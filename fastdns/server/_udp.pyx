@@ -395,7 +395,6 @@ cdef class FastPath:
         with nogil:
             n = recvmmsg(fd, self.rmsgs, VLEN, MSG_DONTWAIT, NULL)
         if n <= 0:
-            w[W_OVERSIZE] += 1  # TEMP: empty recvmmsg
             return 0
         t0 = now_ns()
         w[W_BATCHES] += 1

@@ -162,6 +162,7 @@ class Worker:
         self._gen_map: mmap.mmap | None = None
         self._gen_view: memoryview | None = None
         self.fast = None
+        self._logged_answer_error = False
 
     # -- snapshot ------------------------------------------------------------
 
@@ -216,9 +217,16 @@ class Worker:
             resp = None
         else:
             self.rotation = (self.rotation + 1) & 0xFFFFFFFF
-            # TCP: the 65535-octet frame is the only limit (RFC 7766 §8)
-            status, resp, zone = wire.answer(image, data, self.rotation,
-                                             MAX_MESSAGE if proto == TCP else 0)
+            try:
+                # TCP: the 65535-octet frame is the only limit (RFC 7766 §8)
+                status, resp, zone = wire.answer(image, data, self.rotation,
+                                                 MAX_MESSAGE if proto == TCP else 0)
+            except Exception:
+                # only a codec bug gets here: drop the query, keep the worker
+                if not self._logged_answer_error:
+                    self._logged_answer_error = True
+                    log.exception("worker %d: wire.answer failed", self.spec.index)
+                status, resp, zone = wire.ST_DROP, None, -1
             if status == wire.ST_SLOW:
                 c.incr(ctr.W_SLOW)
                 resp = self.slow.answer(data, zone)
