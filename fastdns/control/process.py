@@ -463,7 +463,7 @@ def control_main(spec: ControlSpec) -> int:
     ctl = shm.ControlSegment.attach(spec.instance)
     restarted = ctl.generation > 0
     _record_pid(spec.instance)
-    publisher = Publisher(ctl)
+    publisher = Publisher(ctl, background=True)  # file work off the event path
     removed = publisher.recover()
     if restarted:
         log.info("restarted: generation %d in force, %d stale segments removed",
@@ -527,6 +527,8 @@ def control_main(spec: ControlSpec) -> int:
             obs.stop()
         with contextlib.suppress(Exception):
             publisher.collect()
+        with contextlib.suppress(Exception):
+            publisher.close()  # runs the queued unlinks, removes the spare
         if os.getppid() != spec.supervisor_pid:
             # The supervisor is gone (PR_SET_PDEATHSIG brought us here):
             # nobody else will sweep this run's segments.
