@@ -257,10 +257,13 @@ def test_loop_coalesces_a_burst_of_events(instance, tmp_path):
             loop.post_event("Service", "ADDED", svc)
         assert _wait_gen(ctl, 2)
         time.sleep(0.2)
-        assert ctl.generation == 2, "200 events within the window make one publish"
+        # Posting 200 events normally fits in one 10 ms window (one publish); on a
+        # loaded machine the window may close once mid-burst, never 200 times.
+        assert ctl.generation <= 3, "a burst of events is coalesced into few publishes"
         assert _resolve(ctl, "s199.default.svc.cluster.local.")[1] == {"10.96.1.199"}
+        gen = ctl.generation
         loop.post_event("Service", "DELETED", ("Service", ("default", "s5")))
-        assert _wait_gen(ctl, 3)
+        assert _wait_gen(ctl, gen + 1)
         assert _resolve(ctl, "s5.default.svc.cluster.local.")[0] == 3  # NXDOMAIN
     finally:
         loop.stop()
