@@ -125,6 +125,13 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent not idle (all CPUs, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK_TCK
+
+
 def proc_mem(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak RSS) in MiB."""
     out = {}
@@ -359,6 +366,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         bench_cpu0 = ru.ru_utime + ru.ru_stime
         api_cpu0, worker_cpu0 = proc_cpu(api_proc.pid), proc_cpu(wpid)
+        busy0, sup_cpu0 = machine_busy(), proc_cpu(serve.pid)
         cpu0, wall0 = proc_cpu(cpid), time.perf_counter()
         next_due = wall0
         issued = 0
@@ -384,6 +392,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         res["bench_cpu"] = ru.ru_utime + ru.ru_stime - bench_cpu0
         res["api_cpu"] = proc_cpu(api_proc.pid) - api_cpu0
         res["worker_cpu"] = proc_cpu(wpid) - worker_cpu0
+        # CPU the rest of the machine used meanwhile (other jobs on a shared host)
+        res["other"] = (machine_busy() - busy0 - cpu - res["bench_cpu"] - res["api_cpu"]
+                        - res["worker_cpu"] - (proc_cpu(serve.pid) - sup_cpu0)) / wall
         mem = proc_mem(cpid)
         res.update(issued=issued, seen=len(lat), lost=len(prober.pending), wall=wall,
                    cpu=cpu, rss=mem["VmRSS"], hwm=mem["VmHWM"], queries=prober.queries,
@@ -467,6 +478,9 @@ def table(res: dict, args: argparse.Namespace) -> str:
         ("event -> changed answer max", ms(res.get("max")), "", ""),
         ("control CPU during the changes",
          f"{res['cpu']:.1f} s over {res['wall']:.1f} s ({res['cpu'] / res['wall']:.0%})", "", ""),
+        ("CPU of the worker / fake API / this prober",
+         f"{res['worker_cpu']:.1f} / {res['api_cpu']:.1f} / {res['bench_cpu']:.1f} s", "", ""),
+        ("other load on the machine meanwhile", f"{res['other']:.2f} CPU s/s", "", ""),
         ("control RSS at the end / peak (VmHWM)",
          f"{res['rss']:.0f} / {hwm:.0f} MiB", f"< {TARGET_RSS_MB:.0f} MB",
          ok(hwm * 1.048576 < TARGET_RSS_MB)),
@@ -533,8 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(body)
     if not args.no_write:
-        command = "python3 bench/bench_kube.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-        write_results(Path(args.results), body, command.strip())
+        argv = list(argv or sys.argv[1:])
+        if "--keep" in argv:  # where the logs went is no part of the measurement
+            i = argv.index("--keep")
+            del argv[i:i + 2]
+        command = " ".join(["python3 bench/bench_kube.py", *argv])
+        write_results(Path(args.results), body, command)
         print(f"\nwritten to {args.results}")
     return 0
 

@@ -635,6 +635,7 @@ class Result:
     status: str = "ok"  # or why it was not measured
     saturated: list[Run] = field(default_factory=list)
     fixed: Run | None = None
+    matched: Run | None = None
     rss_kib: int = 0
     pss_kib: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -684,18 +685,21 @@ def start_checked(server: Server, work: Path, files: dict[str, Path], probes: li
     return res
 
 
+SATURATED, FIXED, MATCHED = "saturated", "fixed-rate", "matched-load"
+
+
 def load_round(res: Result, files: dict[str, Path], args: argparse.Namespace,
-               fixed: bool) -> None:
-    """One saturated run, or the fixed-rate run, against a started server."""
+               mode: str) -> None:
+    """One run of `mode` against a started server; the result lands on `res`."""
     if res.proc is None or res.status != "ok":
         return
     name = res.name
     if time.monotonic() + args.seconds + 5 > args.deadline:
-        print(f"[{name}] {'fixed-rate' if fixed else 'saturated'} run skipped: time budget "
-              f"(--budget {args.budget:g} s) spent", flush=True)
+        print(f"[{name}] {mode} run skipped: time budget (--budget {args.budget:g} s) spent",
+              flush=True)
         return
     try:
-        if not fixed:
+        if mode == SATURATED:
             r = dnsperf(res.port, files["queries"], args.seconds, res.proc.pid,
                         ["-c", str(args.clients), "-q", str(args.outstanding)])
             res.saturated.append(r)
@@ -707,19 +711,34 @@ def load_round(res: Result, files: dict[str, Path], args: argparse.Namespace,
                   f"{r.latency_us:.0f} us avg, lost {r.lost}/{r.sent}, "
                   f"{r.cpu_us_per_q:.2f} us CPU/query (server busy {r.cpu_share:.0%}, "
                   f"other load {r.others:.2f} CPU), rcodes {r.rcodes}", flush=True)
-        else:
-            r = dnsperf(res.port, files["queries"], args.seconds, res.proc.pid,
-                        ["-c", "1", "-q", "100", "-Q", str(args.rate)])
-            res.fixed = r
-            print(f"[{name}] fixed {args.rate}/s: {r.qps:,.0f} QPS, {r.latency_us:.0f} us avg, "
-                  f"lost {r.lost}/{r.sent}, {r.cpu_us_per_q:.2f} us CPU/query "
-                  f"(other load {r.others:.2f} CPU)", flush=True)
+            return
+        if mode == FIXED:
+            rate, extra = args.rate, ["-c", "1", "-q", "100"]
+        else:  # the saturated mode's clients, capped at a rate every server reached
+            rate, extra = args.matched_rate, ["-c", str(args.clients), "-q", str(args.outstanding)]
+        r = dnsperf(res.port, files["queries"], args.seconds, res.proc.pid,
+                    [*extra, "-Q", str(rate)])
+        setattr(res, "fixed" if mode == FIXED else "matched", r)
+        print(f"[{name}] {mode} {rate}/s: {r.qps:,.0f} QPS, {r.latency_us:.0f} us avg, "
+              f"lost {r.lost}/{r.sent}, {r.cpu_us_per_q:.2f} us CPU/query "
+              f"(other load {r.others:.2f} CPU)", flush=True)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         res.status = f"failed: {exc}"
         print(f"[{name}] {res.status}", flush=True)
     if not res.proc.alive():
         res.status = "exited during the load"
         print(f"[{name}] {res.status}\n{res.proc.log_tail()}", flush=True)
+
+
+def matched_rate(results: list[Result]) -> int:
+    """80 % of the lowest median saturated QPS (rounded down to 1,000), at least 10,000.
+
+    CPU per query falls as load rises (bigger batches, fewer wake-ups), and
+    dnsperf does not push every server equally hard; at one rate all of them
+    reach, the CPU comparison is like for like.
+    """
+    meds = [r.med("qps") for r in results if r.saturated]
+    return max(10_000, int(min(meds) * 0.8) // 1000 * 1000) if meds else 10_000
 
 
 # --------------------------------------------------------------------------
@@ -781,21 +800,26 @@ def tables(results: list[Result], args: argparse.Namespace, meta: dict[str, str]
         f"{r.name} " + ", ".join(f"{x.qps / 1000:.0f}k/{x.cpu_us_per_q:.2f}/{x.others:.1f}"
                                  for x in r.saturated)
         for r in results if r.saturated) + "."]
-    fixed_knot = knot.fixed if knot else None
-    lines += [
-        "",
-        f"Fixed rate: `dnsperf -Q {args.rate} -c 1 -q 100 -l {args.seconds:g}`, one run.",
-        "",
-        "| server | QPS | avg latency µs | loss | CPU µs/query | CPU ×knot | other load |",
-        "|---|--:|--:|--:|--:|--:|--:|",
-    ]
-    for r in results:
-        f = r.fixed
-        if f is None:
-            continue
-        ratio = f.cpu_us_per_q / fixed_knot.cpu_us_per_q if fixed_knot else float("nan")
-        lines.append(f"| {r.name} | {f.qps:,.0f} | {f.latency_us:.0f} | {f.loss:.3%} | "
-                     f"{f.cpu_us_per_q:.2f} | {_f(ratio, '.2f')} | {f.others:.2f} |")
+    for attr, title in (
+        ("matched", f"Matched load: `dnsperf -Q {args.matched_rate} -c {args.clients} "
+                    f"-q {args.outstanding} -l {args.seconds:g}`, one run; the rate is 80 % of "
+                    "the lowest median saturated QPS above, so every server gets the same load "
+                    "and CPU/query compares like for like."),
+        ("fixed", f"Fixed rate: `dnsperf -Q {args.rate} -c 1 -q 100 -l {args.seconds:g}`, "
+                  "one run; at this rate wake-ups dominate the CPU per query."),
+    ):
+        ref = getattr(knot, attr, None) if knot else None
+        lines += ["", title, "",
+                  "| server | QPS | avg latency µs | loss | CPU µs/query | CPU ×knot | server busy "
+                  "| other load |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+        for r in results:
+            f = getattr(r, attr)
+            if f is None:
+                continue
+            ratio = f.cpu_us_per_q / ref.cpu_us_per_q if ref else float("nan")
+            lines.append(f"| {r.name} | {f.qps:,.0f} | {f.latency_us:.0f} | {f.loss:.3%} | "
+                         f"{f.cpu_us_per_q:.2f} | {_f(ratio, '.2f')} | {f.cpu_share:.0%} | "
+                         f"{f.others:.2f} |")
     fd = next((r for r in results if r.name == "fastdns" and r.saturated), None)
     if fd and knot:
         q, c = fd.med("qps") / kq, fd.med("cpu_us_per_q") / kc
@@ -804,6 +828,10 @@ def tables(results: list[Result], args: argparse.Namespace, meta: dict[str, str]
         lines += ["", f"Issue 4 target (saturated, same run: QPS ≥ 0.95× knot, CPU/query ≤ 0.90× "
                   f"knot, zero loss): {'met' if ok else 'not met'} (QPS {q:.2f}×, CPU {c:.2f}×, "
                   f"{lost} lost)."]
+        if fd.matched and knot.matched:
+            lines[-1] += (f" At the matched load: CPU/query "
+                          f"{fd.matched.cpu_us_per_q / knot.matched.cpu_us_per_q:.2f}× knot, "
+                          f"{fd.matched.lost} lost.")
     notes = [f"- {r.name}: probe difference (measured anyway): {w}"
              for r in results for w in r.warnings]
     notes += [f"- {r.name}: {r.status}" for r in results if r.status != "ok" and r.saturated]
@@ -891,8 +919,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.services = args.services or (2000 if args.quick else 10000)
     args.queries = args.queries or (20000 if args.quick else 100000)
-    args.seconds = args.seconds or (3.0 if args.quick else 10.0)
+    args.seconds = args.seconds or (3.0 if args.quick else 8.0)
     args.runs = args.runs or (1 if args.quick else 3)
+    args.matched_rate = 10_000
     args.budget = args.budget or (90.0 if args.quick else 360.0)
 
     if not shutil.which("dnsperf"):
@@ -962,6 +991,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(uniq)}; additional sections differing: {extra}", flush=True)
             for ex in examples:
                 print(f"    {ex}", flush=True)
+            if differ > len(uniq) // 100 and res.proc:  # misconfigured: do not report its speed
+                res.status = f"skipped: {differ} of {len(uniq)} answers differ from the reference"
+                print(f"[{res.name}] {res.status}", flush=True)
+                res.proc.stop()
+                res.proc = None
 
         # Start everything first (the reference peer before the floor, which replays
         # its answers), then interleave the runs: on a shared machine a burst of
@@ -984,9 +1018,12 @@ def main(argv: list[str] | None = None) -> int:
                     check_all(res)
             for _ in range(args.runs):
                 for res in results:
-                    load_round(res, files, args, fixed=False)
+                    load_round(res, files, args, SATURATED)
+            args.matched_rate = matched_rate(results)
             for res in results:
-                load_round(res, files, args, fixed=True)
+                load_round(res, files, args, MATCHED)
+            for res in results:
+                load_round(res, files, args, FIXED)
         finally:
             for res in results:
                 if res.proc:

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -177,3 +178,37 @@ def test_floor_answers_from_its_table(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+
+
+def _answer(name, rcode=0, addrs=(), serial=1, glue=()):
+    q = dns.message.make_query(name, "A")
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    r.flags |= dns.flags.AA
+    if addrs:
+        r.answer.append(dns.rrset.from_text(name, 5, "IN", "A", *addrs))
+    else:
+        r.authority.append(dns.rrset.from_text(
+            "cluster.local.", 5, "IN", "SOA",
+            f"ns.dns.cluster.local. hostmaster.cluster.local. {serial} 7200 1800 86400 5"))
+    if glue:
+        r.additional.append(dns.rrset.from_text("ns.dns.cluster.local.", 5, "IN", "A", *glue))
+    return r.to_wire()
+
+
+def test_answer_comparison_ignores_order_case_and_serial_only():
+    uniq = [("a.ns.svc.cluster.local.", "A", "A"), ("b.ns.svc.cluster.local.", "A", "NXDOMAIN"),
+            ("c.ns.svc.cluster.local.", "A", "A"), ("d.ns.svc.cluster.local.", "A", "A")]
+    ref = {0: _answer("a.ns.svc.cluster.local.", addrs=("10.0.0.1", "10.0.0.2")),
+           1: _answer("b.ns.svc.cluster.local.", rcode=3, serial=1),
+           2: _answer("c.ns.svc.cluster.local.", addrs=("10.0.0.3",)),
+           3: _answer("d.ns.svc.cluster.local.", addrs=("10.0.0.4",))}
+    got = {0: _answer("A.ns.svc.cluster.local.", addrs=("10.0.0.2", "10.0.0.1")),
+           1: _answer("b.ns.svc.cluster.local.", rcode=3, serial=99),
+           2: _answer("c.ns.svc.cluster.local.", addrs=("10.0.0.3",), glue=("10.96.0.10",))}
+    differ, extra, examples = peers.compare_all(uniq, ref, got)
+    assert (differ, extra) == (1, 1)  # d: no answer; c: only the additional section differs
+    assert "d.ns.svc.cluster.local." in examples[0]
+    got[1] = _answer("b.ns.svc.cluster.local.", rcode=0, serial=1)  # NODATA for NXDOMAIN
+    got[3] = _answer("d.ns.svc.cluster.local.", addrs=("10.0.0.5",))
+    assert peers.compare_all(uniq, ref, got)[0] == 2

@@ -219,6 +219,8 @@ class _Watch:
     counters: WatchCounters = field(default_factory=WatchCounters)
     resp: Any = None
     thread: threading.Thread | None = None
+    opened_at: float | None = None  # when the current watch stream got its 200
+    lines: int = 0  # lines the current watch stream brought
 
 
 class KubeSource:
@@ -336,6 +338,7 @@ class KubeSource:
         backoff = Backoff(self.config.backoff_base, self.config.backoff_cap, rng=self._rng)
         need_list = True
         while not self._stop.is_set():
+            w.opened_at, w.lines = None, 0
             try:
                 if need_list:
                     self._relist(w)
@@ -366,6 +369,12 @@ class KubeSource:
             except Exception as exc:  # every other failure backs off and retries
                 if self._stop.is_set():
                     break
+                if w.opened_at is not None and (
+                        w.lines or time.monotonic() - w.opened_at >= 1.0):
+                    # a watch that worked and then broke starts a new series:
+                    # the first retry is quick (client-go resets its backoff
+                    # after a watch that lasted, reflector.go)
+                    backoff.reset()
                 status = getattr(exc, "status", None)
                 if status == 410:  # HTTP 410 Gone/Expired on the watch or a list
                     log.info("%s: HTTP 410; relisting", w.kind)
@@ -413,7 +422,10 @@ class KubeSource:
                     w.counters.skipped += 1
                     log.warning("skipping %s: %s", w.kind, exc)
                     continue
-                fresh[obj.key] = obj
+                prev = w.known.get(obj.key)
+                # an unchanged object stays the one already delivered: a relist
+                # of 100k endpoints then holds one copy of the state, not two
+                fresh[obj.key] = prev if prev == obj else obj
                 self._note_selector(w, obj.key, item)
             cont = meta.get("continue") or None
             if not cont:
@@ -425,7 +437,7 @@ class KubeSource:
             prev = old.get(key)
             if prev is None:
                 self._emit(w, "ADDED", obj)
-            elif prev != obj:
+            elif prev is not obj:
                 self._emit(w, "MODIFIED", obj)
             else:
                 w.counters.unchanged += 1
@@ -464,15 +476,15 @@ class KubeSource:
                          timeout_seconds=timeout, _preload_content=False,
                          _request_timeout=(cfg.connect_timeout, cfg.read_timeout), **kwargs)
         w.resp = resp
+        w.opened_at = time.monotonic()
         w.counters.watches += 1
-        lines = 0
         try:
             if self._stop.is_set():
                 return 0
             for line in iter_lines(resp):
                 self._handle(w, json.loads(line))
-                lines += 1
-            return lines
+                w.lines += 1
+            return w.lines
         finally:
             w.resp = None
             resp.close()  # never hand a half-read stream back to the pool

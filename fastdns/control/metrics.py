@@ -378,6 +378,7 @@ class DnsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         total, current = self.read()
         yield from self._dns_metrics(total)
+        yield from cache_forward_metrics(total, current, self.labels)
         yield from self._process_level(total, current)
         if self.process_metrics:
             yield from _process_metrics(self._pids(current))
@@ -566,6 +567,69 @@ class DnsCollector(Collector):
         pids.update(cur["pid"] for cur in current)
         pids.discard(0)
         return sorted(pids)
+
+
+# -- forward and cache (issue 7): CoreDNS plugin/cache/metrics.go, plugin/forward ----
+
+
+def cache_forward_metrics(c: dict, current: list[dict],
+                          labels: Sequence[BlockLabels]) -> Iterator[Metric]:
+    """``coredns_cache_*`` and ``coredns_forward_max_concurrent_rejects_total``.
+
+    ``c`` is the monotonic sum over workers (counters), ``current`` each
+    worker's block now (the entries gauge). Hits served by the fast path's
+    C table (``c_hits``) are requests and hits too, as in CoreDNS where every
+    query through the plugin is one. Like the dns metrics, everything is
+    reported under the first block's server label and zones ".".
+    """
+    cache = c.get("cache")
+    if cache is None:
+        return
+    first = labels[0] if labels else None
+    server = first.servers[0] if first else server_label(53)
+    view = first.view if first else ""
+    base = [server, ".", view]
+    c_hits = cache["c_hits"]
+    c_total = c_hits["success"] + c_hits["denial"]
+
+    fam = CounterMetricFamily("coredns_cache_requests_total",
+                              "The count of cache requests.", labels=["server", "zones", "view"])
+    fam.add_metric(base, cache["requests"] + c_total)
+    yield fam
+    fam = CounterMetricFamily("coredns_cache_hits_total", "The count of cache hits.",
+                              labels=["server", "type", "zones", "view"])
+    for kind in ("success", "denial"):
+        fam.add_metric([server, kind, ".", view], cache["hits"][kind] + c_hits[kind])
+    yield fam
+    fam = CounterMetricFamily("coredns_cache_misses_total", "The count of cache misses.",
+                              labels=["server", "zones", "view"])
+    fam.add_metric(base, cache["misses"])
+    yield fam
+    for key, name, help_ in (
+        ("prefetch", "coredns_cache_prefetch_total", "The number of times the cache has "
+         "prefetched a cached item."),
+        ("served_stale", "coredns_cache_served_stale_total", "The number of requests served "
+         "from stale cache entries."),
+    ):
+        fam = CounterMetricFamily(name, help_, labels=["server", "zones", "view"])
+        fam.add_metric(base, cache[key])
+        yield fam
+    fam = CounterMetricFamily("coredns_cache_evictions_total", "The count of cache evictions.",
+                              labels=["server", "type", "zones", "view"])
+    for kind in ("success", "denial"):
+        fam.add_metric([server, kind, ".", view], cache["evictions"][kind])
+    yield fam
+    gauge = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
+                              labels=["server", "type", "zones", "view"])
+    for kind in ("success", "denial"):
+        gauge.add_metric([server, kind, ".", view],
+                         sum(w.get("cache", {}).get("entries", {}).get(kind, 0)
+                             for w in current))
+    yield gauge
+    yield CounterMetricFamily(
+        "coredns_forward_max_concurrent_rejects_total",
+        "Counter of the number of queries rejected because the concurrent queries were at "
+        "maximum.", value=c.get("forward_max_concurrent_rejects", 0))
 
 
 def _strip(d: dict) -> dict:

@@ -41,6 +41,7 @@ KIND_CLUSTER_IP = "cluster_ip"
 KIND_HEADLESS_WITH_SELECTOR = "headless_with_selector"
 KIND_HEADLESS_WITHOUT_SELECTOR = "headless_without_selector"
 GC_INTERVAL = 0.1  # how often old images are checked for retirement
+MAX_BATCH = 100_000  # items per compile: a relist's diff fits in one
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def kubernetes_options(block: Any, index: int = 0) -> Any:
         namespaces=tuple(conf.namespaces), pods=conf.pods,
         endpoint_pod_names=conf.endpoint_pod_names, noendpoints=conf.noendpoints,
         ignore_empty_service=conf.ignore_empty_service, fallthrough=tuple(conf.fallthrough),
-        block=index)
+        block=index, loadbalance="loadbalance" in block.plugins)
     hosts = tuple(h for h in getattr(block, "listen_hosts", ()) if h not in ("", "::", "0.0.0.0"))
     if hosts:
         kw["local_ips"] = hosts
@@ -92,8 +93,6 @@ def kubernetes_options(block: Any, index: int = 0) -> Any:
 
 def build_compiler(config: Any) -> Any:
     """One compiler over every server block that has a ``kubernetes`` plugin."""
-    from fastdns.zone.compiler import Compiler
-
     # A block with several ports is one ServerBlock per port sharing one
     # plugin object (corefile/model.py): count each kubernetes plugin once.
     seen: list[Any] = []
@@ -103,11 +102,36 @@ def build_compiler(config: Any) -> Any:
         if conf is not None and not any(conf is c for c in seen):
             seen.append(conf)
             options.append(kubernetes_options(b, i))
-    if not options:
-        raise FatalConfig("no server block has a kubernetes plugin: nothing to serve")
     if len(options) > 1:
         raise FatalConfig("more than one kubernetes plugin is not supported yet")
-    return Compiler(options[0])
+    # NodeLocal DNSCache's Corefile has no kubernetes plugin: an image of
+    # forward zones only (every name goes to the slow path).
+    from fastdns.zone.hosts import compiler_for  # + the hosts plugins' entries (issue 6)
+
+    return compiler_for(config, options[0] if options else None, forward_zones(config))
+
+
+def forward_zones(config: Any) -> list[Any]:
+    """Zones of blocks without ``kubernetes`` that ``forward``: the fast path hands them over.
+
+    Without an entry a forward-only zone inside a kubernetes zone (say
+    ``10.in-addr.arpa`` beside ``kubernetes cluster.local in-addr.arpa``)
+    would get the kubernetes zone's NXDOMAIN instead of the forwarder
+    (CoreDNS picks the most specific server block first). The root zone
+    needs no entry: names in no zone are handed over anyway.
+    """
+    from fastdns.zone import image as img
+    from fastdns.zone.records import name_wire
+
+    out: list[Any] = []
+    for i, b in enumerate(config.servers):
+        if "kubernetes" in b.plugins or "forward" not in b.plugins:
+            continue
+        for z in b.zones:
+            if z != ".":
+                out.append(img.ZoneSpec(name_wire(z).lower(), img.ZF_SLOW_MISS,
+                                        block=i, kind=img.ZK_FORWARD))
+    return out
 
 
 # -- the loop ------------------------------------------------------------------
@@ -152,6 +176,11 @@ class ControlLoop:
 
     def post_synced(self) -> None:
         self._q.put(("synced", time.monotonic()))
+
+    def post_call(self, fn: Callable[[], bool]) -> None:
+        """Run ``fn`` on the loop thread; it returns True when the image must be
+        re-assembled (a hosts file changed: ``fastdns/zone/hosts.py``)."""
+        self._q.put(("call", time.monotonic(), fn))
 
     def wait_synced(self, source: Any, timeout: float) -> bool:
         """Wait up to ``timeout`` s for ``source``'s first full sync (False: not yet,
@@ -198,6 +227,10 @@ class ControlLoop:
             self._apply(batch)
 
     def _publish(self, image: Any, t0: float, why: str) -> int | None:
+        # Synchronous on purpose: a publish thread overlapping the next compile
+        # measured 3x slower (bench/bench_kube.py), because the assembler holds
+        # the GIL for its whole run and every step of the publish (CRC, pwrite,
+        # rename) must win the GIL back in between.
         t1 = time.perf_counter()
         gen = self.publisher.publish(image)
         t2 = time.perf_counter()
@@ -209,8 +242,9 @@ class ControlLoop:
             return None
         self.publishes += 1
         log.info("%s: published generation %d (%d octets; compiled in %.1f ms, "
-                 "published in %.1f ms)", why, gen, len(image),
-                 (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+                 "published in %.1f ms; spare %d/%d)", why, gen, len(image),
+                 (t1 - t0) * 1e3, (t2 - t1) * 1e3, self.publisher.spare_hits,
+                 self.publisher.spare_misses)
         return gen
 
     def _apply(self, batch: list[tuple]) -> None:
@@ -225,6 +259,7 @@ class ControlLoop:
         full = self.state is None
         events = 0
         first_sync = False
+        reassemble = False
         # (arrival, object) of the events that changed what DNS may answer,
         # applied on a synced state: what the programming latency measures
         visible: list[tuple[float, Any]] = []
@@ -249,6 +284,10 @@ class ControlLoop:
                     if self.synced:
                         visible.append((item[1], item[3]))
                 events += 1
+            elif item[0] == "call":
+                if item[2]():
+                    reassemble = True
+                why.append("hosts reloaded")
             elif item[0] == "synced":
                 if not self.synced:
                     self.synced = True
@@ -262,15 +301,17 @@ class ControlLoop:
             return  # a partial list must not replace a complete image
         if full:
             image = self.compiler.full(self.state)
+        elif not affected and reassemble:
+            image = self.compiler.assemble()
         elif not affected:
             log.debug("%s: no DNS-visible change", label)
             return
         else:
             image = self.compiler.update(self.state, affected)
-        gen = self._publish(image, t0, label)
-        del image  # the publisher keeps what it needs; no second copy while recording
-        if gen is not None and visible:
-            self._programmed(visible)
+        programmed = self._programmed(visible)
+        if self._publish(image, t0, label) is not None:
+            self._record_programmed(programmed)
+        del image
         if first_sync:
             # The whole cluster state now lives until it changes, and it is
             # acyclic: keep the cyclic GC from walking ~10^6 objects in every
@@ -278,18 +319,27 @@ class ControlLoop:
             # 100k endpoints (CPython gc.freeze, meant for exactly this).
             gc.freeze()
 
-    def _programmed(self, visible: list[tuple[float, Any]]) -> None:
-        """Observe event arrival -> snapshot published for each DNS-visible event."""
+    def _programmed(self, visible: list[tuple[float, Any]]) -> list[tuple[float, str]]:
+        """(arrival, service_kind) of the DNS-visible Service/EndpointSlice events,
+        taken in the loop thread, which owns the state."""
+        if self.on_programmed is None or not visible:
+            return []
+        services = self.state.services
+        out = []
+        for arrived, obj in visible:
+            svc = _service_of(obj, services)
+            if svc is not None:
+                out.append((arrived, self.service_kind(svc)))
+        return out
+
+    def _record_programmed(self, programmed: list[tuple[float, str]]) -> None:
+        """Observe event arrival -> snapshot published, once it is published."""
         if self.on_programmed is None:
             return
         now = time.monotonic()
-        services = self.state.services
-        for arrived, obj in visible:
-            svc = _service_of(obj, services)
-            if svc is None:
-                continue
+        for arrived, kind in programmed:
             try:
-                self.on_programmed(now - arrived, self.service_kind(svc))
+                self.on_programmed(now - arrived, kind)
             except Exception:  # noqa: BLE001 - metrics never stop the loop
                 log.exception("recording the programming latency failed")
 
@@ -304,12 +354,13 @@ class ControlLoop:
                 break
             if item is not None:
                 batch = [item]
-                # The window counts from the first item's arrival: a batch that
-                # queued while the previous one compiled goes out at once.
+                # The window counts from the first item's arrival: what queued
+                # while the previous batch compiled goes out at once, together.
                 deadline = item[1] + self.coalesce
-                while (left := deadline - time.monotonic()) > 0:
+                while len(batch) < MAX_BATCH:
+                    left = deadline - time.monotonic()
                     try:
-                        nxt = self._q.get(timeout=left)
+                        nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
                     except queue.Empty:
                         break
                     if nxt is _STOP:
@@ -471,6 +522,7 @@ def control_main(spec: ControlSpec) -> int:
     loop: ControlLoop | None = None
     source: Any = None  # StateFileSource or KubeSource: start() / stop()
     obs: Any = None  # /metrics, /health, /ready (fastdns/control/httpd.py)
+    hosts_watch: Any = None  # fastdns.zone.hosts.HostsWatcher
 
     def on_signal(signum: int, frame: Any) -> None:
         if loop is not None:
@@ -488,6 +540,12 @@ def control_main(spec: ControlSpec) -> int:
             log.error("%s", e)
             return EXIT_CONTROL_FATAL
         loop = ControlLoop(compiler, publisher, coalesce=spec.coalesce)
+        if hasattr(compiler, "reload_hosts"):  # hosts files, re-read on change (issue 6)
+            from fastdns.zone.hosts import HostsWatcher
+
+            hosts_watch = HostsWatcher([c for c, _lb in compiler.hosts],
+                                       lambda: loop.post_call(compiler.reload_hosts))
+            hosts_watch.start()
         from fastdns.control.httpd import Observability
 
         try:
@@ -515,12 +573,20 @@ def control_main(spec: ControlSpec) -> int:
             source.start()
         elif spec.source == "kube":
             source = start_kube_source(loop, config, spec.source_path, restarted)
+        elif spec.source == "none":
+            # no kubernetes plugin (node-local cache mode): one image of the
+            # forward zones, nothing to watch
+            from fastdns.zone.state import ClusterState
+
+            loop.publish_full(ClusterState(), "restart" if restarted else "initial load")
         else:  # pragma: no cover - the supervisor validates
             log.error("unknown state source %r", spec.source)
             return EXIT_CONTROL_FATAL
         loop.run()
         return EXIT_OK
     finally:
+        if hosts_watch is not None:
+            hosts_watch.stop()
         if source is not None:
             source.stop()
         if obs is not None:

@@ -26,20 +26,17 @@ SUPPORTED: dict[str, Status] = {
     "bind": "full",
     "loop": "full",
     "debug": "full",
-    "forward": "parsed",
-    "cache": "parsed",
-    "log": "parsed",
-    "hosts": "parsed",
-    "whoami": "parsed",
+    "forward": "full",
+    "cache": "full",
+    "log": "full",
+    "hosts": "full",
+    "whoami": "full",
 }
 
 # Why a "parsed" plugin does not run yet; the server prints this when it refuses.
 PARSED_REASON: dict[str, str] = {
     "forward": "forwarding to upstream resolvers is not implemented yet",
     "cache": "the response cache is not implemented yet",
-    "log": "query logging is not implemented yet",
-    "hosts": "serving hosts files is not implemented yet",
-    "whoami": "whoami answers are not implemented yet",
 }
 
 # CoreDNS's own plugin.cfg (plus a few common external ones): a name here

@@ -98,12 +98,14 @@ class Entry:
 class _Store:
     """A dict bounded by ``capacity``, evicting a random entry when full (O(1))."""
 
-    def __init__(self, capacity: int, rng: random.Random) -> None:
+    def __init__(self, capacity: int, rng: random.Random,
+                 on_remove: Callable[[bytes], object] | None = None) -> None:
         self.capacity = capacity
         self._rng = rng
         self._map: dict[bytes, Entry] = {}
         self._keys: list[bytes] = []
         self.evictions = 0
+        self.on_remove = on_remove
 
     def __len__(self) -> int:
         return len(self._map)
@@ -138,6 +140,8 @@ class _Store:
             self._keys[i] = last
             self._map[last].slot = i
         del self._map[key]
+        if self.on_remove is not None:
+            self.on_remove(key)
 
 
 class CacheStats:
@@ -164,9 +168,28 @@ class ResponseCache:
         self.zones = tuple(zone_wire(z) for z in config.zones)
         self.disable_success = tuple(zone_wire(z) for z in config.disable_success)
         self.disable_denial = tuple(zone_wire(z) for z in config.disable_denial)
-        self._stores = {SUCCESS: _Store(config.success_capacity, rng),
-                        DENIAL: _Store(config.denial_capacity, rng)}
+        self._stores = {SUCCESS: _Store(config.success_capacity, rng, self._unmirror),
+                        DENIAL: _Store(config.denial_capacity, rng, self._unmirror)}
         self.stats = CacheStats()
+        # The fast path's C table (server/_udp_cache.pxi CacheTable), or None.
+        # Every stored entry a UDP answer can hold is mirrored there and every
+        # dropped one removed, so C never serves what this cache no longer has.
+        self.mirror = None
+
+    def _unmirror(self, key: bytes) -> None:
+        if self.mirror is not None:
+            self.mirror.remove(key)
+
+    def _mirror(self, e: Entry) -> None:
+        """Put ``e`` in the C table, served there while fresh and before its prefetch window."""
+        until = e.expires
+        cfg = self.config
+        if cfg.prefetch > 0 and e.rcode != _SERVFAIL:
+            until = min(until, e.stored + e.ttl - math.ceil(cfg.prefetch_percentage / 100 * e.ttl))
+        if not self.mirror.put(e.key, e.body, e.offsets, e.ttl, int(e.stored * 1e9),
+                               int(until * 1e9), e.kind == DENIAL, cfg.keepttl,
+                               int(cfg.prefetch_duration * 1e9)):
+            self.mirror.remove(e.key)  # too large for a UDP slot, or the table is full
 
     # -- counters
 
@@ -213,6 +236,15 @@ class ResponseCache:
         self.stats.misses += 1
         return None, MISS
 
+    def peek(self, q, now: float) -> Entry | None:
+        """The fresh entry for ``q`` without counting anything (a miss just stored)."""
+        key = self.key(q)
+        for kind in (DENIAL, SUCCESS):
+            e = self._stores[kind].get(key)
+            if e is not None and now < e.expires:
+                return e
+        return None
+
     def get(self, query: bytes, q, now: float | None = None, tcp: bool = False) -> bytes | None:
         """The cached answer for ``query`` if fresh, else None (stale entries are the
         resolver's business: see ``lookup``)."""
@@ -253,7 +285,14 @@ class ResponseCache:
         return fit(bytes(out), query, q, tcp)
 
     def hit(self, e: Entry, now: float) -> None:
-        """Count a served hit for prefetch (CoreDNS ``freq.Update``)."""
+        """Count a served hit for prefetch (CoreDNS ``freq.Update``).
+
+        Hits the C fast path served are taken over first, so prefetch sees them.
+        """
+        if self.mirror is not None:
+            c = self.mirror.hits(e.key)
+            if c is not None and c[0] and c[1] / 1e9 > e.last_hit:
+                e.hits, e.last_hit = c[0], c[1] / 1e9
         if now - e.last_hit > self.config.prefetch_duration:
             e.hits = 1
         else:
@@ -326,4 +365,6 @@ class ResponseCache:
         if old is not None:  # a refresh keeps the hit history (CoreDNS doPrefetch)
             e.hits, e.last_hit = old.hits, old.last_hit
         self._stores[kind].add(e)
+        if self.mirror is not None and e.slot >= 0:
+            self._mirror(e)
         return True

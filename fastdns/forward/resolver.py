@@ -92,6 +92,13 @@ class ForwardingResolver:
         nxt = self.forwarder.config.next_rcodes
         if nxt and raw[3] & 0xF in nxt:
             return None
+        if cache is not None:
+            # CoreDNS cache.go WriteMsg: the reply that filled the cache already
+            # carries the capped TTL ("avoid jarring TTL experience 1799 -> 8")
+            now = self.clock()
+            e = cache.peek(q, now)
+            if e is not None:
+                return cache.render(e, query, q, now, tcp)
         return fit(raw, query, q, tcp)
 
     @staticmethod

@@ -96,6 +96,8 @@ cdef enum:
     VLEN = 64  # datagrams per recvmmsg
     MAX_BATCHES = 16  # batches per readiness callback, so one socket cannot starve the loop
     RETRY_AT = 4  # a batch of at least this many packets is followed by another recvmmsg
+    TF_EXTERNAL = 0x40  # image.TF_EXTERNAL: the Z bit of an answer the slow path completes
+    ZONE_EXTERNAL = -2  # slowpath.ZONE_EXTERNAL: the zone argument for such a packet
 
 # -- counters layout: mirror of fastdns/server/counters.py ------------------------
 cdef enum:
@@ -105,6 +107,10 @@ cdef enum:
     W_SLOW = 6
     W_SEND_ERRORS = 14
     W_OVERSIZE = 15
+    W_CC_HITS_SUCCESS = 17
+    W_CC_HITS_DENIAL = 18
+    W_CC_MISSES = 19
+    W_CC_ENTRIES = 20
     W_QUERIES = 32
     N_QTYPES = 10
     QT_OTHER = 9
@@ -130,9 +136,13 @@ LAYOUT = {
     "W_LATENCY": W_LATENCY, "W_LATENCY_SUM_NS": W_LATENCY_SUM_NS, "N_SIZE": N_SIZE,
     "N_LAT": N_LAT, "R_BADVERS": R_BADVERS, "R_DROPPED": R_DROPPED, "QT_OTHER": QT_OTHER,
     "SIZE_BUCKETS": tuple(SIZE_BOUNDS[i] for i in range(14)), "W_END": W_END,
+    "W_CC_HITS_SUCCESS": W_CC_HITS_SUCCESS, "W_CC_HITS_DENIAL": W_CC_HITS_DENIAL,
+    "W_CC_MISSES": W_CC_MISSES, "W_CC_ENTRIES": W_CC_ENTRIES,
 }
 SLOT_SIZE = SLOT
 BATCH = VLEN
+
+include "_udp_cache.pxi"
 
 
 cdef inline int qtype_bucket(unsigned int qtype) noexcept nogil:
@@ -256,8 +266,10 @@ cdef class FastPath:
     segment's generation; ``counters`` the worker's writable counters block;
     ``on_generation()`` is called (at a batch boundary) when the generation
     moved, and calls ``set_image`` with the new mapping; ``slow(data, addr,
-    zone)`` returns an answer (bytes) to send in this batch, or None when it
-    sends or drops the packet itself (it then counts the response).
+    zone, fd)`` returns an answer (bytes) to send in this batch, or None when
+    it sends or drops the packet itself (it then counts the response).
+    ``cache`` is the response cache's C table (``_udp_cache.pxi``): a packet
+    the image cannot answer is looked up there before it goes to ``slow``.
     """
 
     cdef const unsigned char[::1] _image
@@ -270,6 +282,8 @@ cdef class FastPath:
     cdef unsigned int rotation
     cdef object on_generation
     cdef object slow
+    cdef unsigned int log_mask  # query log (issue 6): response classes to hand to logger
+    cdef object logger
     cdef unsigned char* inbuf
     cdef unsigned char* outbuf
     cdef sockaddr_storage* addrs
@@ -279,6 +293,7 @@ cdef class FastPath:
     cdef mmsghdr* smsgs
     cdef int* slow_idx
     cdef int* slow_zone
+    cdef readonly CacheTable cache
 
     def __cinit__(self):
         self.inbuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
@@ -325,6 +340,8 @@ cdef class FastPath:
         if self._counters.shape[0] < W_END * 8:
             raise ValueError("counters block too small")
         self.w = <uint64_t*>&self._counters[0]
+        self.cache = CacheTable()
+        self.cache.w = self.w
         self.on_generation = on_generation
         self.slow = slow
         self.generation = 0
@@ -355,6 +372,15 @@ cdef class FastPath:
         self._gen = None
         self._counters = None
         self.w = NULL
+        self.cache.w = NULL
+        self.cache.clear()
+
+    def set_logger(self, unsigned int mask, logger):
+        """Hand answers of the classes in ``mask`` (LOG_SUCCESS | LOG_DENIAL |
+        LOG_ERROR) to ``logger(fd, [(query, addr, answer), ...], batch_ns)``
+        once per batch; 0 turns it off (one test per batch is all it costs)."""
+        self.log_mask = mask if logger is not None else 0
+        self.logger = logger
 
     def drain(self, int fd, int family):
         """Answer what is queued on ``fd`` (family 1 = IPv4, 2 = IPv6); returns packets read."""
@@ -413,19 +439,35 @@ cdef class FastPath:
                 ans = answer_packet(self.image, self.image_len, pkt, length, out, SLOT,
                                     self.rotation, &zone)
                 self.rotation += 1
-                if ans > 0:
+                if ans > 3 and out[3] & TF_EXTERNAL:
+                    # an ExternalName CNAME to an outside name: Python appends the
+                    # target's records (fastdns/server/external.py)
+                    w[W_SLOW] += 1
+                    self.slow_idx[nslow] = i
+                    self.slow_zone[nslow] = ZONE_EXTERNAL
+                    nslow += 1
+                elif ans > 0:
                     count_response(w, 0, out, ans)
                     self._queue(m, i, out, ans)
                     m += 1
                 elif ans == 0:
                     w[W_RESPONSES + R_DROPPED] += 1
                 else:
+                    # not in the image: the response cache's C table, then Python
+                    ans = self.cache.answer(pkt, length, out, <int64_t>t0)
+                    if ans > 0:
+                        count_response(w, 0, out, ans)
+                        self._queue(m, i, out, ans)
+                        m += 1
+                        continue
+                    if ans == -1:
+                        w[W_CC_MISSES] += 1
                     w[W_SLOW] += 1
                     self.slow_idx[nslow] = i
                     self.slow_zone[nslow] = zone
                     nslow += 1
         for r in range(nslow):
-            m += self._slow_one(self.slow_idx[r], self.slow_zone[r], m)
+            m += self._slow_one(self.slow_idx[r], self.slow_zone[r], m, fd)
         sent = 0
         with nogil:
             while sent < m:
@@ -443,7 +485,30 @@ cdef class FastPath:
                     w[W_SEND_ERRORS] += 1
                     sent += 1
             count_latency(w, now_ns() - t0, n)
+        if self.log_mask:
+            self._log(fd, m, t0)
         return n
+
+    cdef int _log(self, int fd, int m, uint64_t t0) except -1:
+        """The answers of this batch whose class the log wants, to Python."""
+        cdef int j, i
+        cdef const unsigned char* r
+        items = []
+        for j in range(m):
+            r = <const unsigned char*>self.siov[j].iov_base
+            if not response_class(r, self.siov[j].iov_len) & self.log_mask:
+                continue
+            i = (r - self.outbuf) // SLOT
+            items.append((PyBytes_FromStringAndSize(<char*>self.inbuf + i * SLOT,
+                                                    self.rmsgs[i].msg_len),
+                          sockaddr_tuple(&self.addrs[i]),
+                          PyBytes_FromStringAndSize(<const char*>r, self.siov[j].iov_len)))
+        if items:
+            try:
+                self.logger(fd, items, now_ns() - t0)
+            except Exception:  # a log line is never worth a lost batch
+                pass
+        return 0
 
     cdef inline void _queue(self, int m, int i, unsigned char* out,
                             Py_ssize_t length) noexcept nogil:
@@ -452,13 +517,13 @@ cdef class FastPath:
         self.smsgs[m].msg_hdr.msg_name = &self.addrs[i]
         self.smsgs[m].msg_hdr.msg_namelen = self.rmsgs[i].msg_hdr.msg_namelen
 
-    cdef int _slow_one(self, int i, int zone, int m) except -1:
+    cdef int _slow_one(self, int i, int zone, int m, int fd) except -1:
         """Hand packet ``i`` to Python; queue its answer if one comes back now."""
         cdef unsigned char* out = self.outbuf + i * SLOT
         cdef Py_ssize_t length
         data = PyBytes_FromStringAndSize(<char*>self.inbuf + i * SLOT, self.rmsgs[i].msg_len)
         try:
-            resp = self.slow(data, sockaddr_tuple(&self.addrs[i]), zone)
+            resp = self.slow(data, sockaddr_tuple(&self.addrs[i]), zone, fd)
         except Exception:  # the slow path answers its own errors; never lose the batch
             self.w[W_RESPONSES + R_DROPPED] += 1
             return 0
@@ -472,6 +537,36 @@ cdef class FastPath:
         count_response(self.w, 0, out, length)
         self._queue(m, i, out, length)
         return 1
+
+
+cdef enum:
+    C_LOG_SUCCESS = 1
+    C_LOG_DENIAL = 2
+    C_LOG_ERROR = 4
+
+LOG_SUCCESS = C_LOG_SUCCESS
+LOG_DENIAL = C_LOG_DENIAL
+LOG_ERROR = C_LOG_ERROR
+
+
+cdef inline unsigned int response_class(const unsigned char* r, Py_ssize_t n) noexcept nogil:
+    """CoreDNS's response class (plugin/pkg/response/typify.go, classify.go), or
+    the union of the classes it may be when the header alone cannot tell (the
+    logger then decides exactly)."""
+    if n < 12:
+        return C_LOG_ERROR
+    cdef unsigned int rcode = r[3] & 0x0F
+    if rcode == 3:
+        return C_LOG_DENIAL
+    if rcode != 0:
+        return C_LOG_ERROR
+    if r[6] | r[7]:
+        return C_LOG_SUCCESS
+    if r[8] | r[9]:
+        return C_LOG_SUCCESS | C_LOG_DENIAL  # NODATA with its SOA, or a delegation
+    if r[10] | r[11]:
+        return C_LOG_SUCCESS | C_LOG_ERROR  # an extended rcode in the OPT
+    return C_LOG_SUCCESS
 
 
 def count_udp_query(counters, int family, data):

@@ -66,6 +66,26 @@ W_TCP_REJECTED = 12  # closed at once: over the per-worker connection cap
 W_TCP_IDLE_CLOSED = 13
 W_SEND_ERRORS = 14  # answers the kernel refused (counted as dropped too)
 W_OVERSIZE = 15  # datagrams larger than a receive slot (dropped)
+# forward + cache (issue 7). The C fast path writes W_CC_* (its cache table,
+# fastdns/server/_udp_cache.pxi); the worker copies the Python objects'
+# counters (ResponseCache, Forwarder, summed over its blocks) into the others
+# on its 0.5 s timer. coredns_cache_* = the C words + the Python words.
+W_SLOW_FORWARDED = 16  # slow packets answered by a forwarder (cache hits in Python included)
+W_CC_HITS_SUCCESS = 17  # cache hits served by the C fast path, success store
+W_CC_HITS_DENIAL = 18  # ... denial store
+W_CC_MISSES = 19  # C table lookups that missed (the packet went on to Python)
+W_CC_ENTRIES = 20  # entries in the C table now
+W_CACHE_REQUESTS = 21  # Python ResponseCache lookups
+W_CACHE_MISSES = 22
+W_CACHE_HITS_SUCCESS = 23
+W_CACHE_HITS_DENIAL = 24
+W_CACHE_PREFETCH = 25
+W_CACHE_SERVED_STALE = 26
+W_CACHE_ENTRIES_SUCCESS = 27  # gauges
+W_CACHE_ENTRIES_DENIAL = 28
+W_CACHE_EVICTIONS_SUCCESS = 29
+W_CACHE_EVICTIONS_DENIAL = 30
+W_FWD_MAX_CONCURRENT_REJECTS = 31
 
 N_Q = len(PROTOS) * len(FAMILIES) * len(QTYPE_BUCKETS)  # 40
 N_SIZE = len(SIZE_BUCKETS) + 1  # + the +Inf bucket
@@ -89,6 +109,8 @@ LAYOUT = {
     "W_LATENCY_SUM_NS": W_LATENCY_SUM_NS, "N_SIZE": N_SIZE, "N_LAT": N_LAT,
     "R_BADVERS": R_BADVERS, "R_DROPPED": R_DROPPED, "QT_OTHER": QT_OTHER,
     "SIZE_BUCKETS": tuple(int(b) for b in SIZE_BUCKETS),
+    "W_CC_HITS_SUCCESS": W_CC_HITS_SUCCESS, "W_CC_HITS_DENIAL": W_CC_HITS_DENIAL,
+    "W_CC_MISSES": W_CC_MISSES, "W_CC_ENTRIES": W_CC_ENTRIES,
 }
 
 
@@ -240,6 +262,20 @@ def read_counters(block: memoryview | bytes) -> dict:
             "accepted": words[W_TCP_ACCEPTED], "rejected": words[W_TCP_REJECTED],
             "idle_closed": words[W_TCP_IDLE_CLOSED],
         },
+        "forwarded": words[W_SLOW_FORWARDED],
+        "cache": {
+            "c_hits": {"success": words[W_CC_HITS_SUCCESS], "denial": words[W_CC_HITS_DENIAL]},
+            "c_misses": words[W_CC_MISSES], "c_entries": words[W_CC_ENTRIES],
+            "requests": words[W_CACHE_REQUESTS], "misses": words[W_CACHE_MISSES],
+            "hits": {"success": words[W_CACHE_HITS_SUCCESS],
+                     "denial": words[W_CACHE_HITS_DENIAL]},
+            "prefetch": words[W_CACHE_PREFETCH], "served_stale": words[W_CACHE_SERVED_STALE],
+            "entries": {"success": words[W_CACHE_ENTRIES_SUCCESS],
+                        "denial": words[W_CACHE_ENTRIES_DENIAL]},
+            "evictions": {"success": words[W_CACHE_EVICTIONS_SUCCESS],
+                          "denial": words[W_CACHE_EVICTIONS_DENIAL]},
+        },
+        "forward_max_concurrent_rejects": words[W_FWD_MAX_CONCURRENT_REJECTS],
         "send_errors": words[W_SEND_ERRORS],
         "oversize": words[W_OVERSIZE],
         "queries": queries,

@@ -3,16 +3,30 @@
 The wire core hands back "slow" for a name in a zone whose misses are not
 precompiled (``SLOW_MISS``: pod synthesis below ``pod.ZONE`` with ``pods
 insecure``, forward-only zones, kubernetes fallthrough), for a name outside
-every zone, and for a class other than IN/ANY. Until the forwarder exists
-(a later issue) anything but pod synthesis is REFUSED, which is what CoreDNS
-answers for a name no server block serves (``core/dnsserver/server.go``:
-``errorAndMetricsFunc(... dns.RcodeRefused)``). An internal error answers
-SERVFAIL and the worker goes on.
+every zone, for a class other than IN/ANY, and for names the response
+cache has not (or no longer) got in the fast path's C table.
+
+Routing follows CoreDNS: the server block is the image zone's ``block``
+field when the name is in an image zone, else ``Config.select(port, qname)``
+(``core/dnsserver/server.go`` ServeDNS: longest zone suffix); that block's
+``forward`` (+ ``cache``) answers. A name no block serves is REFUSED
+(``errorAndMetricsFunc(... dns.RcodeRefused)``); a block whose forwarder
+declines the name (``except``, ``next``) answers SERVFAIL, which is
+CoreDNS's ``plugin.NextOrFailure`` with no next plugin. An internal error
+answers SERVFAIL and the worker goes on.
+
+Forwarding is asynchronous: ``answer`` starts one task per packet and
+returns None; the task hands the answer to the ``send`` callable it was
+given (UDP ``sock.sendto``, TCP the connection's writer). Tasks in flight
+are bounded per worker (``MAX_INFLIGHT``, REFUSED beyond it, as the
+forwarder's own ``max_concurrent``), so a dead upstream cannot grow memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
 from fastdns import errors
 from fastdns.codec import wire
@@ -27,21 +41,45 @@ try:  # the zone room's pod synthesis; optional until it lands
 except ImportError:  # pragma: no cover - depends on the tree
     _synthesize = None
 
+ZONE_EXTERNAL = -2  # answer()'s zone for an image answer marked image.TF_EXTERNAL
+MAX_INFLIGHT = 10000  # forwarded queries in flight per worker; REFUSED beyond
+
+
+class _Deferred:
+    """answer()'s result when the answer goes out later through ``send``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED = _Deferred()
+Send = Callable[[bytes | None], None]
+
 
 class SlowPath:
-    """Answers slow packets synchronously; ``answer`` never raises.
+    """Answers slow packets; ``answer`` never raises.
 
-    ``get_image()`` returns the image the current batch is served from.
+    ``get_image()`` returns the image the current batch is served from;
+    ``route(block_index | None, qname_text, port)`` returns the resolver
+    (``fastdns.forward.resolver.ForwardingResolver``) of the block that
+    serves the name, or None (the worker owns the Corefile and the
+    resolvers).
     """
 
-    def __init__(self, get_image, counters: ctr.Counters, synthesize=_synthesize) -> None:
+    def __init__(self, get_image, counters: ctr.Counters, synthesize=_synthesize,
+                 route=None) -> None:
         self._get_image = get_image
         self._counters = counters
         self._synthesize = synthesize
+        self._route = route
         self._logged_error = False
+        self.tasks: set[asyncio.Task] = set()
 
-    def answer(self, data: bytes, zone: int) -> bytes | None:
-        """The answer to ``data`` (a query the fast path passed on), None to drop it."""
+    def answer(self, data: bytes, zone: int, port: int = 0, send: Send | None = None,
+               tcp: bool = False) -> bytes | None:
+        """The answer to ``data`` now, None to drop it, or DEFERRED: ``send`` gets it later."""
         try:
             q = wire.parse_query(data)
         except errors.DropPacket:
@@ -53,14 +91,95 @@ class SlowPath:
             except errors.WireError:
                 return None
         try:
-            resp = self._answer(data, q, zone)
+            if zone == ZONE_EXTERNAL:
+                return self._external(data, q, port, send, tcp)
+            resolver = self._resolver(q, zone, port)
+            if resolver is None:
+                return self._answer(data, q, zone)
+            if send is None:
+                # a caller that cannot wait (tests of the synchronous path)
+                self._counters.incr(ctr.W_SLOW_REFUSED)
+                return wire.error_response(data, q, Rcode.REFUSED)
+            if len(self.tasks) >= MAX_INFLIGHT:
+                self._counters.incr(ctr.W_SLOW_REFUSED)
+                return wire.error_response(data, q, Rcode.REFUSED)
+            task = asyncio.get_running_loop().create_task(
+                self._forward(resolver, data, q, send, tcp))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return DEFERRED
         except Exception:
-            if not self._logged_error:
-                self._logged_error = True
-                log.exception("slow path failed; answering SERVFAIL")
-            self._counters.incr(ctr.W_SLOW_SERVFAIL)
-            return wire.error_response(data, q, Rcode.SERVFAIL)
-        return resp
+            return self._failed(data, q)
+
+    def _external(self, data: bytes, q, port: int, send: Send | None, tcp: bool):
+        """An ExternalName to an outside name: CNAME + the target's records (external.py)."""
+        from fastdns.server import external
+
+        image = self._get_image()
+        if image is None:
+            return None
+        if send is None or self._route is None or len(self.tasks) >= MAX_INFLIGHT:
+            # cannot wait: the CNAME alone, as the image has it
+            status, resp, _ = wire.answer(image, data, 0, 65535 if tcp else 0)
+            return external.unmarked(resp) if resp is not None else None
+
+        async def run() -> None:
+            try:
+                resp = await external.complete(
+                    image, data, q, lambda name: self._route(None, name, port), tcp)
+                self._counters.incr(ctr.W_SLOW_FORWARDED)
+            except asyncio.CancelledError:
+                send(None)
+                raise
+            except Exception:
+                resp = self._failed(data, q)
+            send(resp)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return DEFERRED
+
+    def _failed(self, data: bytes, q) -> bytes:
+        if not self._logged_error:
+            self._logged_error = True
+            log.exception("slow path failed; answering SERVFAIL")
+        self._counters.incr(ctr.W_SLOW_SERVFAIL)
+        return wire.error_response(data, q, Rcode.SERVFAIL)
+
+    def _resolver(self, q, zone: int, port: int):
+        """The forwarding resolver for ``q``, or None when no forwarder takes it."""
+        if self._route is None:
+            return None
+        image = self._get_image()
+        block = None
+        if zone >= 0 and image is not None:
+            _name, _flags, _neg, _ttl, zblock, kind = img.zone_entry(image, zone)
+            if kind == img.ZK_POD and q.qclass in (Qclass.IN, Qclass.ANY):
+                return None
+            if kind == img.ZK_KUBERNETES:
+                # kubernetes `fallthrough`: the next plugin of the kubernetes block
+                block = zblock
+            # a forward-only zone: its block is the one Config.select picks on
+            # this port (the image has one zone table for every port)
+        qname = _text(q.key)
+        return self._route(block, qname, port)
+
+    async def _forward(self, resolver, data: bytes, q, send: Send, tcp: bool) -> None:
+        try:
+            resp = await resolver.resolve(data, q, tcp)
+            if resp is None:
+                # the forwarder declined (except / next): no next plugin
+                self._counters.incr(ctr.W_SLOW_SERVFAIL)
+                resp = wire.error_response(data, q, Rcode.SERVFAIL)
+            else:
+                self._counters.incr(ctr.W_SLOW_FORWARDED)
+        except asyncio.CancelledError:
+            send(None)
+            raise
+        except Exception:
+            resp = self._failed(data, q)
+        send(resp)
 
     def _answer(self, data: bytes, q, zone: int) -> bytes:
         image = self._get_image()
@@ -68,7 +187,7 @@ class SlowPath:
             _name, _flags, negative, _ttl, _block, kind = img.zone_entry(image, zone)
             if kind == img.ZK_POD:
                 return self._pod(image, data, q, zone, negative)
-        # outside every zone, or a zone only the forwarder can answer (later issue)
+        # outside every zone, or a zone no forwarder of its block answers
         self._counters.incr(ctr.W_SLOW_REFUSED)
         return wire.error_response(data, q, Rcode.REFUSED)
 
@@ -90,3 +209,17 @@ class SlowPath:
             return wire.respond(data, q, template, 12 + len(q.key) - len(name))
         self._counters.incr(ctr.W_SLOW_OTHER)
         return wire.error_response(data, q, Rcode.NXDOMAIN)
+
+    def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+
+
+def _text(key: bytes) -> str:
+    """Presentation form of a lowercased wire name (for Config.select); "." for the root."""
+    labels, p = [], 0
+    while p < len(key) and key[p]:
+        n = key[p]
+        labels.append(key[p + 1 : p + 1 + n].decode("ascii", "replace"))
+        p += n + 1
+    return ".".join(labels) + "." if labels else "."

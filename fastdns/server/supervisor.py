@@ -47,7 +47,11 @@ EXIT_CONTROL_FATAL = 3  # control process: configuration error, do not restart
 # Plugins `serve` wires in itself. Others the corefile registry calls
 # functional are accepted with a warning until they are wired here too;
 # QUIET_PLUGINS need nothing from the server (errors are logged anyway).
-SERVE_PLUGINS = frozenset({"bind", "kubernetes", "health", "ready", "prometheus"})
+SERVE_PLUGINS = frozenset({"bind", "kubernetes", "health", "ready", "prometheus",
+                           "reload", "loadbalance", "log", "hosts", "whoami", "loop",
+                           "forward", "cache"})
+# Plugins that answer queries themselves: a block needs one of them.
+ANSWERING_PLUGINS = frozenset({"kubernetes", "hosts", "whoami", "forward"})
 QUIET_PLUGINS = frozenset({"errors", "debug"})
 
 BACKOFF_FIRST = 0.1  # seconds before the first restart of a child
@@ -119,6 +123,7 @@ class ServePlan:
     log_level: str = "info"
     zones: tuple[str, ...] = ()
     lameduck: float = 0.0  # health's `lameduck`: keep serving this long after SIGTERM
+    corefile_path: str | None = None  # the file `reload` watches (None: built in)
 
 
 def demo_state_path() -> str:
@@ -174,10 +179,10 @@ def check_plugins(config: Any, filename: str) -> list[str]:
             if name not in SERVE_PLUGINS and name not in QUIET_PLUGINS:
                 warnings.append(f"{where}: plugin {name}: accepted, but `fastdns serve` "
                                 "does not run it yet")
-        if "kubernetes" not in block.plugins:
+        if not ANSWERING_PLUGINS.intersection(block.plugins):
             where = _where(getattr(block, "source", None), filename)
-            raise ServeError(f"{where}: server block {' '.join(block.zones)}: no kubernetes "
-                             "plugin: nothing to serve (only kubernetes zones are served yet)")
+            raise ServeError(f"{where}: server block {' '.join(block.zones)}: no kubernetes, "
+                             "hosts, whoami or forward plugin: nothing to serve")
         transport = getattr(block, "transport", "dns")
         if transport != "dns":
             where = _where(getattr(block, "source", None), filename)
@@ -226,23 +231,58 @@ def make_plan(args: argparse.Namespace) -> ServePlan:
             raise ServeError(f"{path}: state file or directory does not exist")
     elif getattr(args, "demo", False):
         source, path = "demo", demo_state_path()
+    elif not any("kubernetes" in b.plugins for b in config.servers):
+        # node-local cache mode (NodeLocal DNSCache's Corefile): forward only
+        source, path = "none", None
     else:
         raise ServeError("no cluster state: give --state PATH, --demo or --kubeconfig PATH")
     nworkers = args.workers if args.workers is not None else default_workers()
     if not 1 <= nworkers <= shm.MAX_WORKERS:
         raise ServeError(f"--workers must be within 1..{shm.MAX_WORKERS}")
-    zones: list[str] = []
-    for block in config.servers:
-        for z in block.plugins["kubernetes"].zones or block.zones:
-            if z not in zones:
-                zones.append(z)
-    lameduck = max((float(getattr(b.plugins["health"], "lameduck", 0.0) or 0.0)
-                    for b in config.servers if "health" in b.plugins), default=0.0)
     return ServePlan(
         corefile_text=text, corefile_name=filename, listen=listen_addresses(config),
         source=source, source_path=path, nworkers=nworkers,
-        log_level=getattr(args, "log_level", "info") or "info", zones=tuple(zones),
-        lameduck=lameduck)
+        log_level=getattr(args, "log_level", "info") or "info", zones=_served_zones(config),
+        lameduck=_lameduck(config),
+        corefile_path=None if filename.startswith("<") else filename)
+
+
+def _served_zones(config: Any) -> tuple[str, ...]:
+    zones: list[str] = []
+    for block in config.servers:
+        k = block.plugins.get("kubernetes")
+        for z in (k.zones if k is not None else ()) or block.zones:
+            if z not in zones:
+                zones.append(z)
+    return tuple(zones)
+
+
+def _lameduck(config: Any) -> float:
+    return max((float(getattr(b.plugins["health"], "lameduck", 0.0) or 0.0)
+                for b in config.servers if "health" in b.plugins), default=0.0)
+
+
+def reload_plan(plan: ServePlan, text: str) -> tuple[Any, ServePlan]:
+    """(config, plan) for a reloaded Corefile ``text``; ServeError if it cannot run.
+
+    The same checks as startup; what the command line chose (state source,
+    workers) stays.
+    """
+    import dataclasses
+
+    filename = plan.corefile_path or plan.corefile_name
+    config = parse_config(text, filename)
+    for warning in check_plugins(config, filename):
+        log.warning("%s", warning)
+    from fastdns.control.process import FatalConfig, build_compiler
+
+    try:  # what the control process would refuse at its start
+        build_compiler(config)
+    except FatalConfig as e:
+        raise ServeError(str(e)) from e
+    return config, dataclasses.replace(
+        plan, corefile_text=text, listen=listen_addresses(config), zones=_served_zones(config),
+        lameduck=_lameduck(config))
 
 
 # -- child entry points (module level: picklable for spawn) ----------------
@@ -295,6 +335,7 @@ class Child:
     backoff: float = BACKOFF_FIRST
     restart_at: float | None = None
     restarts: int = 0
+    reloading: bool = False  # stopped to take a reloaded Corefile: restart at once
 
 
 class Supervisor:
@@ -310,6 +351,9 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self.stats: Any = None  # fastdns.control.metrics.SharedStats, when available
         self._signals = 0
+        self.reloader: Any = None  # fastdns.control.reload.Reloader
+        self.loop_probe: Any = None  # fastdns.control.loopdetect.LoopProbe
+        self._reload_requested = False
 
     # signals ---------------------------------------------------------------
 
@@ -325,26 +369,89 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        # SIGHUP (Corefile reload) belongs to a later issue; do not die of it.
+        # CoreDNS reloads on SIGUSR1 (core/dnsserver + caddy's signal handling);
+        # SIGHUP must not kill us either.
+        signal.signal(signal.SIGUSR1, self._on_reload_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _on_reload_signal(self, signum: int, frame: Any) -> None:
+        self._reload_requested = True
 
     # children --------------------------------------------------------------
 
-    def _make_children(self) -> None:
+    def _child_args(self, index: int) -> tuple:
         from fastdns.control.process import ControlSpec
         from fastdns.server.worker import WorkerSpec
 
         p = self.plan
         pid = os.getpid()
-        cspec = ControlSpec(
-            instance=self.instance, corefile_text=p.corefile_text,
-            corefile_name=p.corefile_name, source=p.source, source_path=p.source_path,
-            nworkers=p.nworkers, supervisor_pid=pid)
-        self.children.append(Child("control", -1, _control_entry, (cspec, p.log_level, pid)))
+        if index < 0:
+            cspec = ControlSpec(
+                instance=self.instance, corefile_text=p.corefile_text,
+                corefile_name=p.corefile_name, source=p.source, source_path=p.source_path,
+                nworkers=p.nworkers, supervisor_pid=pid)
+            return (cspec, p.log_level, pid)
+        wspec = WorkerSpec(index=index, instance=self.instance, listen=p.listen)
+        return (wspec, p.log_level, pid)
+
+    def _make_children(self) -> None:
+        p = self.plan
+        self.children.append(Child("control", -1, _control_entry, self._child_args(-1)))
         for i in range(p.nworkers):
-            wspec = WorkerSpec(index=i, instance=self.instance, listen=p.listen)
             self.children.append(
-                Child(f"worker {i}", i, _worker_entry, (wspec, p.log_level, pid)))
+                Child(f"worker {i}", i, _worker_entry, self._child_args(i)))
+
+    # reload (fastdns/control/reload.py) -------------------------------------
+
+    def _setup_reload(self) -> None:
+        from fastdns.control import reload
+
+        reload.write_corefile(self.instance, self.plan.corefile_text, self.plan.corefile_name)
+        config = parse_config(self.plan.corefile_text, self.plan.corefile_name)
+        self.reloader = reload.Reloader(
+            self.plan.corefile_path, self.plan.corefile_text, config,
+            lambda text: reload_plan(self.plan, text), self._apply_reload,
+            self.stats.reload_failed if self.stats is not None else lambda: None,
+            clock=time.monotonic)
+
+    def _apply_reload(self, text: str, plan: ServePlan) -> None:
+        """Put a validated Corefile in force without closing a socket that stays.
+
+        Workers pick the text up from the Corefile segment when the version
+        word moves; the control process is restarted on it (workers keep
+        serving the image in force until the new one is published).
+        """
+        from fastdns.control import reload
+
+        self.plan = plan
+        reload.write_corefile(self.instance, text)
+        if self.stats is not None:
+            self.stats.add(reload.S_CONFIG_VERSION)
+        for c in self.children:
+            c.args = self._child_args(c.index)
+            if c.index < 0 and c.proc is not None and c.proc.is_alive():
+                c.reloading = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(c.proc.pid, signal.SIGTERM)
+
+    def _setup_loop(self) -> None:
+        """The loop plugin's probes (fastdns/control/loopdetect.py); sent once serving."""
+        from fastdns.control import loopdetect
+
+        config = parse_config(self.plan.corefile_text, self.plan.corefile_name)
+        probes = loopdetect.plan_probes(config)
+        loopdetect.create_segment(self.instance, probes)
+        self.loop_probe = loopdetect.LoopProbe(self.instance, probes)
+
+    def _maybe_reload(self) -> None:
+        if self.reloader is None:
+            return
+        requested, self._reload_requested = self._reload_requested, False
+        if requested or self.reloader.due():
+            try:
+                self.reloader.check()
+            except Exception:  # noqa: BLE001 - a reload never takes the server down
+                log.exception("reload failed")
 
     def _start(self, child: Child) -> None:
         if child.index >= 0 and self.ctl is not None:
@@ -373,7 +480,18 @@ class Supervisor:
             self.ctl.set_mapped(child.index, 0)
         if self.stopping:
             return
+        if child.reloading:
+            child.reloading = False
+            child.restart_at = time.monotonic()
+            return
         how = _describe_exit(code)
+        from fastdns.control.loopdetect import EXIT_LOOP
+
+        if child.index >= 0 and code == EXIT_LOOP:
+            # the worker printed CoreDNS's "Loop (...) detected" message: stop
+            self.exit_code = EXIT_CONFIG
+            self.stopping = True
+            return
         if child.index < 0 and code == EXIT_CONTROL_FATAL and not self._announced:
             # configuration or state error at startup: the control process said why
             self.exit_code = EXIT_CONFIG
@@ -456,6 +574,8 @@ class Supervisor:
         self.ctl = shm.ControlSegment.create(self.instance, self.plan.nworkers)
         try:
             self._attach_stats()
+            self._setup_reload()
+            self._setup_loop()
             self._make_children()
             log.info("fastdns-%s, python %s, %s/%s", _version(), platform.python_version(),
                      sys.platform, platform.machine())
@@ -483,6 +603,10 @@ class Supervisor:
         while not self.stopping:
             now = time.monotonic()
             timeout = 0.05 if not self._announced else 1.0
+            if self._announced:
+                self._maybe_reload()
+                if self.reloader is not None and self.reloader.next_at is not None:
+                    timeout = max(0.0, min(timeout, self.reloader.next_at - now))
             for c in self.children:
                 if c.proc is None and c.restart_at is not None:
                     if c.restart_at <= now:
@@ -502,6 +626,8 @@ class Supervisor:
             if not self._announced and self._all_serving():
                 self._announced = True
                 self._announce()
+                if self.loop_probe is not None:
+                    self.loop_probe.start()
 
 
 def _version() -> str:

@@ -26,12 +26,14 @@ WRITE_HIGH_WATER = 256 * 1024
 class TcpListener:
     """State shared by every connection of one worker: the cap, the timeout, the answerer.
 
-    ``answer(frame, family) -> bytes | None`` does the counting and the
-    lookup (the worker's ``answer_tcp``); ``on_accept``/``on_reject``/
-    ``on_idle`` are counter hooks.
+    ``answer(frame, family, conn) -> bytes | None`` does the counting and the
+    lookup (the worker's ``answer_tcp``); an answer that takes time (the
+    forwarder) comes later through ``conn.send_later(resp)``, out of order
+    as RFC 7766 §7 allows. ``on_accept``/``on_reject``/``on_idle`` are
+    counter hooks.
     """
 
-    def __init__(self, answer: Callable[[bytes, int], bytes | None], *,
+    def __init__(self, answer: Callable[[bytes, int, DnsTcpProtocol], bytes | None], *,
                  idle_timeout: float = 10.0, max_connections: int = 1000,
                  on_accept: Callable[[], None] = lambda: None,
                  on_reject: Callable[[], None] = lambda: None,
@@ -53,7 +55,8 @@ class TcpListener:
 
 
 class DnsTcpProtocol(asyncio.Protocol):
-    __slots__ = ("_listener", "_family", "_transport", "_buf", "_last", "_timer", "_loop")
+    __slots__ = ("_listener", "_family", "_transport", "_buf", "_last", "_timer", "_loop",
+                 "local_port")
 
     def __init__(self, listener: TcpListener, family: int) -> None:
         self._listener = listener
@@ -63,6 +66,7 @@ class DnsTcpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._last = 0.0
+        self.local_port = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         lst = self._listener
@@ -71,6 +75,8 @@ class DnsTcpProtocol(asyncio.Protocol):
             transport.abort()
             return
         self._transport = transport
+        sockname = transport.get_extra_info("sockname")
+        self.local_port = sockname[1] if sockname else 0
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         lst.connections.add(self)
         lst.on_accept()
@@ -104,7 +110,7 @@ class DnsTcpProtocol(asyncio.Protocol):
                 break
             frame = bytes(buf[pos + 2 : pos + 2 + size])
             pos += 2 + size
-            resp = self._listener.answer(frame, self._family)
+            resp = self._listener.answer(frame, self._family, self)
             if resp is not None:
                 out.append(len(resp).to_bytes(2, "big"))
                 out.append(resp)
@@ -112,6 +118,13 @@ class DnsTcpProtocol(asyncio.Protocol):
             del buf[:pos]
         if out and self._transport is not None:
             self._transport.write(b"".join(out))
+
+    def send_later(self, resp: bytes | None) -> bool:
+        """Write one answer that was not ready in ``data_received``; False if gone."""
+        if resp is None or self._transport is None or self._transport.is_closing():
+            return False
+        self._transport.write(len(resp).to_bytes(2, "big") + resp)
+        return True
 
     def pause_writing(self) -> None:
         if self._transport is not None:

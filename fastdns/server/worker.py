@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.server import counters as ctr
 from fastdns.server import shm
-from fastdns.server.slowpath import SlowPath
+from fastdns.server.slowpath import DEFERRED, ZONE_EXTERNAL, SlowPath
 from fastdns.server.tcp import MAX_MESSAGE, TcpListener
+from fastdns.server.worker_plugins import WorkerPlugins, reconfigure_if_changed
 from fastdns.zone import image as img
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,33 @@ class _PyUdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        resp = self.worker.answer_py(data, UDP, self.family)
+        port = self.transport.get_extra_info("sockname")[1] if self.transport else 0
+        plugins = self.worker.plugins  # log, whoami, loop (worker_plugins.py)
+        t0 = time.perf_counter()
+        if plugins.intercepts:
+            resp = self.worker.intercept(data, addr, False, port)
+            if resp is not None:
+                self.worker.counters.query(UDP, self.family, data)
+                self.worker.counters.response(UDP, resp)
+                plugins.finished(data, addr, resp, False, port, t0)
+                if self.transport is not None:
+                    self.transport.sendto(resp, addr)
+                return
+        resp = self.worker.answer_py(data, UDP, self.family, port, self._sender(addr, data, t0))
         if resp is not None and self.transport is not None:
             self.transport.sendto(resp, addr)
+            plugins.finished(data, addr, resp, False, port, t0)
+
+    def _sender(self, addr, data: bytes = b"", t0: float = 0.0):
+        plugins = self.worker.plugins
+        port = self.transport.get_extra_info("sockname")[1] if self.transport else 0
+
+        def send(resp: bytes | None) -> None:
+            if resp is not None and self.transport is not None:
+                self.transport.sendto(resp, addr)
+            self.worker.counters.response(UDP, resp)
+            plugins.finished(data, addr, resp, False, port, t0)
+        return send
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors for earlier answers: nothing to do (RFC 1122 §4.1.3.3)
@@ -147,7 +172,11 @@ class Worker:
         self.image: shm.ImageSegment | None = None
         self.generation = 0
         self.rotation = 0
-        self.slow = SlowPath(self.image_buf, self.counters)
+        self.router = None  # forward + cache: a forwarding.BlockRouter (imported when used)
+        self.slow = SlowPath(self.image_buf, self.counters, route=self._route)
+        self._udp_by_fd: dict[int, tuple[socket.socket, int]] = {}
+        self.plugins = WorkerPlugins(None)  # log, errors, whoami (worker_plugins.py)
+        self.config_version: int | None = None  # reload: the Corefile version in force
         self.tcp = TcpListener(self.answer_tcp, idle_timeout=spec.tcp_idle_timeout,
                                max_connections=spec.tcp_max_connections,
                                on_accept=lambda: self.counters.incr(ctr.W_TCP_ACCEPTED),
@@ -205,8 +234,13 @@ class Worker:
 
     # -- answering (Python paths) ----------------------------------------------
 
-    def answer_py(self, data: bytes, proto: int, family: int) -> bytes | None:
-        """Count, answer and count the answer of one query (TCP, or UDP without _udp)."""
+    def answer_py(self, data: bytes, proto: int, family: int, port: int = 0,
+                  send=None) -> bytes | None:
+        """Count, answer and count the answer of one query (TCP, or UDP without _udp).
+
+        A forwarded query's answer goes out later through ``send(resp)``,
+        which counts it; None is returned for it here.
+        """
         t0 = time.perf_counter()
         c = self.counters
         c.query(proto, family, data)
@@ -227,20 +261,119 @@ class Worker:
                     self._logged_answer_error = True
                     log.exception("worker %d: wire.answer failed", self.spec.index)
                 status, resp, zone = wire.ST_DROP, None, -1
+            if status == wire.ST_ANSWER and resp is not None and resp[3] & img.TF_EXTERNAL:
+                status, zone = wire.ST_SLOW, ZONE_EXTERNAL  # the slow path completes it
             if status == wire.ST_SLOW:
                 c.incr(ctr.W_SLOW)
-                resp = self.slow.answer(data, zone)
+                resp = self.slow.answer(data, zone, port, send, proto == TCP)
+                if resp is DEFERRED:
+                    return None
             elif status != wire.ST_ANSWER:
                 resp = None
         c.response(proto, resp)
         c.latency(time.perf_counter() - t0)
         return resp
 
-    def answer_tcp(self, frame: bytes, family: int) -> bytes | None:
-        return self.answer_py(frame, TCP, family)
+    def answer_tcp(self, frame: bytes, family: int, conn=None) -> bytes | None:
+        send = None
+        t0 = time.perf_counter()
+        plugins = self.plugins
+        peer = (conn._transport.get_extra_info("peername")
+                if conn is not None and plugins.wants_peer and conn._transport else None)
+        port = conn.local_port if conn else 0
+        if conn is not None:
+            def send(resp: bytes | None) -> None:
+                if not conn.send_later(resp):
+                    resp = None
+                self.counters.response(TCP, resp)
+                plugins.finished(frame, peer, resp, True, port, t0)
+        if peer is not None and plugins.intercepts:
+            resp = self.intercept(frame, peer, True, port)
+            if resp is not None:
+                self.counters.query(TCP, family, frame)
+                self.counters.response(TCP, resp)
+                plugins.finished(frame, peer, resp, True, port, t0)
+                return resp
+        resp = self.answer_py(frame, TCP, family, port, send)
+        if resp is not None:
+            plugins.finished(frame, peer, resp, True, port, t0)
+        return resp
 
-    def _slow_udp(self, data: bytes, addr: tuple, zone: int) -> bytes | None:
-        return self.slow.answer(data, zone)
+    def intercept(self, data: bytes, addr, tcp: bool, port: int) -> bytes | None:
+        """whoami / loop count for a query the image would hand to the slow path
+        (TCP and the Python UDP path; the Cython path asks in ``_slow_udp``)."""
+        if self.image is None:
+            return None
+        try:
+            status = wire.answer(self.image.buf, data, 0, MAX_MESSAGE if tcp else 0)[0]
+        except Exception:  # noqa: BLE001 - answer_py deals with it
+            return None
+        if status != wire.ST_SLOW:
+            return None
+        return self.plugins.intercept(data, addr, tcp, port)
+
+    def _slow_udp(self, data: bytes, addr: tuple, zone: int, fd: int = -1) -> bytes | None:
+        sock, port = self._udp_by_fd.get(fd, (None, 0))
+        send = None
+        plugins = self.plugins
+        t0 = time.perf_counter()
+        if sock is not None:
+            def send(resp: bytes | None) -> None:
+                if resp is not None:
+                    try:
+                        sock.sendto(resp, addr)
+                    except OSError:  # buffer full, or a firewall: UDP may drop
+                        self.counters.incr(ctr.W_SEND_ERRORS)
+                        resp = None
+                self.counters.response(UDP, resp)
+                plugins.finished(data, addr, resp, False, port, t0)
+        if plugins.intercepts:  # loop detection, whoami (worker_plugins.py)
+            resp = plugins.intercept(data, addr, False, port)
+            if resp is not None:
+                return resp  # logged with the batch by the fast path
+        resp = self.slow.answer(data, zone, port, send)
+        if resp is not DEFERRED:
+            plugins.answered(data, resp, port)  # errors (the fast path logs it)
+        if resp is DEFERRED:
+            return None
+        if resp is None:
+            self.counters.response(UDP, None)  # dropped: _udp leaves None to us
+        return resp
+
+    # -- forward + cache -------------------------------------------------------
+
+    def configure_forward(self, config) -> None:
+        """(Re)build the forwarders and caches of ``config`` (a corefile Config)."""
+        if self.router is not None:
+            self.router.close()
+            if self.fast is not None:
+                self.fast.cache.configure(0)
+        if config is None or not any("forward" in b.plugins for b in config.servers):
+            self.router = None
+            return
+        # imported here: a worker binds its sockets before it gets this far
+        from fastdns.server.forwarding import BlockRouter
+
+        self.router = BlockRouter(config)
+        if self.fast is not None:
+            self.router.attach_mirror(self.fast.cache)
+
+    def _route(self, block: int | None, qname: str, port: int):
+        return self.router.route(block, qname, port) if self.router is not None else None
+
+    def _load_config(self):
+        """The Corefile in force (the supervisor's shm copy), parsed; None without one."""
+        try:
+            from fastdns.control import reload
+            from fastdns.corefile import parse_corefile
+
+            text = reload.read_corefile(self.spec.instance)
+            name = reload.read_corefile_name(self.spec.instance)  # relative imports
+            return parse_corefile(text, name) if text else None
+        except Exception:  # the supervisor validated it; never die of it here
+            log.exception("worker %d: cannot read the Corefile; not forwarding",
+                          self.spec.index)
+            return None
 
     # -- lifetime --------------------------------------------------------------
 
@@ -258,6 +391,7 @@ class Worker:
                     continue
                 raise
             self.udp_socks.append((udp, fam))
+            self._udp_by_fd[udp.fileno()] = (udp, port)
             self.tcp_socks.append((bind_tcp(address, port), fam))
 
     async def run(self) -> None:
@@ -294,6 +428,12 @@ class Worker:
                                       self._slow_udp)
             assert self.image is not None
             self.fast.set_image(self.image.buf, self.generation)
+        config = self._load_config()
+        self.configure_forward(config)
+        self.plugins = WorkerPlugins(config, self._port_of_fd,  # issue 6: log, errors, whoami
+                                     loop=(self.spec.instance, self.spec.index))
+        self.plugins.fast_path(self.fast)
+        if self.fast is not None:
             for sock, fam in self.udp_socks:
                 loop.add_reader(sock.fileno(), self.fast.drain, sock.fileno(), fam)
         else:
@@ -313,7 +453,14 @@ class Worker:
         if self._stop is not None and self._stop.is_set():
             return
         self.check_generation()
+        if self.router is not None:
+            self.router.export(self.counters)
+        reconfigure_if_changed(self, loop)  # a reloaded Corefile (control/reload.py)
+        self.plugins.tick()
         loop.call_later(GENERATION_POLL, self._poll_generation, loop)
+
+    def _port_of_fd(self, fd: int) -> int:
+        return self._udp_by_fd.get(fd, (None, 0))[1]
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         for sock, _ in self.udp_socks:
@@ -331,6 +478,10 @@ class Worker:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             except TimeoutError:
                 pass
+        self.slow.close()
+        if self.router is not None:
+            self.router.close()
+            self.router = None
         await asyncio.sleep(0)  # let transports run connection_lost
         if self.fast is not None:
             self.fast.release()

@@ -41,6 +41,7 @@ from fastdns.zone.fragments import (
 )
 from fastdns.zone.records import (
     AAAA,
+    CNAME,
     PTR,
     SOA,
     SOA_EXPIRE,
@@ -422,6 +423,10 @@ class Compiler:
                     size += len(rec)
                     continue
                 t = exact_template(key, ans)
+                if qtype in (A, AAAA) and len(ans[0]) == 1 and ans[0][0][1] == CNAME:
+                    # a lone CNAME answering A/AAAA: only an ExternalName to an
+                    # outside name (an in-zone chase that finds nothing is dropped)
+                    t = (int.from_bytes(t[:2], "big") | img.TF_EXTERNAL).to_bytes(2, "big") + t[2:]
                 app(pack(1, 0, size + 8, len(t)))
                 app(t)
                 rel(size + 4)

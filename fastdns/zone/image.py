@@ -32,6 +32,13 @@ ZF_AUTH = 0x1
 ZF_SLOW_MISS = 0x2
 ZF_FALLTHROUGH = 0x4
 
+# template flags: the Z bit (RFC 1035 §4.1.1: "must be zero in all queries and
+# responses") marks an answer the server must complete in its slow path before
+# sending: an ExternalName's CNAME to a name outside the cluster, whose A/AAAA
+# records come from the forwarder (CoreDNS backend_lookup.go A(): b.Lookup).
+# wire.answer copies it into the response; the worker diverts such answers.
+TF_EXTERNAL = 0x0040
+
 # zone kinds
 ZK_KUBERNETES = 0
 ZK_FORWARD = 1

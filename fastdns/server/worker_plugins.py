@@ -1,0 +1,335 @@
+"""The per-query plugins a worker runs itself: ``log``, ``errors``, ``debug``, ``whoami``.
+
+The worker builds one ``WorkerPlugins`` from the Corefile in force (and a
+new one on reload). Each hook is a no-op when no block uses its plugin, so
+a Corefile without them costs nothing per query:
+
+- ``log`` (``fastdns/server/querylog.py``): the UDP fast path hands only
+  the answers a rule may want (``FastPath.set_logger``); TCP and forwarded
+  answers go through ``log_one``.
+- ``errors``: SERVFAIL answers are logged as CoreDNS's errors plugin does
+  (``[ERROR] plugin/errors: 2 NAME TYPE: cause``); ``consolidate`` turns
+  matching lines into one ``N errors like 'RE' occurred in last D`` line per
+  period (``plugin/errors/errors.go``).
+- ``debug``: CoreDNS stops recovering panics; fastdns never lets a query
+  kill a worker, so here it logs every slow-path failure with its traceback
+  (not only the first) and turns on debug logging.
+- ``whoami`` (``plugin/whoami/whoami.go``): the client's address in the
+  additional section (A or AAAA, owner the question) and an SRV
+  ``_udp.NAME`` / ``_tcp.NAME`` with its source port, TTL 0, AA. It needs
+  the client address, so it is a slow-path answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import struct
+import time
+from typing import Any
+
+from fastdns import errors as wire_errors
+from fastdns.codec import wire
+from fastdns.server.querylog import QueryLog, name_text, type_text
+
+errlog = logging.getLogger("plugin/errors")
+
+_HEAD = struct.Struct(">HHHHH")  # template head: flags, an, ns, ar, nreloc
+_RR = struct.Struct(">HHIH")
+QR, AA = 0x8000, 0x0400
+
+
+def whoami_template(addr: tuple, proto: str, root: bool) -> bytes:
+    """The wire template (docs/internals.md §1 ``respond``) of CoreDNS's whoami answer."""
+    host, port = str(addr[0]), int(addr[1])
+    ip = ipaddress.ip_address(host.split("%")[0])
+    owner = b"\xc0\x0c"  # the question's name, compressed against offset 12
+    if ip.version == 4:
+        rr = owner + _RR.pack(1, 1, 0, 4) + ip.packed
+    else:
+        rr = owner + _RR.pack(28, 1, 0, 16) + ip.packed
+    label = b"\x04_" + proto.encode()
+    # whoami.go: "_" + proto + "." + qname, or "_udp." for the root
+    srv_owner = label + (b"\x00" if root else owner)
+    srv = srv_owner + _RR.pack(33, 1, 0, 7) + struct.pack(">HHH", 0, 0, port) + b"\x00"
+    return _HEAD.pack(QR | AA, 0, 0, 2, 0) + rr + srv
+
+
+class ErrorLog:
+    """The errors plugin of one block: log or consolidate SERVFAIL causes."""
+
+    def __init__(self, conf: Any, debug: bool = False) -> None:
+        self.patterns = [(c.period, re.compile(c.pattern), c.pattern, c.level)
+                         for c in getattr(conf, "consolidate", ())]
+        self.debug = debug
+        self.counts = [0] * len(self.patterns)
+        self.since = [time.monotonic()] * len(self.patterns)
+
+    def report(self, rcode: int, qname: str, qtype: str, cause: str) -> None:
+        text = f"{rcode} {qname} {qtype}: {cause}"
+        for i, (_p, rx, _t, _l) in enumerate(self.patterns):
+            if rx.search(text):
+                self.counts[i] += 1
+                return
+        errlog.error("%s", text)
+
+    def flush(self, now: float | None = None) -> None:
+        """Called on the worker's timer: consolidated lines whose period ended."""
+        now = time.monotonic() if now is None else now
+        for i, (period, _rx, pattern, level) in enumerate(self.patterns):
+            if now - self.since[i] >= period:
+                if self.counts[i]:
+                    lvl = {"warning": logging.WARNING, "error": logging.ERROR,
+                           "info": logging.INFO, "debug": logging.DEBUG}.get(level,
+                                                                            logging.ERROR)
+                    errlog.log(lvl, "%d errors like '%s' occurred in last %s",
+                               self.counts[i], pattern, _go_duration(period))
+                self.counts[i] = 0
+                self.since[i] = now
+
+
+def _go_duration(s: float) -> str:
+    """time.Duration.String() for whole seconds and minutes (30s, 5m0s)."""
+    s = int(round(s))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60}m{s % 60}s"
+    if s >= 60:
+        return f"{s // 60}m{s % 60}s"
+    return f"{s}s"
+
+
+class WorkerPlugins:
+    """What one worker runs for the Corefile in force (rebuilt on reload)."""
+
+    def __init__(self, config: Any, port_of_fd: Any = None,
+                 loop: tuple[str, int] | None = None) -> None:
+        self.config = config
+        self.loop: Any = None  # fastdns.control.loopdetect.LoopCounter
+        if loop is not None and config is not None and any(
+                "loop" in b.plugins for b in config.servers):
+            from fastdns.control.loopdetect import LoopCounter
+
+            self.loop = LoopCounter(*loop)
+            if not self.loop.probes:
+                self.loop = None
+        self.qlog = QueryLog(config, port_of_fd) if config is not None else None
+        if self.qlog is not None and not self.qlog:
+            self.qlog = None
+        self.debug = config is not None and any("debug" in b.plugins for b in config.servers)
+        self._errors: dict[int, ErrorLog] = {}
+        self.has_whoami = False
+        self._ports: set[int] = set()
+        if config is not None:
+            self._ports = {b.port for b in config.servers}
+            for b in config.servers:
+                self.has_whoami |= "whoami" in b.plugins
+                conf = b.plugins.get("errors")
+                if conf is not None and id(b.plugins) not in self._errors:
+                    self._errors[id(b.plugins)] = ErrorLog(conf, self.debug)
+        if self.debug:
+            logging.getLogger().setLevel(logging.DEBUG)
+
+    @property
+    def intercepts(self) -> bool:
+        """Whether slow queries must be looked at first (whoami, an armed loop probe)."""
+        return self.has_whoami or (self.loop is not None and self.loop.armed)
+
+    def intercept(self, data: bytes, addr: Any, tcp: bool, port: int) -> bytes | None:
+        """Before the slow path: the loop probe count (exits on a loop), whoami."""
+        if self.loop is not None:
+            try:
+                q = wire.parse_query(data)
+            except wire_errors.WireError:
+                return None
+            if self.loop.seen(q.key, q.qtype, addr):
+                import os
+
+                from fastdns.control.loopdetect import EXIT_LOOP
+
+                os._exit(EXIT_LOOP)  # CoreDNS: log.Fatalf
+        if self.has_whoami:
+            return self.whoami(data, addr, tcp, port)
+        return None
+
+    # which block ----------------------------------------------------------
+
+    def _block(self, port: int, qname: str) -> Any:
+        if self.config is None:
+            return None
+        if port not in self._ports:
+            port = next(iter(self._ports))
+        got = self.config.select(port, qname)
+        return got[0] if got is not None else None
+
+    # hooks ----------------------------------------------------------------
+
+    def fast_path(self, fast: Any) -> None:
+        """Tell the UDP fast path what to hand to the log (nothing: zero cost)."""
+        if fast is None or not hasattr(fast, "set_logger"):
+            return
+        if self.qlog is None:
+            fast.set_logger(0, None)
+        else:
+            fast.set_logger(self.qlog.mask, self.qlog.udp_batch)
+
+    def log_one(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
+                seconds: float) -> None:
+        if self.qlog is not None and resp is not None:
+            self.qlog.one(query, addr, resp, "tcp" if tcp else "udp", port, seconds)
+
+    @property
+    def wants_peer(self) -> bool:
+        """Whether TCP answers need the client's address (log, whoami)."""
+        return self.qlog is not None or self.has_whoami or bool(self._errors)
+
+    def finished(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
+                 t0: float) -> None:
+        """An answer that did not go through the UDP fast path's batch: log, errors."""
+        if self.qlog is not None and resp is not None and addr:
+            self.qlog.one(query, addr, resp, "tcp" if tcp else "udp", port,
+                          time.perf_counter() - t0)
+        if self._errors:
+            self.answered(query, resp, port)
+
+    def whoami(self, data: bytes, addr: Any, tcp: bool, port: int) -> bytes | None:
+        """CoreDNS's whoami answer when the block serving the name has whoami and
+        no forward (called for queries the image passed on)."""
+        if not self.has_whoami or not addr:
+            return None
+        try:
+            q = wire.parse_query(data)
+        except wire_errors.WireError:
+            return None
+        qname = name_text(q.qname)
+        block = self._block(port, qname)
+        if block is None or "whoami" not in block.plugins or "forward" in block.plugins:
+            return None
+        template = whoami_template(addr, "tcp" if tcp else "udp", q.key == b"\x00")
+        return wire.respond(data, q, template)
+
+    def answered(self, query: bytes, resp: bytes | None, port: int) -> None:
+        """errors: report a SERVFAIL answer of a block that has the plugin."""
+        if not self._errors or resp is None or len(resp) < 4 or resp[3] & 0xF != 2:
+            return
+        try:
+            q = wire.parse_query(query)
+        except wire_errors.WireError:
+            return
+        qname = name_text(q.qname)
+        block = self._block(port, qname)
+        if block is None:
+            return
+        elog = self._errors.get(id(block.plugins))
+        if elog is None:
+            return
+        cause = ("plugin/forward: no upstream answered" if "forward" in block.plugins
+                 else "plugin/kubernetes: SERVFAIL")
+        elog.report(2, qname, type_text(q.qtype), cause)
+
+    def tick(self) -> None:
+        for e in self._errors.values():
+            e.flush()
+
+
+# -- reload, the worker's side -------------------------------------------------
+
+
+def reconfigure_if_changed(worker: Any, loop: Any) -> bool:
+    """Take a reloaded Corefile into use (``fastdns/control/reload.py``).
+
+    Called on the worker's 0.5 s timer. The sockets of listen addresses that
+    stay are kept (so nothing queued on them is lost); new ones are bound and
+    served, gone ones closed; the forwarders and the per-query plugins are
+    rebuilt from the new text.
+    """
+    from fastdns.control import reload
+
+    stats = getattr(worker, "_reload_stats", None)
+    if stats is None:
+        try:
+            from fastdns.control.metrics import SharedStats
+
+            stats = worker._reload_stats = SharedStats.attach(worker.spec.instance)
+        except Exception:  # noqa: BLE001 - no control segment stats: no reload
+            return False
+    version = stats.get(reload.S_CONFIG_VERSION)
+    if worker.config_version is None:
+        worker.config_version = version
+        return False
+    if version == worker.config_version:
+        return False
+    worker.config_version = version
+    config = worker._load_config()
+    if config is None:
+        return False
+    from fastdns.server.supervisor import listen_addresses
+
+    _apply_listen(worker, listen_addresses(config), loop)
+    worker.configure_forward(config)
+    worker.plugins = WorkerPlugins(config, worker._port_of_fd)
+    worker.plugins.fast_path(worker.fast)
+    logging.getLogger(__name__).info("worker %d: Corefile version %d in force",
+                                     worker.spec.index, version)
+    return True
+
+
+def _apply_listen(worker: Any, listen: tuple[tuple[str, int], ...], loop: Any) -> None:
+    from fastdns.server import worker as wmod
+
+    old = list(worker.spec.listen)
+    if list(listen) == old:
+        return
+    keep = [a for a in old if a in listen]
+    log = logging.getLogger(__name__)
+    # close what is gone (its queued queries are for an address no longer served)
+    for i, (address, port) in enumerate(old):
+        if (address, port) in keep:
+            continue
+        for sock, _fam in list(worker.udp_socks):
+            if sock.getsockname()[:2] == wmod._sockaddr(address, port)[:2]:
+                if worker.fast is not None:
+                    loop.remove_reader(sock.fileno())
+                worker._udp_by_fd.pop(sock.fileno(), None)
+                worker.udp_socks.remove((sock, _fam))
+                sock.close()
+        for server in list(worker.servers):
+            names = [s.getsockname()[:2] for s in server.sockets]
+            if wmod._sockaddr(address, port)[:2] in names:
+                server.close()
+                worker.servers.remove(server)
+        del i
+    for address, port in listen:
+        if (address, port) in keep:
+            continue
+        fam = wmod._family_label(wmod.family_of(address))
+        try:
+            udp = wmod.bind_udp(address, port)
+            tcp = wmod.bind_tcp(address, port)
+        except OSError as e:
+            log.error("worker %d: cannot listen on %s:%d: %s", worker.spec.index, address,
+                      port, e.strerror or e)
+            continue
+        worker.udp_socks.append((udp, fam))
+        worker._udp_by_fd[udp.fileno()] = (udp, port)
+        if worker.fast is not None:
+            loop.add_reader(udp.fileno(), worker.fast.drain, udp.fileno(), fam)
+        else:
+            loop.create_task(_py_udp(worker, loop, udp, fam))
+        loop.create_task(_tcp_server(worker, loop, tcp, fam))
+    import dataclasses
+
+    worker.spec = dataclasses.replace(worker.spec, listen=tuple(listen))
+
+
+async def _py_udp(worker: Any, loop: Any, sock: Any, fam: int) -> None:
+    from fastdns.server import worker as wmod
+
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: wmod._PyUdpProtocol(worker, fam), sock=sock)
+    worker.transports.append(transport)
+
+
+async def _tcp_server(worker: Any, loop: Any, sock: Any, fam: int) -> None:
+    worker.tcp_socks.append((sock, fam))
+    worker.servers.append(await loop.create_server(worker.tcp.factory(fam), sock=sock))
