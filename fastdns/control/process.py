@@ -145,6 +145,10 @@ class ControlLoop:
     def __init__(self, compiler: Any, publisher: Publisher, *, coalesce: float = COALESCE,
                  state: Any = None) -> None:
         self.compiler = compiler
+        if hasattr(compiler, "reuse_buffer"):
+            # each image is published (copied out) before the next compile:
+            # one buffer, its pages faulted in once (Compiler.reuse_buffer)
+            compiler.reuse_buffer = True
         self.publisher = publisher
         self.coalesce = coalesce
         self.state = state

@@ -7,6 +7,7 @@ each entry into the open-addressing table (linear probing,
 docs/internals.md §2). No Python object is touched per entry.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport realloc
@@ -64,9 +65,16 @@ cdef void advise_huge(unsigned char* p, size_t n) noexcept nogil:
 
 
 def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
-             Py_ssize_t shared_base):
+             Py_ssize_t shared_base, bytearray out=None):
     """Lay out header (its size field is filled in), slots, zone table and fragments
-    (tuples blob, ents, relocs).
+    (tuples blob, ents, relocs); a new bytes, or ``out`` resized to the image
+    and overwritten whole (every octet is written: nothing of its old
+    contents survives).
+
+    ``out`` is the control loop's reused buffer: its pages are already
+    faulted in, where a fresh 38 MB object costs ~12 ms of page faults per
+    image on a VM (bench/bench_kube.py); a bytearray that shrinks keeps its
+    allocation and one that grows by little is moved by ``mremap``.
 
     Entries are inserted in the order `insertion_order` (fragments.py) defines:
     by block of their home slot, stable; the slot table then fills almost
@@ -91,8 +99,14 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
         raise ValueError("more entries than slots")
     if total > 0xFFFFFFFF:
         raise ValueError("image larger than 4 GiB")
-    out = PyBytes_FromStringAndSize(NULL, total)
-    cdef unsigned char* data = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef unsigned char* data
+    if out is None:
+        image = PyBytes_FromStringAndSize(NULL, total)
+        data = <unsigned char*>PyBytes_AS_STRING(image)
+    else:
+        PyByteArray_Resize(out, total)  # BufferError while a view of it is alive
+        image = out
+        data = <unsigned char*>PyByteArray_AS_STRING(out)
     advise_huge(data, total)
     memcpy(data, PyBytes_AS_STRING(header), HEADER_SIZE)
     wr32(data + 24, <uint32_t>total)  # header: total size
@@ -168,7 +182,7 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
             idx = (idx + 1) & mask
         memcpy(slots + idx * SLOT_SIZE, t, SLOT_SIZE)
         t += 16
-    return out
+    return image
 
 
 cdef int block_shift(Py_ssize_t nslots) noexcept:

@@ -73,6 +73,7 @@ _HOSTMASTER = b"\x0ahostmaster"
 _SOA_RELOCS = (0, 12 + len(_NS_DNS), 12 + len(_NS_DNS) + 2 + len(_HOSTMASTER))
 
 Key = tuple[str, str]
+Image = bytes | bytearray  # bytearray: the reused buffer (Compiler.reuse_buffer)
 
 
 @contextlib.contextmanager
@@ -282,7 +283,9 @@ class Compiler:
     forward-only zones of other server blocks (`image.ZoneSpec` with kind
     ZK_FORWARD and ZF_SLOW_MISS). `synced` (set by the control process; True
     for state files) picks NXDOMAIN or SERVFAIL for zone misses; `generation`
-    is bumped before every image is stamped.
+    is bumped before every image is stamped. `reuse_buffer` (the control
+    loop sets it) makes every image the compiler's one bytearray, overwritten
+    by the next compile: its pages stay faulted in between images.
     """
 
     def __init__(self, options: KubernetesOptions | None,
@@ -292,6 +295,8 @@ class Compiler:
         self.synced = True
         self.generation = 0
         self.serial = 0
+        self.reuse_buffer = False
+        self._buf = bytearray()
         self.zones = self._zone_table(options, zones_config)
         self._kzones = [z for z in self.zones if z.kube]
         self._last_zone: _Zone | None = None
@@ -615,12 +620,12 @@ class Compiler:
         return changed
 
     # -- public ----------------------------------------------------------
-    def full(self, state: ClusterState, *, now: float | None = None) -> bytes:
+    def full(self, state: ClusterState, *, now: float | None = None) -> Image:
         """Compile every fragment from scratch and stamp a new image."""
         with _gc_paused():
             return self._full(state, now)
 
-    def _full(self, state: ClusterState, now: float | None) -> bytes:
+    def _full(self, state: ClusterState, now: float | None) -> Image:
         self._reset()
         self._prepare_shared()
         if self.builder is not None:
@@ -648,12 +653,12 @@ class Compiler:
         return self.assemble()
 
     def update(self, state: ClusterState, affected: Affected, *,
-               now: float | None = None) -> bytes:
+               now: float | None = None) -> Image:
         """Recompile what `affected` names (and what depends on it); stamp a new image."""
         with _gc_paused():
             return self._update(state, affected, now)
 
-    def _update(self, state: ClusterState, affected: Affected, now: float | None) -> bytes:
+    def _update(self, state: ClusterState, affected: Affected, now: float | None) -> Image:
         if not self._frags and not self._svc_ptrs:
             return self._full(state, now)
         if self.builder is None:
@@ -739,7 +744,7 @@ class Compiler:
             w.entry(z.name, where[z.name][0], SOA, w.answer(t))
         return w.finish(), shared_off, where
 
-    def assemble(self) -> bytes:
+    def assemble(self) -> Image:
         """Stamp a new image (generation + 1) from the cached fragments."""
         if self._order_dirty:
             self._keys = sorted(self._frags)
@@ -760,7 +765,14 @@ class Compiler:
         flags = img.IMG_SYNCED if self.synced else 0
         header = img.HEADER.pack(img.MAGIC, img.FORMAT_VERSION, flags, self.generation, 0,
                                  nslots, slots_off, len(self.zones), zones_off, self.serial)
-        return assemble(header, zone_table, nslots, [pre, *self._list], base + shared_off)
+        frags = [pre, *self._list]
+        if not self.reuse_buffer:
+            return assemble(header, zone_table, nslots, frags, base + shared_off)
+        try:
+            return assemble(header, zone_table, nslots, frags, base + shared_off, self._buf)
+        except BufferError:  # a view of the last image is still alive: let it have that one
+            self._buf = bytearray()
+            return assemble(header, zone_table, nslots, frags, base + shared_off, self._buf)
 
     def stats(self) -> dict[str, int]:
         return {"fragments": len(self._frags),

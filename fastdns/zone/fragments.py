@@ -114,8 +114,11 @@ def block_shift(nslots: int) -> int:
 
 
 def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragment],
-                shared_base: int) -> bytes:
+                shared_base: int, out: bytearray | None = None) -> bytes | bytearray:
     """Reference assembly: header (size filled in), slots, zone table, then the fragments.
+
+    A new bytes, or ``out`` replaced by the image (the Cython build reuses
+    its allocation: the control loop's buffer, see `_index.assemble`).
 
     Slot insertion order: entries sorted (stably, fragment order within) by
     the block of 2^BLOCK_BITS their home slot falls in, so the C build fills
@@ -154,6 +157,9 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
             i = (i + 1) & mask
         occupied[i] = 1
         struct.pack_into("<IIII", data, slots_off + i * 16, h, koff, aoff, qk)
+    if out is not None:
+        out[:] = data
+        return out
     return bytes(data)
 
 
