@@ -215,11 +215,17 @@ def test_observability_hook_from_a_corefile():
         obs = httpd.Observability.start(config, ctl, text)
         try:
             eps = obs.endpoints
-            assert get(eps, "/ready") == (503, "kubernetes")
+            assert get(eps, "/ready") == (503, "kubernetes,workers")
             assert get(eps, "/health") == (200, "OK")
             obs.published(2, 4096, 0.01, 0.001, synced=False)
-            assert get(eps, "/ready") == (503, "kubernetes")
+            assert get(eps, "/ready") == (503, "kubernetes,workers")
             obs.published(3, 4096, 0.01, 0.001)
+            # synced, but not ready until every worker has mapped a snapshot
+            # (a worker maps only after binding its sockets)
+            assert get(eps, "/ready") == (503, "workers")
+            ctl.set_mapped(0, 3)
+            assert get(eps, "/ready") == (503, "workers")
+            ctl.set_mapped(1, 3)
             assert get(eps, "/ready") == (200, "OK")
             with urllib.request.urlopen(eps.url("/metrics"), timeout=5) as r:
                 fams = {f.name: f for f in text_string_to_metric_families(r.read().decode())}

@@ -61,13 +61,17 @@ class ProbeState:
     waits only for plugins that register a ``Readiness``).
     """
 
-    def __init__(self, lameduck_source: Callable[[], bool] | None = None) -> None:
+    def __init__(self, lameduck_source: Callable[[], bool] | None = None,
+                 checks: dict[str, Callable[[], bool]] | None = None) -> None:
         self._lock = threading.Lock()
         self._plugins: dict[str, bool] = {}
         self._lameduck = False
         # The supervisor announces lameduck through shared memory
         # (metrics.SharedStats.lameduck); read at request time.
         self._lameduck_source = lameduck_source
+        # Conditions read at request time, reported like plugins when false
+        # (e.g. every worker has mapped a snapshot, so its sockets are bound).
+        self._checks = dict(checks or {})
 
     def set_ready(self, plugin: str, ready: bool) -> None:
         with self._lock:
@@ -96,16 +100,17 @@ class ProbeState:
         return bool(src is not None and src())
 
     def not_ready(self) -> list[str]:
-        """Sorted names of plugins not ready yet (empty: ready)."""
+        """Sorted names of plugins (and checks) not ready yet (empty: ready)."""
         with self._lock:
-            return sorted(name for name, ok in self._plugins.items() if not ok)
+            waiting = [name for name, ok in self._plugins.items() if not ok]
+        waiting += [name for name, check in self._checks.items() if not check()]
+        return sorted(waiting)
 
     def readiness(self) -> tuple[int, str]:
         """(HTTP status, body) of ``/ready`` right now."""
         if self.lameduck:
             return 503, "Shutting down"
-        with self._lock:
-            waiting = sorted(name for name, ok in self._plugins.items() if not ok)
+        waiting = self.not_ready()
         if waiting:
             return 503, ",".join(waiting)
         return 200, "OK"
@@ -459,8 +464,16 @@ class Observability:
             values.set_corefile(corefile_text)
         collector = metrics.DnsCollector.for_segment(
             ctl, metrics.blocks_from_config(config), values, stats)  # type: ignore[arg-type]
+        nworkers = ctl.nworkers  # type: ignore[attr-defined]
+
+        def workers_serving() -> bool:
+            # A worker reports a mapped generation only after binding its
+            # sockets, so ready implies every worker answers.
+            return all(ctl.mapped(i) > 0 for i in range(nworkers))  # type: ignore[attr-defined]
+
         endpoints = HttpEndpoints(http_config(config), metrics.make_registry(collector),
-                                  ProbeState(lameduck_source=lambda: stats.lameduck),
+                                  ProbeState(lameduck_source=lambda: stats.lameduck,
+                                             checks={"workers": workers_serving}),
                                   health_probe=values.observe_health)
         names = {n for b in getattr(config, "servers", ()) for n in getattr(b, "plugins", {})}
         for name in READINESS_PLUGINS:
