@@ -177,6 +177,31 @@ def _walk_opt_options(data: bytes, pos: int, end: int) -> None:
         pos += olen
 
 
+def _read_rr(data: bytes, pos: int, n: int) -> tuple[bool, int, int, int, int, int]:
+    """The RR at ``pos``, bounds checked: (owner is the root, TYPE, CLASS, TTL,
+    RDATA start, RDATA end). Queries and responses read their RRs alike."""
+    name_start = pos
+    _, pos = _read_name(data, pos, False)
+    root_owner = pos == name_start + 1
+    if pos + 10 > n:
+        raise errors.ShortMessage
+    rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+    pos += 10
+    if pos + rdlen > n:
+        raise errors.BadRdata
+    return root_owner, rtype, rclass, ttl, pos, pos + rdlen
+
+
+def _check_opt(data: bytes, root_owner: bool, seen_opt: bool, start: int, end: int) -> None:
+    """RFC 6891 §6.1.1: at most one OPT, owned by the root (one 0 octet), with
+    well-formed options."""
+    if seen_opt:
+        raise errors.DuplicateOPT
+    if not root_owner:
+        raise errors.BadOPT
+    _walk_opt_options(data, start, end)
+
+
 def _parse(data: bytes) -> tuple[dict, type[errors.WireError] | None]:
     """Parse a query: (fields so far, error class or None).
 
@@ -219,25 +244,13 @@ def _parse(data: bytes) -> tuple[dict, type[errors.WireError] | None]:
         seen_opt = False
         first_additional = ancount + nscount
         for i in range(ancount + nscount + arcount):
-            name_start = pos
-            _, pos = _read_name(data, pos, False)
-            name_end = pos
-            if pos + 10 > n:
-                raise errors.ShortMessage
-            rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-            pos += 10
-            if pos + rdlen > n:
-                raise errors.BadRdata
+            root_owner, rtype, rclass, ttl, pos, rd_end = _read_rr(data, pos, n)
             if rtype == Qtype.OPT and i >= first_additional:
-                if seen_opt:
-                    raise errors.DuplicateOPT  # RFC 6891 §6.1.1
-                if name_end != name_start + 1:
-                    raise errors.BadOPT  # owner must be the root, written as one 0 octet
-                _walk_opt_options(data, pos, pos + rdlen)
+                _check_opt(data, root_owner, seen_opt, pos, rd_end)
                 seen_opt = True
                 f.update(edns=True, edns_version=(ttl >> 16) & 0xFF,
                          payload=max(MIN_UDP_PAYLOAD, rclass), do=bool(ttl & 0x8000))
-            pos += rdlen
+            pos = rd_end
         if pos != n:
             raise errors.TrailingData
     except errors.WireError as e:
@@ -553,23 +566,10 @@ def parse_response(data: bytes) -> Response:
     seen_opt = False
     first_additional = ancount + nscount
     for i in range(ancount + nscount + arcount):
-        name_start = pos
-        _, pos = _read_name(data, pos, False)
-        name_end = pos
-        if pos + 10 > n:
-            raise errors.ShortMessage
-        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-        ttl_at = pos + 4
-        pos += 10
-        rd_end = pos + rdlen
-        if rd_end > n:
-            raise errors.BadRdata
+        root_owner, rtype, _rclass, ttl, pos, rd_end = _read_rr(data, pos, n)
+        ttl_at = pos - 6  # the TTL: 4 octets, then RDLENGTH (2), then RDATA at pos
         if rtype == Qtype.OPT and i >= first_additional:
-            if seen_opt:
-                raise errors.DuplicateOPT
-            if name_end != name_start + 1:
-                raise errors.BadOPT
-            _walk_opt_options(data, pos, rd_end)
+            _check_opt(data, root_owner, seen_opt, pos, rd_end)
             seen_opt = True
             rcode |= (ttl >> 24) << 4  # RFC 6891 §6.1.3: the upper 8 bits of the rcode
         else:

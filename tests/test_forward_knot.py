@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import socket
 import subprocess
 import time
 
@@ -24,6 +23,7 @@ from fastdns.codec import wire
 from fastdns.corefile.model import CacheConfig, ForwardConfig, Upstream
 from fastdns.forward import Forwarder, ForwardingResolver, ResponseCache
 from fastdns.forward.cache import DENIAL, SUCCESS
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("knotd") is None, reason="knotd not installed")]
@@ -37,15 +37,9 @@ www IN A 198.51.100.7
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def knot(tmp_path):
-    port = _free_port()
+    port = free_port(v6=False)
     (tmp_path / "outside.zone").write_text(ZONE)
     (tmp_path / "knot.conf").write_text(f"""server:
     listen: 127.0.0.1@{port}

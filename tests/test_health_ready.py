@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from fastdns.control import httpd
+from tests.helpers import free_port
 
 
 def get(url_or_eps, path: str | None = None, method: str = "GET") -> tuple[int, str]:
@@ -31,12 +32,6 @@ def endpoints():
     eps.start()
     yield eps
     eps.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_health_ok(endpoints):
@@ -83,7 +78,7 @@ def test_each_path_only_on_its_own_address(endpoints):
 
 
 def test_plugins_naming_one_address_share_a_listener():
-    port = free_port()
+    port = free_port(v6=False)
     eps = httpd.HttpEndpoints(httpd.HttpConfig(health_addrs=(f"127.0.0.1:{port}",),
                                                ready_addrs=(f"127.0.0.1:{port}",)))
     eps.start()

@@ -24,9 +24,8 @@ import dns.rcode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastdns.server import shm
 from fastdns.testing.upstream import TestUpstream
-from tests.test_serve import DEMO, KUBERNETES, Server, a_records, ask, free_port
+from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -95,13 +94,10 @@ def kubeadm(tmp_path_factory):
         srv.wait_answering()
         yield srv
     finally:
-        inst = re.search(r"shm instance (\w+)", srv.log())
         if srv.proc.poll() is None:  # `health { lameduck 5s }`: a second SIGTERM cuts it
             srv.proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
-        srv.stop()
-        if inst:
-            shm.sweep(inst.group(1))
+        srv.stop_and_sweep()
         upstream.__exit__(None, None, None)
 
 

@@ -21,6 +21,7 @@ from fastdns.control import httpd
 from fastdns.control import metrics as m
 from fastdns.server import counters as ctr
 from fastdns.server import shm
+from tests.helpers import Server, free_port, http_get, wait_for
 
 KUBEADM_PLUGINS = ("errors", "health", "ready", "kubernetes", "prometheus", "forward",
                    "cache", "loop", "reload", "loadbalance")
@@ -375,42 +376,14 @@ def test_health_self_check_feeds_coredns_health_metrics(ctl):
 # -- end to end: fastdns serve, real queries, a real scrape --------------------
 
 
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (the DNS listener needs both)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
-def _get(url: str) -> tuple[int, str]:
-    import urllib.error
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 @pytest.mark.slow
 def test_end_to_end_counts_match_queries_sent(tmp_path):
     import collections
     import signal
-    import sys
 
     import dns.query
 
-    dns_port, mport, hport, rport = (_free_port() for _ in range(4))
+    dns_port, mport, hport, rport = (free_port(v6=False) for _ in range(4))
     corefile = tmp_path / "Corefile"
     corefile.write_text(f"""\
 .:{dns_port} {{
@@ -428,23 +401,12 @@ def test_end_to_end_counts_match_queries_sent(tmp_path):
     prometheus 127.0.0.1:{mport}
 }}
 """)
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastdns", "serve", "--corefile", str(corefile), "--demo",
-         "--workers", "2"], stdout=log, stderr=subprocess.STDOUT)
+    srv = Server(tmp_path, ["--corefile", str(corefile), "--demo", "--workers", "2"], dns_port)
     try:
-        deadline = time.monotonic() + 30
-        status = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status, _ = _get(f"http://127.0.0.1:{rport}/ready")
-            except OSError:
-                status = None
-            if status == 200:
-                break
-            time.sleep(0.05)
-        assert status == 200, (tmp_path / "serve.log").read_text()
-        assert _get(f"http://127.0.0.1:{hport}/health") == (200, "OK")
+        ready = f"http://127.0.0.1:{rport}/ready"
+        wait_for(lambda: srv.proc.poll() is not None or http_get(ready)[0] == 200, 30)
+        assert srv.proc.poll() is None and http_get(ready)[0] == 200, srv.log()
+        assert http_get(f"http://127.0.0.1:{hport}/health") == (200, "OK")
 
         # Exactly these queries, each from its own socket (so SO_REUSEPORT
         # spreads them over both workers), each answered.
@@ -459,7 +421,7 @@ def test_end_to_end_counts_match_queries_sent(tmp_path):
             r = send(q, "127.0.0.1", port=dns_port, timeout=3)
             rcodes[dns.rcode.to_text(r.rcode())] += 1
 
-        status, text = _get(f"http://127.0.0.1:{mport}/metrics")
+        status, text = http_get(f"http://127.0.0.1:{mport}/metrics")
         assert status == 200
         got: dict[tuple[str, frozenset], float] = {}
         for fam in text_string_to_metric_families(text):
@@ -487,12 +449,5 @@ def test_end_to_end_counts_match_queries_sent(tmp_path):
         assert {dict(k)["name"] for k in samples_named(got, "coredns_plugin_enabled")} == {
             "errors", "kubernetes", "prometheus"}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()
+        returncode = srv.stop(signal.SIGTERM, timeout=15)
+    assert returncode == 0, srv.log()

@@ -11,7 +11,6 @@ nameserver is a loopback test upstream (never the host's resolver).
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import time
@@ -24,7 +23,7 @@ import pytest
 from fastdns.codec import NO_EXTENSIONS
 from fastdns.server import counters as ctr
 from fastdns.server import shm
-from tests.test_serve import DEMO, KUBERNETES, Server, a_records, ask, corefile_for, free_port
+from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, corefile_for, free_port
 from tests.upstreams import UpstreamThread
 
 pytestmark = pytest.mark.slow
@@ -80,10 +79,7 @@ def nodelocal(tmp_path_factory):
         for srv in (node, cluster):
             if srv is None:
                 continue
-            inst = re.search(r"shm instance (\w+)", srv.log())
-            srv.stop(signal.SIGTERM)
-            if inst:
-                shm.sweep(inst.group(1))
+            srv.stop_and_sweep(signal.SIGTERM)
         th.close()
 
 

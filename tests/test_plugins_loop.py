@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import signal
+import time
 
 import pytest
 
-from tests.test_serve import free_port, run_serve
+from tests.helpers import DEMO, KUBERNETES, Server, ask, corefile_for, free_port, run_serve
 
 pytestmark = pytest.mark.slow
 
@@ -31,22 +33,13 @@ def test_forward_to_itself_is_a_detected_loop(tmp_path):
 
 def test_loop_plugin_without_a_loop_keeps_serving(tmp_path):
     """The probe gets an answer (REFUSED: no block forwards it) and nothing stops."""
-    from tests.test_serve import KUBERNETES, corefile_for
-
     port = free_port()
     cf = tmp_path / "Corefile"
     cf.write_text(corefile_for(port, v6=False, extra="    loop\n"))
-    import signal
-    import subprocess  # noqa: F401 - Server uses it
-
-    from tests.test_serve import DEMO, Server, ask
-
     srv = Server(tmp_path, ["--corefile", str(cf), "--state", str(DEMO), "--workers", "1"],
                  port)
     try:
         srv.wait_answering()
-        import time
-
         time.sleep(3.5)  # the probe is answered at once, then armed 2 s more
         assert srv.proc.poll() is None, srv.log()
         assert ask(KUBERNETES, port=port).answer

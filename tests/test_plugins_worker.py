@@ -20,8 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from fastdns.server import shm
-from tests.test_serve import DEMO, Server, a_records, ask, free_port
+from tests.helpers import DEMO, Server, a_records, ask, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -42,26 +41,12 @@ def _start(tmp: Path, corefile: str, port: int, probe: str, state: bool = True) 
         shutil.copy(DEMO, tmp / "cluster.yaml")
         args += ["--state", str(tmp / "cluster.yaml")]
     srv = Server(tmp, args, port)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert srv.proc.poll() is None, srv.log()
-        try:
-            if ask(probe, port=port, timeout=0.3).rcode() == dns.rcode.NOERROR \
-                    and "] supervisor: serving " in srv.log():
-                return srv
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.05)
-    srv.stop(signal.SIGKILL)
-    raise AssertionError(srv.log())
-
-
-def _stop(srv: Server) -> None:
-    if srv.proc.poll() is None:
-        inst = re.search(r"shm instance (\w+)", srv.log())
-        srv.stop()
-        if inst:
-            shm.sweep(inst.group(1))
+    try:
+        srv.wait_answering(name=probe)
+    except AssertionError:
+        srv.stop(signal.SIGKILL)
+        raise
+    return srv
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +81,7 @@ whoami.test:{port} {{
 """
     srv = _start(tmp, corefile, port, "kubernetes.default.svc.cluster.local.")
     yield srv
-    _stop(srv)
+    srv.stop_and_sweep()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +102,7 @@ def hosts_only(tmp_path_factory):
     srv = _start(tmp, corefile, port, "web.example.org.", state=False)
     srv.hosts = tmp / "hosts"
     yield srv
-    _stop(srv)
+    srv.stop_and_sweep()
 
 
 # -- loadbalance ---------------------------------------------------------------
@@ -306,4 +291,4 @@ ex.test:{port} {{
                          r"occurred in last 2s", log), log[-3000:]
         assert "plugin/errors: 2 a.example." not in log
     finally:
-        _stop(srv)
+        srv.stop_and_sweep()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -17,8 +16,7 @@ import dns.rcode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastdns.server import shm
-from tests.test_serve import DEMO, KUBERNETES, Server, ask, free_port
+from tests.helpers import DEMO, KUBERNETES, Server, ask, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -103,16 +101,6 @@ def metrics(mport: int) -> dict[str, float]:
     return out
 
 
-def wait_for(pred, timeout: float = 15.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
-
-
 @pytest.fixture
 def server(tmp_path):
     shutil.copy(DEMO, tmp_path / "cluster.yaml")
@@ -127,10 +115,7 @@ def server(tmp_path):
         wait_for(lambda: _try_metrics(mport))
         yield srv
     finally:
-        inst = re.search(r"shm instance (\w+)", srv.log())
-        srv.stop()
-        if inst:
-            shm.sweep(inst.group(1))
+        srv.stop_and_sweep()
 
 
 def _try_metrics(mport: int):

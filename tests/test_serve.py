@@ -16,7 +16,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,146 +26,22 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from fastdns.server import counters as ctr
 from fastdns.server import shm
+from tests.helpers import (
+    DEMO,
+    HAS_IPV6,
+    KUBERNETES,
+    Server,
+    a_records,
+    ask,
+    corefile_for,
+    free_port,
+    http_get,
+    run_serve,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "fastdns" / "demo" / "cluster.yaml"
-KUBERNETES = "kubernetes.default.svc.cluster.local."
-START_TIMEOUT = 30.0
-
-
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAS_IPV6 = _has_ipv6()
-
-
-def free_port(v6: bool = HAS_IPV6) -> int:
-    """A port free for UDP and TCP on 127.0.0.1 (and ::1); the kernel picks it."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            try:
-                socks = []
-                for fam, addr, typ in ((socket.AF_INET, "127.0.0.1", socket.SOCK_STREAM),
-                                       (socket.AF_INET6, "::1", socket.SOCK_DGRAM),
-                                       (socket.AF_INET6, "::1", socket.SOCK_STREAM)):
-                    if fam == socket.AF_INET6 and not v6:
-                        continue
-                    s = socket.socket(fam, typ)
-                    socks.append(s)
-                    s.bind((addr, port))
-                return port
-            except OSError:
-                continue
-            finally:
-                for s in socks:
-                    s.close()
-    raise RuntimeError("no free port")
-
-
-def corefile_for(port: int, v6: bool = HAS_IPV6, extra: str = "", bind: bool = True) -> str:
-    binds = "127.0.0.1 ::1" if v6 else "127.0.0.1"
-    return (f"cluster.local:{port} in-addr.arpa:{port} ip6.arpa:{port} {{\n"
-            + (f"    bind {binds}\n" if bind else "")
-            + f"    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
-            f"        ttl 30\n"
-            f"    }}\n"
-            f"{extra}"
-            f"}}\n")
-
-
-def ask(name: str, rdtype: str = "A", *, port: int, where: str = "127.0.0.1",
-        tcp: bool = False, timeout: float = 1.0, **kw) -> dns.message.Message:
-    q = dns.message.make_query(name, rdtype, **kw)
-    if tcp:
-        return dns.query.tcp(q, where, port=port, timeout=timeout)
-    # ignore_unexpected: a reused ephemeral port may still get a late answer
-    # meant for an earlier, timed-out client socket
-    return dns.query.udp(q, where, port=port, timeout=timeout, ignore_unexpected=True)
-
-
-def a_records(resp: dns.message.Message) -> set[str]:
-    return {rr.address for rrset in resp.answer if rrset.rdtype == dns.rdatatype.A
-            for rr in rrset}
-
-
-class Server:
-    """A `python3 -m fastdns serve` subprocess, its log in a file."""
-
-    def __init__(self, tmp: Path, args: list[str], port: int) -> None:
-        self.tmp = tmp
-        self.port = port
-        self.log_path = tmp / "serve.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([sys.executable, "-m", "fastdns", "serve", *args],
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    @property
-    def instance(self) -> str:
-        m = re.search(r"shm instance (\w+)", self.log())
-        assert m, self.log()
-        return m.group(1)
-
-    def pids(self, name: str) -> list[int]:
-        """Every pid the supervisor logged for `name` ("control", "worker 0"), in order."""
-        return [int(p) for p in re.findall(rf"\] supervisor: {name} started \(pid (\d+)\)",
-                                           self.log())]
-
-    def wait_answering(self, timeout: float = START_TIMEOUT, where: str = "127.0.0.1") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                r = ask(KUBERNETES, port=self.port, where=where, timeout=0.3)
-                if r.rcode() == dns.rcode.NOERROR and a_records(r) \
-                        and "] supervisor: serving " in self.log():
-                    return
-            except (dns.exception.Timeout, OSError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"server not answering after {timeout}s:\n{self.log()}")
-
-    def worker_queries(self) -> list[int]:
-        """Queries each worker counted, from the counters in shared memory."""
-        with shm.ControlSegment.attach(self.instance) as ctl:
-            out = []
-            for i in range(ctl.nworkers):
-                block = ctl.counters(i)
-                w = block[: ctr.W_END * 8].cast("Q")
-                out.append(sum(w[ctr.W_QUERIES:ctr.W_QUERIES + ctr.N_Q]))
-                w.release()
-            return out
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -179,15 +54,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def _wait(pred, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 # -- the shared server ---------------------------------------------------------
@@ -208,13 +74,7 @@ def server(tmp_path_factory):
         srv.wait_answering()
         yield srv
     finally:
-        if srv.proc.poll() is None:
-            inst = re.search(r"shm instance (\w+)", srv.log())
-            srv.stop(signal.SIGKILL)
-            if inst:
-                shm.sweep(inst.group(1))
-        else:
-            srv._log.close()
+        srv.stop_and_sweep(signal.SIGKILL)
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
@@ -291,7 +151,7 @@ def test_state_change_is_served_within_one_second(server):
     # a second, in-place rewrite (same inode) is seen too, over TCP as well
     with open(state, "w") as f:
         f.write(base + NEW_SERVICE.format(n=8))
-    ok = _wait(lambda: a_records(ask("fresh-8.default.svc.cluster.local.", port=server.port,
+    ok = wait_for(lambda: a_records(ask("fresh-8.default.svc.cluster.local.", port=server.port,
                                      tcp=True)) == {"10.96.77.8"}, 1.5, 0.02)
     assert ok, server.log()[-2000:]
     assert ask(name, port=server.port).rcode() == dns.rcode.NXDOMAIN
@@ -302,7 +162,7 @@ def test_broken_state_keeps_last_good(server):
     good = state.read_text()
     state.write_text(good + "\n---\nkind: Service\nmetadata: {name: broken, namespace: default}\n"
                      "spec: {clusterIP: 10.96.5.5, ports: [{port: eighty}]}\n")
-    assert _wait(lambda: "broken" in server.log(), 3.0), server.log()[-2000:]
+    assert wait_for(lambda: "broken" in server.log(), 3.0), server.log()[-2000:]
     assert re.search(r"\[ERROR\] control/statefile: .*cluster\.yaml.*broken", server.log())
     assert a_records(ask("fresh-8.default.svc.cluster.local.", port=server.port)) \
         == {"10.96.77.8"}
@@ -392,13 +252,13 @@ def _hammer(server, seconds: float) -> tuple[int, int]:
 def test_worker_killed_is_replaced(server):
     old = server.pids("worker 0")[-1]
     os.kill(old, signal.SIGKILL)
-    assert _wait(lambda: len(server.pids("worker 0")) >= 2, 10.0), server.log()[-2000:]
+    assert wait_for(lambda: len(server.pids("worker 0")) >= 2, 10.0), server.log()[-2000:]
     new = server.pids("worker 0")[-1]
     assert new != old and _alive(new)
     assert re.search(rf"\[WARNING\] supervisor: worker 0 \(pid {old}\) died: signal SIGKILL",
                      server.log())
     # the new worker maps the current image and answers: both workers take queries
-    assert _wait(lambda: _worker_mapped(server, 0), 10.0)
+    assert wait_for(lambda: _worker_mapped(server, 0), 10.0)
     before = server.worker_queries()
     ok, _ = _hammer(server, 0.5)
     after = server.worker_queries()
@@ -418,15 +278,15 @@ def test_control_killed_workers_keep_answering(server):
     os.kill(old, signal.SIGKILL)
     ok, bad = _hammer(server, 0.3)  # while the control process is down
     assert ok > 0 and bad == 0
-    assert _wait(lambda: len(server.pids("control")) >= 2, 10.0), server.log()[-2000:]
+    assert wait_for(lambda: len(server.pids("control")) >= 2, 10.0), server.log()[-2000:]
     # the new control process republishes: a new generation appears
     with shm.ControlSegment.attach(server.instance) as ctl:
-        assert _wait(lambda: ctl.generation > gen, 10.0), server.log()[-2000:]
+        assert wait_for(lambda: ctl.generation > gen, 10.0), server.log()[-2000:]
     assert "restarted: generation" in server.log()
     # and it watches the state file again
     state = server.state_dir / "cluster.yaml"
     state.write_text(state.read_text() + NEW_SERVICE.format(n=9))
-    assert _wait(lambda: a_records(ask("fresh-9.default.svc.cluster.local.",
+    assert wait_for(lambda: a_records(ask("fresh-9.default.svc.cluster.local.",
                                        port=server.port)) == {"10.96.77.9"}, 2.0)
     # the restarts are counted where the metrics exporter reads them
     from fastdns.control import metrics
@@ -440,7 +300,7 @@ def test_control_killed_workers_keep_answering(server):
     finally:
         stats.close()
     # old images were retired: at most the current one and the previous one remain
-    assert _wait(lambda: len(shm.list_images(server.instance)) <= 2, 3.0), \
+    assert wait_for(lambda: len(shm.list_images(server.instance)) <= 2, 3.0), \
         shm.list_images(server.instance)
 
 
@@ -466,21 +326,10 @@ def test_supervisor_killed_leaves_nothing(tmp_path):
         assert shm.list_segments(inst)
         srv.proc.kill()
         srv.proc.wait()
-        assert _wait(lambda: not any(_alive(p) for p in children), 10.0)
+        assert wait_for(lambda: not any(_alive(p) for p in children), 10.0)
         assert shm.list_segments(inst) == []
     finally:
         srv.stop(signal.SIGKILL)
-
-
-def _http_status(url: str) -> int:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def test_no_bind_listens_everywhere_and_lameduck(tmp_path):
@@ -498,10 +347,10 @@ def test_no_bind_listens_everywhere_and_lameduck(tmp_path):
         if HAS_IPV6:
             assert a_records(ask(KUBERNETES, port=port, where="::1", tcp=True)) == {"10.96.0.1"}
         ready = f"http://127.0.0.1:{ready_port}/ready"
-        assert _wait(lambda: _http_status(ready) == 200, 5.0)
+        assert wait_for(lambda: http_get(ready, timeout=1)[0] == 200, 5.0)
         t0 = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
-        assert _wait(lambda: _http_status(ready) == 503, 0.8)
+        assert wait_for(lambda: http_get(ready, timeout=1)[0] == 503, 0.8)
         assert a_records(ask(KUBERNETES, port=port)) == {"10.96.0.1"}
         assert srv.proc.wait(10) == 0
         assert time.monotonic() - t0 >= 1.0
@@ -511,12 +360,6 @@ def test_no_bind_listens_everywhere_and_lameduck(tmp_path):
 
 
 # -- startup errors and the demo ----------------------------------------------
-
-
-def run_serve(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "fastdns", "serve", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_unknown_plugin_is_a_startup_error(tmp_path):

@@ -9,7 +9,6 @@ the Cython fast path's C table: the W_CC_HITS_* words count them there.
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import signal
 import time
 
@@ -24,7 +23,7 @@ from fastdns.codec import NO_EXTENSIONS
 from fastdns.server import counters as ctr
 from fastdns.server import shm
 from fastdns.testing.upstream import SPOOF_ADDR
-from tests.test_serve import DEMO, Server, a_records, ask, free_port
+from tests.helpers import DEMO, Server, a_records, ask, free_port
 from tests.upstreams import Blackhole, UpstreamThread
 
 pytestmark = pytest.mark.slow
@@ -84,10 +83,7 @@ def env(tmp_path_factory):
         srv.wait_answering()
         yield srv, ups
     finally:
-        inst = re.search(r"shm instance (\w+)", srv.log())
-        srv.stop(signal.SIGTERM)
-        if inst:
-            shm.sweep(inst.group(1))
+        srv.stop_and_sweep(signal.SIGTERM)
         hole.close()
         th.close()
 

@@ -6,8 +6,6 @@ import os
 import re
 import signal
 import time
-import urllib.error
-import urllib.request
 
 import dns.exception
 import dns.message
@@ -19,19 +17,34 @@ import yaml
 
 from fastdns.server import shm
 from fastdns.testing.fake_apiserver import FakeApiServer
-from tests.test_serve import DEMO, KUBERNETES, Server, a_records, ask, corefile_for, free_port
+from tests.helpers import (
+    DEMO,
+    KUBERNETES,
+    Server,
+    a_records,
+    ask,
+    corefile_for,
+    free_port,
+    http_get,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
+
+
+def serve_kube(tmp_path, api: FakeApiServer, corefile: str, port: int) -> Server:
+    """`fastdns serve --kubeconfig` (one worker) fed by ``api``, ``corefile`` on ``port``."""
+    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    (tmp_path / "Corefile").write_text(corefile)
+    return Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
+                             "--kubeconfig", kubeconfig, "--workers", "1"], port)
 
 
 def test_serve_from_the_kubernetes_api(tmp_path):
     with FakeApiServer() as api:
         api.load(yaml.safe_load_all(DEMO.read_text()))
-        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         port = free_port()
-        (tmp_path / "Corefile").write_text(corefile_for(port))
-        srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
-                                "--kubeconfig", kubeconfig, "--workers", "1"], port)
+        srv = serve_kube(tmp_path, api, corefile_for(port), port)
         try:
             srv.wait_answering()
             assert "synced" in srv.log()
@@ -64,12 +77,9 @@ def test_before_the_first_sync_misses_are_servfail(tmp_path):
     """CoreDNS answers SERVFAIL, not NXDOMAIN, until its first list completes."""
     with FakeApiServer() as api:
         api.set_down(True)
-        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         port = free_port()
-        (tmp_path / "Corefile").write_text(
-            kube_corefile(port, options="        startup_timeout 0.5s\n"))
-        srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
-                                "--kubeconfig", kubeconfig, "--workers", "1"], port)
+        srv = serve_kube(tmp_path, api, kube_corefile(
+            port, options="        startup_timeout 0.5s\n"), port)
         try:
             deadline = time.monotonic() + 30
             r = None
@@ -103,28 +113,9 @@ def kube_corefile(port: int, *, options: str = "", ready: int | None = None,
             + "}\n")
 
 
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
-
-
 def generation(srv: Server) -> int:
     with shm.ControlSegment.attach(srv.instance) as ctl:
         return ctl.generation
-
-
-def wait_for(pred, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
 
 
 def answers(name: str, port: int) -> set[str]:
@@ -182,13 +173,10 @@ def test_startup_waits_then_serves_unsynced_servfail_and_not_ready(tmp_path):
     (warning), zone misses SERVFAIL with the SOA, /ready 503 until synced."""
     with FakeApiServer() as api:
         api.set_down(True)
-        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         port, ready = free_port(), free_port()
-        (tmp_path / "Corefile").write_text(
-            kube_corefile(port, options="        startup_timeout 1s\n", ready=ready))
         t0 = time.monotonic()
-        srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
-                                "--kubeconfig", kubeconfig, "--workers", "1"], port)
+        srv = serve_kube(tmp_path, api, kube_corefile(
+            port, options="        startup_timeout 1s\n", ready=ready), port)
         try:
             r = None
             while time.monotonic() - t0 < 30 and r is None:
@@ -218,11 +206,8 @@ def test_startup_with_the_api_up_serves_the_synced_image_first(tmp_path):
     no SERVFAIL is ever seen for a name that exists."""
     with FakeApiServer() as api:
         api.load(yaml.safe_load_all(DEMO.read_text()))
-        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         port = free_port()
-        (tmp_path / "Corefile").write_text(kube_corefile(port))
-        srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
-                                "--kubeconfig", kubeconfig, "--workers", "1"], port)
+        srv = serve_kube(tmp_path, api, kube_corefile(port), port)
         try:
             first = None
             deadline = time.monotonic() + 30
@@ -245,12 +230,9 @@ def test_only_dns_visible_changes_publish_and_programming_latency(tmp_path):
         api.create("Service", {"metadata": {"name": "manual", "namespace": "shop"},
                                "spec": {"clusterIP": "None", "clusterIPs": ["None"],
                                         "ports": [{"name": "http", "port": 80}]}})
-        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         port, metrics = free_port(), free_port()
-        (tmp_path / "Corefile").write_text(
-            kube_corefile(port, options="        pods verified\n", metrics=metrics))
-        srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
-                                "--kubeconfig", kubeconfig, "--workers", "1"], port)
+        srv = serve_kube(tmp_path, api, kube_corefile(
+            port, options="        pods verified\n", metrics=metrics), port)
         try:
             srv.wait_answering()
             pod = "10-244-1-10.default.pod.cluster.local."
@@ -318,11 +300,8 @@ def test_api_faults_keep_the_last_snapshot_served(tmp_path):
     and the control process catches up when the API is back."""
     with FakeApiServer() as api:
         api.load(yaml.safe_load_all(DEMO.read_text()))
-        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         port = free_port()
-        (tmp_path / "Corefile").write_text(kube_corefile(port))
-        srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
-                                "--kubeconfig", kubeconfig, "--workers", "1"], port)
+        srv = serve_kube(tmp_path, api, kube_corefile(port), port)
         try:
             srv.wait_answering()
             want = {"10.96.0.1"}
@@ -355,11 +334,8 @@ def test_api_faults_keep_the_last_snapshot_served(tmp_path):
 def test_control_killed_relists_while_workers_keep_answering(tmp_path):
     with FakeApiServer() as api:
         api.load(yaml.safe_load_all(DEMO.read_text()))
-        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         port = free_port()
-        (tmp_path / "Corefile").write_text(kube_corefile(port))
-        srv = Server(tmp_path, ["--corefile", str(tmp_path / "Corefile"),
-                                "--kubeconfig", kubeconfig, "--workers", "1"], port)
+        srv = serve_kube(tmp_path, api, kube_corefile(port), port)
         try:
             srv.wait_answering()
             before = list_counts(api)

@@ -29,6 +29,7 @@ from fastdns.server import counters as ctr
 from fastdns.server import shm
 from fastdns.server.worker import WorkerSpec, worker_main
 from fastdns.zone import image as img
+from tests.helpers import HAS_IPV6, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,40 +38,7 @@ POD_ZONE = "pod.cluster.local."
 BIG_TXT = ["x" * 200 + str(i) for i in range(8)]  # ~1.7 kB: over 512 and over 1232
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAS_V6 = _has_ipv6()
-ADDRS = ["127.0.0.1", "::1"] if HAS_V6 else ["127.0.0.1"]
-
-
-def free_port() -> int:
-    """A port free for UDP and TCP on every address in ADDRS."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        socks = []
-        try:
-            for addr in ADDRS:
-                af = socket.AF_INET6 if ":" in addr else socket.AF_INET
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(af, kind)
-                    socks.append(s)
-                    s.bind((addr, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port")
+ADDRS = ["127.0.0.1", "::1"] if HAS_IPV6 else ["127.0.0.1"]
 
 
 # -- a small image built by hand -----------------------------------------------
@@ -364,7 +332,7 @@ def test_counters_count_exactly_the_queries_sent(server):
         ("tcp", "127.0.0.1", "big.cluster.local", "TXT", True, "NOERROR"),
         ("udp", "127.0.0.1", "kubernetes.default.svc.cluster.local", "NAPTR", False, "NOERROR"),
     ]
-    if HAS_V6:
+    if HAS_IPV6:
         plan += [
             ("udp", "::1", "kubernetes.default.svc.cluster.local", "PTR", False, "NOERROR"),
             ("tcp", "::1", "kubernetes.default.svc.cluster.local", "A", True, "NOERROR"),

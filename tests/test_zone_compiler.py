@@ -108,6 +108,28 @@ def test_c_and_python_assembly_are_identical():
         assert fragments.assemble_c(*args) == fragments.assemble_py(*args)
 
 
+def test_reused_buffer_gives_the_same_images():
+    """`reuse_buffer`: one bytearray for every image, byte for byte what a fresh
+    compile gives, as images grow and shrink; a view of it still alive gets a
+    new buffer instead of a changed one."""
+    state, fresh_state = load_state(demo_path()), load_state(demo_path())
+    reused, fresh = Compiler(KUBEADM), Compiler(KUBEADM)
+    reused.reuse_buffer = True
+    a = reused.full(state, now=5)
+    assert isinstance(a, bytearray) and a == fresh.full(fresh_state, now=5)
+    svc = state.services[("default", "nginx")]
+    for ips in (("10.96.9.9",), ("10.96.9.10", "fd00::10"), ("10.96.0.1",)):
+        moved = dataclasses.replace(svc, cluster_ips=ips)
+        b = reused.update(state, state.apply("MODIFIED", moved), now=6)
+        assert b is a
+        assert b == fresh.update(fresh_state, fresh_state.apply("MODIFIED", moved), now=6)
+    held = memoryview(a)
+    before = bytes(held)
+    c = reused.update(state, state.apply("DELETED", svc), now=7)
+    assert c is not a and bytes(held) == before
+    assert c == fresh.update(fresh_state, fresh_state.apply("DELETED", svc), now=7)
+
+
 def test_c_assembly_loaded():
     """The Cython assembler is built in this tree (the pure one is 100x slower at scale)."""
     if os.environ.get("FASTDNS_NO_EXTENSIONS"):
@@ -368,8 +390,9 @@ def fragment_lists(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(frags=fragment_lists(), big=st.booleans(), shared=st.integers(0, 1 << 20))
-def test_assemblers_agree_on_random_fragments(frags, big, shared):
+@given(frags=fragment_lists(), big=st.booleans(), shared=st.integers(0, 1 << 20),
+       stale=st.integers(0, 1 << 15))
+def test_assemblers_agree_on_random_fragments(frags, big, shared, stale):
     if fragments.assemble_c is None:
         pytest.skip("fastdns.zone._index not built")
     n = sum(f.count for f in frags)
@@ -378,6 +401,10 @@ def test_assemblers_agree_on_random_fragments(frags, big, shared):
     args = (header, b"z" * 32, nslots, frags, shared)
     image = fragments.assemble_c(*args)
     assert image == fragments.assemble_py(*args)
+    # into a reused buffer holding garbage, shorter or longer than the image
+    for fn in (fragments.assemble_c, fragments.assemble_py):
+        buf = bytearray(b"\xa5" * stale)
+        assert fn(*args, buf) is buf and buf == image
     h = img.read_header(image)
     assert h.size == len(image) and h.nslots == nslots
     # every entry got a slot

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fastdns.corefile.dispenser import TokenCursor
 from fastdns.corefile.errors import CorefileError
 from fastdns.corefile.lexer import Token, tokenize
 
@@ -62,7 +63,7 @@ def is_new_line(prev: Token, cur: Token) -> bool:
     return prev.file != cur.file or prev.end_line < cur.line
 
 
-class BlockParser:
+class BlockParser(TokenCursor):
     """Cursor over a token list that grows in place as imports are spliced in."""
 
     def __init__(self, tokens: list[Token], environ: Mapping[str, str] | None = None) -> None:
@@ -74,12 +75,6 @@ class BlockParser:
         self.file_expansions = 0
 
     # -- cursor helpers (caddyfile Dispenser) --
-    def next(self) -> bool:
-        if self.cursor < len(self.tokens) - 1:
-            self.cursor += 1
-            return True
-        return False
-
     @property
     def tok(self) -> Token:
         return self.tokens[self.cursor]
@@ -100,13 +95,7 @@ class BlockParser:
         if self.cursor < 0:
             self.cursor += 1
             return True
-        if self.cursor >= len(self.tokens) - 1:
-            return False
-        cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
-        if cur.file == nxt.file and cur.end_line == nxt.line:
-            self.cursor += 1
-            return True
-        return False
+        return super().next_arg()
 
     def err(self, reason: str, tok: Token | None = None) -> CorefileError:
         t = tok or self._last_token()

@@ -12,19 +12,12 @@ from fastdns.corefile.errors import CorefileError
 from fastdns.corefile.lexer import Token
 
 
-class Dispenser:
-    def __init__(self, tokens: list[Token], plugin: str) -> None:
-        self.tokens = tokens
-        self.plugin = plugin
-        self.cursor = 0  # on the directive name
-        self.nesting = 0
+class TokenCursor:
+    """caddyfile Dispenser's ``Next``/``NextArg`` over ``tokens``; shared by the
+    block grammar (blocks.BlockParser) and the plugin parsers (Dispenser)."""
 
-    @property
-    def tok(self) -> Token:
-        return self.tokens[min(self.cursor, len(self.tokens) - 1)]
-
-    def val(self) -> str:
-        return self.tok.text
+    tokens: list[Token]
+    cursor: int
 
     def next(self) -> bool:
         if self.cursor < len(self.tokens) - 1:
@@ -41,6 +34,21 @@ class Dispenser:
             self.cursor += 1
             return True
         return False
+
+
+class Dispenser(TokenCursor):
+    def __init__(self, tokens: list[Token], plugin: str) -> None:
+        self.tokens = tokens
+        self.plugin = plugin
+        self.cursor = 0  # on the directive name
+        self.nesting = 0
+
+    @property
+    def tok(self) -> Token:
+        return self.tokens[min(self.cursor, len(self.tokens) - 1)]
+
+    def val(self) -> str:
+        return self.tok.text
 
     def remaining_args(self) -> list[Token]:
         """The rest of this line, stopping before a '{' that opens a block."""

@@ -18,6 +18,7 @@ import struct
 from fastdns import errors
 from fastdns.codec import wire
 from fastdns.forward.message import fit
+from fastdns.server.slowpath import key_text
 from fastdns.zone import image as img
 
 _RR = struct.Struct(">HHIH")
@@ -88,7 +89,7 @@ async def complete(image, data: bytes, q, resolver_for, tcp: bool) -> bytes | No
         target, cname_end = cname_target(base, q)
     except (ValueError, struct.error, errors.WireError):
         return fit(base, data, q, tcp)
-    resolver = resolver_for(_text(target))
+    resolver = resolver_for(key_text(target))
     rrs: list[bytes] = []
     if resolver is not None:
         tdata = target_query(target, q.qtype)
@@ -98,11 +99,3 @@ async def complete(image, data: bytes, q, resolver_for, tcp: bool) -> bytes | No
             rrs = answer_rrs(got, tq)
     return fit(merge(base, cname_end, rrs), data, q, tcp)
 
-
-def _text(key: bytes) -> str:
-    labels, p = [], 0
-    while p < len(key) and key[p]:
-        n = key[p]
-        labels.append(key[p + 1 : p + 1 + n].decode("ascii", "replace"))
-        p += n + 1
-    return ".".join(labels) + "." if labels else "."

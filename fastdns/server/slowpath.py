@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastdns import errors
 from fastdns.codec import wire
@@ -103,11 +103,7 @@ class SlowPath:
             if len(self.tasks) >= MAX_INFLIGHT:
                 self._counters.incr(ctr.W_SLOW_REFUSED)
                 return wire.error_response(data, q, Rcode.REFUSED)
-            task = asyncio.get_running_loop().create_task(
-                self._forward(resolver, data, q, send, tcp))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-            return DEFERRED
+            return self._defer(lambda: self._forwarded(resolver, data, q, tcp), data, q, send)
         except Exception:
             return self._failed(data, q)
 
@@ -123,11 +119,26 @@ class SlowPath:
             status, resp, _ = wire.answer(image, data, 0, 65535 if tcp else 0)
             return external.unmarked(resp) if resp is not None else None
 
-        async def run() -> None:
+        async def completed() -> bytes | None:
+            resp = await external.complete(
+                image, data, q, lambda name: self._route(None, name, port), tcp)
+            self._counters.incr(ctr.W_SLOW_FORWARDED)
+            return resp
+
+        return self._defer(completed, data, q, send)
+
+    def _defer(self, work: Callable[[], Awaitable[bytes | None]], data: bytes, q,
+               send: Send) -> _Deferred:
+        """Start a task that awaits ``work()`` and hands the result to ``send``.
+
+        One place for what every deferred answer owes its ``send``: a failure
+        answers SERVFAIL (``_failed``), and a cancelled task (``close``) still
+        calls ``send(None)`` so the query is counted, unanswered.
+        """
+
+        async def settle() -> None:
             try:
-                resp = await external.complete(
-                    image, data, q, lambda name: self._route(None, name, port), tcp)
-                self._counters.incr(ctr.W_SLOW_FORWARDED)
+                resp = await work()
             except asyncio.CancelledError:
                 send(None)
                 raise
@@ -135,7 +146,7 @@ class SlowPath:
                 resp = self._failed(data, q)
             send(resp)
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(settle())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return DEFERRED
@@ -162,24 +173,17 @@ class SlowPath:
                 block = zblock
             # a forward-only zone: its block is the one Config.select picks on
             # this port (the image has one zone table for every port)
-        qname = _text(q.key)
+        qname = key_text(q.key)
         return self._route(block, qname, port)
 
-    async def _forward(self, resolver, data: bytes, q, send: Send, tcp: bool) -> None:
-        try:
-            resp = await resolver.resolve(data, q, tcp)
-            if resp is None:
-                # the forwarder declined (except / next): no next plugin
-                self._counters.incr(ctr.W_SLOW_SERVFAIL)
-                resp = wire.error_response(data, q, Rcode.SERVFAIL)
-            else:
-                self._counters.incr(ctr.W_SLOW_FORWARDED)
-        except asyncio.CancelledError:
-            send(None)
-            raise
-        except Exception:
-            resp = self._failed(data, q)
-        send(resp)
+    async def _forwarded(self, resolver, data: bytes, q, tcp: bool) -> bytes:
+        resp = await resolver.resolve(data, q, tcp)
+        if resp is None:
+            # the forwarder declined (except / next): no next plugin
+            self._counters.incr(ctr.W_SLOW_SERVFAIL)
+            return wire.error_response(data, q, Rcode.SERVFAIL)
+        self._counters.incr(ctr.W_SLOW_FORWARDED)
+        return resp
 
     def _answer(self, data: bytes, q, zone: int) -> bytes:
         image = self._get_image()
@@ -215,7 +219,7 @@ class SlowPath:
             t.cancel()
 
 
-def _text(key: bytes) -> str:
+def key_text(key: bytes) -> str:
     """Presentation form of a lowercased wire name (for Config.select); "." for the root."""
     labels, p = [], 0
     while p < len(key) and key[p]:

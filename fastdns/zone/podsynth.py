@@ -16,19 +16,11 @@ import struct
 from fastdns import wire
 from fastdns.constants import QT_NAME, Flag, Qtype
 from fastdns.zone import image as img
-from fastdns.zone.records import pod_name_address
+from fastdns.zone.records import pod_name_address, wire_labels
 
 _RR_HEAD = struct.Struct(">HHIH")
 _FLAGS = Flag.QR | Flag.AA | Flag.RA
 _POD = b"\x03pod"
-
-
-def _labels(wire_name: bytes) -> list[bytes]:
-    out, p = [], 0
-    while p < len(wire_name) and wire_name[p]:
-        out.append(wire_name[p + 1 : p + 1 + wire_name[p]])
-        p += wire_name[p] + 1
-    return out
 
 
 def _zones(image) -> list[tuple[int, bytes, int, int, int, int]]:
@@ -66,7 +58,7 @@ def synthesize(image, query_bytes: bytes, q) -> bytes | None:
         return None
     miss = img.answer_variants(image, negative)[0]
     suffix_pos = 12 + len(key) - len(kube_zone)
-    labels = _labels(key[: len(key) - len(pod_zone)] + b"\x00")
+    labels = wire_labels(key[: len(key) - len(pod_zone)] + b"\x00")
     packed = None
     if len(labels) == 2:
         ns_key = key[1 + len(labels[0]) :]

@@ -497,7 +497,7 @@ class RecordBuilder:
         if key in seen or depth >= MAX_CNAME_CHAIN:
             return ()
         seen = seen | {key}
-        labels = _labels(key[: len(key) - len(zone)] + b"\x00")
+        labels = wire_labels(key[: len(key) - len(zone)] + b"\x00")
         if not labels:
             return ()
         got: Answer | None = None
@@ -636,7 +636,8 @@ class RecordBuilder:
         return out
 
 
-def _labels(wire: bytes) -> list[bytes]:
+def wire_labels(wire: bytes) -> list[bytes]:
+    """The labels of an uncompressed wire name, root excluded."""
     out, p = [], 0
     while p < len(wire) and wire[p]:
         out.append(wire[p + 1 : p + 1 + wire[p]])

@@ -1,0 +1,203 @@
+"""Helpers shared by the tests that drive real sockets and `fastdns serve`
+subprocesses: free ports, a server process with its log, dnspython queries,
+polling. Imported by the test modules (not fixtures: most tests start their
+own server with their own Corefile)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from fastdns.server import counters as ctr
+from fastdns.server import shm
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "fastdns" / "demo" / "cluster.yaml"
+KUBERNETES = "kubernetes.default.svc.cluster.local."
+START_TIMEOUT = 30.0
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6 = _has_ipv6()
+
+
+def free_port(v6: bool = HAS_IPV6) -> int:
+    """A port free for UDP and TCP on 127.0.0.1 (and ::1); the kernel picks it."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                socks = []
+                for fam, addr, typ in ((socket.AF_INET, "127.0.0.1", socket.SOCK_STREAM),
+                                       (socket.AF_INET6, "::1", socket.SOCK_DGRAM),
+                                       (socket.AF_INET6, "::1", socket.SOCK_STREAM)):
+                    if fam == socket.AF_INET6 and not v6:
+                        continue
+                    s = socket.socket(fam, typ)
+                    socks.append(s)
+                    s.bind((addr, port))
+                return port
+            except OSError:
+                continue
+            finally:
+                for s in socks:
+                    s.close()
+    raise RuntimeError("no free port")
+
+
+def wait_for(pred, timeout: float = 15.0, step: float = 0.05):
+    """Poll ``pred`` until it is truthy or ``timeout`` passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    return pred()
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body); an HTTP error is its status, no connection is (0, "")."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def corefile_for(port: int, v6: bool = HAS_IPV6, extra: str = "", bind: bool = True) -> str:
+    binds = "127.0.0.1 ::1" if v6 else "127.0.0.1"
+    return (f"cluster.local:{port} in-addr.arpa:{port} ip6.arpa:{port} {{\n"
+            + (f"    bind {binds}\n" if bind else "")
+            + f"    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
+            f"        ttl 30\n"
+            f"    }}\n"
+            f"{extra}"
+            f"}}\n")
+
+
+def ask(name: str, rdtype: str = "A", *, port: int, where: str = "127.0.0.1",
+        tcp: bool = False, timeout: float = 1.0, **kw) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, **kw)
+    if tcp:
+        return dns.query.tcp(q, where, port=port, timeout=timeout)
+    # ignore_unexpected: a reused ephemeral port may still get a late answer
+    # meant for an earlier, timed-out client socket
+    return dns.query.udp(q, where, port=port, timeout=timeout, ignore_unexpected=True)
+
+
+def a_records(resp: dns.message.Message) -> set[str]:
+    return {rr.address for rrset in resp.answer if rrset.rdtype == dns.rdatatype.A
+            for rr in rrset}
+
+
+def _serve_env() -> dict[str, str]:
+    """This tree first on PYTHONPATH, so the subprocess runs the code under test."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def run_serve(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """`fastdns serve` run to its exit (startup errors), output captured."""
+    return subprocess.run([sys.executable, "-m", "fastdns", "serve", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=_serve_env())
+
+
+class Server:
+    """A `python3 -m fastdns serve` subprocess, its log in a file."""
+
+    def __init__(self, tmp: Path, args: list[str], port: int) -> None:
+        self.tmp = tmp
+        self.port = port
+        self.log_path = tmp / "serve.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "fastdns", "serve", *args],
+                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=_serve_env())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def instance(self) -> str:
+        m = re.search(r"shm instance (\w+)", self.log())
+        assert m, self.log()
+        return m.group(1)
+
+    def pids(self, name: str) -> list[int]:
+        """Every pid the supervisor logged for `name` ("control", "worker 0"), in order."""
+        return [int(p) for p in re.findall(rf"\] supervisor: {name} started \(pid (\d+)\)",
+                                           self.log())]
+
+    def wait_answering(self, timeout: float = START_TIMEOUT, where: str = "127.0.0.1",
+                       name: str = KUBERNETES) -> None:
+        """Until ``name`` has A records and the supervisor logged that it serves."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                r = ask(name, port=self.port, where=where, timeout=0.3)
+                if r.rcode() == dns.rcode.NOERROR and a_records(r) \
+                        and "] supervisor: serving " in self.log():
+                    return
+            except (dns.exception.Timeout, OSError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server not answering after {timeout}s:\n{self.log()}")
+
+    def worker_queries(self) -> list[int]:
+        """Queries each worker counted, from the counters in shared memory."""
+        with shm.ControlSegment.attach(self.instance) as ctl:
+            out = []
+            for i in range(ctl.nworkers):
+                block = ctl.counters(i)
+                w = block[: ctr.W_END * 8].cast("Q")
+                out.append(sum(w[ctr.W_QUERIES:ctr.W_QUERIES + ctr.N_Q]))
+                w.release()
+            return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def stop_and_sweep(self, sig: int = signal.SIGTERM) -> int:
+        """``stop``, then remove the shared memory a killed server leaves in /dev/shm."""
+        inst = re.search(r"shm instance (\w+)", self.log())
+        returncode = self.stop(sig)
+        if inst:
+            shm.sweep(inst.group(1))
+        return returncode
