@@ -246,9 +246,9 @@ class ControlLoop:
             return None
         self.publishes += 1
         log.info("%s: published generation %d (%d octets; compiled in %.1f ms, "
-                 "published in %.1f ms; spare %d/%d)", why, gen, len(image),
+                 "published in %.1f ms; spare %d/%d, waited %.1f ms)", why, gen, len(image),
                  (t1 - t0) * 1e3, (t2 - t1) * 1e3, self.publisher.spare_hits,
-                 self.publisher.spare_misses)
+                 self.publisher.spare_misses, getattr(self.publisher, "spare_wait", 0.0) * 1e3)
         return gen
 
     def _apply(self, batch: list[tuple]) -> None:

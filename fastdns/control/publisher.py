@@ -8,9 +8,9 @@ supervisor zeroes a dead worker's slot), as Knot frees the old zone
 database only after its readers moved (``src/knot/zone/zonedb-load.c``).
 
 With ``background=True`` (the control process) the slow file work leaves the
-path from an event to its published image: a thread keeps one *spare*
-segment preallocated (``posix_fallocate``: the tmpfs pages exist before the
-image does) and unlinks retired images, both system calls that run without
+path from an event to its published image: a thread keeps ``SPARES`` *spare*
+segments preallocated (``posix_fallocate``: the tmpfs pages exist before
+the image does) and unlinks retired images, both system calls that run without
 the GIL. A publish then only ``pwrite``s the image into the spare and renames
 it to its generation's name: at 10k Services (a 38 MB image) that is ~7 ms
 instead of ~30 ms to create, fault in and fill a fresh segment, plus ~8 ms
@@ -26,6 +26,7 @@ import os
 import queue
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from fastdns.server import shm
@@ -36,6 +37,10 @@ log = logging.getLogger("control")
 _GEN_OFFSET = 16
 _GEN = struct.Struct("<Q")
 SPARE_WAIT = 0.02  # seconds a publish waits for a spare being preallocated
+# Spares kept ready. Two: one preallocation (~10 ms) plus one retired image's
+# unlink (~5 ms) per publish kept a single spare late for one publish in ten
+# at 10k Services and 50 changes/s, by 11-16 ms (bench/bench_kube.py).
+SPARES = 2
 _CHUNK = 1 << 20  # octets compared at a time with the image in force
 SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
 
@@ -56,20 +61,21 @@ class Publisher:
         self._live: dict[int, str] = {}
         self._bg: _Background | None = _Background() if background else None
         self._spare_lock = threading.Condition()
-        self._spare: tuple[str, int, int] | None = None  # (name, fd, allocated octets)
-        self._spare_pending = False
+        self._ready: list[tuple[str, int, int]] = []  # spares: (name, fd, allocated octets)
+        self._spare_pending = 0  # spares being preallocated
         self._spares = 0
         self.spare_hits = 0  # publishes that found a preallocated segment ready
         self.spare_misses = 0
+        self.spare_wait = 0.0  # seconds the last publish waited for its spare
 
     def close(self) -> None:
-        """Stop the background thread and remove the spare segment."""
+        """Stop the background thread and remove the spare segments."""
         if self._bg is not None:
             self._bg.close()
             self._bg = None
         with self._spare_lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
+            ready, self._ready = self._ready, []
+        for spare in ready:
             _drop_spare(spare)
 
     def recover(self) -> list[str]:
@@ -115,8 +121,11 @@ class Publisher:
         self.ctl.publish(name, gen)
         self.generation = gen
         self._live[gen] = name
-        self.collect()
+        # the next spare first: the background thread runs its jobs in order,
+        # and a retired image's unlink (~5 ms of page freeing at 40 MB) queued
+        # ahead of it made the next publish wait for its spare (bench_kube.py)
         self._want_spare(len(image))
+        self.collect()
         return gen
 
     def _unchanged(self, image: bytes | bytearray) -> bool:
@@ -168,13 +177,14 @@ class Publisher:
                 seg.close()  # the pages stay in /dev/shm; workers map them by name
             return seg.name
         name = shm.image_name(self.instance, gen)
+        t = time.perf_counter()
         with self._spare_lock:
             # A spare on its way is worth waiting for: its thread needs the GIL
             # for a few microseconds to hand it over, which the compile before
             # this publish may have kept it from; a fresh file costs ~13 ms more.
-            self._spare_lock.wait_for(lambda: self._spare is not None or not self._spare_pending,
-                                      SPARE_WAIT)
-            spare, self._spare = self._spare, None
+            self._spare_lock.wait_for(lambda: self._ready or not self._spare_pending, SPARE_WAIT)
+            spare = self._ready.pop(0) if self._ready else None
+        self.spare_wait = time.perf_counter() - t
         if spare is not None and spare[2] < len(image):
             self._bg.submit(_drop_spare, spare)  # outgrown
             spare = None
@@ -207,12 +217,13 @@ class Publisher:
         if self._bg is None:
             return
         with self._spare_lock:
-            if self._spare is not None or self._spare_pending:
-                return
-            self._spare_pending = True
-            self._spares += 1
-            name = f"{shm.PREFIX}{self.instance}{SPARE_TAG}{self._spares}"
-        self._bg.submit(self._make_spare, name, size + _spare_slack(size))
+            names = []
+            while len(self._ready) + self._spare_pending < SPARES:
+                self._spare_pending += 1
+                self._spares += 1
+                names.append(f"{shm.PREFIX}{self.instance}{SPARE_TAG}{self._spares}")
+        for name in names:
+            self._bg.submit(self._make_spare, name, size + _spare_slack(size))
 
     def _make_spare(self, name: str, size: int) -> None:
         """Background thread: create and preallocate the next image's segment."""
@@ -229,12 +240,12 @@ class Publisher:
                 if self._bg is None:  # closed meanwhile
                     _drop_spare((name, fd, size))
                 else:
-                    self._spare = (name, fd, size)
+                    self._ready.append((name, fd, size))
         except OSError as e:
             log.warning("preallocating an image segment failed: %s", e)
         finally:
             with self._spare_lock:
-                self._spare_pending = False
+                self._spare_pending -= 1
                 self._spare_lock.notify_all()
 
     def _mapped_generations(self) -> set[int]:

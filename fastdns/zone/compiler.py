@@ -627,6 +627,9 @@ class Compiler:
 
     def _full(self, state: ClusterState, now: float | None) -> Image:
         self._reset()
+        # a relist's compile is the control process's peak: hand the last image
+        # back first (the buffer is faulted in again once, ~2 ms)
+        self._buf = bytearray()
         self._prepare_shared()
         if self.builder is not None:
             keys = set(state.services) | set(state.slice_groups())
