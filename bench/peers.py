@@ -168,6 +168,24 @@ class Started:
     def pid(self) -> int:
         return self.proc.pid
 
+    def repin(self, cpu: int) -> int:
+        """Pin every thread of the server's process tree to `cpu`; returns how many moved.
+
+        `taskset` at exec sets only the starting affinity: knotd re-pins its
+        UDP worker threads itself (seen in /proc/<pid>/task/*/status, on CPU 0
+        where dnsperf runs), which makes server and client share one core and
+        wrecks the comparison. So after startup every thread is put back.
+        """
+        moved = 0
+        for pid in tree(self.pid):
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError):
+                        if os.sched_getaffinity(int(tid)) != {cpu}:
+                            os.sched_setaffinity(int(tid), {cpu})
+                            moved += 1
+        return moved
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -679,8 +697,10 @@ def start_checked(server: Server, work: Path, files: dict[str, Path], probes: li
         print(f"[{server.name}] {res.status}", flush=True)
         srv.stop()
         return res
+    moved = srv.repin(SERVER_CPU)
     print(f"[{server.name}] answering after {time.monotonic() - t0:.1f} s; probes ok "
-          f"({len(probes) - len(warn)}/{len(probes)} exact)", flush=True)
+          f"({len(probes) - len(warn)}/{len(probes)} exact); "
+          f"{moved} thread(s) re-pinned to CPU {SERVER_CPU}", flush=True)
     res.proc, res.port = srv, port
     return res
 
