@@ -269,3 +269,69 @@ def test_loop_coalesces_a_burst_of_events(instance, tmp_path):
         loop.stop()
         t.join(5)
         ctl.close()
+
+
+def test_loop_schedules_the_cyclic_gc_itself(instance, tmp_path):
+    """Automatic collections are off while the loop runs (a full collection
+    stalled event -> publish by 100-200 ms at scale); the loop collects once
+    the queue has been idle, and gives the GC back when it stops."""
+    import gc
+
+    f = tmp_path / "c.yaml"
+    f.write_text(cluster(("web", "10.96.0.10")))
+    assert gc.isenabled()
+    ctl, loop, t = _loop(instance, load_state(str(f)))
+    try:
+        deadline = time.monotonic() + 2
+        while gc.isenabled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not gc.isenabled(), "the running loop owns the cyclic GC"
+        runs = loop.pygc_runs
+        loop.post_state(load_state(str(f)))  # activity, then idle
+        deadline = time.monotonic() + 3
+        while loop.pygc_runs == runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loop.pygc_runs > runs, "an idle loop collects"
+    finally:
+        loop.stop()
+        t.join(5)
+        ctl.close()
+    assert gc.isenabled(), "stopping the loop gives automatic GC back"
+
+
+def test_busy_loop_widens_its_window_to_the_compile_cost(instance, tmp_path):
+    """An event that arrives right after a publish, while events keep coming,
+    waits as long as the last compile took (not just `coalesce`), so batches
+    grow with the load instead of compiling one event at a time."""
+    from fastdns.zone.objects import Service, ServicePort
+
+    f = tmp_path / "c.yaml"
+    f.write_text(cluster(("web", "10.96.0.10")))
+    ctl, loop, t = _loop(instance, load_state(str(f)))
+    real_update = loop.compiler.update
+
+    def slow_update(state, affected, **kw):
+        time.sleep(0.15)  # a 150 ms compile
+        return real_update(state, affected, **kw)
+
+    def svc(i):
+        return Service("default", f"s{i}", "ClusterIP", (f"10.96.1.{i}",), False, None,
+                       (ServicePort("http", "TCP", 80),))
+
+    loop.compiler.update = slow_update
+    try:
+        gen = ctl.generation
+        loop.post_event("Service", "ADDED", svc(1))
+        assert _wait_gen(ctl, gen + 1)
+        t0 = time.monotonic()  # just after that publish: the loop is "busy"
+        loop.post_event("Service", "ADDED", svc(2))
+        assert _wait_gen(ctl, gen + 2)
+        elapsed = time.monotonic() - t0
+        # coalesce (20 ms) + compile (150 ms) would be ~0.17 s; the widened
+        # window (~150 ms) + compile is ~0.3 s
+        assert elapsed >= 0.25, f"published {elapsed * 1e3:.0f} ms after the event"
+        assert _resolve(ctl, "s2.default.svc.cluster.local.")[1] == {"10.96.1.2"}
+    finally:
+        loop.stop()
+        t.join(5)
+        ctl.close()
