@@ -40,11 +40,11 @@ def run(coro):
         return runner.run(asyncio.wait_for(coro, 20))
 
 
-def resolver_for(*ups: TestUpstream, fwd_kw=None, **cache_kw):
+def resolver_for(*ups: TestUpstream, fwd_kw=None, timeouts=None, **cache_kw):
     clock = Clock()
     cache_kw.setdefault("zones", (".",))
     fwd = Forwarder(ForwardConfig(".", tuple(Upstream("dns", u.host, u.port) for u in ups),
-                                  **(fwd_kw or {})), **FAST)
+                                  **(fwd_kw or {})), **dict(FAST, **(timeouts or {})))
     cache = ResponseCache(CacheConfig(**cache_kw), clock=clock, rng=random.Random(3))
     return ForwardingResolver(fwd, cache), clock
 
@@ -103,8 +103,10 @@ def test_negative_answer_is_cached_with_the_soa_minimum_and_without_soa_not_at_a
 def test_concurrent_misses_share_one_upstream_query():
     async def main():
         async with TestUpstream(RECORDS) as up:
-            up.delay = 0.1  # under the 0.15 s read timeout
-            res, _ = resolver_for(up)
+            # The upstream holds its answer while all 20 arrive; the read timeout
+            # is far above that so a slow CI machine cannot turn it into retries.
+            up.delay = 0.1
+            res, _ = resolver_for(up, timeouts=dict(read_timeout=2.0, timeout=4.0))
             names = ["www.example.test.", "WWW.EXAMPLE.TEST.", "wWw.ExAmPlE.tEsT."]
             queries = [make_query(names[i % 3], edns=i % 2 == 0, qid=100 + i)
                        for i in range(20)]
@@ -204,7 +206,8 @@ def test_max_concurrent_refused_and_except_zones_pass_through():
         async with TestUpstream(RECORDS) as up:
             up.delay = 0.1
             res, _ = resolver_for(up, fwd_kw=dict(max_concurrent=1,
-                                                  except_zones=("internal.test.",)))
+                                                  except_zones=("internal.test.",)),
+                                  timeouts=dict(read_timeout=2.0, timeout=4.0))
             a = make_query()
             b = make_query("other.example.test.")
             ra, rb = await asyncio.gather(res.resolve(*a), res.resolve(*b))
