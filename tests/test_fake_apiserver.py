@@ -352,17 +352,17 @@ def test_down_resets_open_watch(api, kube):
 
 def test_slow_delays_every_response(api, kube):
     core = client.CoreV1Api(kube)
-    api.slow(0.4)
+    api.slow(1.0)
     start = time.monotonic()
     core.list_namespace(_preload_content=False)
-    assert time.monotonic() - start >= 0.4
+    assert time.monotonic() - start >= 1.0
     with pytest.raises(urllib3.exceptions.MaxRetryError) as info:  # a read timeout
         core.list_namespace(_preload_content=False, _request_timeout=(1, 0.1))
     assert isinstance(info.value.reason, urllib3.exceptions.ReadTimeoutError)
     api.slow(0)
     start = time.monotonic()
     core.list_namespace(_preload_content=False)
-    assert time.monotonic() - start < 0.3
+    assert time.monotonic() - start < 0.8
 
 
 def test_version_and_discovery_stubs(api, kube):
