@@ -518,3 +518,45 @@ def test_templates_follow_the_namecompressor_contract():
                 assert exact_template(k, ans) == _reference_template(wire, k, ans), k
                 n += 1
     assert n > 50
+
+
+def test_ptr_claims_move_between_services_incrementally(wire):
+    """One address claimed by one Service, then two, then the same Service twice,
+    then none: each step's incremental image equals a full compile and PTR
+    answers follow (reverse.go: a ClusterIP wins over endpoint names)."""
+    ip = "10.96.7.7"
+    rev = dns.reversename.from_address(ip).to_text()
+
+    def svc(name, ips=()):
+        return Service("ns1", name, "ClusterIP" if ips else "ClusterIP", tuple(ips),
+                       not ips, None, (ServicePort("http", "TCP", 80),))
+
+    def sl(name, svc_name, addrs, host=None):
+        return EndpointSlice("ns1", name, svc_name, "IPv4",
+                             tuple(Endpoint((a,), True, host, None, None) for a in addrs),
+                             (ServicePort("http", "TCP", 80),))
+
+    state = ClusterState([Namespace("ns1"), svc("a"), sl("a-1", "a", [ip], "pod-a")])
+    inc = Compiler(KUBEADM)
+    inc.full(state, now=SERIAL)
+
+    def step(event, obj, want):
+        a = inc.update(state, state.apply(event, obj), now=SERIAL)
+        assert _no_generation(a) == _no_generation(Compiler(KUBEADM).full(state, now=SERIAL))
+        status, msg, _ = ask(wire, a, rev, "PTR")
+        got = sorted(rd.target.to_text() for rrset in msg.answer for rd in rrset)
+        assert status == 0 and got == want, msg
+
+    # a second Service takes the address as its ClusterIP: it wins
+    step("ADDED", svc("b", [ip]), ["b.ns1.svc.cluster.local."])
+    # the first Service lists the address twice (two slices)
+    step("ADDED", sl("a-2", "a", [ip], "pod-a"), ["b.ns1.svc.cluster.local."])
+    # the ClusterIP goes: back to the endpoint name, claimed twice by one Service
+    step("DELETED", svc("b", [ip]), ["pod-a.a.ns1.svc.cluster.local."])
+    step("DELETED", sl("a-1", "a", [ip], "pod-a"), ["pod-a.a.ns1.svc.cluster.local."])
+    # and the last claim goes: no PTR at all
+    a = inc.update(state, state.apply("DELETED", sl("a-2", "a", [ip], "pod-a")), now=SERIAL)
+    assert _no_generation(a) == _no_generation(Compiler(KUBEADM).full(state, now=SERIAL))
+    status, msg, _ = ask(wire, a, rev, "PTR")
+    assert status != 0 or msg.rcode() == dns.rcode.NXDOMAIN or not msg.answer
+    assert not inc._ptr

@@ -73,6 +73,8 @@ _HOSTMASTER = b"\x0ahostmaster"
 _SOA_RELOCS = (0, 12 + len(_NS_DNS), 12 + len(_NS_DNS) + 2 + len(_HOSTMASTER))
 
 Key = tuple[str, str]
+PtrRec = tuple[bytes, bytes, bool]  # (packed address, target name wire, from a ClusterIP)
+Claim = tuple[Key, PtrRec] | dict[Key, list[PtrRec]]  # Compiler._ptr's values
 Image = bytes | bytearray  # bytearray: the reused buffer (Compiler.reuse_buffer)
 
 
@@ -360,10 +362,13 @@ class Compiler:
         self._keys: list[tuple] = []
         self._list: list[Fragment] = []  # the fragments in _keys order
         self._nent = 0
-        self._ptr_cache: dict[bytes, tuple[bytes, bytes, int] | None] = {}
-        self._svc_ptrs: dict[Key, list[tuple[bytes, bytes, bool]]] = {}
-        # address -> Service -> its PTR contributions (packed, target, from a ClusterIP)
-        self._ptr: dict[bytes, dict[Key, list[tuple[bytes, bytes, bool]]]] = {}
+        self._svc_ptrs: dict[Key, list[PtrRec]] = {}
+        # address -> the Services' PTR contributions (packed, target, from a ClusterIP).
+        # Nearly every address has exactly one: that is stored as one (Service,
+        # record) pair, a dict {Service: [records]} only when there are more
+        # (a third of the compiler's memory at 10k Services went to one dict
+        # and one list per address).
+        self._ptr: dict[bytes, Claim] = {}
         self._bucket_ips: dict[int, set[bytes]] = {}
         self._deps: dict[Key, set[Key]] = {}  # target service -> ExternalNames chasing it
         self._svc_deps: dict[Key, set[Key]] = {}
@@ -479,19 +484,32 @@ class Compiler:
         old = self._svc_ptrs.get(key, [])
         if old != recs.ptrs and (self._rev_zones or old):  # no reverse zone: no PTR to track
             changed = True
-            for packed, _t, _c in old:
-                claims = self._ptr.get(packed)
-                if claims is not None and claims.pop(key, None) is not None:
-                    self._touch(packed)
-                    if not claims:
-                        del self._ptr[packed]
-            bulk = self._bulk
             ptr = self._ptr
-            for rec in recs.ptrs:  # (packed, target, from a ClusterIP)
+            for packed, _t, _c in old:
+                claims = ptr.get(packed)
+                if claims is None:
+                    continue
+                if type(claims) is tuple:
+                    if claims[0] == key:
+                        del ptr[packed]
+                        self._touch(packed)
+                elif claims.pop(key, None) is not None:
+                    if not claims:  # this Service had claimed it twice
+                        del ptr[packed]
+                    elif len(claims) == 1:
+                        [(k, rs)] = claims.items()
+                        if len(rs) == 1:
+                            ptr[packed] = (k, rs[0])
+                    self._touch(packed)
+            bulk = self._bulk
+            for rec in recs.ptrs:
                 packed = rec[0]
                 claims = ptr.get(packed)
                 if claims is None:
-                    ptr[packed] = {key: [rec]}
+                    ptr[packed] = (key, rec)
+                elif type(claims) is tuple:
+                    k, r = claims
+                    ptr[packed] = {key: [r, rec]} if k == key else {k: [r], key: [rec]}
                 else:
                     mine = claims.get(key)
                     if mine is None:
@@ -522,7 +540,6 @@ class Compiler:
     def _touch(self, packed: bytes) -> None:
         b = zlib.crc32(packed) & (PTR_BUCKETS - 1)
         self._dirty_buckets.add(b)
-        self._ptr_cache.pop(packed, None)
         ips = self._bucket_ips.setdefault(b, set())
         if packed in self._ptr:
             ips.add(packed)
@@ -532,20 +549,19 @@ class Compiler:
     def _compile_bucket(self, b: int) -> bool:
         """PTRs of one bucket of addresses (reverse.go serviceRecordForIP).
 
-        Each address's (key, template, hash) is cached until a Service touches it,
-        so a bucket is re-laid out, not recompiled.
+        A bucket holds ~1/4096 of the addresses (~30 at 10k Services), so its
+        records are rebuilt whole when a Service touches one of them; caching
+        them per address cost ~35 MB at that size for no measurable gain.
         """
         parts: list[bytes] = []
         ents = array("I")
         relocs = array("I")
         app, ext, rel, pack = parts.append, ents.extend, relocs.append, _REC1.pack
-        cache = self._ptr_cache
+        record = self._ptr_record
         size = 0
         ips = self._bucket_ips.get(b, set())
         for packed in sorted(ips):
-            got = cache.get(packed, False)
-            if got is False:
-                got = cache[packed] = self._ptr_record(packed)
+            got = record(packed)
             if got is None:
                 continue
             key, tmpl, h = got
@@ -573,7 +589,9 @@ class Compiler:
                 break
         else:
             return None  # outside the reverse zones this block serves
-        if len(claims) == 1:
+        if type(claims) is tuple:
+            targets = [claims[1]]
+        elif len(claims) == 1:
             [targets] = claims.values()
         else:
             targets = [t for k in sorted(claims) for t in claims[k]]
