@@ -20,6 +20,12 @@ dashboards and alerts query them (``plugin/metrics/vars/vars.go``,
 - ``coredns_build_info``, ``coredns_panics_total``, ``coredns_plugin_enabled``,
   ``coredns_reload_failed_total``, ``coredns_reload_version_info``,
   ``coredns_kubernetes_dns_programming_duration_seconds{service_kind}``
+- forward (``plugin/forward/metrics.go``, ``plugin/pkg/proxy/metrics.go``, 1.11+):
+  ``coredns_proxy_request_duration_seconds{proxy_name,to,rcode}``,
+  ``coredns_proxy_healthcheck_failures_total{proxy_name,to}``,
+  ``coredns_proxy_conn_cache_hits_total`` / ``_misses_total{proxy_name,to,proto}``,
+  ``coredns_forward_healthcheck_broken_total``,
+  ``coredns_forward_max_concurrent_rejects_total``
 
 plus ``fastdns_*`` for what only fastdns has (snapshot generation and size,
 compile and publish time, worker restarts, slow-path and TCP counters), and
@@ -27,7 +33,9 @@ compile and publish time, worker restarts, slow-path and TCP counters), and
 live worker (CoreDNS is one process; its dashboards chart these).
 
 Label values stay bounded: ``server`` and ``zone`` come from the Corefile's
-server blocks, never from a query name.
+server blocks, ``to`` from its ``forward`` TOs (at most
+``counters.FWD_MAX_UPSTREAMS``, the rest as ``to="other"``), never from a
+query name.
 """
 
 from __future__ import annotations
@@ -103,13 +111,14 @@ class BlockLabels:
     ``servers``: one ``server`` label per listen address (``bind`` hosts x
     the block's port); ``zones``: the block keys' zones, normalised
     (``"."``, ``"cluster.local."``); ``plugins``: the directive names in the
-    block.
+    block; ``upstreams``: its ``forward`` TOs as CoreDNS's ``to`` label.
     """
 
     servers: tuple[str, ...]
     zones: tuple[str, ...]
     plugins: tuple[str, ...] = ()
     view: str = ""
+    upstreams: tuple[str, ...] = ()
 
     @property
     def answering_plugin(self) -> str:
@@ -139,6 +148,7 @@ def blocks_from_config(config: object) -> list[BlockLabels]:
             zones=tuple(str(z) for z in getattr(b, "zones", (".",))),
             plugins=names,
             view=str(getattr(b, "view", "") or ""),
+            upstreams=tuple(ctr.config_upstreams([b])),
         ))
     return out
 
@@ -351,6 +361,11 @@ class DnsCollector(Collector):
         self._last: list[dict | None] = [None] * len(self.blocks)
         self._retired: list[dict] = []
         self._lock = threading.Lock()
+        # The forward slot table the workers' blocks must carry (counters.py):
+        # derived from the same Corefile, in the same order, as the workers do.
+        self.fwd_table = ctr.upstream_table(u for b in self.labels for u in b.upstreams)
+        self.fwd_hash = ctr.table_hash(self.fwd_table)
+        self._retired_fwd: list[tuple[int, int]] = list(ctr.FWD_ZERO)
 
     @classmethod
     def for_segment(cls, ctl: shm.ControlSegment, labels: Sequence[BlockLabels],
@@ -361,16 +376,32 @@ class DnsCollector(Collector):
     # -- reading ------------------------------------------------------------
 
     def read(self) -> tuple[dict, list[dict]]:
-        """(sum over all workers, ever, of their counters; each slot's current dict)."""
+        """(sum over all workers, ever, of their counters; each slot's current dict).
+
+        The per-upstream ``forward`` words count only from a block whose
+        slot table is ours; a block that does not (yet) carry it, e.g. a
+        worker that has not taken a reloaded Corefile in, keeps the words
+        last read from it. They are retired on their own when they go back.
+        """
         current = [ctr.read_counters(b) for b in self.blocks]
+        zero = list(ctr.FWD_ZERO)
         with self._lock:
             for i, cur in enumerate(current):
                 last = self._last[i]
-                if last is not None and _total_queries(cur) < _total_queries(last):
-                    self._retired.append(_strip(last))
-                    self._retired = [ctr.sum_counters(self._retired)]
+                if cur["forward_table"] != self.fwd_hash:
+                    cur["forward"] = last["forward"] if last is not None else zero
+                if last is not None:
+                    if _total_queries(cur) < _total_queries(last):
+                        self._retired.append({**_strip(last), "forward": zero})
+                        self._retired = [ctr.sum_counters(self._retired)]
+                    if ctr.forward_sum(cur["forward"]) < ctr.forward_sum(last["forward"]):
+                        self._retired_fwd = ctr.sum_counters(
+                            [{"forward": self._retired_fwd}, {"forward": last["forward"]}]
+                        )["forward"]
                 self._last[i] = cur
             total = ctr.sum_counters([_strip(c) for c in current] + self._retired)
+            total["forward"] = ctr.sum_counters(
+                [{"forward": total["forward"]}, {"forward": self._retired_fwd}])["forward"]
         return total, current
 
     # -- prometheus-client's Collector protocol -------------------------------
@@ -379,6 +410,7 @@ class DnsCollector(Collector):
         total, current = self.read()
         yield from self._dns_metrics(total)
         yield from cache_forward_metrics(total, current, self.labels)
+        yield from proxy_metrics(total, self.fwd_table)
         yield from self._process_level(total, current)
         if self.process_metrics:
             yield from _process_metrics(self._pids(current))
@@ -632,8 +664,62 @@ def cache_forward_metrics(c: dict, current: list[dict],
         "maximum.", value=c.get("forward_max_concurrent_rejects", 0))
 
 
+# -- per-upstream forward: CoreDNS plugin/pkg/proxy/metrics.go, plugin/forward/metrics.go --
+
+PROXY_NAME = "forward"  # the proxy_name label the forward plugin gives its proxies
+
+
+def proxy_metrics(c: dict, table: tuple[str, ...]) -> Iterator[Metric]:
+    """``coredns_proxy_*{proxy_name="forward",to}``, ``coredns_forward_healthcheck_broken_total``.
+
+    ``c["forward"]`` is the summed per-upstream region (``counters.py``),
+    ``table`` its slot table (the ``to`` of each slot). The histogram's
+    ``_count`` per (to, rcode) is the number of answers from that upstream
+    with that rcode, as in CoreDNS (one observation per ``proxy.Connect``).
+    """
+    fwd = ctr.decode_forward(c.get("forward", ctr.FWD_ZERO), table)
+    ups = fwd["upstreams"]
+    dur = HistogramMetricFamily(
+        "coredns_proxy_request_duration_seconds", "Histogram of the time each request took.",
+        labels=["proxy_name", "to", "rcode"])
+    for to, u in ups.items():
+        for rc, h in u["durations"].items():
+            dur.add_metric([PROXY_NAME, to, proxy_rcode(rc)], _hist_buckets(h), h["sum"])
+    yield dur
+    fails = CounterMetricFamily(
+        "coredns_proxy_healthcheck_failures_total",
+        "Counter of the number of failed healthchecks.", labels=["proxy_name", "to"])
+    for to, u in ups.items():
+        if u["healthcheck_failures"]:
+            fails.add_metric([PROXY_NAME, to], u["healthcheck_failures"])
+    yield fails
+    for kind, help_ in (("hits", "Counter of connection cache hits per upstream and protocol."),
+                        ("misses",
+                         "Counter of connection cache misses per upstream and protocol.")):
+        fam = CounterMetricFamily(f"coredns_proxy_conn_cache_{kind}_total", help_,
+                                  labels=["proxy_name", "to", "proto"])
+        for to, u in ups.items():
+            for proto in ctr.FWD_CONN_PROTOS:
+                n = u["conn"][(proto, kind)]
+                if n:
+                    fam.add_metric([PROXY_NAME, to, proto], n)
+        yield fam
+    yield CounterMetricFamily(
+        "coredns_forward_healthcheck_broken_total",
+        "Counter of the number of complete failures of the healthchecks.",
+        value=fwd["healthcheck_broken"])
+
+
+def proxy_rcode(rcode: int) -> str:
+    """CoreDNS proxy.Connect's rcode label: miekg ``RcodeToString``, else the number."""
+    return _RCODE_TEXT.get(rcode, str(rcode))
+
+
+_RCODE_TEXT = dict(enumerate(ctr.RCODE_NAMES[:11]))
+
+
 def _strip(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in ("pid", "generation")}
+    return {k: v for k, v in d.items() if k not in ("pid", "generation", "forward_table")}
 
 
 def _total_queries(d: dict) -> int:

@@ -59,14 +59,17 @@ class NoUpstream(ForwardError):
 class Forwarder:
     """One ``forward`` stanza, for one worker's event loop.
 
-    Counters (plain ints; a later issue exports them with CoreDNS's names):
+    Counters (plain ints; ``fastdns/server/forwarding.py`` copies them into the
+    worker's shm block, ``fastdns/control/metrics.py`` exports them):
     ``durations[(to, rcode)]`` -> ``Histogram``
     (``coredns_proxy_request_duration_seconds{proxy_name="forward",to,rcode}``,
     whose count is the requests per upstream and rcode),
     ``healthcheck_broken`` (``coredns_forward_healthcheck_broken_total``),
     ``max_concurrent_rejects`` (``coredns_forward_max_concurrent_rejects_total``),
     ``healthcheck_failures()`` -> ``{to: n}``
-    (``coredns_proxy_healthcheck_failures_total{proxy_name,to}``).
+    (``coredns_proxy_healthcheck_failures_total{proxy_name,to}``),
+    ``udp_exchanges[to]`` (UDP exchanges: each one a fresh socket, RFC 5452,
+    so each is a ``coredns_proxy_conn_cache_misses_total{proto="udp"}``).
     """
 
     proxy_name = "forward"
@@ -102,6 +105,7 @@ class Forwarder:
         self.tc_retries = 0
         self.failures = 0  # queries answered SERVFAIL because every attempt failed
         self.durations: dict[tuple[str, str], Histogram] = {}
+        self.udp_exchanges: dict[str, int] = {}
 
     def healthcheck_failures(self) -> dict[str, int]:
         return {u.addr: u.healthcheck_failures for u in self.upstreams}
@@ -200,6 +204,8 @@ class Forwarder:
 
     async def _ask(self, up: Upstream, query: bytes, q, tcp: bool, timeout: float) -> bytes:
         qid = secrets.randbits(16)
+        if not tcp:
+            self.udp_exchanges[up.addr] = self.udp_exchanges.get(up.addr, 0) + 1
         return await up.exchange(with_id(query, qid), qid, q, tcp, timeout)
 
     def _observe(self, to: str, rcode: int, seconds: float) -> None:

@@ -1,7 +1,9 @@
-"""Plain counters for the forward and cache plugins (exported by a later issue).
+"""Plain counters for the forward and cache plugins.
 
 Kept as Python ints and lists on the objects that count, so the hot path
-pays one attribute add; the exporter reads them with CoreDNS's names.
+pays one attribute add; the worker copies them into its shm counter block
+every 0.5 s (``fastdns/server/forwarding.py``) and the metrics exporter
+reports them with CoreDNS's names (``fastdns/control/metrics.py``).
 """
 
 from __future__ import annotations

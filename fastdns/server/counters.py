@@ -19,11 +19,29 @@ when read and as responses when their answer goes out, so
 ``sum(queries) == sum(responses)`` once nothing is in flight.
 
 Layout: native-endian uint64 words; word ``i`` is at octet ``8*i``.
+
+Per-upstream forward region (words ``W_FWD`` .. ``FWD_END``, after everything
+the C fast path mirrors, so no ``_udp.pyx`` offset moved): the data of
+CoreDNS's ``coredns_proxy_*{proxy_name="forward",to}`` series and
+``coredns_forward_healthcheck_broken_total``, written only by the worker's
+0.5 s export (``fastdns/server/forwarding.py``). Upstreams are *slots*:
+the distinct ``to`` labels of the Corefile in order (server blocks in
+Corefile order, then the ``forward`` TOs in order; :func:`upstream_table`),
+the first ``FWD_MAX_UPSTREAMS``; any further upstream is counted in the
+catch-all slot ``FWD_MAX_UPSTREAMS``, exported as ``to="other"``. Word
+``W_FWD_TABLE`` holds :func:`table_hash` of the slot table the words
+describe (0 while a worker rewrites the region); the exporter derives the
+table from its own Corefile and ignores a block whose hash differs (a
+worker still on the Corefile before a reload), so a count is never
+reported under another upstream's ``to``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import operator
 import struct
+from collections.abc import Iterable, Iterator
 
 from fastdns.constants import Qtype
 
@@ -101,6 +119,39 @@ W_END = W_LATENCY_SUM_NS + 1
 
 assert W_RESPONSES + len(RCODE_NAMES) <= W_REQ_SIZE
 
+# -- per-upstream forward region (see the module docstring) --------------------
+# CoreDNS plugin/pkg/proxy/metrics.go (1.11+): coredns_proxy_request_duration_seconds
+# {proxy_name,to,rcode} (plugin.TimeBuckets), coredns_proxy_healthcheck_failures_total
+# {proxy_name,to}, coredns_proxy_conn_cache_{hits,misses}_total{proxy_name,to,proto};
+# plugin/forward/metrics.go: coredns_forward_healthcheck_broken_total.
+FWD_MAX_UPSTREAMS = 16  # slots 0..15 exact; slot 16 is the catch-all ("other")
+FWD_SLOTS = FWD_MAX_UPSTREAMS + 1
+FWD_OTHER = "other"  # the catch-all slot's ``to`` label
+# The rcode of an upstream answer as the forwarder records it: the 4-bit
+# header rcode, so these 16 cover every value (names as CoreDNS's rcode
+# label: miekg RcodeToString, else the number).
+FWD_RCODES = 16
+FWD_CONN_PROTOS = ("udp", "tcp")
+FWD_HIST = len(LATENCY_BUCKETS) + 2  # [17 non-cumulative bucket counts][sum in ns]
+# slot layout: [healthcheck failures][conn hits udp, misses udp, hits tcp, misses tcp]
+#              [FWD_RCODES x FWD_HIST]
+FS_HC_FAILURES = 0
+FS_CONN = 1  # + 2*proto + (0 hit, 1 miss)
+FS_DURATIONS = FS_CONN + 2 * len(FWD_CONN_PROTOS)
+FWD_SLOT_WORDS = FS_DURATIONS + FWD_RCODES * FWD_HIST  # 293
+
+W_FWD = 256  # first word of the region (octet 2048); words W_END..255 stay free
+W_FWD_TABLE = W_FWD  # table_hash() of the slot table; 0 = none / being rewritten
+W_FWD_BROKEN = W_FWD + 1  # coredns_forward_healthcheck_broken_total
+W_FWD_SLOTS = W_FWD + 8  # slot k at W_FWD_SLOTS + k * FWD_SLOT_WORDS
+FWD_END = W_FWD_SLOTS + FWD_SLOTS * FWD_SLOT_WORDS
+FWD_WORDS = FWD_END - W_FWD_BROKEN  # what read_counters returns as "forward"
+# read_counters' "forward": (region word, count) pairs from W_FWD_BROKEN on, the
+# shape sum_counters (and any walker of its dicts) already adds like buckets
+FWD_ZERO = tuple((i, 0) for i in range(FWD_WORDS))
+
+assert W_END <= W_FWD and FWD_END * 8 <= 65536  # shm.COUNTERS_SIZE
+
 LAYOUT = {
     "MAGIC": MAGIC, "W_PID": W_PID, "W_GENERATION": W_GENERATION, "W_BATCHES": W_BATCHES,
     "W_REMAPS": W_REMAPS, "W_DO": W_DO, "W_SLOW": W_SLOW, "W_SEND_ERRORS": W_SEND_ERRORS,
@@ -177,13 +228,52 @@ def latency_bucket(seconds: float) -> int:
     return len(LATENCY_BUCKETS)
 
 
-class Counters:
-    """Writer used by the Python paths (TCP, slow path, the pure-Python UDP)."""
+def upstream_table(addrs: Iterable[str]) -> tuple[str, ...]:
+    """The slot table: distinct ``to`` labels in first-seen order, at most FWD_MAX_UPSTREAMS.
 
-    __slots__ = ("w",)
+    CoreDNS keys each series by (proxy_name, to) only, so two ``forward``
+    stanzas with the same TO share one series; here they share one slot.
+    """
+    return tuple(dict.fromkeys(addrs))[:FWD_MAX_UPSTREAMS]
+
+
+def config_upstreams(config: object) -> Iterator[str]:
+    """Every ``forward`` TO's ``to`` label (``IP:port``, IPv6 bracketed) in Corefile order.
+
+    Read by attribute (``servers[i].plugins["forward"].to[j].addr``) so the
+    worker (``corefile.Config``) and the exporter derive the same table.
+    """
+    for b in getattr(config, "servers", config):  # type: ignore[union-attr]
+        plugins = getattr(b, "plugins", None)
+        fwd = plugins.get("forward") if isinstance(plugins, dict) else None
+        for u in getattr(fwd, "to", ()):
+            yield u.addr
+
+
+def table_hash(table: tuple[str, ...]) -> int:
+    """A stable non-zero 64-bit id of a slot table (the same in every process)."""
+    digest = hashlib.blake2b("\n".join(table).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") | 1
+
+
+def fwd_slot_labels(table: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``to`` label of every slot: the table, unused slots "", then the catch-all."""
+    return (*table, *[""] * (FWD_MAX_UPSTREAMS - len(table)), FWD_OTHER)
+
+
+class Counters:
+    """Writer used by the Python paths (TCP, slow path, the pure-Python UDP).
+
+    ``fwd`` views the forward region (None when the block is too small,
+    as in unit tests with a bare ``W_END`` block).
+    """
+
+    __slots__ = ("w", "fwd")
 
     def __init__(self, block: memoryview) -> None:
         self.w = block[: W_END * 8].cast("Q")
+        self.fwd = block[W_FWD * 8 : FWD_END * 8].cast("Q") if len(block) >= FWD_END * 8 \
+            else None
 
     def start(self, pid: int) -> None:
         self.w[W_PID] = pid
@@ -220,9 +310,12 @@ class Counters:
 
     def release(self) -> None:
         self.w.release()
+        if self.fwd is not None:
+            self.fwd.release()
 
 
-def _hist(words: list[int], start: int, bounds: tuple[float, ...], scale: float = 1.0) -> dict:
+def _hist(words: list[int] | tuple[int, ...], start: int, bounds: tuple[float, ...],
+          scale: float = 1.0) -> dict:
     """Prometheus-shaped histogram: cumulative (le, count) pairs, sum, count."""
     counts = words[start : start + len(bounds) + 1]
     cum, buckets = 0, []
@@ -240,6 +333,14 @@ def read_counters(block: memoryview | bytes) -> dict:
     words = list(struct.unpack_from(f"={W_END}Q", block))
     if words[W_MAGIC] != MAGIC:
         words = [0] * W_END
+    fwd_table, fwd = 0, FWD_ZERO
+    if words[W_MAGIC] == MAGIC and len(block) >= FWD_END * 8:
+        fwd_table = struct.unpack_from("=Q", block, W_FWD_TABLE * 8)[0]
+        fwd = tuple(enumerate(struct.unpack_from(f"={FWD_WORDS}Q", block, W_FWD_BROKEN * 8)))
+        # the worker zeroes W_FWD_TABLE while it rewrites the region: a read
+        # that raced a rewrite is not attributed to any table
+        if struct.unpack_from("=Q", block, W_FWD_TABLE * 8)[0] != fwd_table:
+            fwd_table = 0
     queries = {}
     i = W_QUERIES
     for proto in PROTOS:
@@ -276,6 +377,10 @@ def read_counters(block: memoryview | bytes) -> dict:
                           "denial": words[W_CACHE_EVICTIONS_DENIAL]},
         },
         "forward_max_concurrent_rejects": words[W_FWD_MAX_CONCURRENT_REJECTS],
+        # the per-upstream region after W_FWD_TABLE, raw (decode_forward reads
+        # it); "forward_table" says which slot table it describes
+        "forward_table": fwd_table,
+        "forward": list(fwd),
         "send_errors": words[W_SEND_ERRORS],
         "oversize": words[W_OVERSIZE],
         "queries": queries,
@@ -293,7 +398,7 @@ def read_counters(block: memoryview | bytes) -> dict:
     }
 
 
-_NOT_SUMMED = ("pid", "generation")
+_NOT_SUMMED = ("pid", "generation", "forward_table")
 
 
 def sum_counters(blocks: list[dict]) -> dict:
@@ -312,3 +417,41 @@ def sum_counters(blocks: list[dict]) -> dict:
     for blk in blocks[1:]:
         total = add(total, {k: v for k, v in blk.items() if k not in _NOT_SUMMED})
     return total
+
+
+_count = operator.itemgetter(1)
+
+
+def forward_sum(fwd: list[tuple[int, int]]) -> int:
+    """All counts of a ``forward`` region added up (a region that went back was reset)."""
+    return sum(map(_count, fwd))
+
+
+def decode_forward(fwd: list[tuple[int, int]], table: tuple[str, ...]) -> dict:
+    """The ``forward`` pairs of read_counters/sum_counters, by ``to`` label.
+
+    ``{"healthcheck_broken": n, "upstreams": {to: {"healthcheck_failures": n,
+    "conn": {(proto, "hits"|"misses"): n}, "durations": {rcode_index: hist}}}}``
+    where ``hist`` is shaped like read_counters' histograms (seconds) and
+    only upstreams and rcodes with a count appear.
+    """
+    words = list(map(_count, fwd))
+    labels = fwd_slot_labels(table)
+    ups: dict[str, dict] = {}
+    base = W_FWD_SLOTS - W_FWD_BROKEN
+    for k, to in enumerate(labels):
+        s = base + k * FWD_SLOT_WORDS
+        slot = words[s : s + FWD_SLOT_WORDS]
+        if not to or not any(slot):
+            continue
+        conn = {(p, kind): slot[FS_CONN + 2 * i + j]
+                for i, p in enumerate(FWD_CONN_PROTOS)
+                for j, kind in enumerate(("hits", "misses"))}
+        durations = {}
+        for rc in range(FWD_RCODES):
+            h = FS_DURATIONS + rc * FWD_HIST
+            if any(slot[h : h + FWD_HIST - 1]):
+                durations[rc] = _hist(slot, h, LATENCY_BUCKETS, 1e-9)
+        ups[to] = {"healthcheck_failures": slot[FS_HC_FAILURES], "conn": conn,
+                   "durations": durations}
+    return {"healthcheck_broken": words[0], "upstreams": ups}

@@ -13,6 +13,16 @@ it is fed only when every listener serves the same blocks (the kubeadm and
 NodeLocal DNSCache Corefiles both do): then a key can only ever belong to
 one block's cache. Otherwise every cache hit is served by Python (still
 correct, slower); ``c_cache`` says which.
+
+``export`` also writes the per-upstream forward region of the counters
+block (``counters.W_FWD``..): slot k = the k-th distinct ``to`` of the
+Corefile (``counters.upstream_table``), summed over every forwarder that
+sends to it. Reload rule: a new router (a reloaded Corefile, or a respawned
+worker) whose slot table hashes like the block's ``W_FWD_TABLE`` keeps the
+words as its base and adds its own counts (the counters stay monotonic and
+keyed by position is safe: same table, same positions); with another table
+it zeroes the region first and then stores the new hash, so no count is
+ever read under the wrong ``to``.
 """
 
 from __future__ import annotations
@@ -21,10 +31,18 @@ import logging
 from typing import Any
 
 from fastdns.forward.cache import DENIAL, SUCCESS
+from fastdns.forward.message import rcode_name
 from fastdns.forward.resolver import ForwardingResolver, from_plugins
 from fastdns.server import counters as ctr
 
 log = logging.getLogger(__name__)
+
+# The forwarder's rcode label -> its index in a slot's duration histograms.
+_RCODE_INDEX = {rcode_name(i): i for i in range(ctr.FWD_RCODES)}
+_SLOTS = ctr.W_FWD_SLOTS - ctr.W_FWD  # region-relative offset of slot 0
+_CONN_UDP_MISS = ctr.FS_CONN + 1
+_CONN_TCP_HIT = ctr.FS_CONN + 2
+_CONN_TCP_MISS = ctr.FS_CONN + 3
 
 
 class BlockRouter:
@@ -33,6 +51,11 @@ class BlockRouter:
         self._by_plugins: dict[int, ForwardingResolver | None] = {}
         self._resolvers: list[ForwardingResolver] = []
         self.c_cache = False
+        self.table = ctr.upstream_table(ctr.config_upstreams(config))
+        self._slot = {to: _SLOTS + k * ctr.FWD_SLOT_WORDS for k, to in enumerate(self.table)}
+        self._other = _SLOTS + ctr.FWD_MAX_UPSTREAMS * ctr.FWD_SLOT_WORDS
+        self._fwd_base: list[int] | None = None  # the region when this router took it
+        self._exported_to: ctr.Counters | None = None
 
     def resolver_for(self, block: Any) -> ForwardingResolver | None:
         key = id(block.plugins)
@@ -96,8 +119,64 @@ class BlockRouter:
         w[ctr.W_CACHE_EVICTIONS_DENIAL] = sum(c.evictions(DENIAL) for c in caches)
         w[ctr.W_FWD_MAX_CONCURRENT_REJECTS] = sum(
             r.forwarder.max_concurrent_rejects for r in self._resolvers)
+        if counters.fwd is not None:
+            self._export_forward(counters.fwd)
+        self._exported_to = counters
+
+    def _take_region(self, fwd: memoryview) -> list[int]:
+        """The base this router adds its counts to (see the module docstring)."""
+        thash = ctr.table_hash(self.table)
+        if fwd[0] == thash:
+            return list(fwd)
+        fwd[0] = 0  # readers ignore the region from here ...
+        fwd[1:] = memoryview(bytes(8 * (len(fwd) - 1))).cast("Q")
+        fwd[0] = thash  # ... to here
+        return [0] * len(fwd)
+
+    def forward_counts(self) -> dict[int, int]:
+        """Region-relative word -> this router's count (summed over its forwarders)."""
+        live: dict[int, int] = {}
+
+        def add(word: int, n: int) -> None:
+            if n:
+                live[word] = live.get(word, 0) + n
+
+        slot, other = self._slot, self._other
+        for r in self._resolvers:
+            f = r.forwarder
+            add(ctr.W_FWD_BROKEN - ctr.W_FWD, f.healthcheck_broken)
+            for (to, rc), h in f.durations.items():
+                i = _RCODE_INDEX.get(rc)
+                if i is None:  # not a 4-bit header rcode: the forwarder never records one
+                    continue
+                o = slot.get(to, other) + ctr.FS_DURATIONS + i * ctr.FWD_HIST
+                for j, n in enumerate(h.counts):
+                    add(o + j, n)
+                add(o + ctr.FWD_HIST - 1, int(h.sum * 1e9))
+            for up in f.upstreams:
+                o = slot.get(up.addr, other)
+                add(o + ctr.FS_HC_FAILURES, up.healthcheck_failures)
+                # CoreDNS proxy.Connect: a cached connection is a hit, a dial a miss
+                add(o + _CONN_TCP_HIT, up.tcp_reused)
+                add(o + _CONN_TCP_MISS, up.tcp_opened)
+            for to, n in f.udp_exchanges.items():
+                add(slot.get(to, other) + _CONN_UDP_MISS, n)
+        return live
+
+    def _export_forward(self, fwd: memoryview) -> None:
+        if self._fwd_base is None:
+            self._fwd_base = self._take_region(fwd)
+        base = self._fwd_base
+        for word, n in self.forward_counts().items():
+            fwd[word] = base[word] + n
 
     def close(self) -> None:
+        if self._exported_to is not None:  # what was counted since the last tick
+            try:
+                self.export(self._exported_to)
+            except ValueError:  # the block's views were released first: nothing to keep
+                pass
+            self._exported_to = None
         for c in self.caches():
             c.mirror = None
         for r in self._resolvers:
