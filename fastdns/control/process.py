@@ -495,6 +495,16 @@ def kube_config(config: Any, kubeconfig: str | None) -> Any:
         label_selector=conf.labels, namespace_label_selector=conf.namespace_labels)
 
 
+def state_loader(compiler: Any) -> Callable[[str], Any]:
+    """``load_state`` keeping Pods only where ``pods verified`` answers from them
+    (CoreDNS watches Pods in that mode only)."""
+    from fastdns.zone.state import load_state
+
+    opts = getattr(compiler, "options", None)
+    pods = opts is not None and opts.pods == "verified"
+    return lambda path: load_state(path, pods=pods)
+
+
 def startup_timeout(config: Any) -> float:
     """The kubernetes plugin's ``startup_timeout`` (CoreDNS default 5 s)."""
     conf = next(b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins)
@@ -603,7 +613,8 @@ def control_main(spec: ControlSpec) -> int:
         if spec.source in ("state", "demo"):
             assert spec.source_path is not None
             source = StateFileSource(spec.source_path, loop.post_state,
-                                     interval=spec.poll_interval)
+                                     interval=spec.poll_interval,
+                                     loader=state_loader(compiler))
             try:
                 state = source.load_now()
                 log.info("%s: %s", spec.source_path, summarize(state))
