@@ -44,6 +44,7 @@ import struct
 from collections.abc import Iterable, Iterator
 
 from fastdns.constants import Qtype
+from fastdns.server import shm
 
 MAGIC = 0x46444E53_43540001  # "FDNSCT" + layout version 1
 
@@ -141,6 +142,8 @@ FS_DURATIONS = FS_CONN + 2 * len(FWD_CONN_PROTOS)
 FWD_SLOT_WORDS = FS_DURATIONS + FWD_RCODES * FWD_HIST  # 293
 
 W_FWD = 256  # first word of the region (octet 2048); words W_END..255 stay free
+# ... except the image protocol's hold words (shm.py: what a worker still reads)
+assert W_END <= shm.HOLD_ATTACHING_WORD < shm.HOLD_LINGERING_WORD < W_FWD
 W_FWD_TABLE = W_FWD  # table_hash() of the slot table; 0 = none / being rewritten
 W_FWD_BROKEN = W_FWD + 1  # coredns_forward_healthcheck_broken_total
 W_FWD_SLOTS = W_FWD + 8  # slot k at W_FWD_SLOTS + k * FWD_SLOT_WORDS

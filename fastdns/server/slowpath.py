@@ -120,8 +120,13 @@ class SlowPath:
             return external.unmarked(resp) if resp is not None else None
 
         async def completed() -> bytes | None:
+            # the image in force when the task runs, not the one it was queued
+            # with: a remap in between may retire that one (shm.py)
+            now = self._get_image()
+            if now is None:
+                return None
             resp = await external.complete(
-                image, data, q, lambda name: self._route(None, name, port), tcp)
+                now, data, q, lambda name: self._route(None, name, port), tcp)
             self._counters.incr(ctr.W_SLOW_FORWARDED)
             return resp
 

@@ -457,7 +457,7 @@ class Supervisor:
         if child.index >= 0 and self.ctl is not None:
             # The new worker maps the current image itself; its old slot must
             # not pin an image the control process could otherwise unlink.
-            self.ctl.set_mapped(child.index, 0)
+            self.ctl.release_worker(child.index)
         proc = self.ctx.Process(target=child.target, args=child.args,
                                 name=f"fastdns {child.name}", daemon=False)
         proc.start()
@@ -477,7 +477,7 @@ class Supervisor:
         code = proc.exitcode
         child.proc = None
         if child.index >= 0 and self.ctl is not None:
-            self.ctl.set_mapped(child.index, 0)
+            self.ctl.release_worker(child.index)
         if self.stopping:
             return
         if child.reloading:

@@ -187,6 +187,7 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self.transports: list[asyncio.BaseTransport] = []
         self._retry_at = 0.0
+        self._lingering: list[shm.ImageSegment] = []  # let go of, a view still alive
         self._stop: asyncio.Event | None = None
         self._gen_map: mmap.mmap | None = None
         self._gen_view: memoryview | None = None
@@ -207,16 +208,22 @@ class Worker:
         now = time.monotonic()
         if now < self._retry_at:
             return
+        i = self.spec.index
+        seg = None
         try:
-            seg = self.ctl.current()
-            if seg is None:
-                return
-            if seg.generation == self.generation:
-                seg.close()
+            # holds each generation it tries while it attaches (shm.py: retiring)
+            seg = self.ctl.current(worker=i)
+            if seg is None or seg.generation == self.generation:
+                if seg is not None:
+                    seg.close()
+                self.ctl.set_attaching(i, 0)
                 return
             img.read_header(seg.buf)
         except (shm.ShmError, OSError, img.ImageError) as e:
-            log.warning("worker %d: cannot map image generation %d: %s", self.spec.index,
+            if seg is not None:
+                seg.close()
+            self.ctl.set_attaching(i, 0)
+            log.warning("worker %d: cannot map image generation %d: %s", i,
                         self.ctl.generation, e)
             self._retry_at = now + REMAP_RETRY
             return
@@ -227,10 +234,19 @@ class Worker:
             self.fast.set_image(seg.buf, seg.generation)  # releases the old buffer
         self.counters.w[ctr.W_GENERATION] = seg.generation
         self.counters.incr(ctr.W_REMAPS)
-        self.ctl.set_mapped(self.spec.index, seg.generation)
-        if old is not None:
-            old.close()
-        log.debug("worker %d: serving generation %d", self.spec.index, seg.generation)
+        self.ctl.set_mapped(i, seg.generation)
+        self.ctl.set_attaching(i, 0)
+        if old is not None and not old.close():
+            self._lingering.append(old)  # a task still holds a view of it
+        self._release_lingering()
+        log.debug("worker %d: serving generation %d", i, seg.generation)
+
+    def _release_lingering(self) -> None:
+        """Unmap old images whose last view went; hold the oldest that remains."""
+        if self._lingering:
+            self._lingering = [s for s in self._lingering if not s.close()]
+        self.ctl.set_lingering(self.spec.index,
+                               min((s.generation for s in self._lingering), default=0))
 
     # -- answering (Python paths) ----------------------------------------------
 
@@ -453,6 +469,8 @@ class Worker:
         if self._stop is not None and self._stop.is_set():
             return
         self.check_generation()
+        if self._lingering:
+            self._release_lingering()
         if self.router is not None:
             self.router.export(self.counters)
         reconfigure_if_changed(self, loop)  # a reloaded Corefile (control/reload.py)
@@ -492,8 +510,11 @@ class Worker:
         if self.image is not None:
             self.image.close()
             self.image = None
+        for seg in self._lingering:
+            seg.close()
+        self._lingering = []
         try:
-            self.ctl.set_mapped(self.spec.index, 0)
+            self.ctl.release_worker(self.spec.index)
         except (IndexError, ValueError):
             pass
         self.counters.release()
