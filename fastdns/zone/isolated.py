@@ -1,0 +1,111 @@
+"""Parse a state file in a child process and hand the stripped objects back.
+
+Why: a kubectl dump is parsed into a tree of dicts many times the size of
+what is kept, and the kept strings and objects sit in the same allocator
+arenas as that garbage, so the parent could not give the memory back: at
+10k Services the control process stayed ~90 MB larger than its live data
+after one load (bench/peers.py, RSS by process). The child pays that and
+exits; the parent only allocates the stripped objects, compactly, from a
+pickle of plain tuples (pickling the dataclasses themselves cost as much as
+the parse).
+
+    python3 -m fastdns.zone.isolated PATH [--no-pods]   (stdout: the pickle)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+from fastdns.zone.objects import (
+    Endpoint,
+    EndpointSlice,
+    Namespace,
+    Obj,
+    Pod,
+    Service,
+    ServicePort,
+    StateError,
+)
+
+EXIT_STATE_ERROR = 3
+TIMEOUT = 600.0  # seconds: a state file that takes longer is not a state file
+
+
+def _ports(ports: tuple[ServicePort, ...]) -> tuple:
+    return tuple((p.name, p.protocol, p.port) for p in ports)
+
+
+def encode(objs: list[Obj]) -> list[tuple]:
+    out: list[tuple] = []
+    for o in objs:
+        if isinstance(o, EndpointSlice):
+            out.append(("E", o.namespace, o.name, o.service, o.address_type,
+                        tuple((e.addresses, e.ready, e.hostname, e.target_pod, e.node_name)
+                              for e in o.endpoints), _ports(o.ports)))
+        elif isinstance(o, Service):
+            out.append(("S", o.namespace, o.name, o.type, o.cluster_ips, o.headless,
+                        o.external_name, _ports(o.ports)))
+        elif isinstance(o, Pod):
+            out.append(("P", o.namespace, o.name, o.ips, o.phase))
+        else:
+            out.append(("N", o.name))
+    return out
+
+
+def decode(rows: list[tuple]) -> list[Obj]:
+    out: list[Obj] = []
+    sp = ServicePort
+    for r in rows:
+        k = r[0]
+        if k == "E":
+            out.append(EndpointSlice(r[1], r[2], r[3], r[4],
+                                     tuple(Endpoint(*e) for e in r[5]),
+                                     tuple(sp(*p) for p in r[6])))
+        elif k == "S":
+            out.append(Service(r[1], r[2], r[3], r[4], r[5], r[6], tuple(sp(*p) for p in r[7])))
+        elif k == "P":
+            out.append(Pod(r[1], r[2], r[3], r[4]))
+        else:
+            out.append(Namespace(r[1]))
+    return out
+
+
+def load_objects_isolated(path: str, *, pods: bool = True) -> list[Obj]:
+    """``state.load_objects`` over every file of ``path``, run in a child process."""
+    argv = [sys.executable, "-m", "fastdns.zone.isolated", os.fspath(path)]
+    if not pods:
+        argv.append("--no-pods")
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise StateError(f"{path}: cannot load: {e}") from None
+    if proc.returncode == EXIT_STATE_ERROR:
+        raise StateError(proc.stderr.decode(errors="replace").strip())
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise StateError(f"{path}: loading failed (exit {proc.returncode}): {' '.join(tail)}")
+    return decode(pickle.loads(proc.stdout))  # our own child's output
+
+
+def main(argv: list[str]) -> int:
+    from fastdns.zone.state import load_objects, state_files
+
+    path = argv[0]
+    kinds = None if "--no-pods" not in argv else ("Namespace", "Service", "EndpointSlice")
+    try:
+        objs: list[Obj] = []
+        for f in state_files(path):
+            objs.extend(load_objects(f, kinds) if kinds else load_objects(f))
+    except StateError as e:
+        print(e, file=sys.stderr)
+        return EXIT_STATE_ERROR
+    sys.stdout.buffer.write(pickle.dumps(encode(objs), protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
