@@ -153,7 +153,11 @@ class ControlLoop:
     def __init__(self, compiler: Any, publisher: Publisher, *, coalesce: float = COALESCE,
                  state: Any = None) -> None:
         self.compiler = compiler
-        if hasattr(compiler, "reuse_buffer"):
+        if hasattr(compiler, "deferred") and getattr(publisher, "_bg", None) is not None:
+            # each image is laid out straight into the segment it is published
+            # in (Compiler.deferred, Publisher._write_deferred): no copy of it here
+            compiler.deferred = True
+        elif hasattr(compiler, "reuse_buffer"):
             # each image is published (copied out) before the next compile:
             # one buffer, its pages faulted in once (Compiler.reuse_buffer)
             compiler.reuse_buffer = True

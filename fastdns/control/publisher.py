@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import queue
 import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastdns.server import shm
 
@@ -48,6 +50,7 @@ SPARE_WAIT = 0.02  # seconds a publish waits for a spare being preallocated
 # unlink (~5 ms) per publish kept a single spare late for one publish in ten
 # at 10k Services and 50 changes/s, by 11-16 ms (bench/bench_kube.py).
 SPARES = 2
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _CHUNK = 1 << 20  # octets compared at a time with the image in force
 SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
 
@@ -113,19 +116,29 @@ class Publisher:
         self.generation = self.ctl.generation
         return removed
 
-    def publish(self, image: bytes | bytearray | memoryview, *, force: bool = False
-                ) -> int | None:
+    def publish(self, image: Any, *, force: bool = False) -> int | None:
         """Publish ``image`` as the next generation; None when it equals the current one.
+
+        ``image`` is bytes-like, or a ``compiler.DeferredImage`` that is laid
+        out straight into its segment (with the background thread's spares).
 
         The generation in the image header is set to the published one (the
         compiler does not know it), in the segment, before it is announced.
         """
         if isinstance(image, memoryview):
             image = image.tobytes()
-        if not force and self.generation > 0 and self._unchanged(image):
-            return None
         gen = self.generation + 1
-        name = self._write(gen, image)
+        if hasattr(image, "write_into"):  # a DeferredImage (Compiler.deferred)
+            if self._bg is None:
+                image = image.tobytes()
+            else:
+                name = self._write_deferred(gen, image, force)
+                if name is None:
+                    return None
+        if not hasattr(image, "write_into"):
+            if not force and self.generation > 0 and self._unchanged(image):
+                return None
+            name = self._write(gen, image)
         self.ctl.publish(name, gen)
         self.generation = gen
         self._live[gen] = name
@@ -141,7 +154,7 @@ class Publisher:
             self.collect()
         return gen
 
-    def _unchanged(self, image: bytes | bytearray) -> bool:
+    def _unchanged(self, image: Any) -> bool:
         """Whether ``image`` equals the image in force, generation aside.
 
         Compared with the published segment itself, read in chunks that stop
@@ -157,26 +170,28 @@ class Publisher:
                          os.O_RDONLY | os.O_CLOEXEC)
         except (OSError, ValueError, shm.ShmError):
             return False
+        mv = memoryview(image).cast("B")
         try:
             size = os.fstat(fd).st_size
-            if size != len(image) or size < _GEN_OFFSET + 8:
+            if size != len(mv) or size < _GEN_OFFSET + 8:
                 return False
             off = 0
             while off < size:
                 chunk = os.pread(fd, min(_CHUNK, size - off), off)
                 if not chunk:
                     return False
+                n = len(chunk)
                 if off == 0:
-                    ok = (image.startswith(memoryview(chunk)[:_GEN_OFFSET])
-                          and image.startswith(memoryview(chunk)[_GEN_OFFSET + 8:],
-                                               _GEN_OFFSET + 8))
+                    ok = (mv[:_GEN_OFFSET] == chunk[:_GEN_OFFSET]
+                          and mv[_GEN_OFFSET + 8:n] == chunk[_GEN_OFFSET + 8:])
                 else:
-                    ok = image.startswith(chunk, off)
+                    ok = mv[off:off + n] == chunk
                 if not ok:
                     return False
-                off += len(chunk)
+                off += n
             return True
         finally:
+            mv.release()
             os.close(fd)
 
     def _write(self, gen: int, image: bytes | bytearray) -> str:
@@ -190,6 +205,61 @@ class Publisher:
                 seg.close()  # the pages stay in /dev/shm; workers map them by name
             return seg.name
         name = shm.image_name(self.instance, gen)
+        sname, fd = self._take_spare(name, len(image))
+        try:
+            _pwrite_all(fd, image, 0)
+            if len(image) >= _GEN_OFFSET + 8:
+                _pwrite_all(fd, _GEN.pack(gen), _GEN_OFFSET)
+            os.ftruncate(fd, len(image))  # give back the slack
+        except BaseException:
+            os.close(fd)
+            shm.ImageSegment.unlink(sname)
+            raise
+        os.close(fd)
+        self._rename(sname, name)
+        return name
+
+    def _write_deferred(self, gen: int, image: Any, force: bool) -> str | None:
+        """Lay ``image`` out in a mapping of its segment (no copy of it in this
+        process); None, and the spare kept, when it equals the image in force."""
+        name = shm.image_name(self.instance, gen)
+        size = len(image)
+        sname, fd = self._take_spare(name, size)
+        try:
+            os.ftruncate(fd, size)  # exact: a larger recycled spare gives back its tail
+            # MAP_POPULATE: the pages exist (a spare), so map them all at once
+            # instead of one fault per 4 KiB while the assembler writes
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED | _MAP_POPULATE,
+                           mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                image.write_into(mm)
+                if size >= _GEN_OFFSET + 8:
+                    _GEN.pack_into(mm, _GEN_OFFSET, gen)
+                same = not force and self.generation > 0 and self._unchanged(mm)
+            finally:
+                mm.close()
+        except BaseException:
+            os.close(fd)
+            shm.ImageSegment.unlink(sname)
+            raise
+        if same:
+            with self._spare_lock:
+                self._ready.insert(0, (sname, fd, size))  # nothing announced: reuse it
+            return None
+        os.close(fd)
+        self._rename(sname, name)
+        return name
+
+    @staticmethod
+    def _rename(sname: str, name: str) -> None:
+        if sname != name:
+            # rename(2) replaces a stale, never-announced segment of that name
+            os.rename(os.path.join(shm.SHM_DIR, sname), os.path.join(shm.SHM_DIR, name))
+
+    def _take_spare(self, name: str, size: int) -> tuple[str, int]:
+        """(file name, open fd) of a segment to write the next image into:
+        a ready spare, or a fresh file named ``name`` when none is ready."""
+        assert self._bg is not None
         t = time.perf_counter()
         with self._spare_lock:
             # A spare on its way is worth waiting for: its thread needs the GIL
@@ -198,7 +268,7 @@ class Publisher:
             self._spare_lock.wait_for(lambda: self._ready or not self._spare_pending, SPARE_WAIT)
             spare = self._ready.pop(0) if self._ready else None
         self.spare_wait = time.perf_counter() - t
-        if spare is not None and spare[2] < len(image) - _spare_slack(len(image)):
+        if spare is not None and spare[2] < size - _spare_slack(size):
             self._bg.submit(_drop_spare, spare)  # outgrown (a little growth is written anyway)
             spare = None
         if spare is None:  # none ready yet: a fresh file, written the same way
@@ -210,21 +280,7 @@ class Publisher:
             spare = (name, fd, 0)
         else:
             self.spare_hits += 1
-        sname, fd, _size = spare
-        try:
-            _pwrite_all(fd, image, 0)
-            if len(image) >= _GEN_OFFSET + 8:
-                _pwrite_all(fd, _GEN.pack(gen), _GEN_OFFSET)
-            os.ftruncate(fd, len(image))  # give back the slack
-        except BaseException:
-            os.close(fd)
-            shm.ImageSegment.unlink(sname)
-            raise
-        os.close(fd)
-        if sname != name:
-            # rename(2) replaces a stale, never-announced segment of that name
-            os.rename(os.path.join(shm.SHM_DIR, sname), os.path.join(shm.SHM_DIR, name))
-        return name
+        return spare[0], spare[1]
 
     def _want_spare(self, size: int) -> None:
         if self._bg is None:
