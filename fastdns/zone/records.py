@@ -16,9 +16,10 @@ case). Whatever is not listed is a negative answer that the compiler derives
 from the zone: a listed name with `nodata=True` answers other types NODATA,
 everything else under the zone is NXDOMAIN.
 
-Deliberate choices where CoreDNS is quirky: NS and TXT queries for a name
-that does not exist are NXDOMAIN (CoreDNS says NODATA), SOA is answered at
-the apex only, and SRV at endpoint names only with `endpoint_srv` (it would
+Deliberate choices where CoreDNS is quirky: TXT at names that exist
+without records (apex, `svc.ZONE`, namespaces) is NODATA like every other
+type there (CoreDNS's TXT branch reads as NXDOMAIN; docs/status.md), SOA is
+answered at the apex only, and SRV at endpoint names only with `endpoint_srv` (it would
 cost a third of a large image). Names that CoreDNS answers NXDOMAIN for
 every other type keep that: `dns-version.ZONE` (TXT only) and reverse PTR
 names (PTR only), which is why they carry `nodata=False`. Names below
