@@ -143,6 +143,45 @@ def proc_mem(pid: int) -> dict[str, float]:
     return out
 
 
+def tree_mem(root: int) -> tuple[float, float, str]:
+    """RSS and PSS (MiB) summed over ``root`` and its descendants, and who holds what.
+
+    PSS splits shared pages (the image, mapped by the worker and written by
+    the control process) between the processes that map them, so the sum is
+    what the server costs the node.
+    """
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    todo, rss, pss, parts = [root], 0.0, 0.0, []
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            vals = {}
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k in ("Rss", "Pss"):
+                        vals[k] = int(v.split()[0]) / 1024
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        rss += vals.get("Rss", 0.0)
+        pss += vals.get("Pss", 0.0)
+        who = "supervisor" if pid == root else (
+            "resource tracker" if "resource_tracker" in cmd else "child")
+        parts.append(f"{who} {vals.get('Rss', 0.0):.0f}/{vals.get('Pss', 0.0):.0f}")
+    return rss, pss, ", ".join(parts)
+
+
 # -- DNS polling ------------------------------------------------------------------
 
 
@@ -396,6 +435,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         res["other"] = (machine_busy() - busy0 - cpu - res["bench_cpu"] - res["api_cpu"]
                         - res["worker_cpu"] - (proc_cpu(serve.pid) - sup_cpu0)) / wall
         mem = proc_mem(cpid)
+        res["tree_rss"], res["tree_pss"], res["tree_parts"] = tree_mem(serve.pid)
         res.update(issued=issued, seen=len(lat), lost=len(prober.pending), wall=wall,
                    cpu=cpu, rss=mem["VmRSS"], hwm=mem["VmHWM"], queries=prober.queries,
                    put_p50=statistics.median(put_times) if put_times else 0.0)
@@ -406,8 +446,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         print(f"{issued} changes, {len(lat)} seen, {len(prober.pending)} not seen; "
               f"p50 {res.get('p50', 0) * 1e3:.1f} ms p99 {res.get('p99', 0) * 1e3:.1f} ms; "
               f"control CPU {cpu:.1f}s over {wall:.1f}s; RSS {mem}; CPU s of the bench "
-              f"{res['bench_cpu']:.1f}, API {res['api_cpu']:.1f}, worker {res['worker_cpu']:.1f}",
-              flush=True)
+              f"{res['bench_cpu']:.1f}, API {res['api_cpu']:.1f}, worker {res['worker_cpu']:.1f}; "
+              f"tree RSS/PSS MiB: {res['tree_parts']}", flush=True)
 
         # -- forced relist ----------------------------------------------------------
         name, ip, sl = changer.next()
@@ -484,6 +524,8 @@ def table(res: dict, args: argparse.Namespace) -> str:
         ("control RSS at the end / peak (VmHWM)",
          f"{res['rss']:.0f} / {hwm:.0f} MiB", f"< {TARGET_RSS_MB:.0f} MB",
          ok(hwm * 1.048576 < TARGET_RSS_MB)),
+        ("whole server RSS / PSS at the end (supervisor + control + worker)",
+         f"{res['tree_rss']:.0f} / {res['tree_pss']:.0f} MiB", "", ""),
         ("forced full relist -> changed answer",
          "n/a" if relist is None else f"{relist:.2f} s", f"<= {TARGET_RELIST:.0f} s",
          ok(relist is not None and relist - res.get("relist_backoff", 0.0) <= TARGET_RELIST)),
