@@ -3,10 +3,11 @@
 It owns nothing but processes and the control segment: it reads the
 Corefile far enough to know what to listen on, creates the shared control
 segment (so that it outlives a crash of the control process), starts one
-control process and N workers with the ``spawn`` start method (no state
-inherited through ``fork``), restarts any child that dies with exponential
-backoff, and on SIGTERM/SIGINT stops the children, sweeps this run's
-``/dev/shm/fastdns-<instance>-*`` segments and exits 0.
+control process and N workers, each in a fresh interpreter (no state
+inherited through ``fork``; ``childproc.py`` rather than ``multiprocessing``,
+whose ``spawn`` adds a resource-tracker process), restarts any child that
+dies with exponential backoff, and on SIGTERM/SIGINT stops the children,
+sweeps this run's ``/dev/shm/fastdns-<instance>-*`` segments and exits 0.
 
 Like NSD (``server.c``: the main process only restarts its children), the
 supervisor never touches packets or zone data, so it is very unlikely to die;
@@ -20,7 +21,6 @@ import argparse
 import contextlib
 import ctypes
 import logging
-import multiprocessing
 import os
 import platform
 import secrets
@@ -28,11 +28,12 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import wait as wait_objects
 from pathlib import Path
 from typing import Any
 
 from fastdns.server import shm
+from fastdns.server.childproc import ChildProcess, set_comm
+from fastdns.server.childproc import wait as wait_objects
 
 log = logging.getLogger("supervisor")
 
@@ -285,7 +286,7 @@ def reload_plan(plan: ServePlan, text: str) -> tuple[Any, ServePlan]:
         lameduck=_lameduck(config))
 
 
-# -- child entry points (module level: picklable for spawn) ----------------
+# -- child entry points (module level: childproc pickles them by name) -----
 
 
 def _worker_entry(spec: Any, log_level: str, parent_pid: int) -> None:
@@ -342,7 +343,6 @@ class Supervisor:
     def __init__(self, plan: ServePlan, instance: str | None = None) -> None:
         self.plan = plan
         self.instance = instance or secrets.token_hex(6)
-        self.ctx = multiprocessing.get_context("spawn")
         self.ctl: shm.ControlSegment | None = None
         self.children: list[Child] = []
         self.stopping = False
@@ -458,8 +458,8 @@ class Supervisor:
             # The new worker maps the current image itself; its old slot must
             # not pin an image the control process could otherwise unlink.
             self.ctl.release_worker(child.index)
-        proc = self.ctx.Process(target=child.target, args=child.args,
-                                name=f"fastdns {child.name}", daemon=False)
+        comm = "fastdns-ctl" if child.index < 0 else f"fastdns-w{child.index}"
+        proc = ChildProcess(child.target, child.args, name=f"fastdns {child.name}", comm=comm)
         proc.start()
         if child.restarts and self.stats is not None:
             if child.index >= 0:
@@ -475,6 +475,7 @@ class Supervisor:
         proc = child.proc
         proc.join(0)
         code = proc.exitcode
+        proc.close()
         child.proc = None
         if child.index >= 0 and self.ctl is not None:
             self.ctl.release_worker(child.index)
@@ -570,6 +571,7 @@ class Supervisor:
     # main loop -------------------------------------------------------------
 
     def run(self) -> int:
+        set_comm("fastdns")  # ps -e / top: fastdns, fastdns-ctl, fastdns-w0, ...
         self._install_signals()
         self.ctl = shm.ControlSegment.create(self.instance, self.plan.nworkers)
         try:

@@ -1,0 +1,254 @@
+"""Start a Python function in a fresh interpreter, without ``multiprocessing``.
+
+Why: the ``spawn`` start method of ``multiprocessing`` always launches
+``multiprocessing.resource_tracker`` as one more process (~15 MiB RSS) to
+clean up ``multiprocessing.shared_memory`` and semaphores, which fastdns
+never uses (its segments are plain files in /dev/shm, ``shm.py``), and its
+children import the parent's ``__main__`` again. A ``fastdns serve`` tree
+must be supervisor + control + workers and nothing else.
+
+What it keeps of ``spawn``: a fresh interpreter (nothing inherited through
+``fork``) started with the parent's interpreter flags and ``sys.path``,
+stdin from /dev/null, stdout and stderr shared, ``target(*args)`` handed
+over as a pickle, a traceback on stderr and exit status 1 when the target
+raises, ``SystemExit`` codes as the exit status, and a negative ``exitcode``
+when a signal ended the child. The ``Process`` methods the supervisor uses
+(``start``, ``pid``, ``sentinel``, ``is_alive``, ``join``, ``exitcode``,
+``close``) behave as in ``multiprocessing``.
+
+The child side runs as::
+
+    python3 -m fastdns.server.childproc NAME COMM FD [ALIVE_FD]
+
+reading the parent's ``sys.path``, then ``(target, args)``, from the pipe
+``FD`` (the target must be importable by its module name, as with
+``spawn``). NAME is only there for ``ps`` and error messages; COMM becomes
+the kernel's name of the process (prctl PR_SET_NAME, at most 15 bytes),
+which ``top``, ``ps -e`` and ``pgrep`` show. ALIVE_FD, held open until
+exit, is the exit sentinel on kernels without pidfd_open(2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+_PR_SET_NAME = 15  # prctl(2); the name is cut to 16 bytes with its NUL
+
+
+class ChildProcess:
+    """One child interpreter running ``target(*args)``; start it once."""
+
+    def __init__(self, target: Callable[..., Any], args: tuple = (),
+                 name: str = "fastdns child", comm: str | None = None) -> None:
+        self.target = target
+        self.args = args
+        self.name = name
+        self.comm = comm or name
+        self._popen: Any = None  # subprocess.Popen
+        self._sentinel: int | None = None
+        self._keep: int | None = None  # the sentinel, when it is the liveness pipe
+
+    def start(self) -> None:
+        import pickle
+        import subprocess
+
+        if self._popen is not None:
+            raise RuntimeError("a ChildProcess can only be started once")
+        # Pickled before anything starts, so an unpicklable argument is the
+        # caller's exception here, not a dead child. Two pickles: the child
+        # needs our sys.path before it can import the target's module.
+        payload = (pickle.dumps(list(sys.path), protocol=pickle.HIGHEST_PROTOCOL)
+                   + pickle.dumps((self.target, self.args), protocol=pickle.HIGHEST_PROTOCOL))
+        data_r, data_w = os.pipe()
+        alive_r, alive_w = (-1, -1) if _HAVE_PIDFD else os.pipe()
+        argv = [sys.executable, *subprocess._args_from_interpreter_flags(),
+                "-m", "fastdns.server.childproc", self.name, self.comm, str(data_r)]
+        if alive_w >= 0:
+            argv.append(str(alive_w))
+        try:
+            self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                           pass_fds=[fd for fd in (data_r, alive_w) if fd >= 0],
+                                           env=_child_env())
+        except BaseException:
+            for fd in (data_w, alive_r):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (data_r, alive_w):
+                if fd >= 0:
+                    os.close(fd)
+        # Without pidfds the child holds the write end of a pipe until it
+        # exits, which then reads EOF: multiprocessing's own sentinel.
+        if alive_r >= 0:
+            self._sentinel = self._keep = alive_r
+        else:
+            self._sentinel = os.pidfd_open(self._popen.pid)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(data_w, view):]
+        except BrokenPipeError:
+            pass  # the child died before reading; its exit status says why
+        finally:
+            os.close(data_w)
+
+    # -- what multiprocessing.Process offers ---------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._popen is None else self._popen.pid
+
+    @property
+    def sentinel(self) -> int:
+        """An fd that becomes readable when the child exits (a pidfd, pidfd_open(2))."""
+        if self._sentinel is None:
+            raise ValueError("process not started or closed")
+        return self._sentinel
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while running; the exit status, or -N when signal N ended it."""
+        if self._popen is None:
+            return None
+        return self._popen.poll()  # reaps: no zombie is left behind
+
+    def is_alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the child exited (and reap it) or ``timeout`` seconds passed."""
+        if self._popen is None:
+            raise ValueError("can only join a started process")
+        if self._popen.poll() is not None:
+            return
+        if self._sentinel is not None and self._keep is None:
+            # a pidfd is readable once the child is a zombie: reap it then
+            if wait([self._sentinel], timeout):
+                self._popen.poll()
+        else:
+            # The liveness pipe reads EOF a moment before the child can be
+            # reaped (its files close first), or early if the child closed
+            # it: Popen.wait polls waitpid(2) within the timeout instead.
+            import subprocess
+
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._popen.wait(timeout)
+
+    def close(self) -> None:
+        """Release the sentinel fd; the child must have exited."""
+        if self._popen is not None and self._popen.poll() is None:
+            raise ValueError("cannot close a process that is still running")
+        if self._sentinel is not None:
+            os.close(self._sentinel)
+            self._sentinel = self._keep = None
+
+    def __del__(self) -> None:
+        if self._sentinel is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._sentinel)
+
+    def __repr__(self) -> str:
+        code = None if self._popen is None else self._popen.returncode
+        state = "initial" if self._popen is None else "started" if code is None else code
+        return f"<ChildProcess {self.name!r} pid={self.pid} {state}>"
+
+
+def _pidfd_works() -> bool:
+    """pidfd_open(2) is Linux 5.3+, and a seccomp profile may refuse it."""
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):
+        return False
+    os.close(fd)
+    return True
+
+
+_HAVE_PIDFD = _pidfd_works()
+
+
+def _child_env() -> dict[str, str] | None:
+    """The environment for ``python -m fastdns.server.childproc`` to find this tree.
+
+    The parent may have found ``fastdns`` through a ``sys.path`` entry that a
+    fresh interpreter would not have (pytest's ``pythonpath``, a path added at
+    run time); the child's ``sys.path`` is only set from the parent's after
+    this module is running. None: inherit the environment unchanged.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    found = [os.getcwd(), *pythonpath.split(os.pathsep)]
+    with contextlib.suppress(AttributeError, ValueError):
+        import site
+
+        found += [*site.getsitepackages(), site.getusersitepackages()]
+    if any(p and os.path.abspath(p) == root for p in found):
+        return None
+    return dict(os.environ, PYTHONPATH=root + (os.pathsep + pythonpath if pythonpath else ""))
+
+
+def wait(fds: Iterable[int], timeout: float | None = None) -> list[int]:
+    """The fds of ``fds`` that are readable within ``timeout`` seconds (None: no limit).
+
+    ``multiprocessing.connection.wait`` for plain fds, without importing
+    ``multiprocessing`` into every process that uses it.
+    """
+    import select
+
+    fds = list(fds)
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    # POLLHUP/POLLERR count as ready: a pipe whose writer exited reads EOF
+    return [fd for fd, _ev in poller.poll(ms)]
+
+
+# -- the child side ------------------------------------------------------------
+
+
+def set_comm(name: str) -> None:
+    """This process's name for the kernel (``comm``, 15 bytes), where prctl(2) exists."""
+    with contextlib.suppress(OSError, AttributeError, ImportError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def main(argv: list[str]) -> int:
+    import pickle
+
+    name, comm, fd = argv[0], argv[1], int(argv[2])
+    if len(argv) > 3:
+        # the liveness pipe (no pidfd): held open, but not by our own children
+        os.set_inheritable(int(argv[3]), False)
+    set_comm(comm)
+    # from our own parent, over a private pipe
+    with open(fd, "rb") as f:
+        try:
+            sys.path[:] = pickle.load(f)
+        except EOFError:
+            print(f"{name}: the parent sent nothing to run", file=sys.stderr)
+            return 1
+        target, args = pickle.load(f)
+    try:
+        target(*args)
+    except SystemExit:
+        raise
+    except BaseException:
+        # multiprocessing's shape: who crashed, then the traceback (stderr is shared)
+        import traceback
+
+        print(f"Process {name} (pid {os.getpid()}):", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
