@@ -32,6 +32,13 @@ compile and publish time, worker restarts, slow-path and TCP counters), and
 ``process_*`` summed over the supervisor, the control process and every
 live worker (CoreDNS is one process; its dashboards chart these).
 
+The ``coredns_dns_*`` series carry the ``server`` (listener) and ``zone``
+that handled each query, from the workers' per-(server, zone) rows
+(``counters.row_table``: at most ``counters.ROW_MAX`` pairs, the rest as
+``server="other", zone="other"``; a name no zone on its listener matches is
+``zone="dropped"``). The ``coredns_cache_*`` series are still reported under
+the first block's server and ``zones="."``.
+
 Label values stay bounded: ``server`` and ``zone`` come from the Corefile's
 server blocks, ``to`` from its ``forward`` TOs (at most
 ``counters.FWD_MAX_UPSTREAMS``, the rest as ``to="other"``), never from a
@@ -95,10 +102,7 @@ def rcode_label(name: str) -> str:
     return "BADSIG" if name == "BADVERS" else name
 
 
-def server_label(port: int, host: str = "", transport: str = "dns") -> str:
-    """``dns://:53`` / ``dns://127.0.0.1:53`` / ``dns://[::1]:53``, as CoreDNS prints it."""
-    h = f"[{host}]" if ":" in host else host
-    return f"{transport}://{h}:{port}"
+server_label = ctr.server_label  # dns://:53, dns://127.0.0.1:53, dns://[::1]:53
 
 
 # -- what the Corefile tells the collector ---------------------------------------
@@ -341,10 +345,11 @@ class DnsCollector(Collector):
 
     ``blocks``: the counter blocks, one memoryview per worker slot (from
     ``ControlSegment.counters(i)``, taken once: that call keeps a view per
-    call). ``labels``: the Corefile's server blocks; the workers' counters
-    do not record which block answered, so every count is reported under
-    the first block's first server and zone (``dns://:53``, ``.`` for the
-    kubeadm Corefile, which is exactly what CoreDNS reports there).
+    call). ``labels``: the Corefile's server blocks. The DNS series are
+    reported per (server, zone) from the workers' rows (counters.py); only
+    while no worker block carries rows of this Corefile's table (workers
+    that have not read a Corefile) are the totals reported under the first
+    block's first server and zone.
     """
 
     def __init__(self, blocks: Sequence[memoryview], labels: Sequence[BlockLabels],
@@ -366,6 +371,21 @@ class DnsCollector(Collector):
         self.fwd_table = ctr.upstream_table(u for b in self.labels for u in b.upstreams)
         self.fwd_hash = ctr.table_hash(self.fwd_table)
         self._retired_fwd: list[tuple[int, int]] = list(ctr.FWD_ZERO)
+        # The (server, zone) row table, derived as the workers derive theirs
+        # (counters.listener_zones over the same blocks), and each row's view
+        # and answering plugin (the block that serves the zone on that server).
+        listeners: dict[str, list[str]] = {}
+        self._row_meta: dict[tuple[str, str], tuple[str, str]] = {}
+        for blk in self.labels:
+            for srv in blk.servers:
+                listeners.setdefault(srv, []).extend(blk.zones)
+                for z in blk.zones:
+                    self._row_meta.setdefault((srv, z), (blk.view, blk.answering_plugin))
+                self._row_meta.setdefault((srv, ctr.ZONE_DROPPED), (blk.view, ""))
+        self.rows_table = ctr.row_table({k: tuple(dict.fromkeys(v))
+                                         for k, v in listeners.items()})
+        self.rows_hash = ctr.rows_hash(self.rows_table)
+        self._retired_rows: list[tuple[int, int]] = list(ctr.ROWS_ZERO)
 
     @classmethod
     def for_segment(cls, ctl: shm.ControlSegment, labels: Sequence[BlockLabels],
@@ -385,76 +405,108 @@ class DnsCollector(Collector):
         """
         current = [ctr.read_counters(b) for b in self.blocks]
         zero = list(ctr.FWD_ZERO)
+        zero_rows = list(ctr.ROWS_ZERO)
         with self._lock:
             for i, cur in enumerate(current):
                 last = self._last[i]
                 if cur["forward_table"] != self.fwd_hash:
                     cur["forward"] = last["forward"] if last is not None else zero
+                if cur["rows_table"] != self.rows_hash:  # the same rule for the rows
+                    cur["rows"] = last["rows"] if last is not None else zero_rows
                 if last is not None:
                     if _total_queries(cur) < _total_queries(last):
-                        self._retired.append({**_strip(last), "forward": zero})
+                        self._retired.append({**_strip(last), "forward": zero,
+                                              "rows": zero_rows})
                         self._retired = [ctr.sum_counters(self._retired)]
                     if ctr.forward_sum(cur["forward"]) < ctr.forward_sum(last["forward"]):
                         self._retired_fwd = ctr.sum_counters(
                             [{"forward": self._retired_fwd}, {"forward": last["forward"]}]
                         )["forward"]
+                    if ctr.forward_sum(cur["rows"]) < ctr.forward_sum(last["rows"]):
+                        self._retired_rows = ctr.sum_counters(
+                            [{"rows": self._retired_rows}, {"rows": last["rows"]}])["rows"]
                 self._last[i] = cur
             total = ctr.sum_counters([_strip(c) for c in current] + self._retired)
             total["forward"] = ctr.sum_counters(
                 [{"forward": total["forward"]}, {"forward": self._retired_fwd}])["forward"]
+            total["rows"] = ctr.sum_counters(
+                [{"rows": total["rows"]}, {"rows": self._retired_rows}])["rows"]
         return total, current
+
+    def series(self, c: dict, current: Sequence[dict] = ()) -> list[tuple[list[str], str, dict]]:
+        """([server, zone, view], answering plugin, DNS counts) per (server, zone).
+
+        From the rows (counters.decode_rows); the totals under the first
+        block only while no worker keeps rows at all (``current``: each
+        block's read_counters; workers started without a Corefile). A worker
+        whose rows describe another table (a reload in progress) is not
+        reported under ours, nor as totals, until it takes ours.
+        """
+        out = []
+        rows = ctr.decode_rows(c["rows"], self.rows_table) if any(
+            n for _, n in c["rows"]) else {}
+        for (server, zone), counts in rows.items():
+            view, plugin = self._row_meta.get((server, zone), ("", ""))
+            out.append(([server, zone, view], plugin, counts))
+        if not out and not any(cur.get("rows_table") for cur in current):
+            first = self.labels[0]
+            out.append(([first.servers[0], first.zones[0], first.view],
+                         first.answering_plugin, c))
+        return out
 
     # -- prometheus-client's Collector protocol -------------------------------
 
     def collect(self) -> Iterator[Metric]:
         total, current = self.read()
-        yield from self._dns_metrics(total)
+        yield from self._dns_metrics(total, current)
         yield from cache_forward_metrics(total, current, self.labels)
         yield from proxy_metrics(total, self.fwd_table)
         yield from self._process_level(total, current)
         if self.process_metrics:
             yield from _process_metrics(self._pids(current))
 
-    def _dns_metrics(self, c: dict) -> Iterator[Metric]:
-        first = self.labels[0]
-        server, zone, view = first.servers[0], first.zones[0], first.view
-        base = [server, zone, view]
+    def _dns_metrics(self, c: dict, current: Sequence[dict] = ()) -> Iterator[Metric]:
+        series = self.series(c, current)
 
         req = CounterMetricFamily(
             "coredns_dns_requests_total",
             "Counter of DNS requests made per zone, protocol and family.",
             labels=["server", "zone", "view", "proto", "family", "type"])
-        for (proto, family, qtype), n in c["queries"].items():
-            if n:
-                req.add_metric([*base, proto, str(family), qtype], n)
+        for base, _plugin, s in series:
+            for (proto, family, qtype), n in s["queries"].items():
+                if n:
+                    req.add_metric([*base, proto, str(family), qtype], n)
         yield req
 
         do = CounterMetricFamily(
             "coredns_dns_do_requests_total",
             "Counter of DNS requests with DO bit set per zone.",
             labels=["server", "zone", "view"])
-        if c["do_requests"]:
-            do.add_metric(base, c["do_requests"])
+        for base, _plugin, s in series:
+            if s["do_requests"]:
+                do.add_metric(base, s["do_requests"])
         yield do
 
         resp = CounterMetricFamily(
             "coredns_dns_responses_total", "Counter of response status codes.",
             labels=["server", "zone", "view", "rcode", "plugin"])
-        answering = first.answering_plugin
-        for name, n in c["responses"].items():
-            if not n or name == "dropped":  # CoreDNS counts only responses written
-                continue
-            rc = rcode_label(name)
-            resp.add_metric([*base, rc, "" if rc in _SERVER_RCODES else answering], n)
+        for base, answering, s in series:
+            for name, n in s["responses"].items():
+                if not n or name == "dropped":  # CoreDNS counts only responses written
+                    continue
+                rc = rcode_label(name)
+                # a dropped-zone answer is the server core's (errorAndMetricsFunc)
+                resp.add_metric([*base, rc, "" if rc in _SERVER_RCODES else answering], n)
         yield resp
 
         dur = HistogramMetricFamily(
             "coredns_dns_request_duration_seconds",
             "Histogram of the time (in seconds) each request took per zone.",
             labels=["server", "zone", "view"])
-        lat = c["latency"]
-        if lat["count"]:
-            dur.add_metric(base, _hist_buckets(lat), lat["sum"])
+        for base, _plugin, s in series:
+            lat = s["latency"]
+            if lat["count"]:
+                dur.add_metric(base, _hist_buckets(lat), lat["sum"])
         yield dur
 
         for key, name, help_ in (
@@ -465,9 +517,10 @@ class DnsCollector(Collector):
         ):
             fam = HistogramMetricFamily(name, help_,
                                         labels=["server", "zone", "view", "proto"])
-            for proto, h in c[key].items():
-                if h["count"]:
-                    fam.add_metric([*base, proto], _hist_buckets(h), float(h["sum"]))
+            for base, _plugin, s in series:
+                for proto, h in s[key].items():
+                    if h["count"]:
+                        fam.add_metric([*base, proto], _hist_buckets(h), float(h["sum"]))
             yield fam
 
         yield CounterMetricFamily(
@@ -719,7 +772,8 @@ _RCODE_TEXT = dict(enumerate(ctr.RCODE_NAMES[:11]))
 
 
 def _strip(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in ("pid", "generation", "forward_table")}
+    return {k: v for k, v in d.items()
+            if k not in ("pid", "generation", "forward_table", "rows_table")}
 
 
 def _total_queries(d: dict) -> int:

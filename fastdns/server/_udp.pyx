@@ -12,7 +12,11 @@ of it is touched, so a remap never pulls an image out from under a batch.
 
 Counters are written here directly into the worker's shm block with the
 word layout of ``fastdns/server/counters.py`` (mirrored below; a test checks
-``LAYOUT`` against it).
+``LAYOUT`` against it). Each packet is also counted into the row of its
+(server, zone) for CoreDNS's ``server``/``zone`` labels: the row is matched
+from the question name while ``count_query`` walks it anyway (the socket's
+zone table, ``set_rows``), and the row's words sit next to each other, so a
+packet touches the same few extra lines as every other packet of its zone.
 """
 
 cimport cython
@@ -124,6 +128,24 @@ cdef enum:
     N_LAT = 17
     W_LATENCY_SUM_NS = 177
     W_END = 178
+    # the per-(server, zone) rows (counters.py W_ROWS ..): a row repeats the
+    # DNS words above for the queries of one (server, zone)
+    W_ROWS = 5256
+    ROW_WORDS = 144
+    ROWS = 17
+    ROW_MAX = 16  # the catch-all row
+    R_QUERIES = 0
+    R_RESPONSES = 40
+    R_DO = 58
+    R_REQ_SIZE = 59
+    R_RESP_SIZE = 91
+    R_LATENCY = 123
+    R_LATENCY_SUM_NS = 140
+    ROWS_END = 7704
+    # the zone tables the rows are matched with
+    MAX_LISTENERS = 16  # sockets with a table; any other counts totals only
+    MAX_LZ = 16  # zones per listener; a listener with more counts into ROW_MAX
+    MAX_FD = 1024
 
 cdef int SIZE_BOUNDS[14]
 SIZE_BOUNDS[:] = [0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291,
@@ -138,7 +160,20 @@ LAYOUT = {
     "SIZE_BUCKETS": tuple(SIZE_BOUNDS[i] for i in range(14)), "W_END": W_END,
     "W_CC_HITS_SUCCESS": W_CC_HITS_SUCCESS, "W_CC_HITS_DENIAL": W_CC_HITS_DENIAL,
     "W_CC_MISSES": W_CC_MISSES, "W_CC_ENTRIES": W_CC_ENTRIES,
+    "W_ROWS": W_ROWS, "ROW_WORDS": ROW_WORDS, "ROWS": ROWS, "R_RESPONSES": R_RESPONSES,
+    "R_DO": R_DO, "R_REQ_SIZE": R_REQ_SIZE, "R_RESP_SIZE": R_RESP_SIZE,
+    "R_LATENCY": R_LATENCY, "R_LATENCY_SUM_NS": R_LATENCY_SUM_NS,
 }
+
+ctypedef struct ListenerZones:
+    # one listener's zones (counters.ListenerRows): lowercased wire names,
+    # longest first, each with its row; ``dropped`` for a name none matches
+    int fd  # the socket this table is for; -1 = free
+    int nzones
+    int dropped
+    int row[MAX_LZ]
+    int zlen[MAX_LZ]
+    unsigned char name[MAX_LZ][256]
 SLOT_SIZE = SLOT
 BATCH = VLEN
 
@@ -176,17 +211,49 @@ cdef inline int size_bucket(Py_ssize_t n) noexcept nogil:
     return 14
 
 
-cdef inline void count_query(uint64_t* w, int proto, int family,
-                             const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    """Twin of counters.Counters.query: qtype bucket, DO bit, request size.
+cdef inline int match_row(const ListenerZones* lz, const unsigned char* p, Py_ssize_t qend,
+                          const uint64_t* starts) noexcept nogil:
+    """Twin of counters.ListenerRows.match: the row of the longest zone that is a
+    suffix of the name at p[12:qend] (``starts``: its label starts, bit o - 12)."""
+    cdef int k, j, length
+    cdef Py_ssize_t s
+    cdef unsigned char c
+    for k in range(lz.nzones):
+        length = lz.zlen[k]
+        s = qend - length
+        if s < 12 or s >= 12 + 256 or not (starts[(s - 12) >> 6] >> ((s - 12) & 63)) & 1:
+            continue
+        j = 0
+        while j < length:
+            c = p[s + j]
+            if <unsigned int>(c - 65) < 26:  # A-Z (a length octet is at most 63)
+                c |= 0x20
+            if c != lz.name[k][j]:
+                break
+            j += 1
+        if j == length:
+            return lz.row[k]
+    return lz.dropped
 
-    Precondition: ``w`` is a counters block of at least W_END words.
+
+cdef inline int count_query(uint64_t* w, const ListenerZones* lz, int proto, int family,
+                            const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Twin of counters.Counters.query: qtype bucket, DO bit, request size; with
+    a listener table ``lz``, also into the row of the query's (server, zone),
+    which it returns (-1 without one).
+
+    Precondition: ``w`` is a counters block of at least W_END words, and of
+    ROWS_END words when ``lz`` is not NULL.
     """
-    cdef int bucket = QT_OTHER
+    cdef int bucket = QT_OTHER, do = 0, row = -1
     cdef Py_ssize_t o = 12
     cdef unsigned int length
+    cdef uint64_t starts[4]
+    starts[0] = starts[1] = starts[2] = starts[3] = 0
     if n >= 12 and (p[4] | p[5]):
         while o < n:
+            if o < 12 + 256:
+                starts[(o - 12) >> 6] |= (<uint64_t>1) << ((o - 12) & 63)
             length = p[o]
             if length == 0:
                 o += 1
@@ -197,6 +264,8 @@ cdef inline void count_query(uint64_t* w, int proto, int family,
             o += length + 1
         else:
             o = n + 1
+        if o <= n and lz != NULL:
+            row = match_row(lz, p, o, starts)
         if o + 4 <= n:
             bucket = qtype_bucket(p[o] << 8 | p[o + 1])
             o += 4
@@ -205,34 +274,68 @@ cdef inline void count_query(uint64_t* w, int proto, int family,
             if (not (p[6] | p[7] | p[8] | p[9]) and (p[10] | p[11]) and o + 11 <= n
                     and p[o] == 0 and p[o + 1] == 0 and p[o + 2] == 41 and p[o + 7] & 0x80):
                 w[W_DO] += 1
-    w[W_QUERIES + (proto * 2 + family - 1) * N_QTYPES + bucket] += 1
+                do = 1
+    cdef int q = (proto * 2 + family - 1) * N_QTYPES + bucket
+    cdef int sb = size_bucket(n)
+    w[W_QUERIES + q] += 1
     cdef int base = W_REQ_SIZE + proto * (N_SIZE + 1)
-    w[base + size_bucket(n)] += 1
+    w[base + sb] += 1
     w[base + N_SIZE] += <uint64_t>n
+    if lz == NULL:
+        return -1
+    if row < 0:
+        row = lz.dropped  # no readable name: CoreDNS never reaches a zone
+    cdef uint64_t* r = w + W_ROWS + row * ROW_WORDS
+    r[R_QUERIES + q] += 1
+    r[R_DO] += <uint64_t>do
+    base = R_REQ_SIZE + proto * (N_SIZE + 1)
+    r[base + sb] += 1
+    r[base + N_SIZE] += <uint64_t>n
+    return row
 
 
-cdef inline void count_response(uint64_t* w, int proto,
+cdef inline void count_response(uint64_t* w, int row, int proto,
                                 const unsigned char* r, Py_ssize_t n) noexcept nogil:
-    """Twin of counters.Counters.response for an answer of ``n`` > 0 octets."""
+    """Twin of counters.Counters.response for an answer of ``n`` > 0 octets
+    (``row`` < 0: the totals only)."""
     cdef int rcode = R_DROPPED
     if n >= 12:
         rcode = r[3] & 0x0F
         if (n >= 23 and (r[10] | r[11]) and r[n - 11] == 0 and r[n - 10] == 0
                 and r[n - 9] == 41 and r[n - 2] == 0 and r[n - 1] == 0 and r[n - 6]):
             rcode = R_BADVERS
+    cdef int sb = size_bucket(n)
     w[W_RESPONSES + rcode] += 1
     cdef int base = W_RESP_SIZE + proto * (N_SIZE + 1)
-    w[base + size_bucket(n)] += 1
+    w[base + sb] += 1
     w[base + N_SIZE] += <uint64_t>n
+    if row >= 0:
+        w += W_ROWS + row * ROW_WORDS
+        w[R_RESPONSES + rcode] += 1
+        base = R_RESP_SIZE + proto * (N_SIZE + 1)
+        w[base + sb] += 1
+        w[base + N_SIZE] += <uint64_t>n
 
 
-cdef inline void count_latency(uint64_t* w, uint64_t ns, uint64_t npackets) noexcept nogil:
+cdef inline void count_dropped(uint64_t* w, int row) noexcept nogil:
+    """A query that gets no answer (``row`` < 0: the totals only)."""
+    w[W_RESPONSES + R_DROPPED] += 1
+    if row >= 0:
+        w[W_ROWS + row * ROW_WORDS + R_RESPONSES + R_DROPPED] += 1
+
+
+cdef inline int latency_bucket(uint64_t ns) noexcept nogil:
     # CoreDNS buckets: 0.00025 s * 2**k, k = 0..15
     cdef uint64_t bound = 250000
     cdef int i = 0
     while i < 16 and ns > bound:
         bound <<= 1
         i += 1
+    return i
+
+
+cdef inline void count_latency(uint64_t* w, uint64_t ns, uint64_t npackets) noexcept nogil:
+    cdef int i = latency_bucket(ns)
     w[W_LATENCY + i] += npackets
     w[W_LATENCY_SUM_NS] += ns * npackets
 
@@ -293,6 +396,10 @@ cdef class FastPath:
     cdef mmsghdr* smsgs
     cdef int* slow_idx
     cdef int* slow_zone
+    cdef int* prow  # the row of each packet of the batch (-1: none)
+    cdef ListenerZones* lz  # MAX_LISTENERS tables (set_rows)
+    cdef signed char fd_lz[MAX_FD]  # fd -> its table, -1 = none
+    cdef bint has_rows  # the counters block holds the row region
     cdef readonly CacheTable cache
 
     def __cinit__(self):
@@ -305,13 +412,19 @@ cdef class FastPath:
         self.smsgs = <mmsghdr*>PyMem_Malloc(VLEN * sizeof(mmsghdr))
         self.slow_idx = <int*>PyMem_Malloc(VLEN * sizeof(int))
         self.slow_zone = <int*>PyMem_Malloc(VLEN * sizeof(int))
-        if (self.inbuf == NULL or self.outbuf == NULL or self.addrs == NULL
+        self.prow = <int*>PyMem_Malloc(VLEN * sizeof(int))
+        self.lz = <ListenerZones*>PyMem_Malloc(MAX_LISTENERS * sizeof(ListenerZones))
+        if (self.prow == NULL or self.lz == NULL
+                or self.inbuf == NULL or self.outbuf == NULL or self.addrs == NULL
                 or self.riov == NULL or self.siov == NULL or self.rmsgs == NULL
                 or self.smsgs == NULL or self.slow_idx == NULL or self.slow_zone == NULL):
             raise MemoryError()
         memset(self.rmsgs, 0, VLEN * sizeof(mmsghdr))
         memset(self.smsgs, 0, VLEN * sizeof(mmsghdr))
+        memset(self.fd_lz, 0xFF, sizeof(self.fd_lz))
         cdef int i
+        for i in range(MAX_LISTENERS):
+            self.lz[i].fd = -1
         for i in range(VLEN):
             self.riov[i].iov_base = self.inbuf + i * SLOT
             self.riov[i].iov_len = SLOT
@@ -331,6 +444,8 @@ cdef class FastPath:
         PyMem_Free(self.smsgs)
         PyMem_Free(self.slow_idx)
         PyMem_Free(self.slow_zone)
+        PyMem_Free(self.prow)
+        PyMem_Free(self.lz)
 
     def __init__(self, generation_word, counters, on_generation, slow):
         self._gen = generation_word
@@ -340,6 +455,7 @@ cdef class FastPath:
         if self._counters.shape[0] < W_END * 8:
             raise ValueError("counters block too small")
         self.w = <uint64_t*>&self._counters[0]
+        self.has_rows = self._counters.shape[0] >= ROWS_END * 8
         self.cache = CacheTable()
         self.cache.w = self.w
         self.on_generation = on_generation
@@ -375,6 +491,48 @@ cdef class FastPath:
         self.cache.w = NULL
         self.cache.clear()
 
+    def clear_rows(self):
+        """Forget every socket's zone table (before a reload sets them again)."""
+        cdef int i
+        memset(self.fd_lz, 0xFF, sizeof(self.fd_lz))
+        for i in range(MAX_LISTENERS):
+            self.lz[i].fd = -1
+
+    def set_rows(self, int fd, zones, int dropped):
+        """Count the queries read on ``fd`` into rows: ``zones`` is the socket's
+        listener's ``counters.ListenerRows.zones`` ((lowercased wire, row),
+        longest first), ``dropped`` its row for a name none matches. Returns
+        False when they cannot be (no row region, fd or table limits): that
+        socket then counts the totals only."""
+        cdef int i, slot = -1, k
+        cdef bytes name
+        if not self.has_rows or fd < 0 or fd >= MAX_FD or not 0 <= dropped < ROWS:
+            return False
+        for i in range(MAX_LISTENERS):
+            if self.lz[i].fd == fd or (slot < 0 and self.lz[i].fd < 0):
+                slot = i
+        if slot < 0:
+            return False
+        self.fd_lz[fd] = -1
+        cdef ListenerZones* t = &self.lz[slot]
+        t.fd = fd
+        t.dropped = dropped
+        t.nzones = 0
+        if len(zones) > MAX_LZ:
+            # more zones than rows: each is past ROW_MAX in the table, or shares it
+            t.dropped = ROW_MAX
+        else:
+            for k, (name, row) in enumerate(zones):
+                if len(name) > 255 or not 0 <= row < ROWS:
+                    t.fd = -1
+                    return False
+                memcpy(t.name[k], PyBytes_AS_STRING(name), len(name))
+                t.zlen[k] = len(name)
+                t.row[k] = row
+            t.nzones = len(zones)
+        self.fd_lz[fd] = slot
+        return True
+
     def set_logger(self, unsigned int mask, logger):
         """Hand answers of the classes in ``mask`` (LOG_SUCCESS | LOG_DENIAL |
         LOG_ERROR) to ``logger(fd, [(query, addr, answer), ...], batch_ns)``
@@ -409,12 +567,17 @@ cdef class FastPath:
         return total
 
     cdef int _batch(self, int fd, int family) except -2:
-        cdef int i, n, m = 0, nslow = 0, sent, r, zone
+        cdef int i, n, m = 0, nslow = 0, sent, r, zone, row, lb
         cdef Py_ssize_t length, ans
-        cdef uint64_t t0
+        cdef uint64_t t0, ns
         cdef uint64_t* w = self.w
+        cdef uint64_t* rw
         cdef unsigned char* pkt
         cdef unsigned char* out
+        cdef const ListenerZones* lz = NULL
+        cdef int rown[ROWS]  # packets of this batch per row (for the latency)
+        if fd < MAX_FD and self.fd_lz[fd] >= 0:
+            lz = &self.lz[self.fd_lz[fd]]
         for i in range(VLEN):
             self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
             self.rmsgs[i].msg_hdr.msg_flags = 0
@@ -424,16 +587,21 @@ cdef class FastPath:
             return 0
         t0 = now_ns()
         w[W_BATCHES] += 1
+        if lz != NULL:
+            memset(rown, 0, sizeof(rown))
         with nogil:
             for i in range(n):
                 pkt = self.inbuf + i * SLOT
                 out = self.outbuf + i * SLOT
                 length = self.rmsgs[i].msg_len
-                count_query(w, 0, family, pkt, length)
+                row = count_query(w, lz, 0, family, pkt, length)
+                self.prow[i] = row
+                if row >= 0:
+                    rown[row] += 1
                 if self.rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC:
                     # larger than a slot: no DNS query is (RFC 6891 sizes are for answers)
                     w[W_OVERSIZE] += 1
-                    w[W_RESPONSES + R_DROPPED] += 1
+                    count_dropped(w, row)
                     continue
                 zone = -1
                 ans = answer_packet(self.image, self.image_len, pkt, length, out, SLOT,
@@ -447,16 +615,16 @@ cdef class FastPath:
                     self.slow_zone[nslow] = ZONE_EXTERNAL
                     nslow += 1
                 elif ans > 0:
-                    count_response(w, 0, out, ans)
+                    count_response(w, row, 0, out, ans)
                     self._queue(m, i, out, ans)
                     m += 1
                 elif ans == 0:
-                    w[W_RESPONSES + R_DROPPED] += 1
+                    count_dropped(w, row)
                 else:
                     # not in the image: the response cache's C table, then Python
                     ans = self.cache.answer(pkt, length, out, <int64_t>t0)
                     if ans > 0:
-                        count_response(w, 0, out, ans)
+                        count_response(w, row, 0, out, ans)
                         self._queue(m, i, out, ans)
                         m += 1
                         continue
@@ -484,7 +652,15 @@ cdef class FastPath:
                     # this message failed (e.g. EPERM from a firewall): skip it
                     w[W_SEND_ERRORS] += 1
                     sent += 1
-            count_latency(w, now_ns() - t0, n)
+            ns = now_ns() - t0
+            count_latency(w, ns, n)
+            if lz != NULL:
+                lb = latency_bucket(ns)
+                for r in range(ROWS):
+                    if rown[r]:
+                        rw = w + W_ROWS + r * ROW_WORDS
+                        rw[R_LATENCY + lb] += rown[r]
+                        rw[R_LATENCY_SUM_NS] += ns * rown[r]
         if self.log_mask:
             self._log(fd, m, t0)
         return n
@@ -525,16 +701,16 @@ cdef class FastPath:
         try:
             resp = self.slow(data, sockaddr_tuple(&self.addrs[i]), zone, fd)
         except Exception:  # the slow path answers its own errors; never lose the batch
-            self.w[W_RESPONSES + R_DROPPED] += 1
+            count_dropped(self.w, self.prow[i])
             return 0
         if resp is None:
             return 0
         if not isinstance(resp, bytes) or PyBytes_GET_SIZE(resp) > SLOT:
-            self.w[W_RESPONSES + R_DROPPED] += 1
+            count_dropped(self.w, self.prow[i])
             return 0
         length = PyBytes_GET_SIZE(resp)
         memcpy(out, PyBytes_AS_STRING(resp), length)
-        count_response(self.w, 0, out, length)
+        count_response(self.w, self.prow[i], 0, out, length)
         self._queue(m, i, out, length)
         return 1
 
@@ -573,13 +749,37 @@ def count_udp_query(counters, int family, data):
     """Count a query through the C twin (tests compare it with counters.py)."""
     cdef unsigned char[::1] blk = counters
     cdef const unsigned char[::1] p = data
-    count_query(<uint64_t*>&blk[0], 0, family, &p[0] if p.shape[0] else NULL, p.shape[0])
+    count_query(<uint64_t*>&blk[0], NULL, 0, family, &p[0] if p.shape[0] else NULL,
+                p.shape[0])
 
 
 def count_udp_response(counters, data):
     cdef unsigned char[::1] blk = counters
     cdef const unsigned char[::1] p = data
-    count_response(<uint64_t*>&blk[0], 0, &p[0], p.shape[0])
+    count_response(<uint64_t*>&blk[0], -1, 0, &p[0], p.shape[0])
+
+
+def count_udp_row(counters, zones, int dropped, int family, data):
+    """Count a query with a listener table through the C twin; returns its row
+    (tests compare it with counters.ListenerRows.match and Counters.query)."""
+    if len(counters) < ROWS_END * 8:
+        raise ValueError("counters block too small for the rows")
+    cdef unsigned char[::1] blk = counters
+    cdef const unsigned char[::1] p = data
+    cdef ListenerZones t
+    cdef bytes name
+    cdef int k
+    if len(zones) > MAX_LZ or not 0 <= dropped < ROWS:
+        raise ValueError("too many zones or a bad row")
+    t.fd = 0
+    t.dropped = dropped
+    for k, (name, row) in enumerate(zones):
+        memcpy(t.name[k], PyBytes_AS_STRING(name), len(name))
+        t.zlen[k] = len(name)
+        t.row[k] = row
+    t.nzones = len(zones)
+    return count_query(<uint64_t*>&blk[0], &t, 0, family, &p[0] if p.shape[0] else NULL,
+                       p.shape[0])
 
 
 def count_batch_latency(counters, unsigned long long ns, unsigned long long n):

@@ -34,6 +34,24 @@ describe (0 while a worker rewrites the region); the exporter derives the
 table from its own Corefile and ignores a block whose hash differs (a
 worker still on the Corefile before a reload), so a count is never
 reported under another upstream's ``to``.
+
+Per-(server, zone) region (words ``W_ROWS`` .. ``ROWS_END``, after the
+forward region): CoreDNS labels every ``coredns_dns_*`` series with the
+``server`` (listener address) and ``zone`` that handled the query
+(``plugin/metrics/vars/report.go``); a query whose name no zone on its
+listener matches is counted under zone ``dropped`` (``core/dnsserver/
+server.go`` errorAndMetricsFunc). Rows are the pairs of :func:`row_table`:
+per listener in Corefile order, the zones of its blocks, then its
+``dropped`` row; the first ``ROW_MAX`` are exact, any further pair shares
+the catch-all row ``ROW_MAX`` (exported as ``server="other", zone="other"``).
+A row repeats the totals' DNS words (requests, responses, DO, sizes,
+latency; ``R_*`` offsets) for the queries of its pair; the totals words
+stay the sum over every row. The row of a query is decided from its name
+alone (longest zone suffix among the listener's zones, as CoreDNS's
+``ServeDNS`` and metrics plugin do), so it is known before the answer and
+every path (C fast path, slow path, TCP) counts it the same way. Word
+``W_ROWS_TABLE`` holds :func:`table_hash` of the row labels, with the same
+reload rule as the forward region.
 """
 
 from __future__ import annotations
@@ -155,6 +173,29 @@ FWD_ZERO = tuple((i, 0) for i in range(FWD_WORDS))
 
 assert W_END <= W_FWD and FWD_END * 8 <= 65536  # shm.COUNTERS_SIZE
 
+# -- per-(server, zone) region (see the module docstring) ------------------------
+ROW_MAX = 16  # rows 0..15 exact; row 16 is the catch-all ("other", "other")
+ROWS = ROW_MAX + 1
+ROW_OTHER = ("other", "other")
+ZONE_DROPPED = "dropped"  # CoreDNS vars.Dropped
+# row layout: the totals' DNS words in the same order, packed
+R_QUERIES = 0  # [proto][family][qtype]
+R_RESPONSES = R_QUERIES + N_Q  # [rcode 0..15, BADVERS, dropped]
+R_DO = R_RESPONSES + len(RCODE_NAMES)
+R_REQ_SIZE = R_DO + 1  # [proto][N_SIZE buckets + sum]
+R_RESP_SIZE = R_REQ_SIZE + 2 * (N_SIZE + 1)
+R_LATENCY = R_RESP_SIZE + 2 * (N_SIZE + 1)  # [N_LAT buckets], sum in ns
+R_LATENCY_SUM_NS = R_LATENCY + N_LAT
+ROW_WORDS = 144  # R_LATENCY_SUM_NS + 1 = 141, padded to whole 64-octet lines
+assert R_LATENCY_SUM_NS < ROW_WORDS and ROW_WORDS % 8 == 0
+
+W_ROWS_TABLE = (FWD_END + 7) // 8 * 8  # table_hash() of row_table(); 0 = none
+W_ROWS = W_ROWS_TABLE + 8  # row k at W_ROWS + k * ROW_WORDS (cache-line aligned)
+ROWS_END = W_ROWS + ROWS * ROW_WORDS
+ROWS_WORDS = ROWS_END - W_ROWS
+ROWS_ZERO = tuple((i, 0) for i in range(ROWS_WORDS))
+assert ROWS_END * 8 <= 65536  # shm.COUNTERS_SIZE
+
 LAYOUT = {
     "MAGIC": MAGIC, "W_PID": W_PID, "W_GENERATION": W_GENERATION, "W_BATCHES": W_BATCHES,
     "W_REMAPS": W_REMAPS, "W_DO": W_DO, "W_SLOW": W_SLOW, "W_SEND_ERRORS": W_SEND_ERRORS,
@@ -165,6 +206,9 @@ LAYOUT = {
     "SIZE_BUCKETS": tuple(int(b) for b in SIZE_BUCKETS),
     "W_CC_HITS_SUCCESS": W_CC_HITS_SUCCESS, "W_CC_HITS_DENIAL": W_CC_HITS_DENIAL,
     "W_CC_MISSES": W_CC_MISSES, "W_CC_ENTRIES": W_CC_ENTRIES,
+    "W_ROWS": W_ROWS, "ROW_WORDS": ROW_WORDS, "ROWS": ROWS, "R_RESPONSES": R_RESPONSES,
+    "R_DO": R_DO, "R_REQ_SIZE": R_REQ_SIZE, "R_RESP_SIZE": R_RESP_SIZE,
+    "R_LATENCY": R_LATENCY, "R_LATENCY_SUM_NS": R_LATENCY_SUM_NS,
 }
 
 
@@ -264,19 +308,160 @@ def fwd_slot_labels(table: tuple[str, ...]) -> tuple[str, ...]:
     return (*table, *[""] * (FWD_MAX_UPSTREAMS - len(table)), FWD_OTHER)
 
 
+# -- per-(server, zone) rows ----------------------------------------------------------
+
+
+def server_label(port: int, host: str = "", transport: str = "dns") -> str:
+    """``dns://:53`` / ``dns://127.0.0.1:53`` / ``dns://[::1]:53``, as CoreDNS prints it."""
+    h = f"[{host}]" if ":" in host else host
+    return f"{transport}://{h}:{port}"
+
+
+def listener_zones(config: object) -> dict[str, tuple[str, ...]]:
+    """``server`` label -> the zones of the blocks on that listener, in Corefile order.
+
+    core/dnsserver/register.go groupConfigsByListenAddr: one server per bind
+    address and port, serving every block bound there. Read by attribute
+    (``port``, ``transport``, ``listen_hosts``, ``zones``) like config_upstreams.
+    """
+    out: dict[str, list[str]] = {}
+    for b in getattr(config, "servers", config):  # type: ignore[union-attr]
+        port = int(getattr(b, "port", 53) or 53)
+        transport = getattr(b, "transport", "dns") or "dns"
+        for h in tuple(getattr(b, "listen_hosts", ()) or ()) or ("",):
+            out.setdefault(server_label(port, h, transport), []).extend(
+                str(z) for z in getattr(b, "zones", (".",)))
+    return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
+
+
+def row_table(listeners: dict[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
+    """Every (server, zone) pair, each listener's ``dropped`` last; row = min(index, ROW_MAX)."""
+    rows: list[tuple[str, str]] = []
+    for server, zones in listeners.items():
+        rows.extend((server, z) for z in zones)
+        rows.append((server, ZONE_DROPPED))
+    return tuple(rows)
+
+
+def row_labels(table: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The (server, zone) of every row: the exact ones, unused rows ("", ""), the catch-all."""
+    exact = table[:ROW_MAX]
+    return (*exact, *[("", "")] * (ROW_MAX - len(exact)), ROW_OTHER)
+
+
+def rows_hash(table: tuple[tuple[str, str], ...]) -> int:
+    return table_hash(tuple(f"{s} {z}" for s, z in table))
+
+
+def zone_wire(zone: str) -> bytes:
+    """Lowercased wire form of a zone name (``"cluster.local."``; ``"."`` is ``b"\\0"``)."""
+    labels = [lbl for lbl in zone.lower().rstrip(".").split(".") if lbl]
+    return b"".join(len(lbl).to_bytes(1, "big") + lbl.encode("ascii") for lbl in labels) + b"\0"
+
+
+class ListenerRows:
+    """One listener's zones as the counters match them: longest first."""
+
+    __slots__ = ("zones", "dropped")
+
+    def __init__(self, zones: tuple[tuple[bytes, int], ...], dropped: int) -> None:
+        self.zones = zones  # (lowercased wire, row), longest wire first
+        self.dropped = dropped
+
+    def match(self, pkt: bytes | memoryview) -> int:
+        """The row of a query: its name's longest zone suffix, else ``dropped``.
+
+        An unreadable question counts as ``dropped`` too (CoreDNS never gets
+        as far as a zone for it). Twin of ``_udp.pyx`` match_row.
+        """
+        n = len(pkt)
+        if n < 12 or not (pkt[4] or pkt[5]):
+            return self.dropped
+        p, starts = 12, set()
+        while p < n:
+            starts.add(p)
+            length = pkt[p]
+            if length == 0:
+                p += 1
+                break
+            if length & 0xC0:
+                return self.dropped
+            p += length + 1
+        else:
+            return self.dropped
+        if p > n:
+            return self.dropped
+        name = bytes(pkt[12:p]).lower()
+        for wire, row in self.zones:
+            s = len(name) - len(wire)
+            if s >= 0 and 12 + s in starts and name[s:] == wire:
+                return row
+        return self.dropped
+
+
+def listener_rows(listeners: dict[str, tuple[str, ...]]) -> dict[str, ListenerRows]:
+    """``server`` label -> its ListenerRows, rows numbered as row_table does."""
+    out, i = {}, 0
+    for server, zones in listeners.items():
+        zs = []
+        for z in zones:
+            zs.append((zone_wire(z), min(i, ROW_MAX)))
+            i += 1
+        zs.sort(key=lambda t: len(t[0]), reverse=True)
+        # more zones than exact rows on one listener (the fast path's table
+        # holds ROW_MAX): the whole listener counts into the catch-all
+        out[server] = (ListenerRows(tuple(zs), min(i, ROW_MAX)) if len(zs) <= ROW_MAX
+                       else ListenerRows((), ROW_MAX))
+        i += 1
+    return out
+
+
+def socket_rows(rows: dict[str, ListenerRows], address: str, port: int,
+                transport: str = "dns") -> ListenerRows:
+    """The ListenerRows of a socket bound to (address, port): its ``bind`` host's
+    listener, else the wildcard's (the supervisor binds 0.0.0.0 and :: for it)."""
+    lr = rows.get(server_label(port, address, transport))
+    if lr is None:
+        lr = rows.get(server_label(port, "", transport))
+    return lr if lr is not None else ListenerRows((), ROW_MAX)
+
+
 class Counters:
     """Writer used by the Python paths (TCP, slow path, the pure-Python UDP).
 
-    ``fwd`` views the forward region (None when the block is too small,
-    as in unit tests with a bare ``W_END`` block).
+    ``fwd`` views the forward region and ``rows`` the per-(server, zone)
+    region (None when the block is too small, as in unit tests with a bare
+    ``W_END`` block). ``row`` arguments are row indices (None: count the
+    totals only).
     """
 
-    __slots__ = ("w", "fwd")
+    __slots__ = ("w", "fwd", "rows")
 
     def __init__(self, block: memoryview) -> None:
         self.w = block[: W_END * 8].cast("Q")
         self.fwd = block[W_FWD * 8 : FWD_END * 8].cast("Q") if len(block) >= FWD_END * 8 \
             else None
+        self.rows = block[W_ROWS_TABLE * 8 : ROWS_END * 8].cast("Q") \
+            if len(block) >= ROWS_END * 8 else None
+
+    def take_rows(self, table: tuple[tuple[str, str], ...]) -> None:
+        """Make the row region describe ``table``: kept when it already does
+        (a respawned worker, a reload with the same rows), else zeroed first."""
+        rows = self.rows
+        if rows is None:
+            return
+        thash = rows_hash(table)
+        if rows[0] == thash:
+            return
+        rows[0] = 0  # readers ignore the region from here ...
+        rows[1:] = memoryview(bytes(8 * (len(rows) - 1))).cast("Q")
+        rows[0] = thash  # ... to here
+
+    def _row(self, row: int | None) -> int:
+        """Index in ``self.rows`` of the row's word 0, or -1 when not counted."""
+        if row is None or self.rows is None:
+            return -1
+        return W_ROWS - W_ROWS_TABLE + row * ROW_WORDS
 
     def start(self, pid: int) -> None:
         self.w[W_PID] = pid
@@ -285,36 +470,66 @@ class Counters:
     def incr(self, word: int, n: int = 1) -> None:
         self.w[word] += n
 
-    def query(self, proto: int, family: int, pkt: bytes | memoryview) -> None:
+    def query(self, proto: int, family: int, pkt: bytes | memoryview,
+              row: int | None = None) -> None:
         """Count one query read on ``proto`` (0 udp, 1 tcp) and ``family`` (1, 2)."""
         w = self.w
         bucket, do = classify_query(pkt)
-        w[W_QUERIES + (proto * 2 + family - 1) * len(QTYPE_BUCKETS) + bucket] += 1
+        q = (proto * 2 + family - 1) * len(QTYPE_BUCKETS) + bucket
+        sb = size_bucket(len(pkt))
+        w[W_QUERIES + q] += 1
         if do:
             w[W_DO] += 1
         base = W_REQ_SIZE + proto * (N_SIZE + 1)
-        w[base + size_bucket(len(pkt))] += 1
+        w[base + sb] += 1
         w[base + N_SIZE] += len(pkt)
+        r = self._row(row)
+        if r >= 0:
+            rw = self.rows
+            rw[r + R_QUERIES + q] += 1
+            if do:
+                rw[r + R_DO] += 1
+            base = r + R_REQ_SIZE + proto * (N_SIZE + 1)
+            rw[base + sb] += 1
+            rw[base + N_SIZE] += len(pkt)
 
-    def response(self, proto: int, resp: bytes | memoryview | None) -> None:
+    def response(self, proto: int, resp: bytes | memoryview | None,
+                 row: int | None = None) -> None:
         """Count what was sent for one query (``None``: nothing was sent)."""
         w = self.w
+        r = self._row(row)
         if resp is None:
             w[W_RESPONSES + R_DROPPED] += 1
+            if r >= 0:
+                self.rows[r + R_RESPONSES + R_DROPPED] += 1
             return
-        w[W_RESPONSES + response_bucket(resp)] += 1
+        rb, sb = response_bucket(resp), size_bucket(len(resp))
+        w[W_RESPONSES + rb] += 1
         base = W_RESP_SIZE + proto * (N_SIZE + 1)
-        w[base + size_bucket(len(resp))] += 1
+        w[base + sb] += 1
         w[base + N_SIZE] += len(resp)
+        if r >= 0:
+            rw = self.rows
+            rw[r + R_RESPONSES + rb] += 1
+            base = r + R_RESP_SIZE + proto * (N_SIZE + 1)
+            rw[base + sb] += 1
+            rw[base + N_SIZE] += len(resp)
 
-    def latency(self, seconds: float, n: int = 1) -> None:
-        self.w[W_LATENCY + latency_bucket(seconds)] += n
-        self.w[W_LATENCY_SUM_NS] += int(seconds * 1e9) * n
+    def latency(self, seconds: float, n: int = 1, row: int | None = None) -> None:
+        lb, ns = latency_bucket(seconds), int(seconds * 1e9) * n
+        self.w[W_LATENCY + lb] += n
+        self.w[W_LATENCY_SUM_NS] += ns
+        r = self._row(row)
+        if r >= 0:
+            self.rows[r + R_LATENCY + lb] += n
+            self.rows[r + R_LATENCY_SUM_NS] += ns
 
     def release(self) -> None:
         self.w.release()
         if self.fwd is not None:
             self.fwd.release()
+        if self.rows is not None:
+            self.rows.release()
 
 
 def _hist(words: list[int] | tuple[int, ...], start: int, bounds: tuple[float, ...],
@@ -344,6 +559,12 @@ def read_counters(block: memoryview | bytes) -> dict:
         # that raced a rewrite is not attributed to any table
         if struct.unpack_from("=Q", block, W_FWD_TABLE * 8)[0] != fwd_table:
             fwd_table = 0
+    rows_table, rows = 0, ROWS_ZERO
+    if words[W_MAGIC] == MAGIC and len(block) >= ROWS_END * 8:
+        rows_table = struct.unpack_from("=Q", block, W_ROWS_TABLE * 8)[0]
+        rows = tuple(enumerate(struct.unpack_from(f"={ROWS_WORDS}Q", block, W_ROWS * 8)))
+        if struct.unpack_from("=Q", block, W_ROWS_TABLE * 8)[0] != rows_table:
+            rows_table = 0
     queries = {}
     i = W_QUERIES
     for proto in PROTOS:
@@ -384,6 +605,10 @@ def read_counters(block: memoryview | bytes) -> dict:
         # it); "forward_table" says which slot table it describes
         "forward_table": fwd_table,
         "forward": list(fwd),
+        # the per-(server, zone) rows, raw (decode_rows reads them); "rows_table"
+        # is the rows_hash of the row table they describe
+        "rows_table": rows_table,
+        "rows": list(rows),
         "send_errors": words[W_SEND_ERRORS],
         "oversize": words[W_OVERSIZE],
         "queries": queries,
@@ -401,7 +626,7 @@ def read_counters(block: memoryview | bytes) -> dict:
     }
 
 
-_NOT_SUMMED = ("pid", "generation", "forward_table")
+_NOT_SUMMED = ("pid", "generation", "forward_table", "rows_table")
 
 
 def sum_counters(blocks: list[dict]) -> dict:
@@ -458,3 +683,41 @@ def decode_forward(fwd: list[tuple[int, int]], table: tuple[str, ...]) -> dict:
         ups[to] = {"healthcheck_failures": slot[FS_HC_FAILURES], "conn": conn,
                    "durations": durations}
     return {"healthcheck_broken": words[0], "upstreams": ups}
+
+
+def _row_dns(words: list[int]) -> dict:
+    """One row's words shaped like read_counters' DNS keys."""
+    queries, i = {}, R_QUERIES
+    for proto in PROTOS:
+        for family in FAMILIES:
+            for qt in QTYPE_BUCKETS:
+                queries[(proto, family, qt)] = words[i]
+                i += 1
+    lat = words[R_LATENCY : R_LATENCY + N_LAT] + [words[R_LATENCY_SUM_NS]]
+    return {
+        "queries": queries,
+        "responses": dict(zip(RCODE_NAMES, words[R_RESPONSES : R_RESPONSES + len(RCODE_NAMES)],
+                              strict=True)),
+        "do_requests": words[R_DO],
+        "request_size": {p: _hist(words, R_REQ_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+                         for k, p in enumerate(PROTOS)},
+        "response_size": {p: _hist(words, R_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+                          for k, p in enumerate(PROTOS)},
+        "latency": _hist(lat, 0, LATENCY_BUCKETS, 1e-9),
+    }
+
+
+def decode_rows(rows: list[tuple[int, int]], table: tuple[tuple[str, str], ...]) -> dict:
+    """The ``rows`` pairs of read_counters/sum_counters, by (server, zone).
+
+    Values are shaped like read_counters' DNS keys (``queries``,
+    ``responses``, ``do_requests``, ``request_size``, ``response_size``,
+    ``latency``); only rows with a count appear.
+    """
+    words = list(map(_count, rows))
+    out = {}
+    for k, label in enumerate(row_labels(table)):
+        w = words[k * ROW_WORDS : (k + 1) * ROW_WORDS]
+        if label[0] and any(w):
+            out[label] = _row_dns(w)
+    return out

@@ -56,7 +56,7 @@ class TcpListener:
 
 class DnsTcpProtocol(asyncio.Protocol):
     __slots__ = ("_listener", "_family", "_transport", "_buf", "_last", "_timer", "_loop",
-                 "local_port")
+                 "local_port", "local_host")
 
     def __init__(self, listener: TcpListener, family: int) -> None:
         self._listener = listener
@@ -67,6 +67,7 @@ class DnsTcpProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._last = 0.0
         self.local_port = 0
+        self.local_host = ""  # the address the connection came in on (the metrics' server)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         lst = self._listener
@@ -77,6 +78,7 @@ class DnsTcpProtocol(asyncio.Protocol):
         self._transport = transport
         sockname = transport.get_extra_info("sockname")
         self.local_port = sockname[1] if sockname else 0
+        self.local_host = sockname[0] if sockname else ""
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         lst.connections.add(self)
         lst.on_accept()

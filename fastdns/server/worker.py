@@ -131,31 +131,36 @@ class _PyUdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        port = self.transport.get_extra_info("sockname")[1] if self.transport else 0
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        port = sockname[1] if sockname else 0
+        row = self.worker.row_of(sockname, data)  # the metrics' (server, zone)
         plugins = self.worker.plugins  # log, whoami, loop (worker_plugins.py)
         t0 = time.perf_counter()
         if plugins.intercepts:
             resp = self.worker.intercept(data, addr, False, port)
             if resp is not None:
-                self.worker.counters.query(UDP, self.family, data)
-                self.worker.counters.response(UDP, resp)
+                self.worker.counters.query(UDP, self.family, data, row)
+                self.worker.counters.response(UDP, resp, row)
                 plugins.finished(data, addr, resp, False, port, t0)
                 if self.transport is not None:
                     self.transport.sendto(resp, addr)
                 return
-        resp = self.worker.answer_py(data, UDP, self.family, port, self._sender(addr, data, t0))
+        resp = self.worker.answer_py(data, UDP, self.family, port,
+                                     self._sender(addr, data, t0, row), row)
         if resp is not None and self.transport is not None:
             self.transport.sendto(resp, addr)
             plugins.finished(data, addr, resp, False, port, t0)
 
-    def _sender(self, addr, data: bytes = b"", t0: float = 0.0):
+    def _sender(self, addr, data: bytes = b"", t0: float = 0.0, row: int | None = None):
         plugins = self.worker.plugins
         port = self.transport.get_extra_info("sockname")[1] if self.transport else 0
 
         def send(resp: bytes | None) -> None:
             if resp is not None and self.transport is not None:
                 self.transport.sendto(resp, addr)
-            self.worker.counters.response(UDP, resp)
+            self.worker.counters.response(UDP, resp, row)
+            # a deferred answer's time (answer_py returned before counting it)
+            self.worker.counters.latency(time.perf_counter() - t0, 1, row)
             plugins.finished(data, addr, resp, False, port, t0)
         return send
 
@@ -173,8 +178,12 @@ class Worker:
         self.generation = 0
         self.rotation = 0
         self.router = None  # forward + cache: a forwarding.BlockRouter (imported when used)
+        # the metrics' (server, zone) rows: server label -> its zones (counters.py)
+        self._rows: dict[str, ctr.ListenerRows] = {}
+        self._rows_of_sock: dict[tuple, ctr.ListenerRows] = {}  # (host, port) -> its rows
         self.slow = SlowPath(self.image_buf, self.counters, route=self._route)
         self._udp_by_fd: dict[int, tuple[socket.socket, int]] = {}
+        self._sockname_of_fd: dict[int, tuple] = {}  # configure_rows: fd -> (host, port)
         self.plugins = WorkerPlugins(None)  # log, errors, whoami (worker_plugins.py)
         self.config_version: int | None = None  # reload: the Corefile version in force
         self.tcp = TcpListener(self.answer_tcp, idle_timeout=spec.tcp_idle_timeout,
@@ -251,15 +260,16 @@ class Worker:
     # -- answering (Python paths) ----------------------------------------------
 
     def answer_py(self, data: bytes, proto: int, family: int, port: int = 0,
-                  send=None) -> bytes | None:
+                  send=None, row: int | None = None) -> bytes | None:
         """Count, answer and count the answer of one query (TCP, or UDP without _udp).
 
         A forwarded query's answer goes out later through ``send(resp)``,
-        which counts it; None is returned for it here.
+        which counts it; None is returned for it here. ``row``: the query's
+        (server, zone) row (``row_of``), None to count the totals only.
         """
         t0 = time.perf_counter()
         c = self.counters
-        c.query(proto, family, data)
+        c.query(proto, family, data, row)
         self.check_generation()
         image = self.image.buf if self.image is not None else None
         resp: bytes | None
@@ -286,8 +296,8 @@ class Worker:
                     return None
             elif status != wire.ST_ANSWER:
                 resp = None
-        c.response(proto, resp)
-        c.latency(time.perf_counter() - t0)
+        c.response(proto, resp, row)
+        c.latency(time.perf_counter() - t0, 1, row)
         return resp
 
     def answer_tcp(self, frame: bytes, family: int, conn=None) -> bytes | None:
@@ -297,20 +307,23 @@ class Worker:
         peer = (conn._transport.get_extra_info("peername")
                 if conn is not None and plugins.wants_peer and conn._transport else None)
         port = conn.local_port if conn else 0
+        row = self.row_of((conn.local_host, port), frame) if conn else None
         if conn is not None:
             def send(resp: bytes | None) -> None:
                 if not conn.send_later(resp):
                     resp = None
-                self.counters.response(TCP, resp)
+                self.counters.response(TCP, resp, row)
+                # a deferred answer's time (answer_py returned before counting it)
+                self.counters.latency(time.perf_counter() - t0, 1, row)
                 plugins.finished(frame, peer, resp, True, port, t0)
         if peer is not None and plugins.intercepts:
             resp = self.intercept(frame, peer, True, port)
             if resp is not None:
-                self.counters.query(TCP, family, frame)
-                self.counters.response(TCP, resp)
+                self.counters.query(TCP, family, frame, row)
+                self.counters.response(TCP, resp, row)
                 plugins.finished(frame, peer, resp, True, port, t0)
                 return resp
-        resp = self.answer_py(frame, TCP, family, port, send)
+        resp = self.answer_py(frame, TCP, family, port, send, row)
         if resp is not None:
             plugins.finished(frame, peer, resp, True, port, t0)
         return resp
@@ -333,6 +346,8 @@ class Worker:
         send = None
         plugins = self.plugins
         t0 = time.perf_counter()
+        # the row _udp counted the query in (the same match, on the same table)
+        row = self.row_of(self._sockname_of_fd.get(fd), data)
         if sock is not None:
             def send(resp: bytes | None) -> None:
                 if resp is not None:
@@ -341,7 +356,7 @@ class Worker:
                     except OSError:  # buffer full, or a firewall: UDP may drop
                         self.counters.incr(ctr.W_SEND_ERRORS)
                         resp = None
-                self.counters.response(UDP, resp)
+                self.counters.response(UDP, resp, row)
                 plugins.finished(data, addr, resp, False, port, t0)
         if plugins.intercepts:  # loop detection, whoami (worker_plugins.py)
             resp = plugins.intercept(data, addr, False, port)
@@ -353,13 +368,50 @@ class Worker:
         if resp is DEFERRED:
             return None
         if resp is None:
-            self.counters.response(UDP, None)  # dropped: _udp leaves None to us
+            self.counters.response(UDP, None, row)  # dropped: _udp leaves None to us
         return resp
+
+    # -- the metrics' (server, zone) rows ---------------------------------------
+
+    def row_of(self, sockname, data: bytes) -> int | None:
+        """The (server, zone) row of a query read on the socket bound to ``sockname``
+        (counters.py; None before a Corefile gave the rows)."""
+        if not self._rows or not sockname:
+            return None
+        key = (sockname[0], sockname[1])
+        lr = self._rows_of_sock.get(key)
+        if lr is None:
+            lr = self._rows_of_sock[key] = ctr.socket_rows(self._rows, key[0], key[1])
+        return lr.match(data)
+
+    def configure_rows(self, config) -> None:
+        """Derive the row table from ``config`` (the exporter derives the same one
+        from its copy) and hand every UDP socket's zones to the fast path."""
+        self._rows_of_sock = {}
+        self._sockname_of_fd = {fd: sock.getsockname()[:2]
+                                for fd, (sock, _port) in self._udp_by_fd.items()}
+        if config is None:
+            self._rows = {}
+            if self.fast is not None:
+                self.fast.clear_rows()
+            return
+        listeners = ctr.listener_zones(config)
+        self.counters.take_rows(ctr.row_table(listeners))
+        self._rows = ctr.listener_rows(listeners)
+        if self.fast is not None:
+            self.fast.clear_rows()
+            for fd, (host, port) in list(self._sockname_of_fd.items()):
+                lr = ctr.socket_rows(self._rows, host, port)
+                if not self.fast.set_rows(fd, lr.zones, lr.dropped):
+                    del self._sockname_of_fd[fd]  # totals only, as _udp counts it
+                    log.warning("worker %d: queries on %s:%d are not counted per zone",
+                                self.spec.index, host, port)
 
     # -- forward + cache -------------------------------------------------------
 
     def configure_forward(self, config) -> None:
         """(Re)build the forwarders and caches of ``config`` (a corefile Config)."""
+        self.configure_rows(config)  # the Corefile's blocks: also the metrics' rows
         if self.router is not None:
             self.router.close()
             if self.fast is not None:
