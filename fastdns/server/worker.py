@@ -1,6 +1,6 @@
 """A worker process: binds UDP and TCP with SO_REUSEPORT and answers from the snapshot.
 
-The supervisor starts one per core with ``multiprocessing`` (spawn) and
+The supervisor starts one per core with its launcher (``server/childproc.py``) and
 ``worker_main(spec)``. Every worker binds every listen address itself with
 SO_REUSEPORT, so the kernel spreads clients over workers and a dead worker
 takes only its own sockets with it (``socket(7)``).
@@ -60,7 +60,7 @@ _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs; picklable for ``multiprocessing`` spawn."""
+    """Everything a worker needs; pickled to the child by ``server/childproc.py``."""
 
     index: int
     instance: str
