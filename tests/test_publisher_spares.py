@@ -106,3 +106,22 @@ def test_deferred_images_are_laid_out_in_their_segment(instance):
         cur.close()
     finally:
         pub.close()
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_control_loop_picks_the_image_path(instance, monkeypatch, flag):
+    """FASTDNS_DEFERRED_IMAGES (process.DEFERRED_IMAGES) picks deferred images;
+    by default the compiler reuses one buffer that the publisher pwrite()s."""
+    from fastdns.control import process
+    from fastdns.zone.compiler import Compiler
+    from fastdns.zone.records import KubernetesOptions
+
+    monkeypatch.setattr(process, "DEFERRED_IMAGES", flag)
+    ctl = shm.ControlSegment.create(instance, 1)
+    pub = Publisher(ctl, background=True)
+    try:
+        compiler = Compiler(KubernetesOptions(zones=("cluster.local",)))
+        process.ControlLoop(compiler, pub)
+        assert compiler.deferred is flag and compiler.reuse_buffer is (not flag)
+    finally:
+        pub.close()
