@@ -7,6 +7,7 @@ only when FASTDNS_NO_EXTENSIONS=1; otherwise a missing extension is an error
 """
 
 import os
+import secrets
 
 import pytest
 
@@ -33,3 +34,14 @@ def wire_pair():
     from fastdns import _wire, wire
 
     return wire, _wire
+
+
+@pytest.fixture
+def instance():
+    """A fresh shm instance name; every segment of it must be gone afterwards."""
+    from fastdns.server import shm
+
+    inst = "t" + secrets.token_hex(5)
+    yield inst
+    shm.sweep(inst)
+    assert shm.list_segments(inst) == []

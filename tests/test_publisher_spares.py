@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import struct
 import time
 
@@ -11,14 +10,6 @@ import pytest
 from fastdns.control import publisher as publisher_mod
 from fastdns.control.publisher import SPARE_TAG, Publisher
 from fastdns.server import shm
-
-
-@pytest.fixture
-def instance():
-    inst = "t" + secrets.token_hex(5)
-    yield inst
-    shm.sweep(inst)
-    assert shm.list_segments(inst) == []
 
 
 def _image(tag: bytes, size: int = 4096) -> bytearray:

@@ -13,14 +13,6 @@ from fastdns.control.publisher import Publisher
 from fastdns.server import shm
 
 
-@pytest.fixture
-def instance():
-    inst = "t" + secrets.token_hex(5)
-    yield inst
-    shm.sweep(inst)
-    assert shm.list_segments(inst) == []
-
-
 def _image(tag: bytes, size: int = 256) -> bytes:
     head = b"FDNSIMG1" + bytes(8) + bytes(8)  # magic, version/flags, generation
     return (head + tag * size)[: max(size, 64)]

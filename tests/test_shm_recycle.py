@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import time
 
@@ -12,14 +11,6 @@ import pytest
 
 from fastdns.control.publisher import Publisher
 from fastdns.server import shm
-
-
-@pytest.fixture
-def instance():
-    inst = "t" + secrets.token_hex(5)
-    yield inst
-    shm.sweep(inst)
-    assert shm.list_segments(inst) == []
 
 
 def _image(gen_tag: int, size: int = 1 << 16) -> bytes:
