@@ -543,6 +543,21 @@ def _hist(words: list[int] | tuple[int, ...], start: int, bounds: tuple[float, .
     return {"buckets": buckets, "sum": words[start + len(bounds) + 1] * scale, "count": cum}
 
 
+def _region(block: memoryview | bytes, started: bool, table_word: int, first: int,
+            nwords: int, end: int, zero: tuple) -> tuple[int, tuple]:
+    """(table hash, enumerated words) of a keyed region (forward, rows); (0, zero)
+    when the block has no such region yet. The worker zeroes the table word
+    while it rewrites the region: a read that raced a rewrite is attributed
+    to no table."""
+    if not started or len(block) < end * 8:
+        return 0, zero
+    table = struct.unpack_from("=Q", block, table_word * 8)[0]
+    words = tuple(enumerate(struct.unpack_from(f"={nwords}Q", block, first * 8)))
+    if struct.unpack_from("=Q", block, table_word * 8)[0] != table:
+        table = 0
+    return table, words
+
+
 def read_counters(block: memoryview | bytes) -> dict:
     """One worker block as a dict the metrics exporter can sum (see sum_counters).
 
@@ -551,20 +566,11 @@ def read_counters(block: memoryview | bytes) -> dict:
     words = list(struct.unpack_from(f"={W_END}Q", block))
     if words[W_MAGIC] != MAGIC:
         words = [0] * W_END
-    fwd_table, fwd = 0, FWD_ZERO
-    if words[W_MAGIC] == MAGIC and len(block) >= FWD_END * 8:
-        fwd_table = struct.unpack_from("=Q", block, W_FWD_TABLE * 8)[0]
-        fwd = tuple(enumerate(struct.unpack_from(f"={FWD_WORDS}Q", block, W_FWD_BROKEN * 8)))
-        # the worker zeroes W_FWD_TABLE while it rewrites the region: a read
-        # that raced a rewrite is not attributed to any table
-        if struct.unpack_from("=Q", block, W_FWD_TABLE * 8)[0] != fwd_table:
-            fwd_table = 0
-    rows_table, rows = 0, ROWS_ZERO
-    if words[W_MAGIC] == MAGIC and len(block) >= ROWS_END * 8:
-        rows_table = struct.unpack_from("=Q", block, W_ROWS_TABLE * 8)[0]
-        rows = tuple(enumerate(struct.unpack_from(f"={ROWS_WORDS}Q", block, W_ROWS * 8)))
-        if struct.unpack_from("=Q", block, W_ROWS_TABLE * 8)[0] != rows_table:
-            rows_table = 0
+    started = words[W_MAGIC] == MAGIC
+    fwd_table, fwd = _region(block, started, W_FWD_TABLE, W_FWD_BROKEN, FWD_WORDS, FWD_END,
+                             FWD_ZERO)
+    rows_table, rows = _region(block, started, W_ROWS_TABLE, W_ROWS, ROWS_WORDS, ROWS_END,
+                               ROWS_ZERO)
     queries = {}
     i = W_QUERIES
     for proto in PROTOS:

@@ -74,7 +74,7 @@ def decode(rows: list[tuple]) -> list[Obj]:
 
 
 def load_objects_isolated(path: str, *, pods: bool = True) -> list[Obj]:
-    """``state.load_objects`` over every file of ``path``, run in a child process."""
+    """``state.load_state_objects(path, pods=pods)``, run in a child process."""
     argv = [sys.executable, "-m", "fastdns.zone.isolated", os.fspath(path)]
     if not pods:
         argv.append("--no-pods")
@@ -91,14 +91,10 @@ def load_objects_isolated(path: str, *, pods: bool = True) -> list[Obj]:
 
 
 def main(argv: list[str]) -> int:
-    from fastdns.zone.state import load_objects, state_files
+    from fastdns.zone.state import load_state_objects
 
-    path = argv[0]
-    kinds = None if "--no-pods" not in argv else ("Namespace", "Service", "EndpointSlice")
     try:
-        objs: list[Obj] = []
-        for f in state_files(path):
-            objs.extend(load_objects(f, kinds) if kinds else load_objects(f))
+        objs = load_state_objects(argv[0], pods="--no-pods" not in argv)
     except StateError as e:
         print(e, file=sys.stderr)
         return EXIT_STATE_ERROR

@@ -301,20 +301,24 @@ def state_files(path: str) -> list[str]:
     return [path]
 
 
-def load_state(path: str | os.PathLike[str], *, pods: bool = True) -> ClusterState:
-    """ClusterState of a state file or directory; StateError names file and object.
+def load_state_objects(path: str | os.PathLike[str], *, pods: bool = True) -> list[Obj]:
+    """Stripped objects of a state file or directory; StateError names file and object.
 
     ``pods=False`` skips Pod objects: only ``pods verified`` answers from
     them, and CoreDNS does not even watch Pods otherwise. A kubectl dump
     holds about as many Pods as endpoints, and keeping them cost the
     control process ~50 MB at 10k Services that nothing read.
     """
-    path = os.fspath(path)
     kinds = KINDS if pods else tuple(k for k in KINDS if k != "Pod")
     objs: list[Obj] = []
-    for f in state_files(path):
+    for f in state_files(os.fspath(path)):
         objs.extend(load_objects(f, kinds))
-    return ClusterState(objs)
+    return objs
+
+
+def load_state(path: str | os.PathLike[str], *, pods: bool = True) -> ClusterState:
+    """ClusterState of a state file or directory (see load_state_objects)."""
+    return ClusterState(load_state_objects(path, pods=pods))
 
 
 def demo_path() -> str:
