@@ -20,15 +20,43 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--kubeconfig", metavar="PATH", help="watch the Kubernetes API")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
     s.add_argument("--log-level", default="info")
+    # CoreDNS's own flags (fastdns/coredns_cli.py rewrites -conf, -dns.port, ...)
+    s.add_argument("--dns-port", type=_port, default=None,
+                   help="default port of server blocks that name none (CoreDNS -dns.port)")
+    s.add_argument("--pidfile", default=None, help="write the server's PID here (CoreDNS)")
+    s.add_argument("--quiet", action="store_true", help="no startup output (CoreDNS -quiet)")
+    s.add_argument("--version", action="store_true", help="print the version and exit")
+    s.add_argument("--plugins", action="store_true", help="list the plugins and exit")
 
     c = sub.add_parser("check-corefile", help="report which Corefile lines fastdns runs as-is")
     c.add_argument("path")
     return p
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fastdns import coredns_cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        try:
+            argv = ["serve", *coredns_cli.translate(argv[1:])]
+        except coredns_cli.FlagError as e:
+            print(e, file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        if args.version:
+            print(coredns_cli.version_text())
+            return 0
+        if args.plugins:
+            print(coredns_cli.plugins_text())
+            return 0
         from fastdns.server.supervisor import run
 
         return run(args)

@@ -538,13 +538,19 @@ def start_kube_source(loop: ControlLoop, config: Any, kubeconfig: str | None,
     until then (``Observability.published(synced=...)``). A restarted control
     process keeps the previous, complete image in force until its own sync.
     """
+    from fastdns.control import apiaccess
     from fastdns.control.kube import KubeSource
     from fastdns.zone.state import ClusterState
 
     loop.set_unsynced(ClusterState())
+    kube = next(b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins)
+    log.info("watching the Kubernetes API: %s", apiaccess.describe(kube, os.environ, kubeconfig))
     source = KubeSource(kube_config(config, kubeconfig), loop.post_event, loop.post_synced)
     loop.service_kind = source.service_kind
-    source.start()
+    try:
+        source.start()
+    except Exception as e:  # kubernetes.config.ConfigException, an unreadable file
+        raise FatalConfig(f"cannot configure the Kubernetes client: {e}") from e
     if not restarted:
         timeout = startup_timeout(config)
         if loop.wait_synced(source, timeout):
@@ -642,7 +648,11 @@ def control_main(spec: ControlSpec) -> int:
                 log.error("%s; keeping generation %d", msg, ctl.generation)
             source.start()
         elif spec.source == "kube":
-            source = start_kube_source(loop, config, spec.source_path, restarted)
+            try:
+                source = start_kube_source(loop, config, spec.source_path, restarted)
+            except FatalConfig as e:
+                log.error("%s", e)
+                return EXIT_CONTROL_FATAL
         elif spec.source == "none":
             # no kubernetes plugin (node-local cache mode): one image of the
             # forward zones, nothing to watch

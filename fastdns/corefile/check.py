@@ -15,6 +15,7 @@ from typing import TextIO
 from fastdns.corefile.config import Finding, analyse, read_corefile
 from fastdns.corefile.errors import CorefileError, Unsupported
 from fastdns.corefile.support import PARSED_REASON, SUPPORTED
+from fastdns.corefile.verdict import problems
 
 
 def _line(f: Finding) -> tuple[str, bool]:
@@ -34,6 +35,11 @@ def _line(f: Finding) -> tuple[str, bool]:
     return f"{where}: {what}: OK", True
 
 
+def _reported(analysis) -> set[str]:
+    return {f.name for f in analysis.findings
+            if f.kind == "plugin" and SUPPORTED.get(f.name) != "full"}
+
+
 def main(path: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
@@ -51,6 +57,14 @@ def main(path: str, out: TextIO | None = None) -> int:
     if not analysis.findings:
         print(f"{name}: no server blocks", file=out)
         ok = False
+    if analysis.config is not None:
+        # The rules `serve` applies beyond each plugin's own line (the same
+        # function decides there): per-plugin ones are printed above already.
+        for p in problems(analysis.config):
+            ok = False
+            if p.plugin is None or p.plugin not in _reported(analysis):
+                what = f"plugin {p.plugin}: " if p.plugin else ""
+                print(f"{p.file}:{p.line}: {what}UNSUPPORTED: {p.reason}", file=out)
     print("fastdns runs this Corefile as-is" if ok
           else "fastdns cannot run this Corefile as-is", file=out)
     return 0 if ok else 1

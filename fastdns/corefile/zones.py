@@ -9,10 +9,24 @@ Every zone comes out lowercased and fully qualified (trailing dot).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 TRANSPORTS = ("dns", "tls", "grpc", "https", "https3", "quic")
 DEFAULT_PORTS = {"dns": 53, "tls": 853, "grpc": 443, "https": 443, "https3": 443, "quic": 853}
+# CoreDNS's `-dns.port` (core/dnsserver/register.go: the default port of a
+# dns:// key that names none). `fastdns serve -dns.port N` sets this variable
+# in the supervisor, so the control process and the workers, which parse the
+# Corefile again, inherit the same default.
+DNS_PORT_ENV = "FASTDNS_DNS_PORT"
+
+
+def default_port(transport: str) -> int:
+    if transport == "dns":
+        value = os.environ.get(DNS_PORT_ENV, "")
+        if value.isdigit() and 0 < int(value) < 65536:
+            return int(value)
+    return DEFAULT_PORTS[transport]
 
 _INT = re.compile(r"[+-]?[0-9]+\Z")
 
@@ -134,7 +148,7 @@ def parse_key(key: str) -> tuple[str, list[str], int]:
     transport, rest = split_transport(key)
     zones, port = split_host_port(rest)
     if port is None:
-        port = DEFAULT_PORTS[transport]
+        port = default_port(transport)
     return transport, zones, port
 
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastdns.server import shm
+from fastdns.coredns_cli import package_version
+from fastdns.server import portcheck, shm
 from fastdns.server.childproc import ChildProcess, set_comm
 from fastdns.server.childproc import wait as wait_objects
 
@@ -44,16 +45,6 @@ DEFAULT_PORT = 53
 EXIT_OK = 0
 EXIT_CONFIG = 1  # bad Corefile, state or options: the message is on stderr
 EXIT_CONTROL_FATAL = 3  # control process: configuration error, do not restart
-
-# Plugins `serve` wires in itself. Others the corefile registry calls
-# functional are accepted with a warning until they are wired here too;
-# QUIET_PLUGINS need nothing from the server (errors are logged anyway).
-SERVE_PLUGINS = frozenset({"bind", "kubernetes", "health", "ready", "prometheus",
-                           "reload", "loadbalance", "log", "hosts", "whoami", "loop",
-                           "forward", "cache"})
-# Plugins that answer queries themselves: a block needs one of them.
-ANSWERING_PLUGINS = frozenset({"kubernetes", "hosts", "whoami", "forward"})
-QUIET_PLUGINS = frozenset({"errors", "debug"})
 
 BACKOFF_FIRST = 0.1  # seconds before the first restart of a child
 BACKOFF_MAX = 10.0
@@ -143,13 +134,6 @@ def _corefile_text(args: argparse.Namespace) -> tuple[str, str]:
         raise ServeError(f"{path}: cannot read the Corefile: {e.strerror or e}") from e
 
 
-def _where(source: Any, filename: str) -> str:
-    """``file:line`` from a corefile ``source`` tuple, falling back to the file name."""
-    if isinstance(source, tuple) and len(source) == 2 and source[0]:
-        return f"{source[0]}:{source[1]}" if source[1] else str(source[0])
-    return filename
-
-
 def parse_config(text: str, filename: str) -> Any:
     """The corefile module's Config, its errors turned into ServeError."""
     from fastdns import corefile
@@ -161,35 +145,17 @@ def parse_config(text: str, filename: str) -> Any:
 
 
 def check_plugins(config: Any, filename: str) -> list[str]:
-    """Refuse, naming file, line and plugin, anything this server does not run.
+    """Refuse what this server does not run; returns the warning lines.
 
-    The corefile registry (``fastdns.corefile.support.SUPPORTED``) says which
-    plugins are functional; a plugin it marks "full" that ``serve`` does not
-    wire in itself yet (HTTP endpoints, reload) is accepted with a warning,
-    returned as the warning lines.
+    ``fastdns.corefile.verdict`` decides, the same function ``check-corefile``
+    asks, so both commands give one verdict on one Corefile.
     """
-    from fastdns.corefile.support import PARSED_REASON, SUPPORTED
+    from fastdns.corefile import verdict
 
-    warnings = []
-    for block in config.servers:
-        for name, conf in block.plugins.items():
-            where = _where(getattr(conf, "source", None), filename)
-            if SUPPORTED.get(name) != "full":
-                reason = PARSED_REASON.get(name, "not implemented by fastdns")
-                raise ServeError(f"{where}: plugin {name}: {reason}")
-            if name not in SERVE_PLUGINS and name not in QUIET_PLUGINS:
-                warnings.append(f"{where}: plugin {name}: accepted, but `fastdns serve` "
-                                "does not run it yet")
-        if not ANSWERING_PLUGINS.intersection(block.plugins):
-            where = _where(getattr(block, "source", None), filename)
-            raise ServeError(f"{where}: server block {' '.join(block.zones)}: no kubernetes, "
-                             "hosts, whoami or forward plugin: nothing to serve")
-        transport = getattr(block, "transport", "dns")
-        if transport != "dns":
-            where = _where(getattr(block, "source", None), filename)
-            raise ServeError(f"{where}: server block {' '.join(block.zones)}: transport "
-                             f"{transport}:// is not supported yet (only dns://)")
-    return warnings
+    found = verdict.problems(config)
+    if found:
+        raise ServeError(str(found[0]))
+    return verdict.warnings(config)
 
 
 def listen_addresses(config: Any) -> tuple[tuple[str, int], ...]:
@@ -224,19 +190,7 @@ def make_plan(args: argparse.Namespace) -> ServePlan:
     config = parse_config(text, filename)
     for warning in check_plugins(config, filename):
         log.warning("%s", warning)
-    if getattr(args, "kubeconfig", None):
-        source, path = "kube", args.kubeconfig
-    elif getattr(args, "state", None):
-        source, path = "state", args.state
-        if not os.path.exists(path):
-            raise ServeError(f"{path}: state file or directory does not exist")
-    elif getattr(args, "demo", False):
-        source, path = "demo", demo_state_path()
-    elif not any("kubernetes" in b.plugins for b in config.servers):
-        # node-local cache mode (NodeLocal DNSCache's Corefile): forward only
-        source, path = "none", None
-    else:
-        raise ServeError("no cluster state: give --state PATH, --demo or --kubeconfig PATH")
+    source, path = choose_source(args, config)
     nworkers = args.workers if args.workers is not None else default_workers()
     if not 1 <= nworkers <= shm.MAX_WORKERS:
         raise ServeError(f"--workers must be within 1..{shm.MAX_WORKERS}")
@@ -246,6 +200,38 @@ def make_plan(args: argparse.Namespace) -> ServePlan:
         log_level=getattr(args, "log_level", "info") or "info", zones=_served_zones(config),
         lameduck=_lameduck(config),
         corefile_path=None if filename.startswith("<") else filename)
+
+
+def choose_source(args: argparse.Namespace, config: Any,
+                  environ: Any = None) -> tuple[str, str | None]:
+    """(source, path) of the cluster state: the command line's, else the Corefile's.
+
+    ``--kubeconfig``, ``--state`` and ``--demo`` are overrides for local use.
+    Without them a Corefile with ``kubernetes`` watches the API the way
+    CoreDNS finds it (``plugin/kubernetes/kubernetes.go`` getClientConfig):
+    its ``kubeconfig``, else its ``endpoint``, else the pod's service account
+    (``fastdns/control/apiaccess.py``). The control process builds the
+    client from the same Corefile (``process.kube_config``).
+    """
+    from fastdns.control import apiaccess
+
+    if getattr(args, "kubeconfig", None):
+        return "kube", args.kubeconfig
+    if getattr(args, "state", None):
+        if not os.path.exists(args.state):
+            raise ServeError(f"{args.state}: state file or directory does not exist")
+        return "state", args.state
+    if getattr(args, "demo", False):
+        return "demo", demo_state_path()
+    kube = next((b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins),
+                None)
+    if kube is None:
+        # node-local cache mode (NodeLocal DNSCache's Corefile): forward only
+        return "none", None
+    problem = apiaccess.problem(kube, os.environ if environ is None else environ)
+    if problem:
+        raise ServeError(problem)
+    return "kube", None
 
 
 def _served_zones(config: Any) -> tuple[str, ...]:
@@ -340,8 +326,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, plan: ServePlan, instance: str | None = None) -> None:
+    def __init__(self, plan: ServePlan, instance: str | None = None,
+                 quiet: bool = False) -> None:
         self.plan = plan
+        self.quiet = quiet  # CoreDNS -quiet: no startup banner
         self.instance = instance or secrets.token_hex(6)
         self.ctl: shm.ControlSegment | None = None
         self.children: list[Child] = []
@@ -563,6 +551,8 @@ class Supervisor:
                    if c.index >= 0 and c.proc is not None)
 
     def _announce(self) -> None:
+        if self.quiet:
+            return
         p = self.plan
         addrs = ", ".join(_fmt_addr(a, port) for a, port in p.listen)
         log.info("serving %s on %s (udp, tcp) with %d worker%s",
@@ -579,9 +569,11 @@ class Supervisor:
             self._setup_reload()
             self._setup_loop()
             self._make_children()
-            log.info("fastdns-%s, python %s, %s/%s", _version(), platform.python_version(),
-                     sys.platform, platform.machine())
-            log.info("fastdns supervisor pid %d, shm instance %s", os.getpid(), self.instance)
+            if not self.quiet:
+                log.info("fastdns-%s, python %s, %s/%s", package_version(),
+                         platform.python_version(), sys.platform, platform.machine())
+                log.info("fastdns supervisor pid %d, shm instance %s", os.getpid(),
+                         self.instance)
             for c in self.children:
                 self._start(c)
             self._loop()
@@ -632,17 +624,6 @@ class Supervisor:
                     self.loop_probe.start()
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("fastdns")
-    except Exception:  # noqa: BLE001 - not installed: running from a checkout
-        import fastdns
-
-        return getattr(fastdns, "__version__", "dev")
-
-
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         try:
@@ -659,9 +640,26 @@ def _fmt_addr(addr: str, port: int) -> str:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``fastdns serve``; returns the process exit code."""
     setup_logging(getattr(args, "log_level", "info") or "info")
+    if getattr(args, "dns_port", None):
+        from fastdns.corefile.zones import DNS_PORT_ENV
+
+        os.environ[DNS_PORT_ENV] = str(args.dns_port)  # inherited by control and workers
     try:
         plan = make_plan(args)
-    except ServeError as e:
+        portcheck.check_listen(plan.listen)
+    except (ServeError, portcheck.BindError) as e:
         print(str(e), file=sys.stderr)
         return EXIT_CONFIG
-    return Supervisor(plan).run()
+    pidfile = getattr(args, "pidfile", None)
+    if pidfile:
+        try:
+            Path(pidfile).write_text(f"{os.getpid()}\n")
+        except OSError as e:
+            print(f"{pidfile}: cannot write the pidfile: {e.strerror or e}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        return Supervisor(plan, quiet=bool(getattr(args, "quiet", False))).run()
+    finally:
+        if pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(pidfile)

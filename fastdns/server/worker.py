@@ -457,10 +457,13 @@ class Worker:
                     log.warning("worker %d: no IPv6 here, not listening on [::]:%d (%s)",
                                 self.spec.index, port, e.strerror)
                     continue
-                raise
+                raise _bind_failed("udp", address, port, e) from None
             self.udp_socks.append((udp, fam))
             self._udp_by_fd[udp.fileno()] = (udp, port)
-            self.tcp_socks.append((bind_tcp(address, port), fam))
+            try:
+                self.tcp_socks.append((bind_tcp(address, port), fam))
+            except OSError as e:
+                raise _bind_failed("tcp", address, port, e) from None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -572,6 +575,14 @@ class Worker:
         self.counters.release()
         self._counters_block = None
         self.ctl.close()
+
+
+def _bind_failed(proto: str, address: str, port: int, e: OSError) -> SystemExit:
+    """One line, as the supervisor's pre-check words it (server/portcheck.py), then
+    exit 1: the supervisor stops the server when a worker fails at startup."""
+    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    log.error("listen %s %s: bind: %s", proto, where, (e.strerror or str(e)).lower())
+    return SystemExit(1)
 
 
 def _exit_now(signum, frame) -> None:
