@@ -625,8 +625,8 @@ def control_main(spec: ControlSpec) -> int:
 
         try:
             obs = Observability.start(config, ctl, spec.corefile_text)
-        except OSError as e:
-            log.error("%s", e)
+        except OSError as e:  # "listen tcp :8080: bind: address already in use"
+            log.error("%s", e.strerror or e)
             return EXIT_CONTROL_FATAL
         loop.on_publish = obs.published
         loop.on_programmed = obs.values.observe_programming_latency
