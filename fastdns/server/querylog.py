@@ -6,7 +6,9 @@ denial, error) a rule may want (``_udp.FastPath.set_logger``), so queries
 nobody logs cost one test per batch. TCP and the slow path call
 ``QueryLog.one``. Lines are CoreDNS's (``plugin/log/log.go``,
 ``plugin/pkg/replacer/replacer.go``): ``[INFO] `` + the rule's format, on
-stdout, one write per batch.
+stdout, one write per batch. Types, classes and rcodes are written as
+miekg/dns writes them (``fastdns/mnemonics.py``), without dnspython: this
+runs in the image, which has no test extras.
 
 Rule choice is CoreDNS's: the block is the most specific one serving the
 name on the listener's port (``Config.select``); within it the first rule
@@ -24,37 +26,13 @@ from typing import Any
 from fastdns import errors
 from fastdns.codec import wire
 from fastdns.corefile.model import COMMON_LOG_FORMAT
+from fastdns.mnemonics import class_text, rcode_text, type_text
 
 LOG_SUCCESS, LOG_DENIAL, LOG_ERROR = 1, 2, 4
 _CLASS_BITS = {"success": LOG_SUCCESS, "denial": LOG_DENIAL, "error": LOG_ERROR,
                "all": LOG_SUCCESS | LOG_DENIAL | LOG_ERROR}
 _PLACEHOLDER = re.compile(r"\{[^{}]+\}")
 _HEADER = struct.Struct(">HHHHHH")
-
-_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
-           5: "REFUSED", 6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH",
-           10: "NOTZONE", 16: "BADVERS"}
-_CLASSES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
-
-
-def _type_text(qtype: int) -> str:
-    import dns.rdatatype
-
-    try:
-        return dns.rdatatype.to_text(qtype)
-    except ValueError:  # pragma: no cover - dnspython knows every 16-bit value
-        return f"TYPE{qtype}"
-
-
-_TYPES: dict[int, str] = {}
-
-
-def type_text(qtype: int) -> str:
-    t = _TYPES.get(qtype)
-    if t is None:
-        t = _TYPES[qtype] = _type_text(qtype)
-    return t
-
 
 _PLAIN = bytes(range(0x30, 0x3A)) + bytes(range(0x41, 0x5B)) + bytes(range(0x61, 0x7B)) + b"-_*"
 
@@ -309,9 +287,9 @@ class QueryLog:
             rcode = flags & 0xF or classify_rcode_ext(resp)
             return (f"{'[' + host + ']' if ':' in host else host}:{addr[1] if addr else '-'}"
                     f" - {q.id} \"{type_text(q.qtype)} "
-                    f"{_CLASSES.get(q.qclass) or f'CLASS{q.qclass}'} {qname} {proto} {size} "
+                    f"{class_text(q.qclass)} {qname} {proto} {size} "
                     f"{'true' if q.do else 'false'} {q.payload}\" "
-                    f"{_RCODES.get(rcode) or rcode} {rflags(flags)} {len(resp)} "
+                    f"{rcode_text(rcode)} {rflags(flags)} {len(resp)} "
                     f"{seconds if isinstance(seconds, str) else _go_seconds(seconds)}")
         vals = []
         for key in fmt.keys:
@@ -325,7 +303,7 @@ class QueryLog:
             elif key == "type":
                 vals.append(type_text(q.qtype))
             elif key == "class":
-                vals.append(_CLASSES.get(q.qclass) or f"CLASS{q.qclass}")
+                vals.append(class_text(q.qclass))
             elif key == "name":
                 vals.append(qname)
             elif key == "proto":
@@ -340,7 +318,7 @@ class QueryLog:
                 rcode = resp[3] & 0xF if len(resp) >= 12 else 2
                 if rcode == 0:
                     rcode = classify_rcode_ext(resp)  # BADVERS lives in the OPT
-                vals.append(_RCODES.get(rcode) or str(rcode))
+                vals.append(rcode_text(rcode))
             elif key == ">rflags":
                 vals.append(rflags((resp[2] << 8 | resp[3]) if len(resp) >= 12 else 0))
             elif key == "rsize":
