@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from fastdns.testing.fake_apiserver import (
     parse_field_selector,
     parse_label_selector,
 )
+from fastdns.testing.pki import make_pki
 
 
 def svc(name: str, ip: str, ns: str = "default", **labels: str) -> dict:
@@ -455,3 +457,189 @@ def test_standalone_process_serves_a_state_file(tmp_path):
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()
+
+
+# -- HTTPS, rotating tokens, RBAC refusals ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"), ips=("127.0.0.1",),
+                    dns_names=("kubernetes.default.svc",))
+
+
+def _client(url: str, token: str | None = None, ca: str | None = None,
+            prefix: str = "Bearer") -> client.ApiClient:
+    conf = client.Configuration(host=url)
+    if token:
+        conf.api_key["BearerToken"] = f"{prefix} {token}"
+    if ca:
+        conf.ssl_ca_cert = ca
+    conf.retries = False
+    return client.ApiClient(conf)
+
+
+def _status_of(call) -> dict:
+    with pytest.raises(ApiException) as info:
+        call()
+    body = json.loads(info.value.body)
+    assert body["code"] == info.value.status
+    return body
+
+
+def test_https_with_the_cluster_ca(pki, tmp_path):
+    with FakeApiServer(tls=(pki.server_cert, pki.server_key), token="t0") as api:
+        assert api.url == f"https://127.0.0.1:{api.port}"
+        api.create("Namespace", {"metadata": {"name": "kube-system"}})
+        # what a user's kubeconfig says: the server's CA and a token
+        kc = api.write_kubeconfig(str(tmp_path / "kc"), ca_file=pki.ca_cert)
+        with config.new_client_from_config(config_file=kc) as c:
+            names = [n.metadata.name for n in client.CoreV1Api(c).list_namespace().items]
+            assert names == ["kube-system"]
+        # a client that does not trust the CA refuses the server's certificate
+        with _client(api.url, "t0") as c, pytest.raises(ApiException) as e:
+            client.CoreV1Api(c).list_namespace(_request_timeout=5)
+        assert e.value.status == 0 and "CERTIFICATE_VERIFY_FAILED" in e.value.reason
+        # plain HTTP to the TLS port gets no API answer
+        with _client(api.url.replace("https:", "http:"), "t0") as c, \
+                pytest.raises((ApiException, urllib3.exceptions.HTTPError)):
+            client.CoreV1Api(c).list_namespace(_request_timeout=5)
+
+
+def test_tls_certificate_names_its_addresses(pki):
+    """The server certificate carries the SANs asked for, signed by the CA."""
+    ctx = ssl.create_default_context(cafile=pki.ca_cert)
+    with FakeApiServer(tls=(pki.server_cert, pki.server_key)) as api, \
+            socket.create_connection(("127.0.0.1", api.port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="kubernetes.default.svc") as tls:
+        sans = tls.getpeercert()["subjectAltName"]
+    assert ("IP Address", "127.0.0.1") in sans
+    assert ("DNS", "kubernetes.default.svc") in sans
+    bad = ssl.create_default_context(cafile=pki.ca_cert)
+    with FakeApiServer(tls=(pki.server_cert, pki.server_key)) as api, \
+            socket.create_connection(("127.0.0.1", api.port), timeout=5) as raw, \
+            pytest.raises(ssl.SSLCertVerificationError):
+        bad.wrap_socket(raw, server_hostname="other.example").close()
+
+
+def test_rotate_token_refuses_the_old_one(api):
+    api.set_tokens("old")
+    with _client(api.url, "old") as old, _client(api.url, "new") as new, \
+            _client(api.url, "old", prefix="bearer") as lower:
+        # the in-cluster loader of the Python client writes "bearer " in lower case
+        assert client.CoreV1Api(lower).list_namespace().items
+        assert _status_of(lambda: client.CoreV1Api(new).list_namespace()) == {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+        assert api.rotate_token("new") == "new" and api.token == "new"
+        assert client.CoreV1Api(new).list_namespace().items
+        assert _status_of(lambda: client.CoreV1Api(old).list_namespace())["code"] == 401
+        # with a grace period the previous token works until it runs out
+        fresh = api.rotate_token(grace=0.5)
+        assert fresh not in ("old", "new") and api.token == fresh
+        assert client.CoreV1Api(new).list_namespace().items
+        time.sleep(0.6)
+        assert _status_of(lambda: client.CoreV1Api(new).list_namespace())["code"] == 401
+        with _client(api.url, fresh) as c:
+            assert client.CoreV1Api(c).list_namespace().items
+        api.set_tokens()  # authentication off: anyone, any token
+        assert client.CoreV1Api(old).list_namespace().items
+
+
+def test_end_watches_ends_streams_cleanly(api, kube):
+    core = client.CoreV1Api(kube)
+    rv = core.list_service_for_all_namespaces(_preload_content=False)
+    rv = json.loads(rv.data)["metadata"]["resourceVersion"]
+    resp = core.list_service_for_all_namespaces(
+        watch=True, resource_version=rv, timeout_seconds=60, _preload_content=False)
+    deadline = time.monotonic() + 5
+    while api.open_watches < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    api.create("Service", svc("a", "10.0.0.1"))
+    t0 = time.monotonic()
+    api.end_watches()
+    lines = raw_lines(resp)  # returns once the chunked stream has ended
+    assert time.monotonic() - t0 < 5
+    assert [(ev["type"], ev["object"]["metadata"]["name"]) for ev in lines] == [("ADDED", "a")]
+    # a new watch is a normal one
+    resp = core.list_service_for_all_namespaces(
+        watch=True, resource_version=rv, timeout_seconds=1, _preload_content=False)
+    assert [ev["type"] for ev in raw_lines(resp)] == ["ADDED"]
+
+
+def test_forbid_answers_rbacs_403(api, kube):
+    api.set_tokens("t")
+    with _client(api.url, "t") as c, _client(api.url, "wrong") as wrong:
+        core, disc = client.CoreV1Api(c), client.DiscoveryV1Api(c)
+        api.forbid("services")
+        assert _status_of(lambda: core.list_service_for_all_namespaces()) == {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": 'services is forbidden: User "system:serviceaccount:kube-system:coredns"'
+                       ' cannot list resource "services" in API group "" at the cluster scope',
+            "reason": "Forbidden", "details": {"kind": "services"}, "code": 403}
+        st = _status_of(lambda: core.list_service_for_all_namespaces(
+            watch=True, _preload_content=False))
+        assert 'cannot watch resource "services"' in st["message"]
+        st = _status_of(lambda: core.list_namespaced_service("default"))
+        assert st["message"].endswith('cannot list resource "services" in API group "" '
+                                      'in the namespace "default"')
+        # authentication comes first: a bad token is a 401 even where RBAC refuses
+        assert _status_of(lambda: client.CoreV1Api(wrong).list_service_for_all_namespaces(
+            ))["code"] == 401
+        # the other resources are still served
+        assert core.list_namespace().items
+        api.forbid("endpointslices", "watch")
+        assert disc.list_endpoint_slice_for_all_namespaces().items == []
+        st = _status_of(lambda: disc.list_endpoint_slice_for_all_namespaces(
+            watch=True, _preload_content=False))
+        assert st["message"].startswith(
+            "endpointslices.discovery.k8s.io is forbidden: User "
+            '"system:serviceaccount:kube-system:coredns" cannot watch resource '
+            '"endpointslices" in API group "discovery.k8s.io" at the cluster scope')
+        assert st["details"] == {"group": "discovery.k8s.io", "kind": "endpointslices"}
+        api.allow("services")  # the ClusterRole is back
+        assert core.list_service_for_all_namespaces().items == []
+        api.allow()
+        assert disc.list_endpoint_slice_for_all_namespaces(
+            watch=True, timeout_seconds=1, _preload_content=False).status == 200
+
+
+@pytest.mark.slow
+def test_standalone_https_with_token_and_controls(pki):
+    proc = subprocess.Popen([sys.executable, "-m", "fastdns.testing.fake_apiserver",
+                             "--port", "0", "--token", "one", "--tls-cert", pki.server_cert,
+                             "--tls-key", pki.server_key, "--forbid", "services"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on https://127.0.0.1:"), line
+        url = line.split()[2]
+        ctx = ssl.create_default_context(cafile=pki.ca_cert)
+
+        def control(path: str) -> dict:
+            req = urllib.request.Request(url + path, method="POST")
+            return json.loads(urllib.request.urlopen(req, context=ctx, timeout=5).read())
+
+        with _client(url, "one", pki.ca_cert) as c:
+            core = client.CoreV1Api(c)
+            assert _status_of(lambda: core.list_service_for_all_namespaces())["code"] == 403
+            control("/_fake/allow?resource=services")
+            assert core.list_service_for_all_namespaces().items == []
+            assert control("/_fake/rotate-token?token=two")["token"] == "two"
+            assert _status_of(lambda: core.list_namespace())["code"] == 401
+        with _client(url, "two", pki.ca_cert) as c:
+            assert client.CoreV1Api(c).list_namespace().items == []
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_standalone_refuses_a_missing_certificate_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fastdns.testing.fake_apiserver",
+                           "--tls-cert", str(tmp_path / "nope.crt"),
+                           "--tls-key", str(tmp_path / "nope.key")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == ""

@@ -30,6 +30,17 @@ exponentially with jitter, honouring ``Retry-After``. Raw JSON only
 stripped at once (``fastdns.zone.objects.strip``), which is what keeps
 CoreDNS-sized clusters within memory.
 
+Refusals: a 401 (a token the apiserver no longer accepts) or a 403 (RBAC:
+the ClusterRole that grants list/watch is missing) is retried like any
+failure, with one warning per backoff step that names the resource, the
+status and the apiserver's Status message, e.g. ``failed to list services:
+HTTP 403 Forbidden: services is forbidden: User "system:serviceaccount:
+kube-system:coredns" cannot list resource "services" ...``. Until every kind
+has listed once, ``on_synced`` is not called (so ``/ready`` stays 503). With
+the in-cluster configuration a 401 first reloads the service account, so a
+token the kubelet has just rotated is used on the next try, not a minute
+later when the client's own cache of the file expires.
+
 Callbacks: ``on_event(kind, event_type, obj)`` and ``on_synced()`` are called
 from the watch threads, one at a time (a lock serialises them), never from
 the thread that called ``start()``; every event of a kind's first list is
@@ -102,6 +113,16 @@ class KubeConfig:
         base = ("Namespace", "Service", "EndpointSlice")
         return (*base, "Pod") if self.pods_verified else base
 
+    @property
+    def in_cluster(self) -> bool:
+        """Neither kubeconfig nor endpoint: the pod's service account is used."""
+        return not self.kubeconfig and not self.endpoint
+
+
+# The API's name for each kind (what RBAC rules and the apiserver's messages say).
+RESOURCE_NAMES = {"Namespace": "namespaces", "Service": "services",
+                  "EndpointSlice": "endpointslices", "Pod": "pods"}
+
 
 def client_configuration(cfg: KubeConfig) -> Any:
     """A ``kubernetes.client.Configuration`` for cfg (see KubeConfig's precedence)."""
@@ -120,7 +141,9 @@ def client_configuration(cfg: KubeConfig) -> Any:
         if cfg.tls_ca:
             conf.ssl_ca_cert = cfg.tls_ca
     else:
-        # Re-reads the projected token as it rotates (try_refresh_token).
+        # The client re-reads the projected token when its own one-minute cache
+        # expires (try_refresh_token, kubernetes/config/incluster_config.py);
+        # KubeSource also reloads it at once on a 401 (_reload_incluster).
         config.load_incluster_config(client_configuration=conf)
     # One retry covers a keep-alive connection the server closed meanwhile.
     # Everything else is this module's backoff: no urllib3 retry of read
@@ -129,6 +152,10 @@ def client_configuration(cfg: KubeConfig) -> Any:
     conf.retries = urllib3.Retry(total=1, read=0, redirect=0, respect_retry_after_header=False)
     conf.connection_pool_maxsize = 8
     return conf
+
+
+def _bearer(conf: Any) -> str | None:
+    return (getattr(conf, "api_key", None) or {}).get("BearerToken")
 
 
 class _Expired(Exception):
@@ -246,6 +273,15 @@ class KubeSource:
         self._state_lock = threading.Lock()
         self._watches: list[_Watch] = []
         self._synced = threading.Event()
+        # In-cluster token rotation: a bound service-account token is replaced
+        # about hourly and the old one is refused some time later; the client
+        # only re-reads the file once a minute, so a 401 reloads it at once
+        # (as client-go's cached token source is reset on a 401,
+        # transport/token_source.go). _token_gen counts the reloads that
+        # brought a different token: a request that failed with an older
+        # generation is retried without waiting for the backoff.
+        self._auth_lock = threading.Lock()
+        self._token_gen = 0
         # Services without spec.selector: the stripped form drops the selector
         # (DNS does not need it) but the programming-latency metric's
         # service_kind does (headless_with_selector / headless_without_selector)
@@ -339,6 +375,7 @@ class KubeSource:
         need_list = True
         while not self._stop.is_set():
             w.opened_at, w.lines = None, 0
+            token_gen = self._token_gen
             try:
                 if need_list:
                     self._relist(w)
@@ -381,10 +418,44 @@ class KubeSource:
                     need_list = True
                     continue
                 w.counters.errors += 1
+                verb = "list" if need_list else "watch"
+                note = ""
+                if status == 401 and self._reloads_token():
+                    if self._reload_incluster() or self._token_gen != token_gen:
+                        log.info("failed to %s %s: HTTP 401 Unauthorized; the service "
+                                 "account token changed: retrying with the new one",
+                                 verb, RESOURCE_NAMES[w.kind])
+                        continue
+                    note = " (the service account token file still holds the refused token)"
                 delay = backoff.next(_retry_after(exc) if status == 429 else None)
-                log.warning("%s %s failed (%s); retrying in %.2fs", w.kind,
-                            "list" if need_list else "watch", _describe(exc), delay)
+                # one line per backoff step, naming the resource and the apiserver's
+                # Status message (a 403 says which user lacks which permission)
+                log.warning("failed to %s %s: %s%s; retrying in %.2fs", verb,
+                            RESOURCE_NAMES[w.kind], _describe(exc), note, delay)
                 self._stop.wait(delay)
+
+    def _reloads_token(self) -> bool:
+        return self._own_client and self.config.in_cluster and self._api_client is not None
+
+    def _reload_incluster(self) -> bool:
+        """Load the in-cluster configuration again into the client's Configuration
+        (the client's own loader, which re-reads the token file); True if the
+        token changed. Raises nothing: a file caught missing is the next retry's."""
+        from kubernetes import config
+        from kubernetes.config.config_exception import ConfigException
+
+        with self._auth_lock:
+            conf = self._api_client.configuration
+            before = _bearer(conf)
+            try:
+                config.load_incluster_config(client_configuration=conf)
+            except (ConfigException, OSError) as exc:
+                log.warning("re-reading the service account token failed: %s", exc)
+                return False
+            if _bearer(conf) == before:
+                return False
+            self._token_gen += 1
+            return True
 
     def _relist(self, w: _Watch) -> None:
         """Full paged list; deliver the differences to what was delivered."""
@@ -547,7 +618,27 @@ class KubeSource:
 
 
 def _describe(exc: BaseException) -> str:
+    """``HTTP 403 Forbidden: <the Status message>`` for an API error, else the
+    exception in one line (no traceback: every failure here is retried)."""
     status = getattr(exc, "status", None)
     if status:
-        return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"[:300]
+        head = f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+        message = _status_message(getattr(exc, "body", None))
+        if message and message != getattr(exc, "reason", None):
+            return f"{head}: {message}"[:600]
+        return head
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _status_message(body: Any) -> str | None:
+    """The ``message`` of a metav1.Status response body, if it is one."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body.startswith("{"):
+        return None
+    try:
+        st = json.loads(body)
+    except ValueError:
+        return None
+    msg = st.get("message") if isinstance(st, dict) and st.get("kind") == "Status" else None
+    return " ".join(msg.split()) if isinstance(msg, str) and msg else None

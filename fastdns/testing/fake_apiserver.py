@@ -29,6 +29,13 @@ which prints ``listening on http://127.0.0.1:PORT`` once it serves. Objects
 can then be changed over HTTP like on a real server (POST to a namespaced
 collection, PUT/DELETE on an object), and the test controls are under
 ``/_fake/`` (``POST /_fake/compact``, ``/_fake/down?seconds=2``, ...).
+
+Like a cluster's apiserver it can serve HTTPS (``tls=(cert, key)``, see
+``fastdns.testing.pki``) and authenticate bearer tokens that rotate
+(``rotate_token``: bound service-account tokens are replaced about hourly
+and the old one stays valid for a while), and it can refuse a resource the
+way RBAC does (``forbid("services")``: a 403 whose Status names the user,
+the verb and the resource), so a missing ClusterRole can be shown.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ import copy
 import datetime
 import json
 import re
+import secrets
+import ssl
 import sys
 import threading
 import time
@@ -53,8 +62,11 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeApiServer", "RESOURCES", "load_state_file", "main", "parse_field_selector",
-           "parse_label_selector", "status_object"]
+__all__ = ["DEFAULT_USER", "FakeApiServer", "RESOURCES", "load_state_file", "main",
+           "parse_field_selector", "parse_label_selector", "status_object"]
+
+# Who a token authenticates as: CoreDNS's service account in kubeadm's manifest.
+DEFAULT_USER = "system:serviceaccount:kube-system:coredns"
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,16 @@ class Resource:
     def list_kind(self) -> str:
         return self.kind + "List"
 
+    @property
+    def group(self) -> str:
+        """The API group ("" for the core group)."""
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def qualified(self) -> str:
+        """``services``, ``endpointslices.discovery.k8s.io`` (schema.GroupResource.String)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
 
 RESOURCES: dict[str, Resource] = {
     r.kind: r
@@ -82,7 +104,7 @@ RESOURCES: dict[str, Resource] = {
 }
 _BY_PLURAL = {(r.prefix, r.plural): r for r in RESOURCES.values()}
 _ALIASES = {a: r.kind for r in RESOURCES.values()
-            for a in (r.kind, r.kind.lower(), r.plural)}
+            for a in (r.kind, r.kind.lower(), r.plural, r.qualified)}
 
 _REASONS = {
     400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
@@ -274,20 +296,36 @@ class FakeApiServer:
     Test controls: ``create/update/apply/delete(kind, obj)``, ``load``,
     ``compact()``, ``fail_next(n, status, retry_after, path=, watch=)``,
     ``set_down(bool)``, ``slow(seconds)``, ``hang_watches()``,
-    ``empty_watches(n)``, ``requests(path, watch=)``, ``request_log``,
+    ``end_watches()``, ``empty_watches(n)``, ``set_tokens(*tokens)``,
+    ``rotate_token(new, grace=)``, ``forbid(resource, *verbs)``,
+    ``allow(resource)``, ``requests(path, watch=)``, ``request_log``,
     ``open_watches``, ``write_kubeconfig(path)``.
+
+    Authentication: with no token every request is served (an apiserver with
+    anonymous access and no RBAC); with tokens, an API request without one of
+    them is answered ``401 Unauthorized`` before anything else is looked at,
+    as the apiserver's authentication filter does. ``tls=(certfile, keyfile)``
+    serves HTTPS (``url`` is then ``https://``).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, history_size: int = 1000,
                  bookmark_interval: float = 60.0, default_watch_timeout: float = 1800.0,
-                 token: str | None = None, snapshot_cache: int = 64) -> None:
+                 token: str | None = None, snapshot_cache: int = 64,
+                 tls: tuple[str, str] | None = None, user: str = DEFAULT_USER) -> None:
         self.host = host
         self.port = port
         self.history_size = history_size
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
-        self.token = token
+        self.tls = tls
+        self.user = user
         self._lock = threading.RLock()
+        # accepted bearer tokens -> when they stop being accepted (monotonic
+        # seconds; None: never), newest last
+        self._tokens: dict[str, float | None] = {token: None} if token else {}
+        # kind -> the verbs refused (None: all of them), see forbid()
+        self._forbidden: dict[str, frozenset[str] | None] = {}
+        self._end_epoch = 0
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             k: {} for k in RESOURCES}
         # each object's JSON, encoded once per change: lists and watch lines
@@ -317,12 +355,23 @@ class FakeApiServer:
         self._listener: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     # ------------------------------------------------------------------ life
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # the apiserver's default minimum
+        ctx.load_cert_chain(*self.tls)
+        return ctx
 
     def start(self) -> FakeApiServer:
         """Serve from a background thread with its own event loop."""
@@ -381,6 +430,7 @@ class FakeApiServer:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
+        self._ssl = self._ssl_context()  # a bad certificate fails start(), not a request
         await self._listen()
         if self._down:  # set_down(True) before start(): the port is reserved, then closed
             assert self._listener is not None
@@ -391,7 +441,7 @@ class FakeApiServer:
         assert self._runner is not None and self._runner.server is not None
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(self._runner.server, self.host, self.port,
-                                                  reuse_address=True)
+                                                  reuse_address=True, ssl=self._ssl)
         self.port = self._listener.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
@@ -559,6 +609,118 @@ class FakeApiServer:
             self._hang_epoch += 1
         self._notify()
 
+    def end_watches(self) -> None:
+        """Open watch streams end now, cleanly, as at their ``timeoutSeconds`` (or an
+        apiserver rollout): every client must open a new, authenticated watch."""
+        with self._lock:
+            self._end_epoch += 1
+        self._notify()
+
+    # -- authentication and authorization
+
+    @property
+    def token(self) -> str | None:
+        """The newest accepted bearer token (None: authentication is off)."""
+        with self._lock:
+            return next(reversed(self._tokens), None)
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self.set_tokens(*([value] if value else []))
+
+    def set_tokens(self, *tokens: str) -> None:
+        """Accept exactly these bearer tokens from now on; none: no authentication."""
+        with self._lock:
+            self._tokens = dict.fromkeys(tokens)
+
+    def rotate_token(self, new: str | None = None, *, grace: float = 0.0) -> str:
+        """Accept ``new`` (a fresh random token when None) and stop accepting the
+        others ``grace`` seconds from now (0: at once). A projected service-account
+        token is rotated by the kubelet at 80 % of its lifetime and the old one
+        stays valid until it expires, so a client that does not re-read the
+        file is refused some time after the rotation. Returns the new token."""
+        token = new or secrets.token_urlsafe(32)
+        with self._lock:
+            until = time.monotonic() + grace
+            for old, expiry in self._tokens.items():
+                if old != token and (expiry is None or expiry > until):
+                    self._tokens[old] = until
+            self._tokens.pop(token, None)
+            self._tokens[token] = None
+        return token
+
+    def forbid(self, resource: str, *verbs: str) -> None:
+        """Refuse ``resource`` (``services``, ``Service``, ...) with RBAC's 403, for
+        ``verbs`` (get, list, watch, create, update, delete) or every verb: what
+        a ServiceAccount without the ClusterRole that grants them gets."""
+        kind = _kind(resource)
+        with self._lock:
+            self._forbidden[kind] = frozenset(verbs) if verbs else None
+
+    def allow(self, resource: str | None = None) -> None:
+        """Lift ``forbid`` for one resource, or for all of them."""
+        with self._lock:
+            if resource is None:
+                self._forbidden.clear()
+            else:
+                self._forbidden.pop(_kind(resource), None)
+
+    def _authenticated(self, header: str | None) -> bool:
+        """The bearer-token authenticator (apiserver pkg/authentication/request/
+        bearertoken/bearertoken.go): ``Authorization: Bearer TOKEN``, the scheme
+        case-insensitive (the Python client's in-cluster loader sends ``bearer``)."""
+        with self._lock:
+            if not self._tokens:
+                return True
+            parts = (header or "").strip().split(" ", 2)
+            if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
+                return False
+            expiry = self._tokens.get(parts[1], 0.0)
+            if expiry is None:
+                return True
+            if expiry <= time.monotonic():
+                self._tokens.pop(parts[1], None)  # expired for good
+                return False
+            return True
+
+    def _forbidden_response(self, request: web.Request) -> web.Response | None:
+        """RBAC's refusal of this request, if ``forbid`` covers it."""
+        with self._lock:
+            if not self._forbidden:
+                return None
+        route = self._route(request.path.rstrip("/"))
+        if route is None:
+            return None
+        res, namespace, name = route
+        if request.method == "GET":
+            watch = request.query.get("watch") in ("1", "true", "True")
+            verb = "get" if name else "watch" if watch else "list"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete"}.get(request.method, request.method.lower())
+        with self._lock:
+            if res.kind not in self._forbidden:
+                return None
+            verbs = self._forbidden[res.kind]
+        if verbs is not None and verb not in verbs:
+            return None
+        user = self.user if self._tokens else "system:anonymous"
+        # apiserver endpoints/handlers/responsewriters/errors.go (forbiddenMessage)
+        # and apimachinery api/errors NewForbidden
+        scope = (f'in the namespace "{namespace}"' if namespace is not None
+                 else "at the cluster scope")
+        reason = (f'User "{user}" cannot {verb} resource "{res.plural}" '
+                  f'in API group "{res.group}" {scope}')
+        what = f'{res.qualified} "{name}"' if name else res.qualified
+        details: dict[str, Any] = {}
+        if name:
+            details["name"] = name
+        if res.group:
+            details["group"] = res.group
+        details["kind"] = res.plural
+        return self._status(403, f"{what} is forbidden: {reason}", "Forbidden",
+                            details=details)
+
     def empty_watches(self, n: int) -> None:
         """The next n watch requests get a 200 that ends at once with no line
         (the apiserver did that for Events with a stale rv, kubernetes#104171)."""
@@ -575,18 +737,26 @@ class FakeApiServer:
     def open_watches(self) -> int:
         return self._open_watches
 
-    def kubeconfig(self, *, token: str | None = None) -> dict[str, Any]:
-        user: dict[str, Any] = {"token": token or self.token} if (token or self.token) else {}
+    def kubeconfig(self, *, token: str | None = None,
+                   ca_file: str | None = None) -> dict[str, Any]:
+        """A kubeconfig for this server; ``ca_file`` is the CA that signed its TLS
+        certificate (``certificate-authority``)."""
+        token = token or self.token
+        user: dict[str, Any] = {"token": token} if token else {}
+        cluster: dict[str, Any] = {"server": self.url}
+        if ca_file:
+            cluster["certificate-authority"] = ca_file
         return {
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
             "users": [{"name": "fake", "user": user}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
         }
 
-    def write_kubeconfig(self, path: str, *, token: str | None = None) -> str:
+    def write_kubeconfig(self, path: str, *, token: str | None = None,
+                         ca_file: str | None = None) -> str:
         with open(path, "w") as f:
-            json.dump(self.kubeconfig(token=token), f)  # JSON is YAML
+            json.dump(self.kubeconfig(token=token, ca_file=ca_file), f)  # JSON is YAML
         return path
 
     # ----------------------------------------------------------- the store
@@ -659,9 +829,13 @@ class FakeApiServer:
                 return web.Response(status=499)
         if failure is not None:
             return self._failure_response(failure)
-        if self.token is not None and request.path.startswith(("/api", "/apis")):
-            if request.headers.get("Authorization") != f"Bearer {self.token}":
+        if request.path.startswith(("/api", "/apis")):
+            # the apiserver's filter order: authentication, then authorization
+            if not self._authenticated(request.headers.get("Authorization")):
                 return self._status(401, "Unauthorized")
+            refused = self._forbidden_response(request)
+            if refused is not None:
+                return refused
         return await handler(request)
 
     def _take_failure(self, path: str, query: Mapping[str, str],
@@ -726,8 +900,11 @@ class FakeApiServer:
 
     def _control(self, verb: str, request: web.Request) -> web.Response:
         """The test controls over HTTP, for a standalone server driven by another
-        process (benchmarks): POST /_fake/{compact,hang,slow,fail,down},
-        GET /_fake/requests. ``down?seconds=S`` comes back up after S seconds."""
+        process (benchmarks, image tests): POST /_fake/{compact,hang,end-watches,
+        slow,fail,down,rotate-token,tokens,forbid,allow}, GET /_fake/requests.
+        ``down?seconds=S`` comes back up after S seconds; ``rotate-token?token=T
+        &grace=S``; ``tokens?token=A&token=B``; ``forbid?resource=services&verb=list``;
+        ``allow[?resource=services]``. The controls need no token."""
         q = request.query
         if verb == "requests" and request.method == "GET":
             with self._lock:
@@ -741,6 +918,23 @@ class FakeApiServer:
             self.compact()
         elif verb == "hang":
             self.hang_watches()
+        elif verb == "end-watches":
+            self.end_watches()
+        elif verb == "rotate-token":
+            token = self.rotate_token(q.get("token"), grace=float(q.get("grace", "0")))
+            return web.json_response({"ok": True, "token": token})
+        elif verb == "tokens":
+            self.set_tokens(*q.getall("token", []))
+        elif verb == "forbid" and "resource" in q:
+            try:
+                self.forbid(q["resource"], *q.getall("verb", []))
+            except ValueError as exc:
+                return self._status(400, str(exc))
+        elif verb == "allow":
+            try:
+                self.allow(q.get("resource"))
+            except ValueError as exc:
+                return self._status(400, str(exc))
         elif verb == "slow":
             self.slow(float(q.get("seconds", "0")))
         elif verb == "fail":
@@ -938,7 +1132,7 @@ class FakeApiServer:
         if empty:
             await resp.write_eof()
             return resp
-        down_epoch, hang_epoch = self._down_epoch, self._hang_epoch
+        down_epoch, hang_epoch, end_epoch = self._down_epoch, self._hang_epoch, self._end_epoch
         loop_deadline = time.monotonic() + timeout
         next_bookmark = time.monotonic() + self.bookmark_interval
         self._open_watches += 1
@@ -971,6 +1165,8 @@ class FakeApiServer:
                 now = time.monotonic()
                 if now >= loop_deadline:
                     break  # timeoutSeconds: the stream just ends
+                # end_watches(): what happened before it is sent, then the end
+                ending = self._end_epoch != end_epoch
                 if self._hang_epoch != hang_epoch:
                     await self._wait(changed, loop_deadline - now)
                     continue
@@ -999,6 +1195,8 @@ class FakeApiServer:
                     next_bookmark = time.monotonic() + self.bookmark_interval
                 if lines:
                     await resp.write(b"".join(lines))
+                if ending:
+                    break
                 wait = loop_deadline - time.monotonic()
                 if bookmarks:
                     wait = min(wait, next_bookmark - time.monotonic())
@@ -1081,10 +1279,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history", type=int, default=10000, help="watch event history size")
     p.add_argument("--bookmark-interval", type=float, default=60.0)
     p.add_argument("--token", default=None, help="require this bearer token")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate "
+                   "(PEM; python3 -m fastdns.testing.pki makes one)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument("--forbid", metavar="RESOURCE", action="append", default=[],
+                   help="answer 403 Forbidden for this resource (services, ...; repeatable)")
     args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     api = FakeApiServer(host=args.host, port=args.port, history_size=args.history,
-                        bookmark_interval=args.bookmark_interval, token=args.token)
-    n = sum(api.load(load_state_file(path)) for path in args.state)
+                        bookmark_interval=args.bookmark_interval, token=args.token, tls=tls)
+    try:
+        for resource in args.forbid:
+            api.forbid(resource)
+        n = sum(api.load(load_state_file(path)) for path in args.state)
+        if tls:
+            api._ssl_context()  # an unreadable or mismatched pair: one line, exit 2
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        print(f"fake_apiserver: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         task = asyncio.create_task(api.serve_async())
