@@ -25,12 +25,13 @@ prints it; every expected address is read from that file.
 
 In a cluster kube-proxy DNATs the ClusterIP to a CoreDNS pod and conntrack
 rewrites the reply's source back. Here the node holds the ClusterIP itself,
-and the route to the pod subnet names it as preferred source (``src``), so
-replies from fastdns's wildcard UDP socket leave from the address the pod
-asked. fastdns does not pick the source itself: a query to another node
-address gets its reply from the route's source, which glibc drops as coming
-from a server it did not ask (glibc ``resolv/res_send.c``, ``res_ourserver_p``);
-``test_reply_from_asked_address`` holds that (xfail) against CoreDNS's behaviour.
+and the route to the pod subnet names it as preferred source (``src``).
+A query to another node address must still get its reply from that address,
+not from the route's source, which glibc drops as coming from a server it did
+not ask (glibc ``resolv/res_send.c``, ``res_ourserver_p``): fastdns answers
+from each query's destination, as CoreDNS does (miekg/dns ``udp.go``
+``correctSource``; ``fastdns/server/udpsource.py``), which
+``test_reply_from_asked_address`` holds.
 """
 
 from __future__ import annotations
@@ -506,11 +507,6 @@ def test_dnspython_search_walk(walk):
 
 # -- the reply's source address ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fastdns answers from its wildcard UDP socket without IP_PKTINFO, so the "
-    "reply leaves from the route's preferred source, not from the address asked; "
-    "CoreDNS (miekg/dns udp.go SessionUDP, correctSource) replies from the "
-    "destination address, and glibc drops a reply from another address"))
 def test_reply_from_asked_address(walk):
     """A query to a node address that is not the route's ``src`` (as on a node
     or hostNetwork pod with several addresses, ``.:53`` without ``bind``)."""

@@ -222,8 +222,9 @@ def test_bind_skips_the_ipv6_wildcard_without_ipv6(monkeypatch):
         assert [s.getsockname()[:2] for s, _ in w.udp_socks] == [("127.0.0.1", port)]
         # a specific address that cannot be bound is an error, not a warning
         w2 = wk.Worker(wk.WorkerSpec(0, instance, (("127.0.0.1", free_port()), ("::1", port))))
-        with pytest.raises(OSError):
+        with pytest.raises(SystemExit) as exit_info:  # one log line, exit 1 (_bind_failed)
             w2.bind()
+        assert exit_info.value.code == 1
         for s, _ in w2.udp_socks + w2.tcp_socks:
             s.close()
         w2.counters.release()

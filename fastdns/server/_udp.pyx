@@ -10,6 +10,15 @@ Python callable (the slow path), which may hand back an answer to join the
 batch. The snapshot generation is checked once per batch, before any packet
 of it is touched, so a remap never pulls an image out from under a batch.
 
+On a wildcard socket (0.0.0.0 or ::, ``drain(fd, family, True)``) each
+datagram is read with its IP_PKTINFO / IPV6_PKTINFO control message, and its
+answer is sent with that message turned into the reply's (``_reply_cmsg``),
+so it leaves from the address the query was sent to, as CoreDNS's replies
+do (miekg/dns ``udp.go``: ``setUDPSocketOptions``, ``correctSource``,
+``WriteToSessionUDP``; ``fastdns/server/udpsource.py`` enables the option).
+A socket bound to one address needs none of it and reads and sends without
+control data.
+
 Counters are written here directly into the worker's shm block with the
 word layout of ``fastdns/server/counters.py`` (mirrored below; a test checks
 ``LAYOUT`` against it). Each packet is also counted into the row of its
@@ -49,6 +58,17 @@ cdef extern from "<sys/socket.h>" nogil:
     struct sockaddr:
         unsigned short sa_family
 
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+
+    cmsghdr* CMSG_FIRSTHDR(msghdr* m)
+    cmsghdr* CMSG_NXTHDR(msghdr* m, cmsghdr* c)
+    unsigned char* CMSG_DATA(cmsghdr* c)
+    size_t CMSG_LEN(size_t n)
+    size_t CMSG_SPACE(size_t n)
+
     struct sockaddr_storage:
         unsigned short ss_family
 
@@ -65,7 +85,24 @@ cdef extern from "<netinet/in.h>" nogil:
         pass
 
     struct in6_addr:
-        pass
+        unsigned char s6_addr[16]
+
+    # ip(7) and ipv6(7) (RFC 3542 §6.1); glibc declares in6_pktinfo only
+    # under _GNU_SOURCE, which Python.h defines
+    struct in_pktinfo:
+        int ipi_ifindex
+        in_addr ipi_spec_dst
+        in_addr ipi_addr
+
+    struct in6_pktinfo:
+        in6_addr ipi6_addr
+        unsigned int ipi6_ifindex
+
+    enum:
+        IPPROTO_IP
+        IPPROTO_IPV6
+        IP_PKTINFO
+        IPV6_PKTINFO
 
     struct sockaddr_in:
         unsigned short sin_port
@@ -100,6 +137,7 @@ cdef enum:
     VLEN = 64  # datagrams per recvmmsg
     MAX_BATCHES = 16  # batches per readiness callback, so one socket cannot starve the loop
     RETRY_AT = 4  # a batch of at least this many packets is followed by another recvmmsg
+    CTL = 64  # octets of control data per datagram slot (an in6_pktinfo cmsg takes 40)
     TF_EXTERNAL = 0x40  # image.TF_EXTERNAL: the Z bit of an answer the slow path completes
     ZONE_EXTERNAL = -2  # slowpath.ZONE_EXTERNAL: the zone argument for such a packet
 
@@ -370,7 +408,9 @@ cdef class FastPath:
     ``on_generation()`` is called (at a batch boundary) when the generation
     moved, and calls ``set_image`` with the new mapping; ``slow(data, addr,
     zone, fd)`` returns an answer (bytes) to send in this batch, or None when
-    it sends or drops the packet itself (it then counts the response).
+    it sends or drops the packet itself (it then counts the response); from a
+    wildcard socket it gets a fifth argument, the ancillary data its own
+    ``sock.sendmsg`` of a later answer must carry (``_slow_one``).
     ``cache`` is the response cache's C table (``_udp_cache.pxi``): a packet
     the image cannot answer is looked up there before it goes to ``slow``.
     """
@@ -394,6 +434,8 @@ cdef class FastPath:
     cdef iovec* siov
     cdef mmsghdr* rmsgs
     cdef mmsghdr* smsgs
+    cdef unsigned char* rctl  # VLEN * CTL: each datagram's control data (wildcard sockets)
+    cdef bint ctl_armed  # smsgs may still point at a wildcard batch's control data
     cdef int* slow_idx
     cdef int* slow_zone
     cdef int* prow  # the row of each packet of the batch (-1: none)
@@ -410,6 +452,7 @@ cdef class FastPath:
         self.siov = <iovec*>PyMem_Malloc(VLEN * sizeof(iovec))
         self.rmsgs = <mmsghdr*>PyMem_Malloc(VLEN * sizeof(mmsghdr))
         self.smsgs = <mmsghdr*>PyMem_Malloc(VLEN * sizeof(mmsghdr))
+        self.rctl = <unsigned char*>PyMem_Malloc(VLEN * CTL)
         self.slow_idx = <int*>PyMem_Malloc(VLEN * sizeof(int))
         self.slow_zone = <int*>PyMem_Malloc(VLEN * sizeof(int))
         self.prow = <int*>PyMem_Malloc(VLEN * sizeof(int))
@@ -417,7 +460,8 @@ cdef class FastPath:
         if (self.prow == NULL or self.lz == NULL
                 or self.inbuf == NULL or self.outbuf == NULL or self.addrs == NULL
                 or self.riov == NULL or self.siov == NULL or self.rmsgs == NULL
-                or self.smsgs == NULL or self.slow_idx == NULL or self.slow_zone == NULL):
+                or self.smsgs == NULL or self.slow_idx == NULL or self.slow_zone == NULL
+                or self.rctl == NULL):
             raise MemoryError()
         memset(self.rmsgs, 0, VLEN * sizeof(mmsghdr))
         memset(self.smsgs, 0, VLEN * sizeof(mmsghdr))
@@ -431,6 +475,8 @@ cdef class FastPath:
             self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
             self.rmsgs[i].msg_hdr.msg_iovlen = 1
             self.rmsgs[i].msg_hdr.msg_name = &self.addrs[i]
+            # msg_controllen stays 0 (no control data) until a wildcard batch
+            self.rmsgs[i].msg_hdr.msg_control = self.rctl + i * CTL
             self.smsgs[i].msg_hdr.msg_iov = &self.siov[i]
             self.smsgs[i].msg_hdr.msg_iovlen = 1
 
@@ -442,6 +488,7 @@ cdef class FastPath:
         PyMem_Free(self.siov)
         PyMem_Free(self.rmsgs)
         PyMem_Free(self.smsgs)
+        PyMem_Free(self.rctl)
         PyMem_Free(self.slow_idx)
         PyMem_Free(self.slow_zone)
         PyMem_Free(self.prow)
@@ -540,8 +587,13 @@ cdef class FastPath:
         self.log_mask = mask if logger is not None else 0
         self.logger = logger
 
-    def drain(self, int fd, int family):
-        """Answer what is queued on ``fd`` (family 1 = IPv4, 2 = IPv6); returns packets read."""
+    def drain(self, int fd, int family, bint pktinfo=False):
+        """Answer what is queued on ``fd`` (family 1 = IPv4, 2 = IPv6); returns packets read.
+
+        ``pktinfo``: ``fd`` is a wildcard socket with IP_PKTINFO (IPv4) or
+        IPV6_RECVPKTINFO (IPv6) on; each answer then leaves from its query's
+        destination address.
+        """
         cdef int batches = 0, total = 0, n
         if self.w == NULL:
             return 0
@@ -552,7 +604,7 @@ cdef class FastPath:
                 self.on_generation()
             if self.image == NULL:
                 break
-            n = self._batch(fd, family)
+            n = self._batch(fd, family, pktinfo)
             if n <= 0:
                 break
             total += n
@@ -566,7 +618,7 @@ cdef class FastPath:
                 break
         return total
 
-    cdef int _batch(self, int fd, int family) except -2:
+    cdef int _batch(self, int fd, int family, bint pktinfo) except -2:
         cdef int i, n, m = 0, nslow = 0, sent, r, zone, row, lb
         cdef Py_ssize_t length, ans
         cdef uint64_t t0, ns
@@ -581,6 +633,12 @@ cdef class FastPath:
         for i in range(VLEN):
             self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
             self.rmsgs[i].msg_hdr.msg_flags = 0
+        if pktinfo:
+            for i in range(VLEN):
+                self.rmsgs[i].msg_hdr.msg_controllen = CTL
+            self.ctl_armed = True
+        elif self.ctl_armed:
+            self._disarm()
         with nogil:
             n = recvmmsg(fd, self.rmsgs, VLEN, MSG_DONTWAIT, NULL)
         if n <= 0:
@@ -635,9 +693,12 @@ cdef class FastPath:
                     self.slow_zone[nslow] = zone
                     nslow += 1
         for r in range(nslow):
-            m += self._slow_one(self.slow_idx[r], self.slow_zone[r], m, fd)
+            m += self._slow_one(self.slow_idx[r], self.slow_zone[r], m, fd, pktinfo)
         sent = 0
         with nogil:
+            if pktinfo:
+                for r in range(m):
+                    self._reply_source(r)
             while sent < m:
                 r = sendmmsg(fd, self.smsgs + sent, m - sent, MSG_DONTWAIT)
                 if r > 0:
@@ -686,6 +747,51 @@ cdef class FastPath:
                 pass
         return 0
 
+    cdef void _disarm(self) noexcept nogil:
+        """Back to no control data (a bound socket's batch after a wildcard one's)."""
+        cdef int i
+        for i in range(VLEN):
+            self.rmsgs[i].msg_hdr.msg_controllen = 0
+            self.smsgs[i].msg_hdr.msg_control = NULL
+            self.smsgs[i].msg_hdr.msg_controllen = 0
+        self.ctl_armed = False
+
+    cdef cmsghdr* _reply_cmsg(self, int i) noexcept nogil:
+        """The IP_PKTINFO / IPV6_PKTINFO message datagram ``i`` came with, made into
+        its reply's (in place): interface index 0, so the route picks the
+        interface (ip(7), ipv6(7)); the source stays the address asked:
+        ``ipi_spec_dst``, the local address the kernel computed for the
+        query (its destination for unicast), or ``ipi6_addr``. NULL when there
+        is none, or it is a multicast address no reply can come from: the
+        kernel then picks the source, as without pktinfo.
+
+        Precondition: this batch was read with ``msg_controllen = CTL``.
+        """
+        cdef msghdr* h = &self.rmsgs[i].msg_hdr
+        cdef cmsghdr* c = CMSG_FIRSTHDR(h)
+        cdef in6_pktinfo* p6
+        while c != NULL:
+            if (c.cmsg_level == IPPROTO_IP and c.cmsg_type == IP_PKTINFO
+                    and c.cmsg_len == CMSG_LEN(sizeof(in_pktinfo))):
+                (<in_pktinfo*>CMSG_DATA(c)).ipi_ifindex = 0
+                return c
+            if (c.cmsg_level == IPPROTO_IPV6 and c.cmsg_type == IPV6_PKTINFO
+                    and c.cmsg_len == CMSG_LEN(sizeof(in6_pktinfo))):
+                p6 = <in6_pktinfo*>CMSG_DATA(c)
+                if p6.ipi6_addr.s6_addr[0] == 0xFF:
+                    return NULL
+                p6.ipi6_ifindex = 0
+                return c
+            c = CMSG_NXTHDR(h, c)
+        return NULL
+
+    cdef inline void _reply_source(self, int j) noexcept nogil:
+        """Send answer ``j`` of a wildcard batch from its query's destination."""
+        cdef int i = (<unsigned char*>self.siov[j].iov_base - self.outbuf) // SLOT
+        cdef cmsghdr* c = self._reply_cmsg(i)
+        self.smsgs[j].msg_hdr.msg_control = c
+        self.smsgs[j].msg_hdr.msg_controllen = CMSG_SPACE(c.cmsg_len - CMSG_LEN(0)) if c else 0
+
     cdef inline void _queue(self, int m, int i, unsigned char* out,
                             Py_ssize_t length) noexcept nogil:
         self.siov[m].iov_base = out
@@ -693,13 +799,26 @@ cdef class FastPath:
         self.smsgs[m].msg_hdr.msg_name = &self.addrs[i]
         self.smsgs[m].msg_hdr.msg_namelen = self.rmsgs[i].msg_hdr.msg_namelen
 
-    cdef int _slow_one(self, int i, int zone, int m, int fd) except -1:
-        """Hand packet ``i`` to Python; queue its answer if one comes back now."""
+    cdef int _slow_one(self, int i, int zone, int m, int fd, bint pktinfo) except -1:
+        """Hand packet ``i`` to Python; queue its answer if one comes back now.
+
+        From a wildcard socket the query's reply control message goes along
+        (``slow``'s fifth argument, ``socket.sendmsg``'s ancillary data), for
+        an answer sent later (a forwarded query): empty when there is none.
+        """
         cdef unsigned char* out = self.outbuf + i * SLOT
         cdef Py_ssize_t length
+        cdef cmsghdr* c
         data = PyBytes_FromStringAndSize(<char*>self.inbuf + i * SLOT, self.rmsgs[i].msg_len)
         try:
-            resp = self.slow(data, sockaddr_tuple(&self.addrs[i]), zone, fd)
+            if pktinfo:
+                c = self._reply_cmsg(i)
+                anc = [] if c == NULL else [
+                    (c.cmsg_level, c.cmsg_type,
+                     PyBytes_FromStringAndSize(<char*>CMSG_DATA(c), c.cmsg_len - CMSG_LEN(0)))]
+                resp = self.slow(data, sockaddr_tuple(&self.addrs[i]), zone, fd, anc)
+            else:
+                resp = self.slow(data, sockaddr_tuple(&self.addrs[i]), zone, fd)
         except Exception:  # the slow path answers its own errors; never lose the batch
             count_dropped(self.w, self.prow[i])
             return 0

@@ -17,7 +17,9 @@ answers SERVFAIL and the worker goes on.
 
 Forwarding is asynchronous: ``answer`` starts one task per packet and
 returns None; the task hands the answer to the ``send`` callable it was
-given (UDP ``sock.sendto``, TCP the connection's writer). Tasks in flight
+given (UDP ``sock.sendto``, or from a wildcard socket ``sendmsg`` with the
+query's destination as the source, ``udpsource.py``: the worker's ``send``
+closure carries it; TCP the connection's writer). Tasks in flight
 are bounded per worker (``MAX_INFLIGHT``, REFUSED beyond it, as the
 forwarder's own ``max_concurrent``), so a dead upstream cannot grow memory.
 """

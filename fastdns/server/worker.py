@@ -17,6 +17,11 @@ and are answered as soon as the first image is mapped. Answering SERVFAIL
 instead would teach clients' negative caches nothing useful, and the image
 itself carries CoreDNS's "SERVFAIL until synced" behaviour (IMG_SYNCED).
 
+Wildcard UDP sockets (``.:53`` without ``bind``: 0.0.0.0 and ::) answer
+every query from the address it was sent to, as CoreDNS does
+(``server/udpsource.py``); a socket bound to one address needs nothing for
+that and keeps the plain path.
+
 SIGTERM/SIGINT: stop reading, close the sockets and connections, unmap,
 return (exit status 0).
 """
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.server import shm, udpsource
 from fastdns.server.slowpath import DEFERRED, ZONE_EXTERNAL, SlowPath
 from fastdns.server.tcp import MAX_MESSAGE, TcpListener
 from fastdns.server.worker_plugins import WorkerPlugins, reconfigure_if_changed
@@ -55,6 +60,7 @@ GENERATION_POLL = 0.5  # s: how often an idle worker notices a publish
 FIRST_IMAGE_POLL = 0.02  # s
 REMAP_RETRY = 0.1  # s between attempts when a published image cannot be mapped
 UDP_RCVBUF = 4 << 20  # octets asked for; the kernel caps it at net.core.rmem_max
+PY_READ_BATCH = 64  # datagrams the Python path reads per readiness callback
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
@@ -94,6 +100,8 @@ def bind_udp(address: str, port: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         except OSError:
             pass
+        if udpsource.is_wildcard(address):
+            udpsource.enable(sock)  # before bind: no query arrives without its destination
         sock.bind(_sockaddr(address, port))
         sock.setblocking(False)
     except BaseException:
@@ -120,18 +128,43 @@ def bind_tcp(address: str, port: int) -> socket.socket:
 
 
 class _PyUdpProtocol(asyncio.DatagramProtocol):
-    """The pure-Python UDP path (FASTDNS_NO_EXTENSIONS=1 or no build): same answers."""
+    """The pure-Python UDP path (FASTDNS_NO_EXTENSIONS=1 or no build): same answers.
 
-    def __init__(self, worker: Worker, family: int) -> None:
+    A socket bound to one address is served through an asyncio datagram
+    transport. A wildcard socket is not (``sock`` given): a transport cannot
+    send with ancillary data, so ``readable`` reads it with ``recvmsg`` from
+    a loop reader and every answer goes out with ``sendmsg`` from its query's
+    destination (``udpsource.py``).
+    """
+
+    def __init__(self, worker: Worker, family: int, sock: socket.socket | None = None) -> None:
         self.worker = worker
         self.family = family
+        self.sock = sock
+        self.sockname = sock.getsockname() if sock is not None else None
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.sockname = transport.get_extra_info("sockname")
+
+    def readable(self) -> None:
+        """The loop's reader callback of a wildcard socket: answer what is queued."""
+        assert self.sock is not None
+        for _ in range(PY_READ_BATCH):
+            try:
+                data, ancdata, _flags, addr = self.sock.recvmsg(MAX_MESSAGE,
+                                                                udpsource.ANCBUFSIZE)
+            except OSError:  # EAGAIN: drained; anything else a reader cannot mend
+                return
+            self.answer(data, addr, udpsource.reply_ancillary(ancdata))
 
     def datagram_received(self, data: bytes, addr) -> None:
-        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        self.answer(data, addr, [])
+
+    def answer(self, data: bytes, addr, anc: udpsource.Ancillary) -> None:
+        """Answer one query; ``anc``: the ancillary data its reply is sent with."""
+        sockname = self.sockname
         port = sockname[1] if sockname else 0
         row = self.worker.row_of(sockname, data)  # the metrics' (server, zone)
         plugins = self.worker.plugins  # log, whoami, loop (worker_plugins.py)
@@ -142,22 +175,36 @@ class _PyUdpProtocol(asyncio.DatagramProtocol):
                 self.worker.counters.query(UDP, self.family, data, row)
                 self.worker.counters.response(UDP, resp, row)
                 plugins.finished(data, addr, resp, False, port, t0)
-                if self.transport is not None:
-                    self.transport.sendto(resp, addr)
+                self._send(resp, addr, anc)
                 return
         resp = self.worker.answer_py(data, UDP, self.family, port,
-                                     self._sender(addr, data, t0, row), row)
-        if resp is not None and self.transport is not None:
-            self.transport.sendto(resp, addr)
+                                     self._sender(addr, anc, data, t0, row), row)
+        if resp is not None:
+            self._send(resp, addr, anc)
             plugins.finished(data, addr, resp, False, port, t0)
 
-    def _sender(self, addr, data: bytes = b"", t0: float = 0.0, row: int | None = None):
+    def _send(self, resp: bytes, addr, anc: udpsource.Ancillary) -> bool:
+        """Send one answer; False when it could not go (counted as a send error)."""
+        if self.sock is not None:
+            try:
+                udpsource.send(self.sock, resp, addr, anc)
+            except OSError:  # buffer full, or a firewall: UDP may drop
+                self.worker.counters.incr(ctr.W_SEND_ERRORS)
+                return False
+            return True
+        if self.transport is None:
+            return False
+        self.transport.sendto(resp, addr)
+        return True
+
+    def _sender(self, addr, anc: udpsource.Ancillary, data: bytes = b"", t0: float = 0.0,
+                row: int | None = None):
         plugins = self.worker.plugins
-        port = self.transport.get_extra_info("sockname")[1] if self.transport else 0
+        port = self.sockname[1] if self.sockname else 0
 
         def send(resp: bytes | None) -> None:
-            if resp is not None and self.transport is not None:
-                self.transport.sendto(resp, addr)
+            if resp is not None and not self._send(resp, addr, anc):
+                resp = None
             self.worker.counters.response(UDP, resp, row)
             # a deferred answer's time (answer_py returned before counting it)
             self.worker.counters.latency(time.perf_counter() - t0, 1, row)
@@ -183,6 +230,7 @@ class Worker:
         self._rows_of_sock: dict[tuple, ctr.ListenerRows] = {}  # (host, port) -> its rows
         self.slow = SlowPath(self.image_buf, self.counters, route=self._route)
         self._udp_by_fd: dict[int, tuple[socket.socket, int]] = {}
+        self._udp_readers: set[int] = set()  # fds served by a loop reader (serve_udp)
         self._sockname_of_fd: dict[int, tuple] = {}  # configure_rows: fd -> (host, port)
         self.plugins = WorkerPlugins(None)  # log, errors, whoami (worker_plugins.py)
         self.config_version: int | None = None  # reload: the Corefile version in force
@@ -341,7 +389,12 @@ class Worker:
             return None
         return self.plugins.intercept(data, addr, tcp, port)
 
-    def _slow_udp(self, data: bytes, addr: tuple, zone: int, fd: int = -1) -> bytes | None:
+    def _slow_udp(self, data: bytes, addr: tuple, zone: int, fd: int = -1,
+                  anc: udpsource.Ancillary = ()) -> bytes | None:
+        """The fast path's hand-over (``FastPath`` ``slow``): an answer for its
+        batch, or None when it goes out later through ``send`` (then with
+        ``anc``, from a wildcard socket the ancillary data that sends it from
+        the query's destination)."""
         sock, port = self._udp_by_fd.get(fd, (None, 0))
         send = None
         plugins = self.plugins
@@ -352,7 +405,7 @@ class Worker:
             def send(resp: bytes | None) -> None:
                 if resp is not None:
                     try:
-                        sock.sendto(resp, addr)
+                        udpsource.send(sock, resp, addr, anc)
                     except OSError:  # buffer full, or a firewall: UDP may drop
                         self.counters.incr(ctr.W_SEND_ERRORS)
                         resp = None
@@ -504,14 +557,8 @@ class Worker:
         self.plugins = WorkerPlugins(config, self._port_of_fd,  # issue 6: log, errors, whoami
                                      loop=(self.spec.instance, self.spec.index))
         self.plugins.fast_path(self.fast)
-        if self.fast is not None:
-            for sock, fam in self.udp_socks:
-                loop.add_reader(sock.fileno(), self.fast.drain, sock.fileno(), fam)
-        else:
-            for sock, fam in self.udp_socks:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda fam=fam: _PyUdpProtocol(self, fam), sock=sock)
-                self.transports.append(transport)
+        for sock, fam in self.udp_socks:
+            await self.serve_udp(loop, sock, fam)
         for sock, fam in self.tcp_socks:
             self.servers.append(await loop.create_server(self.tcp.factory(fam), sock=sock))
         loop.call_later(GENERATION_POLL, self._poll_generation, loop)
@@ -519,6 +566,31 @@ class Worker:
                  self.spec.index, os.getpid(), self.generation,
                  ", ".join(f"{a}:{p}" for a, p in self.spec.listen),
                  "Cython" if self.fast is not None else "Python")
+
+    async def serve_udp(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                        fam: int) -> None:
+        """Start answering a bound UDP socket: the Cython fast path's reader, or
+        the Python path (a reader of its own on a wildcard socket, a datagram
+        transport otherwise)."""
+        fd = sock.fileno()
+        pktinfo = udpsource.is_wildcard(sock.getsockname()[0])
+        if self.fast is not None:
+            loop.add_reader(fd, self.fast.drain, fd, fam, pktinfo)
+            self._udp_readers.add(fd)
+        elif pktinfo:
+            loop.add_reader(fd, _PyUdpProtocol(self, fam, sock).readable)
+            self._udp_readers.add(fd)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _PyUdpProtocol(self, fam), sock=sock)
+            self.transports.append(transport)
+
+    def unserve_udp(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        """Stop reading ``sock`` (a transport stops when it is closed)."""
+        fd = sock.fileno()
+        if fd in self._udp_readers:
+            self._udp_readers.discard(fd)
+            loop.remove_reader(fd)
 
     def _poll_generation(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._stop is not None and self._stop.is_set():
@@ -537,8 +609,8 @@ class Worker:
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         for sock, _ in self.udp_socks:
-            if self.fast is not None and sock.fileno() >= 0:
-                loop.remove_reader(sock.fileno())
+            if sock.fileno() >= 0:
+                self.unserve_udp(loop, sock)
         for server in self.servers:
             server.close()
         self.tcp.close_all()

@@ -288,8 +288,7 @@ def _apply_listen(worker: Any, listen: tuple[tuple[str, int], ...], loop: Any) -
             continue
         for sock, _fam in list(worker.udp_socks):
             if sock.getsockname()[:2] == wmod._sockaddr(address, port)[:2]:
-                if worker.fast is not None:
-                    loop.remove_reader(sock.fileno())
+                worker.unserve_udp(loop, sock)
                 worker._udp_by_fd.pop(sock.fileno(), None)
                 worker.udp_socks.remove((sock, _fam))
                 sock.close()
@@ -312,22 +311,11 @@ def _apply_listen(worker: Any, listen: tuple[tuple[str, int], ...], loop: Any) -
             continue
         worker.udp_socks.append((udp, fam))
         worker._udp_by_fd[udp.fileno()] = (udp, port)
-        if worker.fast is not None:
-            loop.add_reader(udp.fileno(), worker.fast.drain, udp.fileno(), fam)
-        else:
-            loop.create_task(_py_udp(worker, loop, udp, fam))
+        loop.create_task(worker.serve_udp(loop, udp, fam))
         loop.create_task(_tcp_server(worker, loop, tcp, fam))
     import dataclasses
 
     worker.spec = dataclasses.replace(worker.spec, listen=tuple(listen))
-
-
-async def _py_udp(worker: Any, loop: Any, sock: Any, fam: int) -> None:
-    from fastdns.server import worker as wmod
-
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: wmod._PyUdpProtocol(worker, fam), sock=sock)
-    worker.transports.append(transport)
 
 
 async def _tcp_server(worker: Any, loop: Any, sock: Any, fam: int) -> None:
