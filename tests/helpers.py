@@ -201,3 +201,21 @@ class Server:
         if inst:
             shm.sweep(inst.group(1))
         return returncode
+
+
+def service_answered_after(api, port: int, name: str = "made-later", ip: str = "10.96.99.9",
+                           where: str = "127.0.0.1", timeout: float = 3.0) -> float:
+    """Create Service default/``name`` (ClusterIP ``ip``) in the fake API ``api``; the
+    seconds until the server on ``where:port`` answers its A record (``timeout`` if never).
+
+    The name must be NXDOMAIN first, so the figure is the watch-to-answer time."""
+    qname = f"{name}.default.svc.cluster.local."
+    assert ask(qname, port=port, where=where).rcode() == dns.rcode.NXDOMAIN
+    api.create("Service", {
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout and not a_records(ask(qname, port=port, where=where)):
+        time.sleep(0.01)
+    return time.monotonic() - t0

@@ -21,7 +21,17 @@ from fastdns.control import apiaccess
 from fastdns.corefile import parse_corefile
 from fastdns.server import supervisor
 from fastdns.testing.fake_apiserver import FakeApiServer
-from tests.helpers import DEMO, KUBERNETES, ROOT, Server, a_records, ask, free_port, run_serve
+from tests.helpers import (
+    DEMO,
+    KUBERNETES,
+    ROOT,
+    Server,
+    a_records,
+    ask,
+    free_port,
+    run_serve,
+    service_answered_after,
+)
 
 # -- CoreDNS's flags, rewritten (coredns_cli.translate) -------------------------
 
@@ -166,19 +176,11 @@ def _serve_from(tmp_path: Path, corefile: str, port: int) -> Server:
 
 
 def _created_service_answers(api: FakeApiServer, port: int) -> float:
-    name = "made-later.default.svc.cluster.local."
-    assert ask(name, port=port).rcode() == dns.rcode.NXDOMAIN
-    api.create("Service", {
-        "metadata": {"name": "made-later", "namespace": "default"},
-        "spec": {"clusterIP": "10.96.99.9", "clusterIPs": ["10.96.99.9"],
-                 "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 5 and not a_records(ask(name, port=port)):
-        time.sleep(0.01)
-    took = time.monotonic() - t0
+    took = service_answered_after(api, port, timeout=5.0)
     # every worker answers it (one query lands on each in turn; ask several times)
     for _ in range(8):
-        assert a_records(ask(name, port=port)) == {"10.96.99.9"}
+        assert a_records(ask("made-later.default.svc.cluster.local.", port=port)) \
+            == {"10.96.99.9"}
     return took
 
 
