@@ -62,7 +62,12 @@ cdef enum:
     R_FORMERR = 1
     R_SERVFAIL = 2
     R_NOTIMP = 4
+    R_REFUSED = 5
     R_BADVERS = 16
+    T_IXFR = 251              # RFC 1995
+    T_AXFR = 252              # RFC 5936
+    ZK_KUBERNETES = 0         # zone kinds of fastdns.zone.image
+    ZK_POD = 2
     IMG_HEADER = 64
     IMG_SLOT = 16
     IMG_ZONE = 32
@@ -613,9 +618,10 @@ cdef inline uint32_t key_hash(uint32_t reg, uint32_t qtype) noexcept nogil:
 cdef int lookup_c(const unsigned char* im, Py_ssize_t n, const CQuery* q, int* kind,
                   int64_t* where, uint32_t* spos) noexcept nogil:
     """docs/internals.md §2: exact, then (key, QT_NAME), then the longest zone, else slow."""
-    cdef uint32_t nslots = 0, soff = 0, nzones = 0, zoff = 0, ans = 0, zi
-    cdef uint32_t name_off = 0, name_len = 0, zflags = 0, neg = 0
-    cdef Py_ssize_t zp, start
+    cdef uint32_t nslots = 0, soff = 0, nzones = 0, zoff = 0, ans = 0
+    cdef uint32_t zflags = 0, neg = 0
+    cdef int64_t zi = -1
+    cdef Py_ssize_t zp, start = 0
     cdef int err
     if img_u32(im, n, 28, &nslots) or img_u32(im, n, 32, &soff):
         return E_IMAGE
@@ -633,10 +639,37 @@ cdef int lookup_c(const unsigned char* im, Py_ssize_t n, const CQuery* q, int* k
         where[0] = ans
         spos[0] = 12
         return E_OK
+    err = zone_of_c(im, n, nzones, zoff, q, &zi, &start)
+    if err:
+        return err
+    if zi < 0:
+        kind[0] = LK_SLOW
+        where[0] = -1
+        return E_OK
+    zp = zoff + zi * IMG_ZONE  # in bounds: zone_of_c checked the whole entry
+    img_u16(im, n, zp + 6, &zflags)
+    img_u32(im, n, zp + 8, &neg)
+    if zflags & ZF_SLOW_MISS or neg == 0:
+        kind[0] = LK_SLOW
+        where[0] = zi
+        return E_OK
+    kind[0] = LK_ANSWER
+    where[0] = neg
+    spos[0] = 12 + start
+    return E_OK
+
+
+cdef int zone_of_c(const unsigned char* im, Py_ssize_t n, uint32_t nzones, uint32_t zoff,
+                   const CQuery* q, int64_t* zi_out, Py_ssize_t* start_out) noexcept nogil:
+    """The most specific image zone holding the question name (the image stores
+    zones longest first): *zi_out = its index or -1, *start_out = where its
+    name starts in q.key. E_IMAGE when an entry it reads runs past the image."""
+    cdef uint32_t name_off = 0, name_len = 0, zi
+    cdef Py_ssize_t zp, start
+    zi_out[0] = -1
     for zi in range(nzones):
         zp = zoff + <Py_ssize_t>zi * IMG_ZONE
         if (img_u32(im, n, zp, &name_off) or img_u16(im, n, zp + 4, &name_len)
-                or img_u16(im, n, zp + 6, &zflags) or img_u32(im, n, zp + 8, &neg)
                 or zp + IMG_ZONE > n):
             return E_IMAGE
         if name_len > <uint32_t>q.qname_len:
@@ -648,16 +681,29 @@ cdef int lookup_c(const unsigned char* im, Py_ssize_t n, const CQuery* q, int* k
             continue
         if memcmp(im + name_off, q.key + start, name_len) != 0:
             continue
-        if zflags & ZF_SLOW_MISS or neg == 0:
-            kind[0] = LK_SLOW
-            where[0] = zi
-            return E_OK
-        kind[0] = LK_ANSWER
-        where[0] = neg
-        spos[0] = 12 + start
+        zi_out[0] = zi
+        start_out[0] = start
         return E_OK
-    kind[0] = LK_SLOW
-    where[0] = -1
+    return E_OK
+
+
+cdef int transfer_refused_c(const unsigned char* im, Py_ssize_t n, const CQuery* q,
+                            bint* refused) noexcept nogil:
+    """AXFR/IXFR: whether the question's zone is the kubernetes plugin's, which
+    refuses transfers (plugin/kubernetes/handler.go; wire.py's twin cites it)."""
+    cdef uint32_t nzones = 0, zoff = 0, zkind = 0
+    cdef int64_t zi = -1
+    cdef Py_ssize_t start = 0
+    cdef int err
+    refused[0] = False
+    if img_u32(im, n, 36, &nzones) or img_u32(im, n, 40, &zoff):
+        return E_IMAGE
+    err = zone_of_c(im, n, nzones, zoff, q, &zi, &start)
+    if err:
+        return err
+    if zi >= 0:
+        img_u16(im, n, zoff + zi * IMG_ZONE + 18, &zkind)
+        refused[0] = zkind == ZK_KUBERNETES or zkind == ZK_POD
     return E_OK
 
 
@@ -696,6 +742,7 @@ cdef Py_ssize_t answer_packet(const unsigned char* image, Py_ssize_t image_len,
     cdef uint32_t spos = 12
     cdef const unsigned char* t = NULL
     cdef Py_ssize_t tlen = 0, r
+    cdef bint refused = False
     FDNS_ASSERT(out_cap >= WIRE_SLOT and out_cap >= max_size)
     zone[0] = -1
     err = parse_query_c(pkt, pkt_len, &q)
@@ -713,6 +760,12 @@ cdef Py_ssize_t answer_packet(const unsigned char* image, Py_ssize_t image_len,
         return -1
     if image_len < IMG_HEADER or memcmp(image, b"FDNSIMG1", 8) != 0:
         return -1
+    if q.qtype == T_AXFR or q.qtype == T_IXFR:
+        err = transfer_refused_c(image, image_len, &q, &refused)
+        if err:
+            return build_error(pkt, &q, R_SERVFAIL, True, q.edns, out)
+        if refused:
+            return build_error(pkt, &q, R_REFUSED, True, q.edns, out)
     err = lookup_c(image, image_len, &q, &kind, &where, &spos)
     if err:
         return build_error(pkt, &q, R_SERVFAIL, True, q.edns, out)

@@ -67,6 +67,15 @@ _QR, _RA, _TC = int(Flag.QR), int(Flag.RA), int(Flag.TC)
 
 crc32 = zlib.crc32  # the Cython core carries its own table-driven CRC-32, tested equal
 
+# Zone transfers (IXFR RFC 1995, AXFR RFC 5936). CoreDNS's kubernetes plugin
+# refuses both for any name in its zones (plugin/kubernetes/handler.go:
+# `case dns.TypeAXFR, dns.TypeIXFR: return dns.RcodeRefused, nil`, before
+# any lookup or fallthrough); the server then writes a bare REFUSED
+# (core/dnsserver/server.go errorFunc). Only the `transfer` plugin would
+# serve them, and fastdns has none.
+_IXFR, _AXFR = 251, 252
+_REFUSING_KINDS = (img.ZK_KUBERNETES, img.ZK_POD)
+
 
 class Query:
     """A parsed query (read-only); see docs/internals.md §1 for each field."""
@@ -460,6 +469,23 @@ def _template(image, ans_off: int, counter: int) -> bytes:
     return bytes(image[voff + 4 : voff + 4 + tlen])
 
 
+def _transfer_refused(image, key: bytes) -> bool:
+    """Whether the most specific image zone holding `key` (zones are stored
+    longest first) belongs to the kubernetes plugin, which refuses transfers."""
+    h = img.read_header(image)
+    starts = img.label_starts(key)
+    for zi in range(h.nzones):
+        name_off, name_len, _flags, _neg, _ttl, _blk, kind = img.ZONE.unpack_from(
+            image, h.zones_off + zi * img.ZONE.size)
+        start = len(key) - name_len
+        if start < 0 or start not in starts:
+            continue
+        if image[name_off : name_off + name_len] != key[start:]:
+            continue
+        return kind in _REFUSING_KINDS
+    return False
+
+
 def answer(image, data: bytes, counter: int = 0,
            max_size: int = 0) -> tuple[int, bytes | None, int]:
     """The fast path for one packet: (status, response, zone_index); see docs/internals.md §1.
@@ -489,6 +515,8 @@ def answer(image, data: bytes, counter: int = 0,
     if q.qclass != Qclass.IN and q.qclass != Qclass.ANY:
         return ST_SLOW, None, -1
     try:
+        if (q.qtype == _AXFR or q.qtype == _IXFR) and _transfer_refused(image, q.key):
+            return ST_ANSWER, error_response(data, q, Rcode.REFUSED), -1
         kind, where, suffix_pos = img.lookup(image, q.key, q.qtype)
         if kind == img.LK_SLOW:
             return ST_SLOW, None, where

@@ -472,23 +472,32 @@ def test_connection_cap_and_sigterm():
         for c in conns:
             c.sendall(_frame(q))
             assert a_of(_read_frames(c, 1)[0]) == ["10.96.0.1"]
+        # at the cap, the connection idle the longest is closed for the newcomer
         extra = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
-        extra.settimeout(3)
+        extra.sendall(_frame(q))
+        assert a_of(_read_frames(extra, 1)[0]) == ["10.96.0.1"]
+        assert conns[0].recv(10) == b""
+        conns.pop(0).close()
+        # every connection mid-message (one octet of a length): the newcomer is refused
+        conns.append(extra)
+        for c in conns:
+            c.sendall(b"\x00")
+        time.sleep(0.2)
+        refused = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
         try:
-            extra.sendall(_frame(q))
-            assert extra.recv(10) == b""
+            refused.sendall(_frame(q))
+            assert refused.recv(10) == b""
         except ConnectionResetError:
-            pass  # closed at once: over the cap
-        extra.close()
-        conns.pop().close()
+            pass  # closed at once: over the cap, nothing idle
+        refused.close()
+        for c in conns:
+            c.close()
         time.sleep(0.2)
         with socket.create_connection(("127.0.0.1", srv.port), timeout=3) as again:
             again.sendall(_frame(q))
             assert a_of(_read_frames(again, 1)[0]) == ["10.96.0.1"]
         c = srv.counters(0)["tcp"]
-        assert c["rejected"] == 1 and c["accepted"] == 4
-        for c in conns:
-            c.close()
+        assert c["rejected"] == 1 and c["accepted"] == 5
     finally:
         codes = srv.stop()
     assert codes == [0]

@@ -20,6 +20,12 @@ Behaviour copied from CoreDNS:
   by ``,`` (``plugin/ready/list.go`` ``Ready``); during lameduck 503
   ``Shutting down`` so Services stop sending traffic here
   (``plugin/ready/ready.go``).
+
+Where fastdns differs: its DNS outlives the control process. ``/ready``
+means "every worker serves a snapshot" (a generation is in force, each
+worker has mapped one, and it is a complete one), so a restarted control
+process reports the image its predecessor left in force
+(``image_in_force``) instead of waiting for a publish of its own.
 """
 
 from __future__ import annotations
@@ -431,6 +437,39 @@ def http_config(config: object) -> HttpConfig:
 READINESS_PLUGINS = ("kubernetes",)
 
 
+def image_in_force(ctl: object) -> tuple[int, int, bool, float] | None:
+    """(generation, octets, synced, unix time written) of the image the workers
+    serve, or None when none is published yet (or it cannot be read).
+
+    ``/ready`` says "workers serve a snapshot", and that holds across
+    control-process restarts: a restarted control process (a crash, a
+    Corefile reload, a state file it refuses) starts from the image its
+    predecessor published. If that image is a complete one (``IMG_SYNCED``:
+    a state file, or a full sync with the API), the kubernetes plugin is
+    ready at once; it does not wait for a publish of its own, which a bad
+    state file may hold back for good.
+    """
+    from fastdns.server import shm
+    from fastdns.zone import image as img
+
+    if not getattr(ctl, "generation", 0):
+        return None
+    try:
+        seg = ctl.current()  # type: ignore[attr-defined]
+        if seg is None:
+            return None
+        try:
+            head = img.read_header(seg.buf)
+            gen, name = seg.generation, seg.name
+        finally:
+            seg.close()
+        written = os.stat(os.path.join(shm.SHM_DIR, name)).st_mtime
+    except (OSError, ValueError, shm.ShmError) as e:
+        log.warning("cannot read the snapshot image in force: %s", e)
+        return None
+    return gen, head.size, bool(head.flags & img.IMG_SYNCED), written
+
+
 class Observability:
     """The control process's one hook for metrics, health and readiness.
 
@@ -476,9 +515,13 @@ class Observability:
                                              checks={"workers": workers_serving}),
                                   health_probe=values.observe_health)
         names = {n for b in getattr(config, "servers", ()) for n in getattr(b, "plugins", {})}
+        adopted = image_in_force(ctl)
         for name in READINESS_PLUGINS:
             if name in names:
-                endpoints.set_ready(name, False)
+                endpoints.set_ready(name, adopted is not None and adopted[2])
+        if adopted is not None:
+            gen, size, _synced, published_at = adopted
+            values.snapshot_adopted(gen, size, published_at)
         try:
             endpoints.start()
         except BaseException:

@@ -28,7 +28,8 @@ dashboards and alerts query them (``plugin/metrics/vars/vars.go``,
   ``coredns_forward_max_concurrent_rejects_total``
 
 plus ``fastdns_*`` for what only fastdns has (snapshot generation and size,
-compile and publish time, worker restarts, slow-path and TCP counters), and
+compile and publish time, worker restarts, slow-path and TCP counters, state
+file versions refused and whether one is pending), and
 ``process_*`` summed over the supervisor, the control process and every
 live worker (CoreDNS is one process; its dashboards chart these).
 
@@ -55,6 +56,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -298,6 +300,9 @@ class ControlValues:
     programming: dict[str, _Histogram] = field(default_factory=dict)
     health_seconds: _Histogram = field(default_factory=lambda: _Histogram(SLIM_TIME_BUCKETS))
     health_failures: int = 0
+    # the --state/--demo source (control/statefile.py StateFileSource): its
+    # ``rejected`` and ``pending_bad``, read at scrape time; None: no state file
+    state_source: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def snapshot_published(self, generation: int, image_bytes: int,
@@ -312,6 +317,15 @@ class ControlValues:
             self.compile_seconds.observe(compile_seconds)
         if publish_seconds is not None:
             self.publish_seconds.observe(publish_seconds)
+
+    def snapshot_adopted(self, generation: int, image_bytes: int, published_at: float) -> None:
+        """A restarted control process found ``generation`` in force (published by
+        its predecessor at ``published_at``, unix time): report it until it
+        publishes one of its own."""
+        with self._lock:
+            self.generation = generation
+            self.image_bytes = image_bytes
+            self.published_at = published_at
 
     def observe_programming_latency(self, seconds: float,
                                     service_kind: str = "headless_with_selector") -> None:
@@ -601,6 +615,16 @@ class DnsCollector(Collector):
             fam.add_metric([], buckets, total)
             yield fam
 
+        src = v.state_source
+        if src is not None:
+            yield CounterMetricFamily(
+                "fastdns_state_rejected_total",
+                "State file versions refused (unreadable, gone, empty, cut short); the last "
+                "good state stayed in force.", value=src.rejected)
+            yield GaugeMetricFamily(
+                "fastdns_state_pending_bad",
+                "1 while the state file on disk is refused and an older state is served.",
+                value=1 if src.pending_bad else 0)
         yield CounterMetricFamily("fastdns_worker_restarts_total",
                                   "Worker processes respawned by the supervisor.",
                                   value=stats.get(S_WORKER_RESTARTS) if stats else 0)

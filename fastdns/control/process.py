@@ -10,7 +10,10 @@ endpoint updates during a rollout costs one publish, not hundreds.
 
 The process may crash and be restarted by the supervisor: workers keep
 serving the last image, and the new control process adopts the segments it
-finds (``Publisher.recover``) and continues the generation sequence.
+finds (``Publisher.recover``) and continues the generation sequence. With a
+state file it compiles the file, or if the file is refused, the restart
+copy of the last good state (``statefile.StateCache``), so a Corefile
+reload (which restarts it) is applied even then.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import gc
 import logging
 import os
 import queue
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -506,17 +508,39 @@ def kube_config(config: Any, kubeconfig: str | None) -> Any:
         label_selector=conf.labels, namespace_label_selector=conf.namespace_labels)
 
 
+def _keeps_pods(compiler: Any) -> bool:
+    opts = getattr(compiler, "options", None)
+    return opts is not None and opts.pods == "verified"
+
+
 def state_loader(compiler: Any) -> Callable[[str], Any]:
     """A state file's ClusterState, parsed in a child process (``zone/isolated.py``:
     the parse's garbage would pin ~90 MB here at 10k Services), keeping Pods
     only where ``pods verified`` answers from them (CoreDNS watches Pods in
-    that mode only)."""
-    from fastdns.zone.isolated import load_objects_isolated
+    that mode only). Returns a ``statefile.Loaded``: with the file's shape
+    and the child's pickle, the restart copy (``state_cache``)."""
+    from fastdns.control.statefile import Loaded
+    from fastdns.zone.isolated import load_isolated
     from fastdns.zone.state import ClusterState
 
-    opts = getattr(compiler, "options", None)
-    pods = opts is not None and opts.pods == "verified"
-    return lambda path: ClusterState(load_objects_isolated(path, pods=pods))
+    pods = _keeps_pods(compiler)
+
+    def load(path: str) -> Loaded:
+        objs, shape, blob = load_isolated(path, pods=pods)
+        return Loaded(ClusterState(objs), shape.complete, shape.empty_list, blob)
+
+    return load
+
+
+def state_cache(instance: str, compiler: Any) -> Any:
+    """The restart copy of the last good state (``statefile.StateCache``); a copy
+    made with or without Pods serves only a configuration that keeps the same."""
+    from fastdns.control.statefile import StateCache
+    from fastdns.zone.isolated import objects_from_blob
+    from fastdns.zone.state import ClusterState
+
+    return StateCache.for_instance(instance, lambda b: ClusterState(objects_from_blob(b)),
+                                   "pods" if _keeps_pods(compiler) else "no-pods")
 
 
 def startup_timeout(config: Any) -> float:
@@ -605,8 +629,9 @@ def control_main(spec: ControlSpec) -> int:
         else:
             raise SystemExit(EXIT_OK)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    from fastdns import procsignals  # the supervisor's STOP; a group SIGTERM is its to judge
+
+    procsignals.install(on_signal)
     try:
         try:
             config = _parse(spec)
@@ -634,18 +659,28 @@ def control_main(spec: ControlSpec) -> int:
             assert spec.source_path is not None
             source = StateFileSource(spec.source_path, loop.post_state,
                                      interval=spec.poll_interval,
-                                     loader=state_loader(compiler))
+                                     loader=state_loader(compiler),
+                                     cache=state_cache(spec.instance, compiler))
+            obs.values.state_source = source  # fastdns_state_rejected_total, _pending_bad
             try:
+                # a restarted control process whose file is refused gets the
+                # restart copy of the last good state (statefile.StateCache)
                 state = source.load_now()
-                log.info("%s: %s", spec.source_path, summarize(state))
+                log.info("%s: %s%s", spec.source_path,
+                         "last good state: " if source.from_cache else "", summarize(state))
                 loop.publish_full(state, "restart" if restarted else "initial load")
             except Exception as e:  # noqa: BLE001 - a bad first state is the operator's
-                msg = f"{spec.source_path}: {describe_error(e)}"
+                msg = describe_error(e)
+                if not msg.startswith(spec.source_path):
+                    msg = f"{spec.source_path}: {msg}"
                 if not restarted:
                     log.error("%s", msg)
                     return EXIT_CONTROL_FATAL
-                # workers serve the image the previous control process published
-                log.error("%s; keeping generation %d", msg, ctl.generation)
+                # Workers serve the image the previous control process
+                # published; without a state this configuration (a reloaded
+                # Corefile, say) cannot be compiled: say so.
+                log.error("%s; keeping generation %d; the Corefile in force is not applied "
+                          "until the state file loads", msg, ctl.generation)
             source.start()
         elif spec.source == "kube":
             try:

@@ -16,6 +16,12 @@ when a signal ended the child. The ``Process`` methods the supervisor uses
 (``start``, ``pid``, ``sentinel``, ``is_alive``, ``join``, ``exitcode``,
 ``close``) behave as in ``multiprocessing``.
 
+``hold_signals``: signals blocked in the child from its first instruction
+(the blocked mask survives fork and execve, signal(7)); the target unblocks
+them once its handlers are in place. The supervisor holds the stop signals
+this way (``fastdns/procsignals.py``), so a process-group SIGTERM that lands
+while a child boots waits for the child's own rule instead of killing it.
+
 The child side runs as::
 
     python3 -m fastdns.server.childproc NAME COMM FD [ALIVE_FD]
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,11 +50,13 @@ class ChildProcess:
     """One child interpreter running ``target(*args)``; start it once."""
 
     def __init__(self, target: Callable[..., Any], args: tuple = (),
-                 name: str = "fastdns child", comm: str | None = None) -> None:
+                 name: str = "fastdns child", comm: str | None = None,
+                 hold_signals: Iterable[int] = ()) -> None:
         self.target = target
         self.args = args
         self.name = name
         self.comm = comm or name
+        self.hold_signals = frozenset(hold_signals)
         self._popen: Any = None  # subprocess.Popen
         self._sentinel: int | None = None
         self._keep: int | None = None  # the sentinel, when it is the liveness pipe
@@ -69,6 +78,10 @@ class ChildProcess:
                 "-m", "fastdns.server.childproc", self.name, self.comm, str(data_r)]
         if alive_w >= 0:
             argv.append(str(alive_w))
+        # Blocked here for the instant of the fork, so the child inherits the
+        # mask; one that arrives meanwhile is only delayed (pending), not lost.
+        held = (signal.pthread_sigmask(signal.SIG_BLOCK, self.hold_signals)
+                if self.hold_signals else None)
         try:
             self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                            pass_fds=[fd for fd in (data_r, alive_w) if fd >= 0],
@@ -79,6 +92,8 @@ class ChildProcess:
                     os.close(fd)
             raise
         finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             for fd in (data_r, alive_w):
                 if fd >= 0:
                     os.close(fd)

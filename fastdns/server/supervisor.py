@@ -9,6 +9,20 @@ whose ``spawn`` adds a resource-tracker process), restarts any child that
 dies with exponential backoff, and on SIGTERM/SIGINT stops the children,
 sweeps this run's ``/dev/shm/fastdns-<instance>-*`` segments and exits 0.
 
+Signals (``fastdns/procsignals.py``): the supervisor alone decides when the
+tree stops. A SIGTERM or SIGINT to the whole process group (systemd's
+``KillMode=control-group``, Ctrl-C) leaves the children serving; the
+supervisor keeps health's ``lameduck`` to its end (a second SIGTERM or
+SIGINT cuts it short), then tells each child to stop with
+``procsignals.STOP`` and exits 0.
+
+Shared memory it owns for the instance's whole life: the control segment,
+and the flock on ``fastdns-<instance>-lock`` that says "alive"
+(``shm.InstanceLock``). Before creating anything else it reclaims the
+segments of every dead instance in the directory (``shm.reclaim``), so a
+SIGKILL of the whole tree (an OOM kill of the pod) leaks only until the
+next start.
+
 Like NSD (``server.c``: the main process only restarts its children), the
 supervisor never touches packets or zone data, so it is very unlikely to die;
 if it is killed anyway, the children get SIGTERM through PR_SET_PDEATHSIG and
@@ -31,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastdns import procsignals
 from fastdns.coredns_cli import package_version
 from fastdns.server import portcheck, shm
 from fastdns.server.childproc import ChildProcess, set_comm
@@ -276,6 +291,7 @@ def reload_plan(plan: ServePlan, text: str) -> tuple[Any, ServePlan]:
 
 
 def _worker_entry(spec: Any, log_level: str, parent_pid: int) -> None:
+    procsignals.supervised(parent_pid)  # a group SIGTERM is the supervisor's to judge
     setup_logging(log_level)
     die_with_parent(parent_pid)
     from fastdns.server.worker import worker_main
@@ -283,16 +299,12 @@ def _worker_entry(spec: Any, log_level: str, parent_pid: int) -> None:
     worker_main(spec)
 
 
-def _exit_on_signal(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
-
-
 def _control_entry(spec: Any, log_level: str, parent_pid: int) -> None:
+    # Until control_main installs its own handlers, a stop (the supervisor's
+    # STOP, or PR_SET_PDEATHSIG's SIGTERM) must still unwind through the sweep:
+    # procsignals' default raises SystemExit(0).
+    procsignals.supervised(parent_pid)
     setup_logging(log_level)
-    # Until control_main installs its own handlers, SIGTERM (from the
-    # supervisor, or PR_SET_PDEATHSIG) must still unwind through the sweep.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGINT, _exit_on_signal)
     code = EXIT_OK
     try:
         die_with_parent(parent_pid)
@@ -339,6 +351,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self.stats: Any = None  # fastdns.control.metrics.SharedStats, when available
         self._signals = 0
+        self._last_signal = "SIGTERM"
+        self.lock: shm.InstanceLock | None = None
         self.reloader: Any = None  # fastdns.control.reload.Reloader
         self.loop_probe: Any = None  # fastdns.control.loopdetect.LoopProbe
         self._reload_requested = False
@@ -347,6 +361,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
+        self._last_signal = signal.Signals(signum).name
         if not self.stopping:
             log.info("%s: shutting down", signal.Signals(signum).name)
         self.stopping = True
@@ -420,7 +435,7 @@ class Supervisor:
             if c.index < 0 and c.proc is not None and c.proc.is_alive():
                 c.reloading = True
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(c.proc.pid, signal.SIGTERM)
+                    os.kill(c.proc.pid, procsignals.STOP)
 
     def _setup_loop(self) -> None:
         """The loop plugin's probes (fastdns/control/loopdetect.py); sent once serving."""
@@ -447,7 +462,8 @@ class Supervisor:
             # not pin an image the control process could otherwise unlink.
             self.ctl.release_worker(child.index)
         comm = "fastdns-ctl" if child.index < 0 else f"fastdns-w{child.index}"
-        proc = ChildProcess(child.target, child.args, name=f"fastdns {child.name}", comm=comm)
+        proc = ChildProcess(child.target, child.args, name=f"fastdns {child.name}", comm=comm,
+                            hold_signals=procsignals.HELD)
         proc.start()
         if child.restarts and self.stats is not None:
             if child.index >= 0:
@@ -505,8 +521,11 @@ class Supervisor:
 
     def _lameduck(self) -> None:
         """CoreDNS health ``lameduck``: /ready says 503 but DNS is answered for a while,
-        so that endpoints controllers take this server out before it stops.
-        A second signal cuts it short."""
+        so that endpoints controllers take this server out before it stops
+        (``plugin/health/health.go`` OnFinalShutdown). The children ignore
+        the group's SIGTERM (``procsignals``), so they serve to its end.
+        A second SIGTERM or SIGINT cuts it short, as a second Ctrl-C ends
+        CoreDNS at once (caddy ``sigtrap.go``); the exit status stays 0."""
         if self.plan.lameduck <= 0:
             return
         log.info("going into lameduck mode for %gs", self.plan.lameduck)
@@ -516,12 +535,14 @@ class Supervisor:
             wait_objects([self._wake_r], timeout=left)
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 512)
+        if self._signals != first:
+            log.info("%s: lameduck cut short", self._last_signal)
 
     def _stop_children(self) -> None:
         live = [c for c in self.children if c.proc is not None and c.proc.is_alive()]
         for c in live:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(c.proc.pid, signal.SIGTERM)
+                os.kill(c.proc.pid, procsignals.STOP)
         deadline = time.monotonic() + STOP_GRACE
         for c in live:
             c.proc.join(max(0.0, deadline - time.monotonic()))
@@ -563,7 +584,24 @@ class Supervisor:
     def run(self) -> int:
         set_comm("fastdns")  # ps -e / top: fastdns, fastdns-ctl, fastdns-w0, ...
         self._install_signals()
-        self.ctl = shm.ControlSegment.create(self.instance, self.plan.nworkers)
+        try:
+            # The lock first: this instance is "alive" before any segment of it exists.
+            lock = self.lock = shm.InstanceLock.acquire(self.instance)
+        except OSError as e:  # /dev/shm missing, full or read-only: one line, exit 1
+            log.error("%s: cannot create shared memory: %s", shm.SHM_DIR, e.strerror or e)
+            signal.set_wakeup_fd(-1)
+            return EXIT_CONFIG
+        try:
+            self._reclaim()
+            self.ctl = shm.ControlSegment.create(self.instance, self.plan.nworkers)
+        except OSError as e:
+            lock.release()
+            log.error("%s: cannot create shared memory: %s", shm.SHM_DIR, e.strerror or e)
+            signal.set_wakeup_fd(-1)
+            return EXIT_CONFIG
+        except BaseException:
+            lock.release()
+            raise
         try:
             self._attach_stats()
             self._setup_reload()
@@ -586,12 +624,31 @@ class Supervisor:
             self._stop_children()
             if self.stats is not None:
                 self.stats.close()
-            removed = shm.sweep(self.instance)
+            removed = shm.sweep(self.instance, keep={lock.name})
+            lock.release()  # last: no segment of this instance is left
             self.ctl.close()
             signal.set_wakeup_fd(-1)
             log.debug("swept %d shm segments", len(removed))
             log.info("stopped")
         return self.exit_code
+
+    def _reclaim(self) -> None:
+        """Sweep what dead instances left in /dev/shm (``shm.reclaim``: one line each way)."""
+        try:
+            done = shm.reclaim(own=self.instance)
+        except OSError as e:  # never a reason not to start
+            log.warning("could not reclaim the shm segments of dead instances: %s", e)
+            return
+        if done.instances:
+            log.info("reclaimed %d shm segments (%s) of %d dead instance%s: %s",
+                     done.segments, _fmt_octets(done.octets), len(done.instances),
+                     "" if len(done.instances) == 1 else "s", " ".join(done.instances))
+        if done.unowned:
+            log.info("left alone %d shm segments (%s) of %d instance%s without a lock file "
+                     "(an older fastdns, or not made by `fastdns serve`): %s",
+                     done.unowned_segments, _fmt_octets(done.unowned_octets),
+                     len(done.unowned), "" if len(done.unowned) == 1 else "s",
+                     " ".join(done.unowned[:8]) + (" ..." if len(done.unowned) > 8 else ""))
 
     def _loop(self) -> None:
         while not self.stopping:
@@ -631,6 +688,10 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit code {code}"
+
+
+def _fmt_octets(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def _fmt_addr(addr: str, port: int) -> str:

@@ -22,8 +22,9 @@ every query from the address it was sent to, as CoreDNS does
 (``server/udpsource.py``); a socket bound to one address needs nothing for
 that and keeps the plain path.
 
-SIGTERM/SIGINT: stop reading, close the sockets and connections, unmap,
-return (exit status 0).
+Stop (``procsignals.STOP`` from the supervisor; SIGTERM/SIGINT when no
+supervisor started it, or once it is gone): stop reading, close the sockets
+and connections, unmap, return (exit status 0).
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ import errno
 import logging
 import mmap
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass
 
+from fastdns import procsignals
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.server import counters as ctr
 from fastdns.server import shm, udpsource
 from fastdns.server.slowpath import DEFERRED, ZONE_EXTERNAL, SlowPath
-from fastdns.server.tcp import MAX_MESSAGE, TcpListener
+from fastdns.server.tcp import MAX_MESSAGE, MAX_PER_CLIENT, TcpListener
 from fastdns.server.worker_plugins import WorkerPlugins, reconfigure_if_changed
 from fastdns.zone import image as img
 
@@ -73,6 +74,8 @@ class WorkerSpec:
     listen: tuple[tuple[str, int], ...]
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
+    tcp_read_timeout: float = 3.0  # one whole message (server/tcp.py)
+    tcp_max_per_client: int = MAX_PER_CLIENT  # connections per peer address; 0: no limit
     cpu: int | None = None  # pin to this CPU (benchmarks); None: leave the mask alone
 
 
@@ -235,7 +238,9 @@ class Worker:
         self.plugins = WorkerPlugins(None)  # log, errors, whoami (worker_plugins.py)
         self.config_version: int | None = None  # reload: the Corefile version in force
         self.tcp = TcpListener(self.answer_tcp, idle_timeout=spec.tcp_idle_timeout,
+                               read_timeout=spec.tcp_read_timeout,
                                max_connections=spec.tcp_max_connections,
+                               max_per_client=spec.tcp_max_per_client,
                                on_accept=lambda: self.counters.incr(ctr.W_TCP_ACCEPTED),
                                on_reject=lambda: self.counters.incr(ctr.W_TCP_REJECTED),
                                on_idle=lambda: self.counters.incr(ctr.W_TCP_IDLE_CLOSED))
@@ -521,8 +526,7 @@ class Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        procsignals.loop_install(loop, self._stop.set)  # STOP; SIGTERM once orphaned
         self.counters.start(os.getpid())
         try:
             self.bind()
@@ -670,9 +674,9 @@ def worker_main(spec: WorkerSpec) -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if spec.cpu is not None:
         os.sched_setaffinity(0, {spec.cpu})
-    # Until the loop installs its handlers, a stop signal (Ctrl-C reaches the
-    # whole process group) must still end the worker with status 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_now)
+    # Until the loop installs its handlers, a stop signal must still end the
+    # worker with status 0; a group SIGTERM/SIGINT (Ctrl-C) is the
+    # supervisor's to judge while it lives (fastdns/procsignals.py).
+    procsignals.install(_exit_now)
     worker = Worker(spec)
     uvloop.run(worker.run())

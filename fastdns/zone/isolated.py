@@ -9,7 +9,8 @@ exits; the parent only allocates the stripped objects, compactly, from a
 pickle of plain tuples (pickling the dataclasses themselves cost as much as
 the parse).
 
-    python3 -m fastdns.zone.isolated PATH [--no-pods]   (stdout: the pickle)
+    python3 -m fastdns.zone.isolated PATH [--no-pods]
+    (stdout: the pickle of (rows, (complete, empty_list)), see state.StateShape)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fastdns.zone.objects import (
     ServicePort,
     StateError,
 )
+from fastdns.zone.state import StateShape
 
 EXIT_STATE_ERROR = 3
 TIMEOUT = 600.0  # seconds: a state file that takes longer is not a state file
@@ -75,6 +77,14 @@ def decode(rows: list[tuple]) -> list[Obj]:
 
 def load_objects_isolated(path: str, *, pods: bool = True) -> list[Obj]:
     """``state.load_state_objects(path, pods=pods)``, run in a child process."""
+    return load_isolated(path, pods=pods)[0]
+
+
+def load_isolated(path: str, *, pods: bool = True) -> tuple[list[Obj], StateShape, bytes]:
+    """``state.load_state_checked(path, pods=pods)`` in a child process, plus the
+    child's pickle itself: ``objects_from_blob`` turns it back into the objects
+    (the control process keeps it as its restart copy of the last good state,
+    fastdns/control/statefile.py)."""
     argv = [sys.executable, "-m", "fastdns.zone.isolated", os.fspath(path)]
     if not pods:
         argv.append("--no-pods")
@@ -87,18 +97,25 @@ def load_objects_isolated(path: str, *, pods: bool = True) -> list[Obj]:
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
         raise StateError(f"{path}: loading failed (exit {proc.returncode}): {' '.join(tail)}")
-    return decode(pickle.loads(proc.stdout))  # our own child's output
+    rows, shape = pickle.loads(proc.stdout)  # our own child's output
+    return decode(rows), StateShape(*shape), proc.stdout
+
+
+def objects_from_blob(blob: bytes) -> list[Obj]:
+    """The objects of a pickle ``load_isolated`` returned (ours: trusted)."""
+    return decode(pickle.loads(blob)[0])
 
 
 def main(argv: list[str]) -> int:
-    from fastdns.zone.state import load_state_objects
+    from fastdns.zone.state import load_state_checked
 
     try:
-        objs = load_state_objects(argv[0], pods="--no-pods" not in argv)
+        objs, shape = load_state_checked(argv[0], pods="--no-pods" not in argv)
     except StateError as e:
         print(e, file=sys.stderr)
         return EXIT_STATE_ERROR
-    sys.stdout.buffer.write(pickle.dumps(encode(objs), protocol=pickle.HIGHEST_PROTOCOL))
+    out = (encode(objs), (shape.complete, shape.empty_list))
+    sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
     return 0
 

@@ -249,19 +249,67 @@ def _items(doc: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield kind, doc
 
 
-def _documents(text: str, where: str) -> Iterable[Any]:
+def _documents(text: str, where: str) -> tuple[list[Any], bool]:
+    """The parsed documents, and whether the text was JSON."""
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
             doc = json.loads(text)
         except ValueError as exc:
             raise StateError(f"{where}: not valid JSON: {exc}") from None
-        return doc if isinstance(doc, list) else [doc]
+        return (doc if isinstance(doc, list) else [doc]), True
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return list(yaml.load_all(text, Loader=loader))
+        return list(yaml.load_all(text, Loader=loader)), False
     except yaml.YAMLError as exc:
-        raise StateError(f"{where}: not valid YAML: {exc}") from None
+        raise StateError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's message on one line: the problem and where (its own spans lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
+@dataclass(frozen=True, slots=True)
+class StateShape:
+    """What a state file shows about its own end (fastdns/control/statefile.py's checks).
+
+    `complete`: the file proves it was written to its end. JSON does (a cut
+    one does not parse), and so does a YAML List whose ``kind`` follows its
+    ``items``: kubectl prints keys sorted (apiVersion, items, kind,
+    metadata), so a cut ``kubectl get -o yaml`` output lacks its kind and is
+    refused as "a document without kind". Multi-document YAML, or a List
+    written ``kind`` first, can be cut at an item boundary and still parse.
+    `empty_list`: some document is a List with an explicit ``items: []``,
+    the one way to say "no objects" on purpose.
+    """
+
+    complete: bool = False
+    empty_list: bool = False
+
+    def __and__(self, other: StateShape) -> StateShape:
+        """Two files of one state directory: complete only if both are."""
+        return StateShape(self.complete and other.complete,
+                          self.empty_list or other.empty_list)
+
+
+def _is_list(doc: Any) -> bool:
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    return isinstance(kind, str) and (kind == "List" or (kind.endswith("List") and "items" in doc))
+
+
+def _shape(docs: list[Any], is_json: bool) -> StateShape:
+    docs = [d for d in docs if d is not None]
+    if not docs:
+        return StateShape()
+    closed = all(_is_list(d) and "items" in d and list(d).index("kind") > list(d).index("items")
+                 for d in docs)
+    empty = any(_is_list(d) and d.get("items") == [] for d in docs)
+    return StateShape(complete=is_json or closed, empty_list=empty)
 
 
 def _describe(kind: str, obj: dict[str, Any]) -> str:
@@ -272,13 +320,19 @@ def _describe(kind: str, obj: dict[str, Any]) -> str:
 
 def load_objects(path: str, kinds: Collection[str] = KINDS) -> list[Obj]:
     """Stripped objects of one state file (kinds not in ``kinds`` skipped)."""
+    return load_file(path, kinds)[0]
+
+
+def load_file(path: str, kinds: Collection[str] = KINDS) -> tuple[list[Obj], StateShape]:
+    """``load_objects`` and the file's StateShape."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise StateError(f"{path}: cannot read: {exc}") from None
     out: list[Obj] = []
-    for doc in _documents(text, path):
+    docs, is_json = _documents(text, path)
+    for doc in docs:
         for kind, raw in _items(doc, path):
             if kind not in kinds:
                 continue  # Endpoints, Deployments ...: not DNS's business
@@ -289,7 +343,7 @@ def load_objects(path: str, kinds: Collection[str] = KINDS) -> list[Obj]:
                 if not msg.startswith(kind):
                     msg = f"{_describe(kind, raw)}: {msg}"
                 raise StateError(f"{path}: {msg}") from None
-    return out
+    return out, _shape(docs, is_json)
 
 
 def state_files(path: str) -> list[str]:
@@ -309,11 +363,21 @@ def load_state_objects(path: str | os.PathLike[str], *, pods: bool = True) -> li
     holds about as many Pods as endpoints, and keeping them cost the
     control process ~50 MB at 10k Services that nothing read.
     """
+    return load_state_checked(path, pods=pods)[0]
+
+
+def load_state_checked(path: str | os.PathLike[str], *, pods: bool = True
+                       ) -> tuple[list[Obj], StateShape]:
+    """``load_state_objects`` and the StateShape of the whole path (a directory
+    is complete when every file is; no file at all is not)."""
     kinds = KINDS if pods else tuple(k for k in KINDS if k != "Pod")
     objs: list[Obj] = []
+    shape: StateShape | None = None
     for f in state_files(os.fspath(path)):
-        objs.extend(load_objects(f, kinds))
-    return objs
+        got, s = load_file(f, kinds)
+        objs.extend(got)
+        shape = s if shape is None else shape & s
+    return objs, shape if shape is not None else StateShape()
 
 
 def load_state(path: str | os.PathLike[str], *, pods: bool = True) -> ClusterState:
