@@ -1,7 +1,7 @@
 # Everyday targets; CI runs the same commands through .ci/run.
 PYTHON ?= python3
 
-.PHONY: install test test-pure bench bench-peers lint debug clean demo
+.PHONY: install test test-pure bench bench-peers lint debug clean demo fuzz
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test,lint]'
@@ -22,6 +22,17 @@ bench-peers:
 lint:
 	ruff check fastdns tests bench setup.py
 	cython-lint $$(find fastdns -name '*.pyx' -o -name '*.pxd')
+
+# Coverage-guided fuzzing with atheris: FUZZ_SECONDS per target (fuzz/README.md).
+# Found inputs go to build/fuzz/TARGET/; the committed seeds are only read.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= query response corefile statefile
+fuzz:
+	@$(PYTHON) -c "import atheris" 2>/dev/null || $(PYTHON) -m pip install -q atheris
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t: $(FUZZ_SECONDS)s"; \
+		FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTHON) -m fuzz $$t || exit 1; \
+	done
 
 debug:
 	FASTDNS_DEBUG=1 $(PYTHON) setup.py build_ext --inplace --force
