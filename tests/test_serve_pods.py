@@ -25,7 +25,7 @@ def corefile(port: int, mode: str) -> str:
 
 @pytest.mark.parametrize("mode", ["insecure", "verified"])
 def test_loader_keeps_pods_only_when_verified(mode):
-    state = state_loader(Compiler(KubernetesOptions(pods=mode)))(demo_path())
+    state = state_loader(Compiler(KubernetesOptions(pods=mode)))(demo_path()).state
     assert bool(state.pods) == (mode == "verified")
     assert state.services  # everything else is loaded either way
 
