@@ -20,7 +20,7 @@ bench-peers:
 	$(PYTHON) bench/peers.py
 
 lint:
-	ruff check fastdns tests bench setup.py
+	ruff check fastdns tests bench fuzz setup.py
 	cython-lint $$(find fastdns -name '*.pyx' -o -name '*.pxd')
 
 # Coverage-guided fuzzing with atheris: FUZZ_SECONDS per target (fuzz/README.md).

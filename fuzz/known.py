@@ -23,23 +23,6 @@ KNOWN: dict[str, str] = {
         "the forwarder and the cache rewrite (a TTL field, the header): once the TTL is "
         "aged the name reads differently and the cached answer is malformed "
         "(test_response_name_through_ttl_octets)"),
-    "state-field-type": (
-        "objects.strip keeps raw YAML values where the compiler needs strings (the "
-        "kubernetes.io/service-name label, an endpoint's hostname or targetRef name): "
-        "`service-name: true` or `hostname: 5` loads, then the compile raises TypeError/"
-        "AttributeError (test_state_field_of_the_wrong_type)"),
-    "state-port-range": (
-        "objects._ports takes any integer: a port outside 0..65535 loads, then the compile "
-        "raises struct.error (test_state_port_out_of_range)"),
-    "state-bad-label": (
-        "a name part that is no DNS label (empty, or over 63 octets: a hostname, Service, "
-        "namespace or port name) loads, and records.label() writes its length as is: the "
-        "image holds a malformed name and clients get answers they cannot read "
-        "(test_state_hostname_longer_than_a_label)"),
-    "corefile-import-nul": (
-        "blocks._import_files hands the import pattern to glob unchecked: a NUL byte in a "
-        "directory part raises ValueError (embedded null byte), not CorefileError, so serve "
-        "and a reload print a traceback (test_corefile_import_with_a_nul_byte)"),
 }
 
 

@@ -270,6 +270,8 @@ class BlockParser(TokenCursor):
     def _import_files(self, imp: Token, pattern: str) -> list[Token]:
         # Relative to the file holding the import, not the working directory
         # (caddy issue #867).
+        if "\0" in pattern:  # glob and open raise ValueError on it
+            raise self.err("import path contains a NUL byte", imp)
         if not os.path.isabs(pattern):
             pattern = os.path.normpath(os.path.join(os.path.dirname(imp.file) or ".", pattern))
         if pattern.count("*") > 1 or pattern.count("?") > 1 or ("[" in pattern and "]" in pattern):

@@ -88,6 +88,16 @@ Obj = Namespace | Service | EndpointSlice | Pod
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
+def _label(what: str, value: Any) -> str:
+    """``value`` if it can be one DNS label (1-63 octets, no dot), as the API
+    server's DNS-1123/1035 label validation guarantees for these fields."""
+    if not isinstance(value, str):
+        raise StateError(f"{what} is not a string")
+    if not 0 < len(value.encode("utf-8")) <= 63 or "." in value:
+        raise StateError(f"{what} {value[:70]!r} is not a DNS label (1-63 octets, no dot)")
+    return value
+
+
 def _meta(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
@@ -97,6 +107,10 @@ def _meta(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
         ns = "default"
     if not isinstance(ns, str):
         raise StateError(f"{kind} {meta['name']}: metadata.namespace is not a string")
+    if kind in ("Namespace", "Service"):  # their names become labels of the answers
+        _label(f"{kind} metadata.name", meta["name"])
+    if kind != "Namespace":
+        _label(f"{kind} {meta['name']}: metadata.namespace", ns)
     return _intern(ns), meta["name"]
 
 
@@ -126,7 +140,13 @@ def _ports(kind: str, ident: str, raw: Any) -> tuple[ServicePort, ...]:
             number = int(port)
         except (TypeError, ValueError):
             raise StateError(f"{kind} {ident}: port {port!r} is not a number") from None
-        out.append(ServicePort(str(p.get("name") or ""), str(p.get("protocol") or "TCP"), number))
+        if not 0 <= number <= 0xFFFF:
+            raise StateError(f"{kind} {ident}: port {number} is not within 0-65535")
+        name = str(p.get("name") or "")
+        if name:  # the SRV owner's _name label
+            _label(f"{kind} {ident}: port name", "_" + name)
+        out.append(ServicePort(name, _label(f"{kind} {ident}: protocol",
+                                            "_" + str(p.get("protocol") or "TCP"))[1:], number))
     return tuple(out)
 
 
@@ -171,9 +191,17 @@ def _strip_slice(obj: dict[str, Any]) -> EndpointSlice:
         ready = cond.get("ready")
         ref = e.get("targetRef") or {}
         target = ref.get("name") if ref.get("kind", "Pod") == "Pod" else None
-        eps.append(Endpoint(tuple(addrs), ready is None or bool(ready), e.get("hostname") or None,
+        if target is not None and not isinstance(target, str):
+            raise StateError(f"EndpointSlice {ident}: targetRef.name is not a string")
+        hostname = e.get("hostname") or None
+        if hostname is not None:
+            _label(f"EndpointSlice {ident}: hostname", hostname)
+        eps.append(Endpoint(tuple(addrs), ready is None or bool(ready), hostname,
                             target, _intern(e.get("nodeName"))))
-    return EndpointSlice(ns, name, labels.get(SERVICE_NAME_LABEL), atype, tuple(eps),
+    service = labels.get(SERVICE_NAME_LABEL)
+    if service is not None:
+        _label(f"EndpointSlice {ident}: label {SERVICE_NAME_LABEL}", service)
+    return EndpointSlice(ns, name, service, atype, tuple(eps),
                          _ports("EndpointSlice", ident, obj.get("ports")))
 
 
