@@ -45,3 +45,4 @@ clean:
 	find fastdns -name '*.so' -delete
 	find fastdns -name '*.pyx' | sed 's/\.pyx$$/.c/' | xargs rm -f
 	find fastdns -name '*.html' -delete
+	rm -f fastdns/server/_layout.pxi

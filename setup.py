@@ -8,10 +8,16 @@ Switches (environment variables, as asyncpg does it):
                       defines FASTDNS_DEBUG for invariant checks in the C.
   FASTDNS_ANNOTATE=1  write Cython's HTML annotation next to each .pyx.
   FASTDNS_NO_EXTENSIONS=1  build nothing: the pure-Python twin is used.
+
+Before cythonizing, the shared-memory layout declared in
+``fastdns/ipc/layout.py`` is written out as ``fastdns/server/_layout.pxi``
+(generated, not in git), which the UDP fast path includes.
 """
 
+import importlib.util
 import os
 import pathlib
+import sys
 
 from setuptools import setup
 
@@ -21,9 +27,33 @@ ANNOTATE = os.environ.get("FASTDNS_ANNOTATE") == "1"
 NO_EXT = os.environ.get("FASTDNS_NO_EXTENSIONS") == "1"
 
 
+def write_layout_pxi():
+    """Generate ``_layout.pxi`` from the layout declaration.
+
+    The layout module is loaded by file path, not imported as
+    ``fastdns.ipc.layout``: an isolated build environment cannot import the
+    fastdns package (its extensions are what is being built), and the
+    module needs nothing but the standard library. The file is rewritten
+    only when its text changes, so an unchanged layout recompiles nothing.
+    """
+    spec = importlib.util.spec_from_file_location(
+        "_fastdns_layout", HERE / "fastdns" / "ipc" / "layout.py")
+    layout = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = layout  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(layout)
+    finally:
+        del sys.modules[spec.name]
+    text = layout.pxi()
+    out = HERE / "fastdns" / "server" / "_layout.pxi"
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+
+
 def extensions():
     if NO_EXT:
         return []
+    write_layout_pxi()
     from Cython.Build import cythonize
     from setuptools import Extension
 

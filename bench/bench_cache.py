@@ -43,8 +43,7 @@ import dns.query  # noqa: E402
 import dns.rcode  # noqa: E402
 from peers import CLIENT_CPU, SERVER_CPU, Started, dnsperf, free_port  # noqa: E402
 
-from fastdns.server import counters as ctr  # noqa: E402
-from fastdns.server import shm  # noqa: E402
+from fastdns.ipc import readout, shm  # noqa: E402
 from fastdns.testing.upstream import TestUpstream  # noqa: E402
 
 SECTION = "## Cache benchmark (bench/bench_cache.py)"
@@ -81,7 +80,7 @@ def ask(port: int, name: str) -> dns.message.Message:
 
 def c_hits(instance: str) -> int:
     with shm.ControlSegment.attach(instance) as ctl:
-        c = ctr.read_counters(ctl.counters(0))
+        c = readout.read_counters(ctl.counters(0))
     return c["cache"]["c_hits"]["success"] + c["cache"]["c_hits"]["denial"]
 
 

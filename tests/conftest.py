@@ -39,7 +39,7 @@ def wire_pair():
 @pytest.fixture
 def instance():
     """A fresh shm instance name; every segment of it must be gone afterwards."""
-    from fastdns.server import shm
+    from fastdns.ipc import shm
 
     inst = "t" + secrets.token_hex(5)
     yield inst

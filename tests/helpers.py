@@ -22,8 +22,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import layout, shm
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fastdns" / "demo" / "cluster.yaml"
@@ -178,8 +177,8 @@ class Server:
             out = []
             for i in range(ctl.nworkers):
                 block = ctl.counters(i)
-                w = block[: ctr.W_END * 8].cast("Q")
-                out.append(sum(w[ctr.W_QUERIES:ctr.W_QUERIES + ctr.N_Q]))
+                w = block[: layout.W_END * 8].cast("Q")
+                out.append(sum(w[layout.W_QUERIES:layout.W_QUERIES + layout.N_Q]))
                 w.release()
             return out
 

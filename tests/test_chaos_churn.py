@@ -54,7 +54,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fastdns.server import shm
+from fastdns.ipc import shm
 from fastdns.testing.fake_apiserver import FakeApiServer
 from tests.helpers import Server, corefile_for, free_port, wait_for
 

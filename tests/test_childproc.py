@@ -15,7 +15,8 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from fastdns.server import childproc, shm
+from fastdns.ipc import shm
+from fastdns.server import childproc
 from fastdns.server.childproc import ChildProcess
 from tests.helpers import KUBERNETES, Server, a_records, ask, corefile_for, free_port, wait_for
 

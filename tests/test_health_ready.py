@@ -198,8 +198,8 @@ def test_observability_hook_from_a_corefile():
     from prometheus_client.parser import text_string_to_metric_families
 
     from fastdns import corefile
-    from fastdns.control import metrics
-    from fastdns.server import shm
+    from fastdns.ipc import shm
+    from fastdns.ipc.stats import SharedStats
 
     text = KUBEADM.replace("prometheus :9153", "prometheus 127.0.0.1:0").replace(
         "health {", "health 127.0.0.1:0 {").replace("    ready\n", "    ready 127.0.0.1:0\n")
@@ -231,7 +231,7 @@ def test_observability_hook_from_a_corefile():
             assert {s.labels["server"] for s in fams["coredns_plugin_enabled"].samples} == {
                 "dns://:53"}
             # The supervisor (another process) announces lameduck in shared memory.
-            supervisor_side = metrics.SharedStats.attach(instance)
+            supervisor_side = SharedStats.attach(instance)
             try:
                 supervisor_side.start_lameduck()
             finally:

@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.control import httpd
 from fastdns.control import metrics as m
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import counters as ctr
+from fastdns.ipc import layout, shm
+from fastdns.ipc.stats import SharedStats
 from tests.helpers import Server, free_port, http_get, wait_for
 
 KUBEADM_PLUGINS = ("errors", "health", "ready", "kubernetes", "prometheus", "forward",
@@ -217,7 +218,7 @@ def test_plugin_enabled_lists_handlers_per_server_and_zone(ctl, serve):
 
 def test_unstarted_blocks_read_as_zero_and_build_info(ctl, serve):
     # Garbage in a block whose worker never wrote its magic must not be exported.
-    ctl.counters(1)[8 * ctr.W_QUERIES:8 * ctr.W_QUERIES + 8] = (12345).to_bytes(8, "little")
+    ctl.counters(1)[8 * layout.W_QUERIES:8 * layout.W_QUERIES + 8] = (12345).to_bytes(8, "little")
     scraped = serve(m.DnsCollector([ctl.counters(i) for i in range(3)], kubeadm_labels(),
                                    process_metrics=False))()
     assert samples_named(scraped, "coredns_dns_requests_total") == {}
@@ -255,14 +256,14 @@ def test_counters_stay_monotonic_when_a_worker_block_restarts(ctl, serve):
 
 def test_shared_stats_cross_process_counters(ctl, serve):
     # The supervisor and the control process each map the stats area by name.
-    supervisor_side = m.SharedStats.attach(ctl.instance)
-    control_side = m.SharedStats.attach(ctl.instance)
+    supervisor_side = SharedStats.attach(ctl.instance)
+    control_side = SharedStats.attach(ctl.instance)
     try:
         supervisor_side.worker_restarted()
         supervisor_side.worker_restarted()
         supervisor_side.control_restarted()
         control_side.reload_failed()
-        supervisor_side.set(m.S_SUPERVISOR_PID, os.getpid())
+        supervisor_side.set(layout.S_SUPERVISOR_PID, os.getpid())
         scraped = serve(m.DnsCollector([ctl.counters(0)], kubeadm_labels(), stats=control_side,
                                        process_metrics=False))()
         assert scraped[key("fastdns_worker_restarts_total")] == 2

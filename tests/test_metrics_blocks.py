@@ -5,7 +5,7 @@ query (``server``) and the zone of the block that matched its name
 (``zone``), and counts a name no block on the listener serves under
 ``zone="dropped"`` (``plugin/metrics/vars/report.go``, ``core/dnsserver/
 server.go`` errorAndMetricsFunc). fastdns counts each query into a
-per-(server, zone) row of its worker's counters block (``counters.py``);
+per-(server, zone) row of its worker's counters block (``fastdns/ipc/tables.py``);
 the C fast path matches the row with its own twin of the matcher.
 
 The served test runs one Corefile of four blocks on two listeners
@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fastdns.codec import NO_EXTENSIONS
 from fastdns.control import metrics as m
 from fastdns.corefile import parse_corefile
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import counters as ctr
+from fastdns.ipc import layout, tables
 from tests.helpers import DEMO, KUBERNETES, ROOT, Server, ask, free_port, http_get, wait_for
 from tests.upstreams import UpstreamThread
 
@@ -47,8 +47,8 @@ OTHER = "127.0.0.2"
 
 
 def _block() -> memoryview:
-    block = memoryview(bytearray(shm.COUNTERS_SIZE))
-    block[:8].cast("Q")[0] = ctr.MAGIC
+    block = memoryview(bytearray(layout.COUNTERS_SIZE))
+    block[:8].cast("Q")[0] = layout.MAGIC
     return block
 
 
@@ -60,47 +60,41 @@ def _query(name: str, rdtype: str = "A", **kw) -> bytes:
 
 
 def test_row_region_follows_every_other_word():
-    assert ctr.W_ROWS_TABLE >= ctr.FWD_END and ctr.W_ROWS_TABLE > shm.HOLD_LINGERING_WORD
-    assert ctr.ROWS_END * 8 <= shm.COUNTERS_SIZE
-    assert (ctr.W_ROWS * 8) % 64 == 0 and (ctr.ROW_WORDS * 8) % 64 == 0  # whole cache lines
-
-
-@pytest.mark.skipif(_udp is None, reason="the Cython extension is not built")
-def test_udp_mirrors_the_row_layout():
-    for key in ("W_ROWS", "ROW_WORDS", "ROWS", "R_RESPONSES", "R_DO", "R_REQ_SIZE",
-                "R_RESP_SIZE", "R_LATENCY", "R_LATENCY_SUM_NS"):
-        assert _udp.LAYOUT[key] == ctr.LAYOUT[key], key
+    assert layout.W_ROWS_TABLE >= layout.FWD_END
+    assert layout.W_ROWS_TABLE > layout.HOLD_LINGERING_WORD
+    assert layout.ROWS_END * 8 <= layout.COUNTERS_SIZE
+    assert (layout.W_ROWS * 8) % 64 == 0 and (layout.ROW_WORDS * 8) % 64 == 0  # whole cache lines
 
 
 @pytest.mark.parametrize("text", [NODELOCAL, KUBEADM], ids=["nodelocal", "kubeadm"])
 def test_exporter_and_workers_derive_the_same_rows(text):
     config = parse_corefile(text, "Corefile")
     collector = m.DnsCollector([], m.blocks_from_config(config), process_metrics=False)
-    assert collector.rows_table == ctr.row_table(ctr.listener_zones(config))
+    assert collector.rows_table == tables.row_table(tables.listener_zones(config))
 
 
 def test_nodelocal_rows():
-    table = ctr.row_table(ctr.listener_zones(parse_corefile(NODELOCAL, "Corefile")))
+    table = tables.row_table(tables.listener_zones(parse_corefile(NODELOCAL, "Corefile")))
     zones = ("cluster.local.", "in-addr.arpa.", "ip6.arpa.", ".", "dropped")
     assert table == tuple((f"dns://{a}:53", z) for a in ("169.254.20.10", "10.96.0.10")
                           for z in zones)
 
 
 def test_longest_zone_wins_and_case_does_not_matter():
-    lr = ctr.listener_rows({"dns://:53": ("in-addr.arpa.", ".", "cluster.local.",
+    lr = tables.listener_rows({"dns://:53": ("in-addr.arpa.", ".", "cluster.local.",
                                           "svc.cluster.local.")})["dns://:53"]
     assert lr.match(_query("A.Default.SVC.Cluster.Local.")) == 3
     assert lr.match(_query("cluster.local.", "SOA")) == 2
     assert lr.match(_query("xcluster.local.")) == 1  # a label boundary, not a string suffix
     assert lr.match(_query("1.0.96.10.in-addr.arpa.", "PTR")) == 0
     assert lr.match(b"\x00\x01\x01\x00\x00\x01") == lr.dropped  # no question: dropped
-    lr2 = ctr.listener_rows({"dns://:53": ("cluster.local.",)})["dns://:53"]
+    lr2 = tables.listener_rows({"dns://:53": ("cluster.local.",)})["dns://:53"]
     assert lr2.match(_query("example.com.")) == lr2.dropped == 1
 
 
 @pytest.mark.skipif(_udp is None, reason="the Cython extension is not built")
 def test_c_rows_match_python_rows():
-    lr = ctr.listener_rows({"dns://:53": ("cluster.local.", "in-addr.arpa.", "ip6.arpa.",
+    lr = tables.listener_rows({"dns://:53": ("cluster.local.", "in-addr.arpa.", "ip6.arpa.",
                                           "svc.cluster.local.", ".")})["dns://:53"]
     names = ["a.b.svc.cluster.local.", "A.CLUSTER.LOCAL.", "cluster.local.", "xcluster.local.",
              "1.0.0.10.in-addr.arpa.", "x.ip6.arpa.", "example.com.", "."]
@@ -113,7 +107,7 @@ def test_c_rows_match_python_rows():
             p[rnd.randrange(len(p))] = rnd.getrandbits(8)
         packets.append(bytes(p[: rnd.randint(0, len(p))]))
     for pkt in packets:
-        c_block, py_block = bytearray(shm.COUNTERS_SIZE), bytearray(shm.COUNTERS_SIZE)
+        c_block, py_block = bytearray(layout.COUNTERS_SIZE), bytearray(layout.COUNTERS_SIZE)
         row = _udp.count_udp_row(c_block, lr.zones, lr.dropped, 2, pkt)
         assert row == lr.match(pkt), pkt
         ctr.Counters(memoryview(py_block)).query(0, 2, pkt, row)
@@ -124,9 +118,9 @@ def test_exporter_reports_each_row_under_its_labels():
     config = parse_corefile(NODELOCAL, "Corefile")
     collector = m.DnsCollector([_block()], m.blocks_from_config(config), process_metrics=False)
     c = ctr.Counters(collector.blocks[0])
-    listeners = ctr.listener_zones(config)
-    c.take_rows(ctr.row_table(listeners))
-    lr = ctr.listener_rows(listeners)["dns://10.96.0.10:53"]
+    listeners = tables.listener_zones(config)
+    c.take_rows(tables.row_table(listeners))
+    lr = tables.listener_rows(listeners)["dns://10.96.0.10:53"]
     for name, n in (("a.cluster.local.", 3), ("1.0.96.10.in-addr.arpa.", 2), ("x.test.", 1)):
         for _ in range(n):
             q = _query(name, want_dnssec=True)
@@ -314,10 +308,10 @@ def test_pairs_past_row_max_share_the_catch_all():
     text = "".join(f"z{i}.test:53 {{\n    whoami\n}}\n" for i in range(20))
     config = parse_corefile(text, "Corefile")
     collector = m.DnsCollector([_block()], m.blocks_from_config(config), process_metrics=False)
-    listeners = ctr.listener_zones(config)
-    assert len(ctr.row_table(listeners)) == 21  # 20 zones + dropped
-    lr = ctr.listener_rows(listeners)["dns://:53"]
-    assert lr.zones == () and lr.dropped == ctr.ROW_MAX  # the fast path's table holds 16
+    listeners = tables.listener_zones(config)
+    assert len(tables.row_table(listeners)) == 21  # 20 zones + dropped
+    lr = tables.listener_rows(listeners)["dns://:53"]
+    assert lr.zones == () and lr.dropped == layout.ROW_MAX  # the fast path's table holds 16
     c = ctr.Counters(collector.blocks[0])
     c.take_rows(collector.rows_table)
     q = _query("a.z3.test.")

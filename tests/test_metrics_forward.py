@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fastdns.control import metrics as m
 from fastdns.corefile import parse_corefile
 from fastdns.forward.message import rcode_name
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import counters as ctr
+from fastdns.ipc import layout, readout, tables
 from fastdns.server.forwarding import BlockRouter
 from tests.helpers import DEMO, Server, ask, free_port, wait_for
 from tests.upstreams import UpstreamThread
@@ -45,8 +45,8 @@ def _config(*blocks: list[str]):
 
 
 def _block() -> memoryview:
-    block = memoryview(bytearray(shm.COUNTERS_SIZE))
-    block[:8].cast("Q")[0] = ctr.MAGIC
+    block = memoryview(bytearray(layout.COUNTERS_SIZE))
+    block[:8].cast("Q")[0] = layout.MAGIC
     return block
 
 
@@ -61,9 +61,9 @@ def _scrape(collector: m.DnsCollector) -> dict[tuple[str, frozenset], float]:
 
 
 def test_region_sits_after_the_mirrored_words_and_inside_the_block():
-    assert ctr.W_END <= ctr.W_FWD < ctr.W_FWD_SLOTS
-    assert ctr.FWD_END * 8 <= shm.COUNTERS_SIZE
-    assert ctr.FWD_SLOT_WORDS == 1 + 4 + ctr.FWD_RCODES * (len(ctr.LATENCY_BUCKETS) + 2)
+    assert layout.W_END <= layout.W_FWD < layout.W_FWD_SLOTS
+    assert layout.FWD_END * 8 <= layout.COUNTERS_SIZE
+    assert layout.FWD_SLOT_WORDS == 1 + 4 + layout.FWD_RCODES * (len(layout.LATENCY_BUCKETS) + 2)
     # the exporter's rcode label is the forwarder's, for every 4-bit rcode
     assert [m.proxy_rcode(i) for i in range(16)] == [rcode_name(i) for i in range(16)]
 
@@ -87,22 +87,22 @@ def test_export_sums_per_to_and_overflow_goes_to_other():
     f0.upstreams[1].tcp_opened, f0.upstreams[1].tcp_reused = 1, 5
     block = _block()
     router.export(ctr.Counters(block))
-    c = ctr.read_counters(block)
-    assert c["forward_table"] == ctr.table_hash(router.table)
-    d = ctr.decode_forward(c["forward"], router.table)
+    c = readout.read_counters(block)
+    assert c["forward_table"] == tables.table_hash(router.table)
+    d = readout.decode_forward(c["forward"], router.table)
     assert d["healthcheck_broken"] == 2
     first = d["upstreams"][tos[0]]
     assert {rc: h["count"] for rc, h in first["durations"].items()} == {0: 2, 3: 1}
     cum = [n for _le, n in first["durations"][0]["buckets"]]
-    bounds = ctr.LATENCY_BUCKETS  # 0.25 ms, 0.5 ms, ... 0.128 s (9), ...
+    bounds = layout.LATENCY_BUCKETS  # 0.25 ms, 0.5 ms, ... 0.128 s (9), ...
     assert cum[0] == 0 and cum[1] == 1 and cum[8] == 1 and cum[9] == 2 and bounds[9] > 0.1
     assert first["durations"][0]["sum"] == pytest.approx(0.1003, abs=1e-6)
     assert first["conn"][("udp", "misses")] == 7
     assert d["upstreams"][tos[1]]["conn"] == {("udp", "hits"): 0, ("udp", "misses"): 0,
                                               ("tcp", "hits"): 5, ("tcp", "misses"): 1}
-    other = d["upstreams"][ctr.FWD_OTHER]  # TOs 17..20 share the catch-all slot
+    other = d["upstreams"][tables.FWD_OTHER]  # TOs 17..20 share the catch-all slot
     assert other["durations"][2]["count"] == 2 and other["healthcheck_failures"] == 4
-    assert set(d["upstreams"]) == {tos[0], tos[1], ctr.FWD_OTHER}
+    assert set(d["upstreams"]) == {tos[0], tos[1], tables.FWD_OTHER}
     router.close()
 
 
@@ -115,15 +115,15 @@ def test_reload_keeps_counts_for_the_same_table_and_resets_for_another():
     r1.export(counters)
     _fwd(r1)._observe(b, 0, 0.001)
     r1.close()  # counted after the last tick: close() exports it
-    assert ctr.decode_forward(ctr.read_counters(block)["forward"], (a, b))[
+    assert readout.decode_forward(readout.read_counters(block)["forward"], (a, b))[
         "upstreams"][b]["durations"][0]["count"] == 1
 
     r2 = BlockRouter(_config([a, b], []))  # other text, same upstream table: carried over
     r2.build_all()
     _fwd(r2)._observe(b, 0, 0.001)
     r2.export(counters)
-    assert ctr.read_counters(block)["forward_table"] == ctr.table_hash((a, b))
-    assert ctr.decode_forward(ctr.read_counters(block)["forward"], (a, b))[
+    assert readout.read_counters(block)["forward_table"] == tables.table_hash((a, b))
+    assert readout.decode_forward(readout.read_counters(block)["forward"], (a, b))[
         "upstreams"][b]["durations"][0]["count"] == 2
     r2.close()
 
@@ -131,9 +131,9 @@ def test_reload_keeps_counts_for_the_same_table_and_resets_for_another():
     r3.build_all()
     _fwd(r3)._observe(a, 3, 0.001)
     r3.export(counters)
-    c = ctr.read_counters(block)
-    assert c["forward_table"] == ctr.table_hash((b, a))
-    ups = ctr.decode_forward(c["forward"], (b, a))["upstreams"]
+    c = readout.read_counters(block)
+    assert c["forward_table"] == tables.table_hash((b, a))
+    ups = readout.decode_forward(c["forward"], (b, a))["upstreams"]
     assert set(ups) == {a} and set(ups[a]["durations"]) == {3}
     r3.close()
 

@@ -21,8 +21,7 @@ import dns.rdatatype
 import pytest
 
 from fastdns.codec import NO_EXTENSIONS
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import readout, shm
 from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, corefile_for, free_port
 from tests.upstreams import UpstreamThread
 
@@ -109,16 +108,16 @@ def test_cluster_forward_uses_tcp_and_cache_hits_fast_path(nodelocal):
     first = ask(name, port=node.port, where=LOCAL)
     assert first.rcode() == dns.rcode.NOERROR and a_records(first)
     with shm.ControlSegment.attach(cluster.instance) as ctl:
-        c = ctr.read_counters(ctl.counters(0))
+        c = readout.read_counters(ctl.counters(0))
     tcp_queries = sum(v for (proto, _f, _t), v in c["queries"].items() if proto == "tcp")
     assert tcp_queries >= 1  # force_tcp
     # the C table's hits (the Python cache's on the pure-Python build, exported every 0.5 s)
     which = "hits" if NO_EXTENSIONS else "c_hits"
     with shm.ControlSegment.attach(node.instance) as ctl:
         time.sleep(0.6 if NO_EXTENSIONS else 0)
-        before = ctr.read_counters(ctl.counters(0))["cache"][which]["success"]
+        before = readout.read_counters(ctl.counters(0))["cache"][which]["success"]
         again = ask(name, port=node.port, where=KUBE_DNS)
         assert a_records(again) == a_records(first)
         time.sleep(0.6 if NO_EXTENSIONS else 0)
-        after = ctr.read_counters(ctl.counters(0))["cache"][which]["success"]
+        after = readout.read_counters(ctl.counters(0))["cache"][which]["success"]
     assert after == before + 1

@@ -9,7 +9,7 @@ import pytest
 
 from fastdns.control import publisher as publisher_mod
 from fastdns.control.publisher import SPARE_TAG, Publisher
-from fastdns.server import shm
+from fastdns.ipc import shm
 
 
 def _image(tag: bytes, size: int = 4096) -> bytearray:

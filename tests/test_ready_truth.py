@@ -24,7 +24,7 @@ from fastdns import corefile
 from fastdns.control import httpd
 from fastdns.control.process import build_compiler
 from fastdns.control.publisher import Publisher
-from fastdns.server import shm
+from fastdns.ipc import shm
 from fastdns.zone.state import demo_path, load_state
 from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, free_port, http_get, wait_for
 

@@ -26,7 +26,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from fastdns.server import shm
+from fastdns.ipc import shm
 from tests.helpers import (
     DEMO,
     HAS_IPV6,
@@ -289,14 +289,15 @@ def test_control_killed_workers_keep_answering(server):
     assert wait_for(lambda: a_records(ask("fresh-9.default.svc.cluster.local.",
                                        port=server.port)) == {"10.96.77.9"}, 2.0)
     # the restarts are counted where the metrics exporter reads them
-    from fastdns.control import metrics
+    from fastdns.ipc import layout
+    from fastdns.ipc.stats import SharedStats
 
-    stats = metrics.SharedStats.attach(server.instance)
+    stats = SharedStats.attach(server.instance)
     try:
-        assert stats.get(metrics.S_WORKER_RESTARTS) == 1
-        assert stats.get(metrics.S_CONTROL_RESTARTS) == 1
-        assert stats.get(metrics.S_SUPERVISOR_PID) == server.proc.pid
-        assert stats.get(metrics.S_CONTROL_PID) == server.pids("control")[-1]
+        assert stats.get(layout.S_WORKER_RESTARTS) == 1
+        assert stats.get(layout.S_CONTROL_RESTARTS) == 1
+        assert stats.get(layout.S_SUPERVISOR_PID) == server.proc.pid
+        assert stats.get(layout.S_CONTROL_PID) == server.pids("control")[-1]
     finally:
         stats.close()
     # old images were retired: at most the current one and the previous one remain

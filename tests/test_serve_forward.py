@@ -20,8 +20,7 @@ import dns.rdatatype
 import pytest
 
 from fastdns.codec import NO_EXTENSIONS
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import readout, shm
 from fastdns.testing.upstream import SPOOF_ADDR
 from tests.helpers import DEMO, Server, a_records, ask, free_port
 from tests.upstreams import Blackhole, UpstreamThread
@@ -90,7 +89,7 @@ def env(tmp_path_factory):
 
 def words(srv) -> dict:
     with shm.ControlSegment.attach(srv.instance) as ctl:
-        return ctr.read_counters(ctl.counters(0))
+        return readout.read_counters(ctl.counters(0))
 
 
 def fast_hits(srv, kind: str) -> int:

@@ -15,7 +15,7 @@ import dns.rdatatype
 import pytest
 import yaml
 
-from fastdns.server import shm
+from fastdns.ipc import shm
 from fastdns.testing.fake_apiserver import FakeApiServer
 from tests.helpers import (
     DEMO,

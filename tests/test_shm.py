@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from fastdns.control.publisher import Publisher
-from fastdns.server import shm
+from fastdns.ipc import layout, shm
 
 
 def _image(tag: bytes, size: int = 256) -> bytes:
@@ -29,22 +29,26 @@ def test_names(instance):
         shm.ImageSegment.attach("/etc/passwd")
 
 
-def test_control_layout_is_the_documented_one(instance):
-    """Offsets from docs/internals.md §4, read straight from the file."""
+def test_control_segment_is_written_as_the_layout_declares(instance):
+    """Offsets from fastdns/ipc/layout.py, read straight from the file."""
     ctl = shm.ControlSegment.create(instance, 3)
     img = shm.ImageSegment.create(instance, 5, _image(b"x"))
     ctl.publish(img.name, 5)
     ctl.set_mapped(2, 5)
+    ctl.set_attaching(1, 4)
     ctl.counters(1)[:4] = b"abcd"
     with open(os.path.join(shm.SHM_DIR, shm.control_name(instance)), "rb") as f:
         raw = f.read()
-    assert len(raw) == 1024 + 3 * 65536
-    assert struct.unpack_from("=Q", raw, 0)[0] == 5
-    n = struct.unpack_from("=I", raw, 8)[0]
-    assert raw[12:12 + n].decode() == img.name
-    assert struct.unpack_from("=II", raw, 128) == (3, 65536)
-    assert struct.unpack_from("=Q", raw, 192 + 8 * 2)[0] == 5
-    assert raw[1024 + 65536:1024 + 65536 + 4] == b"abcd"
+    block1 = layout.COUNTERS_OFFSET + layout.COUNTERS_SIZE
+    assert len(raw) == layout.COUNTERS_OFFSET + 3 * layout.COUNTERS_SIZE
+    assert struct.unpack_from("=Q", raw, layout.CTL_GENERATION)[0] == 5
+    n = struct.unpack_from("=I", raw, layout.CTL_NAME_LEN)[0]
+    assert raw[layout.CTL_NAME:layout.CTL_NAME + n].decode() == img.name
+    assert struct.unpack_from("=I", raw, layout.CTL_NWORKERS)[0] == 3
+    assert struct.unpack_from("=I", raw, layout.CTL_COUNTERS_SIZE)[0] == layout.COUNTERS_SIZE
+    assert struct.unpack_from("=Q", raw, layout.CTL_MAPPED + 8 * 2)[0] == 5
+    assert struct.unpack_from("=Q", raw, block1 + 8 * layout.HOLD_ATTACHING_WORD)[0] == 4
+    assert raw[block1:block1 + 4] == b"abcd"
     img.close()
     ctl.close()
 

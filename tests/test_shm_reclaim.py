@@ -2,7 +2,7 @@
 
 SIGKILL of the whole tree (an OOM kill of the pod) runs no cleanup, and a
 memory-backed emptyDir at /dev/shm outlives the container. The rule
-(``fastdns/server/shm.py``'s docstring): a live instance's supervisor holds
+(``fastdns/ipc/reclaim.py``'s docstring): a live instance's supervisor holds
 an flock on ``fastdns-<instance>-lock``; a starting supervisor sweeps every
 instance whose lock it can take, and nothing else.
 
@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from fastdns.server import shm
+from fastdns.ipc import reclaim, shm
 from tests.helpers import (
     KUBERNETES,
     ROOT,
@@ -62,8 +62,8 @@ class _Owner:
 
     def __init__(self, d: str, instance: str) -> None:
         code = ("import sys\n"
-                "from fastdns.server import shm\n"
-                f"lock = shm.InstanceLock.acquire({instance!r})\n"
+                "from fastdns.ipc import reclaim, shm\n"
+                f"lock = reclaim.InstanceLock.acquire({instance!r})\n"
                 f"ctl = shm.ControlSegment.create({instance!r}, 2)\n"
                 f"img = shm.ImageSegment.create({instance!r}, 1, b'x' * 300000)\n"
                 "print('ready', flush=True)\n"
@@ -99,16 +99,16 @@ def test_reclaim_sweeps_dead_instances_only(shm_dir):
         dead_octets = _octets(shm_dir, dead_names)
         assert dead_octets >= 300000
 
-        done = shm.reclaim()
+        done = reclaim.reclaim()
         assert done.instances == [dead]
         assert done.segments == 3 and done.octets == dead_octets
         assert done.unowned == [lockless] and done.unowned_segments == 1
         assert _names(shm_dir) == before - dead_names  # the live and the lockless untouched
 
-        again = shm.reclaim()  # nothing more to do; the live one still holds its lock
+        again = reclaim.reclaim()  # nothing more to do; the live one still holds its lock
         assert again.instances == [] and _names(shm_dir) == before - dead_names
         owners[0].kill()
-        assert shm.reclaim(own=lockless).instances == [live]
+        assert reclaim.reclaim(own=lockless).instances == [live]
         assert _names(shm_dir) == {f"fastdns-{lockless}-ctl"}
     finally:
         for o in owners:
@@ -119,26 +119,26 @@ def test_an_empty_lock_is_a_starting_owner_until_it_is_old(shm_dir):
     """Created, not locked yet (the owner is between open and flock): left alone;
     the same empty file EMPTY_LOCK_GRACE later has no owner."""
     inst = "tempty1"
-    path = os.path.join(shm_dir, shm.lock_name(inst))
+    path = os.path.join(shm_dir, reclaim.lock_name(inst))
     with open(path, "w"):
         pass
     shm.ControlSegment.create(inst, 1).close()
-    assert shm.reclaim().instances == []
+    assert reclaim.reclaim().instances == []
     assert len(_names(shm_dir)) == 2
-    old = time.time() - shm.EMPTY_LOCK_GRACE - 1
+    old = time.time() - reclaim.EMPTY_LOCK_GRACE - 1
     os.utime(path, (old, old))
-    assert shm.reclaim().instances == [inst]
+    assert reclaim.reclaim().instances == [inst]
     assert _names(shm_dir) == set()
 
 
 def test_instance_lock_is_exclusive_and_released(shm_dir):
-    lock = shm.InstanceLock.acquire("tlock1")
+    lock = reclaim.InstanceLock.acquire("tlock1")
     path = os.path.join(shm_dir, lock.name)
     with open(path) as f:
         assert f.read() == f"{os.getpid()}\n"
     with pytest.raises(FileExistsError):
-        shm.InstanceLock.acquire("tlock1")
-    assert shm.reclaim().instances == []  # held (by this process: flock is per open file)
+        reclaim.InstanceLock.acquire("tlock1")
+    assert reclaim.reclaim().instances == []  # held (by this process: flock is per open file)
     lock.release()
     assert not os.path.exists(path)
     lock.release()  # twice is harmless

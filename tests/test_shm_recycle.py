@@ -10,7 +10,7 @@ import time
 import pytest
 
 from fastdns.control.publisher import Publisher
-from fastdns.server import shm
+from fastdns.ipc import shm
 
 
 def _image(gen_tag: int, size: int = 1 << 16) -> bytes:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fastdns.server import shm
+from fastdns.ipc import shm
 from fastdns.server.childproc import ChildProcess
 from tests.helpers import (
     KUBERNETES,

@@ -29,8 +29,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import readout, shm
 from fastdns.server.tcp import MAX_PER_CLIENT, PENDING_GRACE, TcpListener, idle_allowance
 from tests.helpers import KUBERNETES, Server, a_records, corefile_for, free_port
 
@@ -505,7 +504,7 @@ def _tcp_counters(srv: Server) -> dict[str, int]:
         tot: dict[str, int] = {}
         for i in range(ctl.nworkers):
             block = ctl.counters(i)
-            for k, v in ctr.read_counters(block)["tcp"].items():
+            for k, v in readout.read_counters(block)["tcp"].items():
                 tot[k] = tot.get(k, 0) + v
             del block
         return tot

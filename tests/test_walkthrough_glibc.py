@@ -58,7 +58,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastdns.server import shm
+from fastdns.ipc import shm
 from fastdns.testing import netns
 from fastdns.testing.upstream import TestUpstream
 

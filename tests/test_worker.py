@@ -25,8 +25,7 @@ import pytest
 
 from fastdns.codec import wire
 from fastdns.constants import QT_NAME, Qtype
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import layout, readout, shm
 from fastdns.server.worker import WorkerSpec, worker_main
 from fastdns.zone import image as img
 from tests.helpers import HAS_IPV6, free_port
@@ -136,10 +135,10 @@ class Server:
         raise AssertionError(f"workers did not map generation {gen}")
 
     def counters(self, i: int) -> dict:
-        return ctr.read_counters(self.ctl.counters(i))
+        return readout.read_counters(self.ctl.counters(i))
 
     def total(self) -> dict:
-        return ctr.sum_counters([self.counters(i) for i in range(self.nworkers)])
+        return readout.sum_counters([self.counters(i) for i in range(self.nworkers)])
 
     def stop(self) -> list[int | None]:
         for p in self.procs:
@@ -344,7 +343,7 @@ def test_counters_count_exactly_the_queries_sent(server):
         q = dns.message.make_query(name, qtype, want_dnssec=do)
         r = (udp if proto == "udp" else tcp)(q, where, server.port)
         assert dns.rcode.to_text(r.rcode()) == rcode
-        bucket = qtype if qtype in ctr.QTYPE_BUCKETS else "other"
+        bucket = qtype if qtype in layout.QTYPE_BUCKETS else "other"
         k = (proto, 2 if ":" in where else 1, bucket)
         expect_q[k] = expect_q.get(k, 0) + 1
         expect_r[rcode] = expect_r.get(rcode, 0) + 1

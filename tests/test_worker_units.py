@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
+import mmap
+import os
 import random
 import secrets
+import socket
+import time
 
 import dns.message
 import dns.rcode
@@ -13,8 +17,8 @@ from test_worker import POD_ZONE, build_test_image, free_port
 
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.constants import Qtype
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import counters as ctr
+from fastdns.ipc import layout, readout, shm
 from fastdns.server import worker as wk
 from fastdns.server.slowpath import SlowPath
 from fastdns.zone import image as img
@@ -34,13 +38,60 @@ def test_udp_extension_loaded_when_extensions_are():
 
 
 @needs_udp
-def test_cython_layout_mirrors_counters_py():
-    for name, value in _udp.LAYOUT.items():
-        if name == "W_END":
-            assert value == ctr.W_END
-        else:
-            assert ctr.LAYOUT[name] == value, name
+def test_udp_slot_is_the_wire_cores():
     assert _udp.SLOT_SIZE == wire.SLOT
+
+
+@needs_udp
+def test_fast_path_words_are_where_the_reader_reads_them(instance):
+    """What the C fast path writes (offsets from the generated _layout.pxi) is
+    read back by another mapping of the control segment through
+    readout.read_counters (offsets from fastdns/ipc/layout.py)."""
+    ctl = shm.ControlSegment.create(instance, 2)
+    fd = os.open(shm.segment_path(ctl.name), os.O_RDONLY)
+    try:
+        gen_map = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    block = ctl.counters(1)
+    writer = ctr.Counters(block)
+    writer.start(4242)
+    image = build_test_image(1)
+    fast = _udp.FastPath(memoryview(gen_map), block, lambda: None, None)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    reader = shm.ControlSegment.attach(instance)
+    try:
+        fast.set_image(image, 7)
+        srv.bind(("127.0.0.1", 0))
+        srv.setblocking(False)
+        query = dns.message.make_query("kubernetes.default.svc.cluster.local.", "A",
+                                       want_dnssec=True).to_wire()
+        cli.sendto(query, srv.getsockname())
+        cli.sendto(bytes(wire.SLOT + 100), srv.getsockname())  # larger than a slot
+        deadline = time.monotonic() + 5
+        read = 0
+        while read < 2 and time.monotonic() < deadline:
+            read += fast.drain(srv.fileno(), 1)
+        assert read == 2
+        got = readout.read_counters(reader.counters(1))
+        assert got["pid"] == 4242 and got["generation"] == 7
+        assert got["batches"] >= 1 and got["oversize"] == 1 and got["do_requests"] == 1
+        assert got["queries"][("udp", 1, "A")] == 1
+        assert got["queries"][("udp", 1, "other")] == 1
+        assert got["responses"]["NOERROR"] == 1 and got["responses"]["dropped"] == 1
+        assert got["request_size"]["udp"]["count"] == 2
+        assert got["response_size"]["udp"]["count"] == 1
+        assert got["latency"]["count"] == 2
+        assert readout.read_counters(reader.counters(0))["pid"] == 0  # the other block
+    finally:
+        fast.release()
+        writer.release()
+        srv.close()
+        cli.close()
+        reader.close()
+        gen_map.close()
+        ctl.close()
 
 
 def _packets(n: int) -> list[bytes]:
@@ -61,8 +112,8 @@ def _packets(n: int) -> list[bytes]:
 @needs_udp
 def test_cython_counting_equals_python_counting():
     """The C twin in _udp.pyx and counters.Counters fill identical blocks."""
-    blk_c = bytearray(ctr.W_END * 8 + 64)
-    blk_py = bytearray(ctr.W_END * 8 + 64)
+    blk_c = bytearray(layout.W_END * 8 + 64)
+    blk_py = bytearray(layout.W_END * 8 + 64)
     py = ctr.Counters(memoryview(blk_py))
     py.start(1)
     starter = ctr.Counters(memoryview(blk_c))
@@ -81,7 +132,7 @@ def test_cython_counting_equals_python_counting():
         _udp.count_batch_latency(blk_c, ns, 1)
         py.latency(ns / 1e9)
     py.release()
-    c, p = ctr.read_counters(bytes(blk_c)), ctr.read_counters(bytes(blk_py))
+    c, p = readout.read_counters(bytes(blk_c)), readout.read_counters(bytes(blk_py))
     # only the latency sum may differ by float rounding of ns -> s -> ns
     assert abs(c["latency"]["sum"] - p["latency"]["sum"]) < 1e-5
     c["latency"]["sum"] = p["latency"]["sum"] = 0
@@ -92,30 +143,30 @@ def test_cython_counting_equals_python_counting():
 
 def test_classify_query():
     q = dns.message.make_query("x.y", "SRV", want_dnssec=True).to_wire()
-    assert ctr.classify_query(q) == (ctr.QTYPE_BUCKETS.index("SRV"), True)
+    assert ctr.classify_query(q) == (layout.QTYPE_BUCKETS.index("SRV"), True)
     q = dns.message.make_query("x.y", "NAPTR").to_wire()
-    assert ctr.classify_query(q) == (ctr.QT_OTHER, False)
-    assert ctr.classify_query(b"\0" * 5) == (ctr.QT_OTHER, False)
+    assert ctr.classify_query(q) == (layout.QT_OTHER, False)
+    assert ctr.classify_query(b"\0" * 5) == (layout.QT_OTHER, False)
 
 
 def test_response_bucket_badvers():
     q = dns.message.make_query("x.y", "A", use_edns=1)
     status, resp, _ = wire.answer(build_test_image(1), q.to_wire())
     assert status == wire.ST_ANSWER
-    assert ctr.response_bucket(resp) == ctr.R_BADVERS
+    assert ctr.response_bucket(resp) == layout.R_BADVERS
     r = dns.message.make_response(dns.message.make_query("x.y", "A"))
     r.set_rcode(dns.rcode.NXDOMAIN)
     assert ctr.response_bucket(r.to_wire()) == 3
 
 
 def test_histogram_buckets_and_sum():
-    block = bytearray(ctr.W_END * 8)
+    block = bytearray(layout.W_END * 8)
     c = ctr.Counters(memoryview(block))
     c.start(1)
     c.latency(0.0002)  # <= 0.00025
     c.latency(0.0003, 2)  # <= 0.0005
     c.latency(100.0)  # +Inf
-    d = ctr.read_counters(bytes(block))
+    d = readout.read_counters(bytes(block))
     lat = d["latency"]
     assert lat["count"] == 4
     assert lat["buckets"][0] == (0.00025, 1) and lat["buckets"][1] == (0.0005, 3)
@@ -125,18 +176,18 @@ def test_histogram_buckets_and_sum():
 
 
 def test_read_counters_of_unstarted_block_is_zero():
-    d = ctr.read_counters(bytes([0xFF]) * (ctr.W_END * 8))
+    d = readout.read_counters(bytes([0xFF]) * (layout.W_END * 8))
     assert sum(d["queries"].values()) == 0 and d["pid"] == 0
-    total = ctr.sum_counters([d, d])
+    total = readout.sum_counters([d, d])
     assert total["latency"]["count"] == 0
-    assert ctr.sum_counters([])["responses"]["NOERROR"] == 0
+    assert readout.sum_counters([])["responses"]["NOERROR"] == 0
 
 
 # -- slow path ----------------------------------------------------------------
 
 def _slow(synth=None):
     image = build_test_image(1)
-    block = bytearray(ctr.W_END * 8)
+    block = bytearray(layout.W_END * 8)
     c = ctr.Counters(memoryview(block))
     c.start(1)
     return image, c, SlowPath(lambda: image, c, synthesize=synth)
@@ -156,7 +207,7 @@ def test_slow_outside_every_zone_is_refused():
     q = dns.message.make_query("example.com", "A")
     r = dns.message.from_wire(slow.answer(q.to_wire(), -1))
     assert r.rcode() == dns.rcode.REFUSED and r.id == q.id
-    assert c.w[ctr.W_SLOW_REFUSED] == 1
+    assert c.w[layout.W_SLOW_REFUSED] == 1
 
 
 def test_slow_pod_zone_uses_synthesis():
@@ -178,7 +229,7 @@ def test_slow_pod_zone_uses_synthesis():
     assert r.rcode() == dns.rcode.NXDOMAIN  # the zone's negative answer, with SOA
     assert r.authority[0].rdtype == Qtype.SOA
     assert r.authority[0].name.to_text() == POD_ZONE  # relocated onto the zone suffix
-    assert c.w[ctr.W_SLOW_POD] == 1 and c.w[ctr.W_SLOW_OTHER] == 1
+    assert c.w[layout.W_SLOW_POD] == 1 and c.w[layout.W_SLOW_OTHER] == 1
 
 
 def test_slow_internal_error_is_servfail():
@@ -189,7 +240,7 @@ def test_slow_internal_error_is_servfail():
     q = dns.message.make_query("a.ns." + POD_ZONE, "A")
     r = dns.message.from_wire(slow.answer(q.to_wire(), _zone_index(image, POD_ZONE)))
     assert r.rcode() == dns.rcode.SERVFAIL
-    assert c.w[ctr.W_SLOW_SERVFAIL] == 1
+    assert c.w[layout.W_SLOW_SERVFAIL] == 1
 
 
 def test_slow_without_synthesis_is_servfail_and_garbage_is_safe():

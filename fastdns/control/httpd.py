@@ -44,6 +44,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from fastdns.ipc import layout
+from fastdns.ipc.stats import SharedStats
+
 log = logging.getLogger("fastdns.httpd")
 
 # What CoreDNS's promhttp handler sends (client_golang's text format 0.0.4);
@@ -73,7 +76,7 @@ class ProbeState:
         self._plugins: dict[str, bool] = {}
         self._lameduck = False
         # The supervisor announces lameduck through shared memory
-        # (metrics.SharedStats.lameduck); read at request time.
+        # (SharedStats.lameduck); read at request time.
         self._lameduck_source = lameduck_source
         # Conditions read at request time, reported like plugins when false
         # (e.g. every worker has mapped a snapshot, so its sockets are bound).
@@ -449,7 +452,7 @@ def image_in_force(ctl: object) -> tuple[int, int, bool, float] | None:
     ready at once; it does not wait for a publish of its own, which a bad
     state file may hold back for good.
     """
-    from fastdns.server import shm
+    from fastdns.ipc import shm
     from fastdns.zone import image as img
 
     if not getattr(ctl, "generation", 0):
@@ -496,8 +499,8 @@ class Observability:
               ) -> Observability:
         from fastdns.control import metrics
 
-        stats = metrics.SharedStats.attach(ctl.instance)  # type: ignore[attr-defined]
-        stats.set(metrics.S_CONTROL_PID, os.getpid())
+        stats = SharedStats.attach(ctl.instance)  # type: ignore[attr-defined]
+        stats.set(layout.S_CONTROL_PID, os.getpid())
         values = metrics.ControlValues()
         if corefile_text is not None:
             values.set_corefile(corefile_text)

@@ -16,13 +16,13 @@ word per worker, single writer) and the one that sees the sum pass 2
 prints CoreDNS's message and exits with ``EXIT_LOOP``, on which the
 supervisor stops the server with exit status 1.
 
-Segment (8192 octets; at most ``MAX_PROBES`` blocks with ``loop``): word
-``0`` armed (1 while probing; 0 = counting off), words ``1 + p`` the base
-of probe p (the supervisor's: its hits when it was last sent, since CoreDNS
-resets its count when an exchange fails, and only the supervisor may write
-here), word ``16 + p*64 + i`` the hits of probe p seen by worker i (single
-writer), octets ``6144..`` the probes as text lines ``qname zone listen``
-(qname lowercased, with the trailing dot), line p = probe p.
+Segment (``layout.LOOP_*``, docs/internals.md §4; at most
+``layout.MAX_PROBES`` blocks with ``loop``): the armed word (1 while
+probing; 0 = counting off), the base of each probe p (the supervisor's: its
+hits when it was last sent, since CoreDNS resets its count when an exchange
+fails, and only the supervisor may write here), the hits of probe p seen by
+worker i (single writer), and the probes as text lines ``qname zone
+listen`` (qname lowercased, with the trailing dot), line p = probe p.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastdns.server import shm
+from fastdns.ipc import layout, shm
 
 log = logging.getLogger("plugin/loop")
 
 EXIT_LOOP = 4  # a worker that detected a loop: the supervisor stops everything
-SIZE = 8192
-TEXT_AT = 6144
-MAX_PROBES = 8
-W_HITS = 16
+# the segment's u64 words, as indices (the layout declares octets)
+W_ARMED = layout.LOOP_ARMED // 8
+W_BASE = layout.LOOP_BASE // 8
+W_HITS = layout.LOOP_HITS // 8
 HINFO = 13
 PROBE_FOR = 30.0  # seconds of probing at most (setup.go deadline)
 ARMED_AFTER_ANSWER = 2.0
@@ -82,14 +82,15 @@ def plan_probes(config: Any) -> list[Probe]:
         # loop.go qname(): strconv.Itoa(rand.Int()) twice (non-negative 63-bit ints)
         qname = f"{random.getrandbits(63)}.{random.getrandbits(63)}.{zone if zone != '.' else ''}"
         out.append(Probe(qname.lower(), zone, listen, (target, int(b.port))))
-    return out[:MAX_PROBES]
+    return out[:layout.MAX_PROBES]
 
 
 def create_segment(instance: str, probes: Sequence[Probe]) -> None:
     """Write the segment before the workers start (disarmed until the probe runs)."""
     text = "".join(f"{p.qname} {p.zone} {p.listen}\n" for p in probes).encode()
-    buf = bytearray(SIZE)
-    buf[TEXT_AT:TEXT_AT + len(text)] = text[:SIZE - TEXT_AT]
+    buf = bytearray(layout.LOOP_SIZE)
+    at = layout.LOOP_TEXT
+    buf[at:at + len(text)] = text[:layout.LOOP_SIZE - at]
     path = segment_path(instance)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -101,10 +102,11 @@ class _Segment:
     def __init__(self, instance: str) -> None:
         fd = os.open(segment_path(instance), os.O_RDWR | os.O_CLOEXEC)
         try:
-            self.mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.mm = mmap.mmap(fd, layout.LOOP_SIZE, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
-        self.words = memoryview(self.mm)[:TEXT_AT].cast("Q")
+        self.words = memoryview(self.mm)[:layout.LOOP_TEXT].cast("Q")
 
     def close(self) -> None:
         self.words.release()
@@ -122,26 +124,26 @@ class LoopCounter:
             self.seg = _Segment(instance)
         except OSError:
             return
-        text = bytes(self.seg.mm[TEXT_AT:]).split(b"\x00", 1)[0].decode()
+        text = bytes(self.seg.mm[layout.LOOP_TEXT:]).split(b"\x00", 1)[0].decode()
         for p, line in enumerate(text.splitlines()):
             qname, zone, listen = line.split(" ")
             self.probes[_wire_key(qname)] = (p, Probe(qname, zone, listen, ("", 0)))
 
     @property
     def armed(self) -> bool:
-        return self.seg is not None and bool(self.seg.words[0])
+        return self.seg is not None and bool(self.seg.words[W_ARMED])
 
     def seen(self, key: bytes, qtype: int, remote: Any) -> bool:
         """Count a query (lowercased wire name ``key``); True when it is a loop."""
         if qtype != HINFO or self.seg is None:
             return False
         got = self.probes.get(key)
-        if got is None or not self.seg.words[0]:
+        if got is None or not self.seg.words[W_ARMED]:
             return False
         p, probe = got
         w = self.seg.words
-        w[W_HITS + p * shm.MAX_WORKERS + self.index] += 1
-        if _hits(w, p) - w[1 + p] <= 2:
+        w[W_HITS + p * layout.MAX_WORKERS + self.index] += 1
+        if _hits(w, p) - w[W_BASE + p] <= 2:
             return False
         host, port = (remote[0], remote[1]) if remote else ("", 0)
         addr = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -154,8 +156,8 @@ class LoopCounter:
 
 
 def _hits(words: memoryview, p: int) -> int:
-    start = W_HITS + p * shm.MAX_WORKERS
-    return sum(words[start:start + shm.MAX_WORKERS])
+    start = W_HITS + p * layout.MAX_WORKERS
+    return sum(words[start:start + layout.MAX_WORKERS])
 
 
 def _wire_key(qname: str) -> bytes:
@@ -196,7 +198,7 @@ class LoopProbe:
         except OSError:
             return
         try:
-            seg.words[0] = 1
+            seg.words[W_ARMED] = 1
             deadline = time.monotonic() + PROBE_FOR
             pending = list(self.probes)
             while pending and time.monotonic() < deadline and not self._stop.is_set():
@@ -207,11 +209,11 @@ class LoopProbe:
                         pending.remove(p)
                     else:
                         # loop.go: a failed exchange resets the count (l.reset())
-                        seg.words[1 + i] = _hits(seg.words, i)
+                        seg.words[W_BASE + i] = _hits(seg.words, i)
                 if pending:
                     self._stop.wait(1.0)
             self._stop.wait(ARMED_AFTER_ANSWER)
-            seg.words[0] = 0
+            seg.words[W_ARMED] = 0
         finally:
             seg.close()
 

@@ -1,7 +1,7 @@
 """CoreDNS's Prometheus metrics, computed at scrape time from shared memory.
 
 Workers never call a metrics library: each one increments plain uint64
-words in its own counter block (``fastdns/server/counters.py``). A scrape
+words in its own counter block (``fastdns/ipc/counters.py``). A scrape
 reads every block and adds them up here, in a prometheus-client *custom
 collector* (``registry.register(collector)``; ``collect()`` yields metric
 families), so the per-query cost of metrics is a few memory increments.
@@ -67,8 +67,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import fastdns
-from fastdns.server import counters as ctr
-from fastdns.server import shm
+from fastdns.ipc import layout, readout, shm, tables
+from fastdns.ipc.stats import SharedStats
 
 # -- CoreDNS constants ----------------------------------------------------------
 
@@ -104,7 +104,7 @@ def rcode_label(name: str) -> str:
     return "BADSIG" if name == "BADVERS" else name
 
 
-server_label = ctr.server_label  # dns://:53, dns://127.0.0.1:53, dns://[::1]:53
+server_label = tables.server_label  # dns://:53, dns://127.0.0.1:53, dns://[::1]:53
 
 
 # -- what the Corefile tells the collector ---------------------------------------
@@ -154,85 +154,9 @@ def blocks_from_config(config: object) -> list[BlockLabels]:
             zones=tuple(str(z) for z in getattr(b, "zones", (".",))),
             plugins=names,
             view=str(getattr(b, "view", "") or ""),
-            upstreams=tuple(ctr.config_upstreams([b])),
+            upstreams=tuple(tables.config_upstreams([b])),
         ))
     return out
-
-
-# -- counters shared across processes through the control segment ----------------
-
-# Octets 704..767 of the control segment (after the 64 "mapped" words at
-# 192..703; docs/internals.md §4) hold a few process-level counters. Each
-# word has exactly one writing process, so a plain load/add/store is safe.
-STATS_OFFSET = 704
-STATS_WORDS = 8
-S_WORKER_RESTARTS = 0  # writer: supervisor (a worker was respawned)
-S_CONTROL_RESTARTS = 1  # writer: supervisor (the control process was respawned)
-S_RELOAD_FAILED = 2  # writer: the process that validates a reloaded Corefile
-S_SUPERVISOR_PID = 3  # writer: supervisor (for process_* metrics)
-S_CONTROL_PID = 4  # writer: the control process (for process_* metrics)
-S_LAMEDUCK = 5  # writer: supervisor; non-zero from SIGTERM until it stops the children
-
-
-class SharedStats:
-    """The stats words of the control segment, mapped by name.
-
-    The control segment is created by the supervisor; any process of the
-    same instance opens its stats area with ``SharedStats.attach(instance)``.
-    """
-
-    def __init__(self, mm: mmap.mmap) -> None:
-        self._mm = mm
-        self._w = memoryview(mm)[STATS_OFFSET:STATS_OFFSET + 8 * STATS_WORDS].cast("Q")
-
-    @classmethod
-    def attach(cls, instance: str) -> SharedStats:
-        path = os.path.join(shm.SHM_DIR, shm.control_name(instance))
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            mm = mmap.mmap(fd, shm.COUNTERS_OFFSET, mmap.MAP_SHARED,
-                           mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        return cls(mm)
-
-    @classmethod
-    def in_memory(cls) -> SharedStats:
-        """Stats not shared with anyone (tests, a control process without a supervisor)."""
-        return cls(mmap.mmap(-1, shm.COUNTERS_OFFSET))
-
-    def get(self, word: int) -> int:
-        return self._w[word]
-
-    def add(self, word: int, n: int = 1) -> None:
-        self._w[word] += n
-
-    def set(self, word: int, value: int) -> None:
-        self._w[word] = value
-
-    # the calls the other processes make
-    def worker_restarted(self) -> None:
-        self.add(S_WORKER_RESTARTS)
-
-    def control_restarted(self) -> None:
-        self.add(S_CONTROL_RESTARTS)
-
-    def reload_failed(self) -> None:
-        self.add(S_RELOAD_FAILED)
-
-    def start_lameduck(self) -> None:
-        """Supervisor, on SIGTERM: /ready answers 503 from now on (read live by
-        the control process, so no signal is needed and a restarted control
-        process sees it too); it keeps serving for the lameduck duration."""
-        self.set(S_LAMEDUCK, 1)
-
-    @property
-    def lameduck(self) -> bool:
-        return self.get(S_LAMEDUCK) != 0
-
-    def close(self) -> None:
-        self._w.release()
-        self._mm.close()
 
 
 # -- histograms observed in the control process -----------------------------------
@@ -360,7 +284,7 @@ class DnsCollector(Collector):
     ``blocks``: the counter blocks, one memoryview per worker slot (from
     ``ControlSegment.counters(i)``, taken once: that call keeps a view per
     call). ``labels``: the Corefile's server blocks. The DNS series are
-    reported per (server, zone) from the workers' rows (counters.py); only
+    reported per (server, zone) from the workers' rows (ipc/tables.py); only
     while no worker block carries rows of this Corefile's table (workers
     that have not read a Corefile) are the totals reported under the first
     block's first server and zone.
@@ -380,11 +304,11 @@ class DnsCollector(Collector):
         self._last: list[dict | None] = [None] * len(self.blocks)
         self._retired: list[dict] = []
         self._lock = threading.Lock()
-        # The forward slot table the workers' blocks must carry (counters.py):
+        # The forward slot table the workers' blocks must carry (ipc/tables.py):
         # derived from the same Corefile, in the same order, as the workers do.
-        self.fwd_table = ctr.upstream_table(u for b in self.labels for u in b.upstreams)
-        self.fwd_hash = ctr.table_hash(self.fwd_table)
-        self._retired_fwd: list[tuple[int, int]] = list(ctr.FWD_ZERO)
+        self.fwd_table = tables.upstream_table(u for b in self.labels for u in b.upstreams)
+        self.fwd_hash = tables.table_hash(self.fwd_table)
+        self._retired_fwd: list[tuple[int, int]] = list(readout.FWD_ZERO)
         # The (server, zone) row table, derived as the workers derive theirs
         # (counters.listener_zones over the same blocks), and each row's view
         # and answering plugin (the block that serves the zone on that server).
@@ -395,11 +319,11 @@ class DnsCollector(Collector):
                 listeners.setdefault(srv, []).extend(blk.zones)
                 for z in blk.zones:
                     self._row_meta.setdefault((srv, z), (blk.view, blk.answering_plugin))
-                self._row_meta.setdefault((srv, ctr.ZONE_DROPPED), (blk.view, ""))
-        self.rows_table = ctr.row_table({k: tuple(dict.fromkeys(v))
+                self._row_meta.setdefault((srv, tables.ZONE_DROPPED), (blk.view, ""))
+        self.rows_table = tables.row_table({k: tuple(dict.fromkeys(v))
                                          for k, v in listeners.items()})
-        self.rows_hash = ctr.rows_hash(self.rows_table)
-        self._retired_rows: list[tuple[int, int]] = list(ctr.ROWS_ZERO)
+        self.rows_hash = tables.rows_hash(self.rows_table)
+        self._retired_rows: list[tuple[int, int]] = list(readout.ROWS_ZERO)
 
     @classmethod
     def for_segment(cls, ctl: shm.ControlSegment, labels: Sequence[BlockLabels],
@@ -417,9 +341,9 @@ class DnsCollector(Collector):
         worker that has not taken a reloaded Corefile in, keeps the words
         last read from it. They are retired on their own when they go back.
         """
-        current = [ctr.read_counters(b) for b in self.blocks]
-        zero = list(ctr.FWD_ZERO)
-        zero_rows = list(ctr.ROWS_ZERO)
+        current = [readout.read_counters(b) for b in self.blocks]
+        zero = list(readout.FWD_ZERO)
+        zero_rows = list(readout.ROWS_ZERO)
         with self._lock:
             for i, cur in enumerate(current):
                 last = self._last[i]
@@ -431,19 +355,19 @@ class DnsCollector(Collector):
                     if _total_queries(cur) < _total_queries(last):
                         self._retired.append({**_strip(last), "forward": zero,
                                               "rows": zero_rows})
-                        self._retired = [ctr.sum_counters(self._retired)]
-                    if ctr.forward_sum(cur["forward"]) < ctr.forward_sum(last["forward"]):
-                        self._retired_fwd = ctr.sum_counters(
+                        self._retired = [readout.sum_counters(self._retired)]
+                    if readout.forward_sum(cur["forward"]) < readout.forward_sum(last["forward"]):
+                        self._retired_fwd = readout.sum_counters(
                             [{"forward": self._retired_fwd}, {"forward": last["forward"]}]
                         )["forward"]
-                    if ctr.forward_sum(cur["rows"]) < ctr.forward_sum(last["rows"]):
-                        self._retired_rows = ctr.sum_counters(
+                    if readout.forward_sum(cur["rows"]) < readout.forward_sum(last["rows"]):
+                        self._retired_rows = readout.sum_counters(
                             [{"rows": self._retired_rows}, {"rows": last["rows"]}])["rows"]
                 self._last[i] = cur
-            total = ctr.sum_counters([_strip(c) for c in current] + self._retired)
-            total["forward"] = ctr.sum_counters(
+            total = readout.sum_counters([_strip(c) for c in current] + self._retired)
+            total["forward"] = readout.sum_counters(
                 [{"forward": total["forward"]}, {"forward": self._retired_fwd}])["forward"]
-            total["rows"] = ctr.sum_counters(
+            total["rows"] = readout.sum_counters(
                 [{"rows": total["rows"]}, {"rows": self._retired_rows}])["rows"]
         return total, current
 
@@ -457,7 +381,7 @@ class DnsCollector(Collector):
         reported under ours, nor as totals, until it takes ours.
         """
         out = []
-        rows = ctr.decode_rows(c["rows"], self.rows_table) if any(
+        rows = readout.decode_rows(c["rows"], self.rows_table) if any(
             n for _, n in c["rows"]) else {}
         for (server, zone), counts in rows.items():
             view, plugin = self._row_meta.get((server, zone), ("", ""))
@@ -566,7 +490,7 @@ class DnsCollector(Collector):
         stats = self.stats
         yield CounterMetricFamily(
             "coredns_reload_failed_total", "Counter of the number of failed reload attempts.",
-            value=stats.get(S_RELOAD_FAILED) if stats else 0)
+            value=stats.get(layout.S_RELOAD_FAILED) if stats else 0)
         if v.corefile_sha512:
             ver = GaugeMetricFamily(
                 "coredns_reload_version_info",
@@ -627,10 +551,10 @@ class DnsCollector(Collector):
                 value=1 if src.pending_bad else 0)
         yield CounterMetricFamily("fastdns_worker_restarts_total",
                                   "Worker processes respawned by the supervisor.",
-                                  value=stats.get(S_WORKER_RESTARTS) if stats else 0)
+                                  value=stats.get(layout.S_WORKER_RESTARTS) if stats else 0)
         yield CounterMetricFamily("fastdns_control_restarts_total",
                                   "Control processes respawned by the supervisor.",
-                                  value=stats.get(S_CONTROL_RESTARTS) if stats else 0)
+                                  value=stats.get(layout.S_CONTROL_RESTARTS) if stats else 0)
         yield GaugeMetricFamily("fastdns_workers", "Worker slots (the --workers setting).",
                                 value=len(self.blocks))
         gen = GaugeMetricFamily("fastdns_worker_generation",
@@ -672,7 +596,7 @@ class DnsCollector(Collector):
     def _pids(self, current: list[dict]) -> list[int]:
         pids = {os.getpid()}
         if self.stats is not None:
-            pids.add(self.stats.get(S_SUPERVISOR_PID))
+            pids.add(self.stats.get(layout.S_SUPERVISOR_PID))
         pids.update(cur["pid"] for cur in current)
         pids.discard(0)
         return sorted(pids)
@@ -749,12 +673,12 @@ PROXY_NAME = "forward"  # the proxy_name label the forward plugin gives its prox
 def proxy_metrics(c: dict, table: tuple[str, ...]) -> Iterator[Metric]:
     """``coredns_proxy_*{proxy_name="forward",to}``, ``coredns_forward_healthcheck_broken_total``.
 
-    ``c["forward"]`` is the summed per-upstream region (``counters.py``),
+    ``c["forward"]`` is the summed per-upstream region (``ipc/layout.py``),
     ``table`` its slot table (the ``to`` of each slot). The histogram's
     ``_count`` per (to, rcode) is the number of answers from that upstream
     with that rcode, as in CoreDNS (one observation per ``proxy.Connect``).
     """
-    fwd = ctr.decode_forward(c.get("forward", ctr.FWD_ZERO), table)
+    fwd = readout.decode_forward(c.get("forward", readout.FWD_ZERO), table)
     ups = fwd["upstreams"]
     dur = HistogramMetricFamily(
         "coredns_proxy_request_duration_seconds", "Histogram of the time each request took.",
@@ -776,7 +700,7 @@ def proxy_metrics(c: dict, table: tuple[str, ...]) -> Iterator[Metric]:
         fam = CounterMetricFamily(f"coredns_proxy_conn_cache_{kind}_total", help_,
                                   labels=["proxy_name", "to", "proto"])
         for to, u in ups.items():
-            for proto in ctr.FWD_CONN_PROTOS:
+            for proto in layout.FWD_CONN_PROTOS:
                 n = u["conn"][(proto, kind)]
                 if n:
                     fam.add_metric([PROXY_NAME, to, proto], n)
@@ -792,7 +716,7 @@ def proxy_rcode(rcode: int) -> str:
     return _RCODE_TEXT.get(rcode, str(rcode))
 
 
-_RCODE_TEXT = dict(enumerate(ctr.RCODE_NAMES[:11]))
+_RCODE_TEXT = dict(enumerate(layout.RCODE_NAMES[:11]))
 
 
 def _strip(d: dict) -> dict:

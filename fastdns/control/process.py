@@ -30,7 +30,8 @@ from typing import Any
 
 from fastdns.control.publisher import Publisher
 from fastdns.control.statefile import POLL_INTERVAL, StateFileSource, describe_error
-from fastdns.server import shm
+from fastdns.ipc import layout, shm
+from fastdns.ipc.stats import SharedStats
 
 log = logging.getLogger("control")
 
@@ -597,13 +598,9 @@ def _parse(spec: ControlSpec) -> Any:
 
 def _record_pid(instance: str) -> None:
     """The control pid word the metrics exporter reads for process_* metrics."""
+    stats = SharedStats.attach(instance)
     try:
-        from fastdns.control import metrics
-    except ImportError:  # pragma: no cover - prometheus-client missing
-        return
-    stats = metrics.SharedStats.attach(instance)
-    try:
-        stats.set(metrics.S_CONTROL_PID, os.getpid())
+        stats.set(layout.S_CONTROL_PID, os.getpid())
     finally:
         stats.close()
 

@@ -1,7 +1,7 @@
 """Publish compiled snapshot images to the workers through shared memory.
 
 The control process is the only writer of images. Publishing follows the
-protocol in ``fastdns/server/shm.py``: a new segment per generation, written
+protocol in ``fastdns/ipc/shm.py``: a new segment per generation, written
 completely, then announced in the control segment. Old segments are
 unlinked as soon as no live worker reports having one mapped (the
 supervisor zeroes a dead worker's slot), as Knot frees the old zone
@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastdns.server import shm
+from fastdns.ipc import shm
 
 log = logging.getLogger("control")
 

@@ -5,10 +5,10 @@ Corefile every INTERVAL ± JITTER (``plugin/reload/reload.go``) and on
 SIGUSR1. A changed file is validated the way startup validates it (parse,
 then the plugins ``serve`` runs); an invalid one is logged with its
 ``file:line`` and counted in ``coredns_reload_failed_total`` (stats word
-720), and nothing else happens. A valid one is applied *in place*:
+``S_RELOAD_FAILED``), and nothing else happens. A valid one is applied *in place*:
 
 - the supervisor writes the new text to ``/dev/shm/fastdns-<instance>-corefile``
-  and bumps the config version word (``S_CONFIG_VERSION``); every worker
+  and bumps the config version word (``layout.S_CONFIG_VERSION``); every worker
   polls that word with the generation (0.5 s) and re-reads its per-query
   plugins (log, errors, whoami) and its listen set from it, binding what is
   new and closing what is gone. The listening sockets that stay are never
@@ -35,14 +35,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from fastdns.server import shm
+from fastdns.ipc import layout, shm
+from fastdns.ipc.stats import SharedStats
 
 log = logging.getLogger("plugin/reload")
-
-# A stats word of the control segment (fastdns.control.metrics, STATS_OFFSET 704):
-# 752 = the version of the Corefile in force; writer: the supervisor.
-S_CONFIG_VERSION = 6
-
 
 def corefile_segment(instance: str) -> str:
     """Where the workers read the Corefile in force (swept with the instance)."""
@@ -181,15 +177,13 @@ class ConfigWatch:
     """
 
     def __init__(self, instance: str) -> None:
-        from fastdns.control.metrics import SharedStats
-
         self.instance = instance
         self.stats = SharedStats.attach(instance)
-        self.version = self.stats.get(S_CONFIG_VERSION)
+        self.version = self.stats.get(layout.S_CONFIG_VERSION)
 
     def poll(self) -> str | None:
         """The new Corefile text once per version change, else None."""
-        v = self.stats.get(S_CONFIG_VERSION)
+        v = self.stats.get(layout.S_CONFIG_VERSION)
         if v == self.version:
             return None
         self.version = v

@@ -162,7 +162,7 @@ class StateCache:
     @classmethod
     def for_instance(cls, instance: str, decode: Callable[[bytes], Any],
                      tag: str = "") -> StateCache:
-        from fastdns.server import shm
+        from fastdns.ipc import shm
 
         return cls(os.path.join(shm.SHM_DIR, f"{shm.PREFIX}{instance}-state"), decode, tag)
 

@@ -20,8 +20,9 @@ A socket bound to one address needs none of it and reads and sends without
 control data.
 
 Counters are written here directly into the worker's shm block with the
-word layout of ``fastdns/server/counters.py`` (mirrored below; a test checks
-``LAYOUT`` against it). Each packet is also counted into the row of its
+word layout declared in ``fastdns/ipc/layout.py`` (``_layout.pxi`` is
+generated from it at build time; ``fastdns/ipc/counters.py`` is the Python
+writer of the same words). Each packet is also counted into the row of its
 (server, zone) for CoreDNS's ``server``/``zone`` labels: the row is matched
 from the question name while ``count_query`` walks it anyway (the socket's
 zone table, ``set_rows``), and the row's words sit next to each other, so a
@@ -141,70 +142,17 @@ cdef enum:
     TF_EXTERNAL = 0x40  # image.TF_EXTERNAL: the Z bit of an answer the slow path completes
     ZONE_EXTERNAL = -2  # slowpath.ZONE_EXTERNAL: the zone argument for such a packet
 
-# -- counters layout: mirror of fastdns/server/counters.py ------------------------
+# -- the shared-memory layout: generated from fastdns/ipc/layout.py by setup.py --
+include "_layout.pxi"
+
 cdef enum:
-    W_GENERATION = 2
-    W_BATCHES = 3
-    W_DO = 5
-    W_SLOW = 6
-    W_SEND_ERRORS = 14
-    W_OVERSIZE = 15
-    W_CC_HITS_SUCCESS = 17
-    W_CC_HITS_DENIAL = 18
-    W_CC_MISSES = 19
-    W_CC_ENTRIES = 20
-    W_QUERIES = 32
-    N_QTYPES = 10
-    QT_OTHER = 9
-    W_RESPONSES = 72
-    R_BADVERS = 16
-    R_DROPPED = 17
-    W_REQ_SIZE = 96
-    N_SIZE = 15
-    W_RESP_SIZE = 128
-    W_LATENCY = 160
-    N_LAT = 17
-    W_LATENCY_SUM_NS = 177
-    W_END = 178
-    # the per-(server, zone) rows (counters.py W_ROWS ..): a row repeats the
-    # DNS words above for the queries of one (server, zone)
-    W_ROWS = 5256
-    ROW_WORDS = 144
-    ROWS = 17
-    ROW_MAX = 16  # the catch-all row
-    R_QUERIES = 0
-    R_RESPONSES = 40
-    R_DO = 58
-    R_REQ_SIZE = 59
-    R_RESP_SIZE = 91
-    R_LATENCY = 123
-    R_LATENCY_SUM_NS = 140
-    ROWS_END = 7704
     # the zone tables the rows are matched with
     MAX_LISTENERS = 16  # sockets with a table; any other counts totals only
     MAX_LZ = 16  # zones per listener; a listener with more counts into ROW_MAX
     MAX_FD = 1024
 
-cdef int SIZE_BOUNDS[14]
-SIZE_BOUNDS[:] = [0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291,
-                  16000, 32000, 48000, 64000]
-
-LAYOUT = {
-    "W_GENERATION": W_GENERATION, "W_BATCHES": W_BATCHES, "W_DO": W_DO, "W_SLOW": W_SLOW,
-    "W_SEND_ERRORS": W_SEND_ERRORS, "W_OVERSIZE": W_OVERSIZE, "W_QUERIES": W_QUERIES,
-    "W_RESPONSES": W_RESPONSES, "W_REQ_SIZE": W_REQ_SIZE, "W_RESP_SIZE": W_RESP_SIZE,
-    "W_LATENCY": W_LATENCY, "W_LATENCY_SUM_NS": W_LATENCY_SUM_NS, "N_SIZE": N_SIZE,
-    "N_LAT": N_LAT, "R_BADVERS": R_BADVERS, "R_DROPPED": R_DROPPED, "QT_OTHER": QT_OTHER,
-    "SIZE_BUCKETS": tuple(SIZE_BOUNDS[i] for i in range(14)), "W_END": W_END,
-    "W_CC_HITS_SUCCESS": W_CC_HITS_SUCCESS, "W_CC_HITS_DENIAL": W_CC_HITS_DENIAL,
-    "W_CC_MISSES": W_CC_MISSES, "W_CC_ENTRIES": W_CC_ENTRIES,
-    "W_ROWS": W_ROWS, "ROW_WORDS": ROW_WORDS, "ROWS": ROWS, "R_RESPONSES": R_RESPONSES,
-    "R_DO": R_DO, "R_REQ_SIZE": R_REQ_SIZE, "R_RESP_SIZE": R_RESP_SIZE,
-    "R_LATENCY": R_LATENCY, "R_LATENCY_SUM_NS": R_LATENCY_SUM_NS,
-}
-
 ctypedef struct ListenerZones:
-    # one listener's zones (counters.ListenerRows): lowercased wire names,
+    # one listener's zones (tables.ListenerRows): lowercased wire names,
     # longest first, each with its row; ``dropped`` for a name none matches
     int fd  # the socket this table is for; -1 = free
     int nzones
@@ -218,40 +166,17 @@ BATCH = VLEN
 include "_udp_cache.pxi"
 
 
-cdef inline int qtype_bucket(unsigned int qtype) noexcept nogil:
-    # order of counters.QTYPE_BUCKETS: A AAAA SRV PTR TXT NS SOA CNAME MX other
-    if qtype == 1:
-        return 0
-    if qtype == 28:
-        return 1
-    if qtype == 33:
-        return 2
-    if qtype == 12:
-        return 3
-    if qtype == 16:
-        return 4
-    if qtype == 2:
-        return 5
-    if qtype == 6:
-        return 6
-    if qtype == 5:
-        return 7
-    if qtype == 15:
-        return 8
-    return QT_OTHER
-
-
 cdef inline int size_bucket(Py_ssize_t n) noexcept nogil:
     cdef int i
-    for i in range(14):
+    for i in range(N_SIZE_BOUNDS):
         if n <= SIZE_BOUNDS[i]:
             return i
-    return 14
+    return N_SIZE_BOUNDS
 
 
 cdef inline int match_row(const ListenerZones* lz, const unsigned char* p, Py_ssize_t qend,
                           const uint64_t* starts) noexcept nogil:
-    """Twin of counters.ListenerRows.match: the row of the longest zone that is a
+    """Twin of tables.ListenerRows.match: the row of the longest zone that is a
     suffix of the name at p[12:qend] (``starts``: its label starts, bit o - 12)."""
     cdef int k, j, length
     cdef Py_ssize_t s
@@ -363,10 +288,10 @@ cdef inline void count_dropped(uint64_t* w, int row) noexcept nogil:
 
 
 cdef inline int latency_bucket(uint64_t ns) noexcept nogil:
-    # CoreDNS buckets: 0.00025 s * 2**k, k = 0..15
-    cdef uint64_t bound = 250000
+    # CoreDNS buckets: 0.00025 s * 2**k, k = 0..15 (layout.LATENCY_BUCKETS)
+    cdef uint64_t bound = LATENCY_FIRST_NS
     cdef int i = 0
-    while i < 16 and ns > bound:
+    while i < N_LAT_BOUNDS and ns > bound:
         bound <<= 1
         i += 1
     return i
@@ -496,8 +421,8 @@ cdef class FastPath:
 
     def __init__(self, generation_word, counters, on_generation, slow):
         self._gen = generation_word
-        if self._gen.shape[0] < 8:
-            raise ValueError("generation word needs 8 octets")
+        if self._gen.shape[0] < CTL_GENERATION + 8:
+            raise ValueError("the control segment's generation word is not in the view")
         self._counters = counters
         if self._counters.shape[0] < W_END * 8:
             raise ValueError("counters block too small")
@@ -547,7 +472,7 @@ cdef class FastPath:
 
     def set_rows(self, int fd, zones, int dropped):
         """Count the queries read on ``fd`` into rows: ``zones`` is the socket's
-        listener's ``counters.ListenerRows.zones`` ((lowercased wire, row),
+        listener's ``tables.ListenerRows.zones`` ((lowercased wire, row),
         longest first), ``dropped`` its row for a name none matches. Returns
         False when they cannot be (no row region, fd or table limits): that
         socket then counts the totals only."""
@@ -598,7 +523,7 @@ cdef class FastPath:
         if self.w == NULL:
             return 0
         while batches < MAX_BATCHES:
-            if fd_load_u64(&self._gen[0]) != self.generation:
+            if fd_load_u64(&self._gen[CTL_GENERATION]) != self.generation:
                 # a publish: remap before this batch (the old image is no
                 # longer referenced by any packet once we get here)
                 self.on_generation()
@@ -865,7 +790,7 @@ cdef inline unsigned int response_class(const unsigned char* r, Py_ssize_t n) no
 
 
 def count_udp_query(counters, int family, data):
-    """Count a query through the C twin (tests compare it with counters.py)."""
+    """Count a query through the C twin (tests compare it with ipc/counters.py)."""
     cdef unsigned char[::1] blk = counters
     cdef const unsigned char[::1] p = data
     count_query(<uint64_t*>&blk[0], NULL, 0, family, &p[0] if p.shape[0] else NULL,
@@ -880,7 +805,7 @@ def count_udp_response(counters, data):
 
 def count_udp_row(counters, zones, int dropped, int family, data):
     """Count a query with a listener table through the C twin; returns its row
-    (tests compare it with counters.ListenerRows.match and Counters.query)."""
+    (tests compare it with tables.ListenerRows.match and Counters.query)."""
     if len(counters) < ROWS_END * 8:
         raise ValueError("counters block too small for the rows")
     cdef unsigned char[::1] blk = counters

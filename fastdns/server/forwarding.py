@@ -15,7 +15,7 @@ one block's cache. Otherwise every cache hit is served by Python (still
 correct, slower); ``c_cache`` says which.
 
 ``export`` also writes the per-upstream forward region of the counters
-block (``counters.W_FWD``..): slot k = the k-th distinct ``to`` of the
+block (``layout.W_FWD``..): slot k = the k-th distinct ``to`` of the
 Corefile (``counters.upstream_table``), summed over every forwarder that
 sends to it. Reload rule: a new router (a reloaded Corefile, or a respawned
 worker) whose slot table hashes like the block's ``W_FWD_TABLE`` keeps the
@@ -33,16 +33,17 @@ from typing import Any
 from fastdns.forward.cache import DENIAL, SUCCESS
 from fastdns.forward.message import rcode_name
 from fastdns.forward.resolver import ForwardingResolver, from_plugins
-from fastdns.server import counters as ctr
+from fastdns.ipc import counters as ctr
+from fastdns.ipc import layout, tables
 
 log = logging.getLogger(__name__)
 
 # The forwarder's rcode label -> its index in a slot's duration histograms.
-_RCODE_INDEX = {rcode_name(i): i for i in range(ctr.FWD_RCODES)}
-_SLOTS = ctr.W_FWD_SLOTS - ctr.W_FWD  # region-relative offset of slot 0
-_CONN_UDP_MISS = ctr.FS_CONN + 1
-_CONN_TCP_HIT = ctr.FS_CONN + 2
-_CONN_TCP_MISS = ctr.FS_CONN + 3
+_RCODE_INDEX = {rcode_name(i): i for i in range(layout.FWD_RCODES)}
+_SLOTS = layout.W_FWD_SLOTS - layout.W_FWD  # region-relative offset of slot 0
+_CONN_UDP_MISS = layout.FS_CONN + 1
+_CONN_TCP_HIT = layout.FS_CONN + 2
+_CONN_TCP_MISS = layout.FS_CONN + 3
 
 
 class BlockRouter:
@@ -51,9 +52,9 @@ class BlockRouter:
         self._by_plugins: dict[int, ForwardingResolver | None] = {}
         self._resolvers: list[ForwardingResolver] = []
         self.c_cache = False
-        self.table = ctr.upstream_table(ctr.config_upstreams(config))
-        self._slot = {to: _SLOTS + k * ctr.FWD_SLOT_WORDS for k, to in enumerate(self.table)}
-        self._other = _SLOTS + ctr.FWD_MAX_UPSTREAMS * ctr.FWD_SLOT_WORDS
+        self.table = tables.upstream_table(tables.config_upstreams(config))
+        self._slot = {to: _SLOTS + k * layout.FWD_SLOT_WORDS for k, to in enumerate(self.table)}
+        self._other = _SLOTS + layout.FWD_MAX_UPSTREAMS * layout.FWD_SLOT_WORDS
         self._fwd_base: list[int] | None = None  # the region when this router took it
         self._exported_to: ctr.Counters | None = None
 
@@ -107,17 +108,17 @@ class BlockRouter:
         """Copy the Python caches' and forwarders' counters into the shm block."""
         w = counters.w
         caches = self.caches()
-        w[ctr.W_CACHE_REQUESTS] = sum(c.stats.requests for c in caches)
-        w[ctr.W_CACHE_MISSES] = sum(c.stats.misses for c in caches)
-        w[ctr.W_CACHE_HITS_SUCCESS] = sum(c.stats.hits[SUCCESS] for c in caches)
-        w[ctr.W_CACHE_HITS_DENIAL] = sum(c.stats.hits[DENIAL] for c in caches)
-        w[ctr.W_CACHE_PREFETCH] = sum(c.stats.prefetch for c in caches)
-        w[ctr.W_CACHE_SERVED_STALE] = sum(c.stats.served_stale for c in caches)
-        w[ctr.W_CACHE_ENTRIES_SUCCESS] = sum(c.entries(SUCCESS) for c in caches)
-        w[ctr.W_CACHE_ENTRIES_DENIAL] = sum(c.entries(DENIAL) for c in caches)
-        w[ctr.W_CACHE_EVICTIONS_SUCCESS] = sum(c.evictions(SUCCESS) for c in caches)
-        w[ctr.W_CACHE_EVICTIONS_DENIAL] = sum(c.evictions(DENIAL) for c in caches)
-        w[ctr.W_FWD_MAX_CONCURRENT_REJECTS] = sum(
+        w[layout.W_CACHE_REQUESTS] = sum(c.stats.requests for c in caches)
+        w[layout.W_CACHE_MISSES] = sum(c.stats.misses for c in caches)
+        w[layout.W_CACHE_HITS_SUCCESS] = sum(c.stats.hits[SUCCESS] for c in caches)
+        w[layout.W_CACHE_HITS_DENIAL] = sum(c.stats.hits[DENIAL] for c in caches)
+        w[layout.W_CACHE_PREFETCH] = sum(c.stats.prefetch for c in caches)
+        w[layout.W_CACHE_SERVED_STALE] = sum(c.stats.served_stale for c in caches)
+        w[layout.W_CACHE_ENTRIES_SUCCESS] = sum(c.entries(SUCCESS) for c in caches)
+        w[layout.W_CACHE_ENTRIES_DENIAL] = sum(c.entries(DENIAL) for c in caches)
+        w[layout.W_CACHE_EVICTIONS_SUCCESS] = sum(c.evictions(SUCCESS) for c in caches)
+        w[layout.W_CACHE_EVICTIONS_DENIAL] = sum(c.evictions(DENIAL) for c in caches)
+        w[layout.W_FWD_MAX_CONCURRENT_REJECTS] = sum(
             r.forwarder.max_concurrent_rejects for r in self._resolvers)
         if counters.fwd is not None:
             self._export_forward(counters.fwd)
@@ -125,7 +126,7 @@ class BlockRouter:
 
     def _take_region(self, fwd: memoryview) -> list[int]:
         """The base this router adds its counts to (see the module docstring)."""
-        thash = ctr.table_hash(self.table)
+        thash = tables.table_hash(self.table)
         if fwd[0] == thash:
             return list(fwd)
         fwd[0] = 0  # readers ignore the region from here ...
@@ -144,18 +145,18 @@ class BlockRouter:
         slot, other = self._slot, self._other
         for r in self._resolvers:
             f = r.forwarder
-            add(ctr.W_FWD_BROKEN - ctr.W_FWD, f.healthcheck_broken)
+            add(layout.W_FWD_BROKEN - layout.W_FWD, f.healthcheck_broken)
             for (to, rc), h in f.durations.items():
                 i = _RCODE_INDEX.get(rc)
                 if i is None:  # not a 4-bit header rcode: the forwarder never records one
                     continue
-                o = slot.get(to, other) + ctr.FS_DURATIONS + i * ctr.FWD_HIST
+                o = slot.get(to, other) + layout.FS_DURATIONS + i * layout.FWD_HIST
                 for j, n in enumerate(h.counts):
                     add(o + j, n)
-                add(o + ctr.FWD_HIST - 1, int(h.sum * 1e9))
+                add(o + layout.FWD_HIST - 1, int(h.sum * 1e9))
             for up in f.upstreams:
                 o = slot.get(up.addr, other)
-                add(o + ctr.FS_HC_FAILURES, up.healthcheck_failures)
+                add(o + layout.FS_HC_FAILURES, up.healthcheck_failures)
                 # CoreDNS proxy.Connect: a cached connection is a hit, a dial a miss
                 add(o + _CONN_TCP_HIT, up.tcp_reused)
                 add(o + _CONN_TCP_MISS, up.tcp_opened)

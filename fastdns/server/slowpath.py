@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Callable
 from fastdns import errors
 from fastdns.codec import wire
 from fastdns.constants import Qclass, Rcode
-from fastdns.server import counters as ctr
+from fastdns.ipc import counters as ctr
+from fastdns.ipc import layout
 from fastdns.zone import image as img
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,10 @@ class SlowPath:
                 return self._answer(data, q, zone)
             if send is None:
                 # a caller that cannot wait (tests of the synchronous path)
-                self._counters.incr(ctr.W_SLOW_REFUSED)
+                self._counters.incr(layout.W_SLOW_REFUSED)
                 return wire.error_response(data, q, Rcode.REFUSED)
             if len(self.tasks) >= MAX_INFLIGHT:
-                self._counters.incr(ctr.W_SLOW_REFUSED)
+                self._counters.incr(layout.W_SLOW_REFUSED)
                 return wire.error_response(data, q, Rcode.REFUSED)
             return self._defer(lambda: self._forwarded(resolver, data, q, tcp), data, q, send)
         except Exception:
@@ -129,7 +130,7 @@ class SlowPath:
                 return None
             resp = await external.complete(
                 now, data, q, lambda name: self._route(None, name, port), tcp)
-            self._counters.incr(ctr.W_SLOW_FORWARDED)
+            self._counters.incr(layout.W_SLOW_FORWARDED)
             return resp
 
         return self._defer(completed, data, q, send)
@@ -162,7 +163,7 @@ class SlowPath:
         if not self._logged_error:
             self._logged_error = True
             log.exception("slow path failed; answering SERVFAIL")
-        self._counters.incr(ctr.W_SLOW_SERVFAIL)
+        self._counters.incr(layout.W_SLOW_SERVFAIL)
         return wire.error_response(data, q, Rcode.SERVFAIL)
 
     def _resolver(self, q, zone: int, port: int):
@@ -187,9 +188,9 @@ class SlowPath:
         resp = await resolver.resolve(data, q, tcp)
         if resp is None:
             # the forwarder declined (except / next): no next plugin
-            self._counters.incr(ctr.W_SLOW_SERVFAIL)
+            self._counters.incr(layout.W_SLOW_SERVFAIL)
             return wire.error_response(data, q, Rcode.SERVFAIL)
-        self._counters.incr(ctr.W_SLOW_FORWARDED)
+        self._counters.incr(layout.W_SLOW_FORWARDED)
         return resp
 
     def _answer(self, data: bytes, q, zone: int) -> bytes:
@@ -199,26 +200,26 @@ class SlowPath:
             if kind == img.ZK_POD:
                 return self._pod(image, data, q, zone, negative)
         # outside every zone, or a zone no forwarder of its block answers
-        self._counters.incr(ctr.W_SLOW_REFUSED)
+        self._counters.incr(layout.W_SLOW_REFUSED)
         return wire.error_response(data, q, Rcode.REFUSED)
 
     def _pod(self, image, data: bytes, q, zone: int, negative: int) -> bytes:
         if self._synthesize is None:
             # Without synthesis a pod name cannot be known to be absent: SERVFAIL
             # (temporary), not NXDOMAIN (cached by the client, RFC 2308).
-            self._counters.incr(ctr.W_SLOW_SERVFAIL)
+            self._counters.incr(layout.W_SLOW_SERVFAIL)
             return wire.error_response(data, q, Rcode.SERVFAIL)
         resp = self._synthesize(image, data, q)
         if resp is not None:
-            self._counters.incr(ctr.W_SLOW_POD)
+            self._counters.incr(layout.W_SLOW_POD)
             return resp
         if negative:
             # not a synthesizable pod name: the zone's NXDOMAIN with its SOA
             name = img.zone_entry(image, zone)[0]
             template = img.answer_variants(image, negative)[0]
-            self._counters.incr(ctr.W_SLOW_OTHER)
+            self._counters.incr(layout.W_SLOW_OTHER)
             return wire.respond(data, q, template, 12 + len(q.key) - len(name))
-        self._counters.incr(ctr.W_SLOW_OTHER)
+        self._counters.incr(layout.W_SLOW_OTHER)
         return wire.error_response(data, q, Rcode.NXDOMAIN)
 
     def close(self) -> None:

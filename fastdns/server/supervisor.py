@@ -18,8 +18,8 @@ SIGINT cuts it short), then tells each child to stop with
 
 Shared memory it owns for the instance's whole life: the control segment,
 and the flock on ``fastdns-<instance>-lock`` that says "alive"
-(``shm.InstanceLock``). Before creating anything else it reclaims the
-segments of every dead instance in the directory (``shm.reclaim``), so a
+(``reclaim.InstanceLock``). Before creating anything else it reclaims the
+segments of every dead instance in the directory (``reclaim.reclaim``), so a
 SIGKILL of the whole tree (an OOM kill of the pod) leaks only until the
 next start.
 
@@ -47,7 +47,9 @@ from typing import Any
 
 from fastdns import procsignals
 from fastdns.coredns_cli import package_version
-from fastdns.server import portcheck, shm
+from fastdns.ipc import layout, reclaim, shm
+from fastdns.ipc.stats import SharedStats
+from fastdns.server import portcheck
 from fastdns.server.childproc import ChildProcess, set_comm
 from fastdns.server.childproc import wait as wait_objects
 
@@ -197,7 +199,7 @@ def default_workers() -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    return max(1, min(n, shm.MAX_WORKERS))
+    return max(1, min(n, layout.MAX_WORKERS))
 
 
 def make_plan(args: argparse.Namespace) -> ServePlan:
@@ -207,8 +209,8 @@ def make_plan(args: argparse.Namespace) -> ServePlan:
         log.warning("%s", warning)
     source, path = choose_source(args, config)
     nworkers = args.workers if args.workers is not None else default_workers()
-    if not 1 <= nworkers <= shm.MAX_WORKERS:
-        raise ServeError(f"--workers must be within 1..{shm.MAX_WORKERS}")
+    if not 1 <= nworkers <= layout.MAX_WORKERS:
+        raise ServeError(f"--workers must be within 1..{layout.MAX_WORKERS}")
     return ServePlan(
         corefile_text=text, corefile_name=filename, listen=listen_addresses(config),
         source=source, source_path=path, nworkers=nworkers,
@@ -349,10 +351,10 @@ class Supervisor:
         self.exit_code = EXIT_OK
         self._announced = False
         self._wake_r, self._wake_w = os.pipe()
-        self.stats: Any = None  # fastdns.control.metrics.SharedStats, when available
+        self.stats: Any = None  # fastdns.ipc.stats.SharedStats, when available
         self._signals = 0
         self._last_signal = "SIGTERM"
-        self.lock: shm.InstanceLock | None = None
+        self.lock: reclaim.InstanceLock | None = None
         self.reloader: Any = None  # fastdns.control.reload.Reloader
         self.loop_probe: Any = None  # fastdns.control.loopdetect.LoopProbe
         self._reload_requested = False
@@ -429,7 +431,7 @@ class Supervisor:
         self.plan = plan
         reload.write_corefile(self.instance, text)
         if self.stats is not None:
-            self.stats.add(reload.S_CONFIG_VERSION)
+            self.stats.add(layout.S_CONFIG_VERSION)
         for c in self.children:
             c.args = self._child_args(c.index)
             if c.index < 0 and c.proc is not None and c.proc.is_alive():
@@ -556,12 +558,8 @@ class Supervisor:
 
     def _attach_stats(self) -> None:
         """Process-level stats words of the control segment (docs/internals.md §4)."""
-        try:
-            from fastdns.control import metrics
-        except ImportError:  # pragma: no cover - prometheus-client missing
-            return
-        self.stats = metrics.SharedStats.attach(self.instance)
-        self.stats.set(metrics.S_SUPERVISOR_PID, os.getpid())
+        self.stats = SharedStats.attach(self.instance)
+        self.stats.set(layout.S_SUPERVISOR_PID, os.getpid())
 
     def _all_serving(self) -> bool:
         """The first image is published and every worker has mapped it."""
@@ -586,7 +584,7 @@ class Supervisor:
         self._install_signals()
         try:
             # The lock first: this instance is "alive" before any segment of it exists.
-            lock = self.lock = shm.InstanceLock.acquire(self.instance)
+            lock = self.lock = reclaim.InstanceLock.acquire(self.instance)
         except OSError as e:  # /dev/shm missing, full or read-only: one line, exit 1
             log.error("%s: cannot create shared memory: %s", shm.SHM_DIR, e.strerror or e)
             signal.set_wakeup_fd(-1)
@@ -633,9 +631,9 @@ class Supervisor:
         return self.exit_code
 
     def _reclaim(self) -> None:
-        """Sweep what dead instances left in /dev/shm (``shm.reclaim``: one line each way)."""
+        """Sweep what dead instances left in /dev/shm (``reclaim.reclaim``: one line each way)."""
         try:
-            done = shm.reclaim(own=self.instance)
+            done = reclaim.reclaim(own=self.instance)
         except OSError as e:  # never a reason not to start
             log.warning("could not reclaim the shm segments of dead instances: %s", e)
             return

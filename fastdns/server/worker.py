@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 from fastdns import procsignals
 from fastdns.codec import NO_EXTENSIONS, wire
-from fastdns.server import counters as ctr
-from fastdns.server import shm, udpsource
+from fastdns.ipc import counters as ctr
+from fastdns.ipc import layout, shm, tables
+from fastdns.server import udpsource
 from fastdns.server.slowpath import DEFERRED, ZONE_EXTERNAL, SlowPath
 from fastdns.server.tcp import MAX_MESSAGE, MAX_PER_CLIENT, TcpListener
 from fastdns.server.worker_plugins import WorkerPlugins, reconfigure_if_changed
@@ -192,7 +193,7 @@ class _PyUdpProtocol(asyncio.DatagramProtocol):
             try:
                 udpsource.send(self.sock, resp, addr, anc)
             except OSError:  # buffer full, or a firewall: UDP may drop
-                self.worker.counters.incr(ctr.W_SEND_ERRORS)
+                self.worker.counters.incr(layout.W_SEND_ERRORS)
                 return False
             return True
         if self.transport is None:
@@ -228,9 +229,9 @@ class Worker:
         self.generation = 0
         self.rotation = 0
         self.router = None  # forward + cache: a forwarding.BlockRouter (imported when used)
-        # the metrics' (server, zone) rows: server label -> its zones (counters.py)
-        self._rows: dict[str, ctr.ListenerRows] = {}
-        self._rows_of_sock: dict[tuple, ctr.ListenerRows] = {}  # (host, port) -> its rows
+        # the metrics' (server, zone) rows: server label -> its zones (ipc/tables.py)
+        self._rows: dict[str, tables.ListenerRows] = {}
+        self._rows_of_sock: dict[tuple, tables.ListenerRows] = {}  # (host, port) -> its rows
         self.slow = SlowPath(self.image_buf, self.counters, route=self._route)
         self._udp_by_fd: dict[int, tuple[socket.socket, int]] = {}
         self._udp_readers: set[int] = set()  # fds served by a loop reader (serve_udp)
@@ -241,9 +242,9 @@ class Worker:
                                read_timeout=spec.tcp_read_timeout,
                                max_connections=spec.tcp_max_connections,
                                max_per_client=spec.tcp_max_per_client,
-                               on_accept=lambda: self.counters.incr(ctr.W_TCP_ACCEPTED),
-                               on_reject=lambda: self.counters.incr(ctr.W_TCP_REJECTED),
-                               on_idle=lambda: self.counters.incr(ctr.W_TCP_IDLE_CLOSED))
+                               on_accept=lambda: self.counters.incr(layout.W_TCP_ACCEPTED),
+                               on_reject=lambda: self.counters.incr(layout.W_TCP_REJECTED),
+                               on_idle=lambda: self.counters.incr(layout.W_TCP_IDLE_CLOSED))
         self.udp_socks: list[tuple[socket.socket, int]] = []
         self.tcp_socks: list[tuple[socket.socket, int]] = []
         self.servers: list[asyncio.AbstractServer] = []
@@ -294,8 +295,8 @@ class Worker:
         self.generation = seg.generation
         if self.fast is not None:
             self.fast.set_image(seg.buf, seg.generation)  # releases the old buffer
-        self.counters.w[ctr.W_GENERATION] = seg.generation
-        self.counters.incr(ctr.W_REMAPS)
+        self.counters.w[layout.W_GENERATION] = seg.generation
+        self.counters.incr(layout.W_REMAPS)
         self.ctl.set_mapped(i, seg.generation)
         self.ctl.set_attaching(i, 0)
         if old is not None and not old.close():
@@ -343,7 +344,7 @@ class Worker:
             if status == wire.ST_ANSWER and resp is not None and resp[3] & img.TF_EXTERNAL:
                 status, zone = wire.ST_SLOW, ZONE_EXTERNAL  # the slow path completes it
             if status == wire.ST_SLOW:
-                c.incr(ctr.W_SLOW)
+                c.incr(layout.W_SLOW)
                 resp = self.slow.answer(data, zone, port, send, proto == TCP)
                 if resp is DEFERRED:
                     return None
@@ -412,7 +413,7 @@ class Worker:
                     try:
                         udpsource.send(sock, resp, addr, anc)
                     except OSError:  # buffer full, or a firewall: UDP may drop
-                        self.counters.incr(ctr.W_SEND_ERRORS)
+                        self.counters.incr(layout.W_SEND_ERRORS)
                         resp = None
                 self.counters.response(UDP, resp, row)
                 plugins.finished(data, addr, resp, False, port, t0)
@@ -433,13 +434,13 @@ class Worker:
 
     def row_of(self, sockname, data: bytes) -> int | None:
         """The (server, zone) row of a query read on the socket bound to ``sockname``
-        (counters.py; None before a Corefile gave the rows)."""
+        (ipc/tables.py; None before a Corefile gave the rows)."""
         if not self._rows or not sockname:
             return None
         key = (sockname[0], sockname[1])
         lr = self._rows_of_sock.get(key)
         if lr is None:
-            lr = self._rows_of_sock[key] = ctr.socket_rows(self._rows, key[0], key[1])
+            lr = self._rows_of_sock[key] = tables.socket_rows(self._rows, key[0], key[1])
         return lr.match(data)
 
     def configure_rows(self, config) -> None:
@@ -453,13 +454,13 @@ class Worker:
             if self.fast is not None:
                 self.fast.clear_rows()
             return
-        listeners = ctr.listener_zones(config)
-        self.counters.take_rows(ctr.row_table(listeners))
-        self._rows = ctr.listener_rows(listeners)
+        listeners = tables.listener_zones(config)
+        self.counters.take_rows(tables.row_table(listeners))
+        self._rows = tables.listener_rows(listeners)
         if self.fast is not None:
             self.fast.clear_rows()
             for fd, (host, port) in list(self._sockname_of_fd.items()):
-                lr = ctr.socket_rows(self._rows, host, port)
+                lr = tables.socket_rows(self._rows, host, port)
                 if not self.fast.set_rows(fd, lr.zones, lr.dropped):
                     del self._sockname_of_fd[fd]  # totals only, as _udp counts it
                     log.warning("worker %d: queries on %s:%d are not counted per zone",

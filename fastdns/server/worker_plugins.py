@@ -31,6 +31,8 @@ from typing import Any
 
 from fastdns import errors as wire_errors
 from fastdns.codec import wire
+from fastdns.ipc import layout
+from fastdns.ipc.stats import SharedStats
 from fastdns.server.querylog import QueryLog, name_text, type_text
 
 errlog = logging.getLogger("plugin/errors")
@@ -243,17 +245,13 @@ def reconfigure_if_changed(worker: Any, loop: Any) -> bool:
     served, gone ones closed; the forwarders and the per-query plugins are
     rebuilt from the new text.
     """
-    from fastdns.control import reload
-
     stats = getattr(worker, "_reload_stats", None)
     if stats is None:
         try:
-            from fastdns.control.metrics import SharedStats
-
             stats = worker._reload_stats = SharedStats.attach(worker.spec.instance)
         except Exception:  # noqa: BLE001 - no control segment stats: no reload
             return False
-    version = stats.get(reload.S_CONFIG_VERSION)
+    version = stats.get(layout.S_CONFIG_VERSION)
     if worker.config_version is None:
         worker.config_version = version
         return False

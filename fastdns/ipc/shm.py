@@ -13,41 +13,11 @@ servers (tests, a node-local cache next to a cluster DNS) never collide and
 ``sweep(instance)`` removes exactly one run's segments. ``FASTDNS_SHM_DIR``
 puts them in another directory than ``/dev/shm`` (a tmpfs of its own).
 
-Ownership, and reclaiming a dead instance's segments: the supervisor of a
-live instance holds an exclusive ``flock(2)`` on ``fastdns-<instance>-lock``
-for its whole life (``InstanceLock``). The lock file is created with
-O_EXCL, locked, and only then gets the supervisor's pid written into it;
-the fd is close-on-exec and passed to no child, so the lock lives exactly
-as long as the supervisor process: the kernel drops it however that ends,
-SIGKILL and the OOM killer included. A starting supervisor (``reclaim``):
-for every other instance in the directory that has a lock file, it tries a
-non-blocking ``flock``; if it gets it, the owner is dead and it sweeps that
-instance (the lock file last). It never touches
-
-- an instance whose lock is held (alive, whatever its Corefile: two fastdns
-  on one node each keep theirs; flock works across PID namespaces, so a
-  sidecar sharing the emptyDir is safe too);
-- an instance whose lock file is still empty and younger than
-  ``EMPTY_LOCK_GRACE`` (created but not yet locked: starting right now);
-- an instance without a lock file (an older fastdns, or segments a test
-  made itself): there is no safe proof that its owner is dead (pids are per
-  PID namespace), so it is left alone and the supervisor logs it once.
-
-This reclaims dead instances of every Corefile, not only the starting
-one's: the lock proves the owner dead, and an instance whose Corefile was
-changed between an OOM kill and the restart would otherwise leak forever.
-
-Control segment layout (native-endian integers, all naturally aligned):
-
-====================  =====================================================
-``0``    u64          generation published (0 = nothing published yet)
-``8``    u32          length of the current image segment's name
-``12``   64 octets    that name (ASCII)
-``128``  u32          nworkers
-``132``  u32          COUNTERS_SIZE
-``192 + 8*i``  u64    generation worker ``i`` has mapped (0 = none), i < 64
-``1024 + i*COUNTERS_SIZE``  worker ``i``'s counters (``fastdns/server/counters.py``)
-====================  =====================================================
+The byte layout of the control segment (generation, image name, nworkers,
+the workers' ``mapped`` words, the stats words, the counters blocks) is
+declared in ``fastdns/ipc/layout.py``; docs/internals.md §4 has its table.
+Instance ownership (the lock, reclaiming dead instances) is
+``fastdns/ipc/reclaim.py``.
 
 Publish protocol (Knot's zone-database swap, across processes): the image
 segment is written completely, then its name, then the generation with one
@@ -85,26 +55,31 @@ worker can still read a retired generation:
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import platform
 import re
 import struct
 import threading
-import time
-from dataclasses import dataclass, field
+
+from fastdns.ipc.layout import (
+    COUNTERS_OFFSET,
+    COUNTERS_SIZE,
+    CTL_COUNTERS_SIZE,
+    CTL_GENERATION,
+    CTL_MAPPED,
+    CTL_NAME,
+    CTL_NAME_LEN,
+    CTL_NWORKERS,
+    HOLD_ATTACHING_WORD,
+    HOLD_LINGERING_WORD,
+    MAX_WORKERS,
+    NAME_MAX,
+)
 
 SHM_DIR = os.environ.get("FASTDNS_SHM_DIR") or "/dev/shm"
 PREFIX = "fastdns-"
 
-MAX_WORKERS = 64
-COUNTERS_SIZE = 65536
-COUNTERS_OFFSET = 1024
-# Words of a worker's counters block that belong to the image protocol
-# (fastdns/server/counters.py keeps them free); see the module docstring.
-HOLD_ATTACHING_WORD = 250
-HOLD_LINGERING_WORD = 251
 # Recycle retired image segments (see the module docstring): x86-64 only,
 # where a locked instruction is a full barrier; FASTDNS_SHM_RECYCLE=0 turns it off.
 RECYCLE = (platform.machine() in ("x86_64", "AMD64")
@@ -119,37 +94,30 @@ def fence() -> None:
     (x86-64: a LOCK-prefixed instruction, which orders stores before loads)."""
     with _FENCE:
         pass
-NAME_MAX = 64
 
-_OFF_GENERATION = 0
-_OFF_NAME_LEN = 8
-_OFF_NAME = 12
-_OFF_NWORKERS = 128
-_OFF_COUNTERS_SIZE = 132
-_OFF_MAPPED = 192
 
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
 
-_INSTANCE_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
 
 
 class ShmError(Exception):
     """A shared-memory segment is missing, malformed, or could not be created."""
 
 
-def _check_instance(instance: str) -> str:
-    if not _INSTANCE_RE.match(instance):
+def check_instance(instance: str) -> str:
+    if not INSTANCE_RE.match(instance):
         raise ValueError(f"bad shm instance token {instance!r} (want [A-Za-z0-9_]{{1,24}})")
     return instance
 
 
 def control_name(instance: str) -> str:
-    return f"{PREFIX}{_check_instance(instance)}-ctl"
+    return f"{PREFIX}{check_instance(instance)}-ctl"
 
 
 def image_name(instance: str, generation: int) -> str:
-    return f"{PREFIX}{_check_instance(instance)}-img-{generation}"
+    return f"{PREFIX}{check_instance(instance)}-img-{generation}"
 
 
 def image_generation(name: str) -> int:
@@ -160,7 +128,7 @@ def image_generation(name: str) -> int:
     return int(gen)
 
 
-def _path(name: str) -> str:
+def segment_path(name: str) -> str:
     if "/" in name or not name.startswith(PREFIX):
         raise ValueError(f"not a fastdns shm segment name: {name!r}")
     return os.path.join(SHM_DIR, name)
@@ -168,12 +136,12 @@ def _path(name: str) -> str:
 
 def _create(name: str, size: int) -> mmap.mmap:
     """A new zero-filled segment of ``size`` octets; fails if the name exists."""
-    fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)
         return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     except BaseException:
-        os.unlink(_path(name))
+        os.unlink(segment_path(name))
         raise
     finally:
         os.close(fd)
@@ -181,7 +149,7 @@ def _create(name: str, size: int) -> mmap.mmap:
 
 def _attach(name: str) -> mmap.mmap:
     """Map an existing segment read-write (shared); FileNotFoundError if gone."""
-    fd = os.open(_path(name), os.O_RDWR | os.O_CLOEXEC)
+    fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
@@ -191,9 +159,9 @@ def _attach(name: str) -> mmap.mmap:
         os.close(fd)
 
 
-def _unlink(name: str) -> bool:
+def unlink_segment(name: str) -> bool:
     try:
-        os.unlink(_path(name))
+        os.unlink(segment_path(name))
         return True
     except FileNotFoundError:
         return False
@@ -252,7 +220,7 @@ class ImageSegment:
         try:
             mm = _create(name, size)
         except FileExistsError:
-            _unlink(name)
+            unlink_segment(name)
             mm = _create(name, size)
         mm[:size] = data
         return cls(name, mm)
@@ -280,7 +248,7 @@ class ImageSegment:
     @staticmethod
     def unlink(name: str) -> bool:
         """Remove the name; processes that mapped it keep their pages."""
-        return _unlink(name)
+        return unlink_segment(name)
 
     def __enter__(self) -> ImageSegment:
         return self
@@ -307,8 +275,8 @@ class ControlSegment:
         self._u64 = raw[:COUNTERS_OFFSET].cast("Q")
         self._all64 = raw[:len(raw) & ~7].cast("Q")  # the hold words in counters blocks
         self._views = [self._u64, self._all64, raw]
-        self.nworkers = _U32.unpack_from(mm, _OFF_NWORKERS)[0]
-        self.counters_size = _U32.unpack_from(mm, _OFF_COUNTERS_SIZE)[0]
+        self.nworkers = _U32.unpack_from(mm, CTL_NWORKERS)[0]
+        self.counters_size = _U32.unpack_from(mm, CTL_COUNTERS_SIZE)[0]
 
     @classmethod
     def create(cls, instance: str, nworkers: int) -> ControlSegment:
@@ -316,8 +284,8 @@ class ControlSegment:
             raise ValueError(f"nworkers must be within 1..{MAX_WORKERS}")
         name = control_name(instance)
         mm = _create(name, COUNTERS_OFFSET + nworkers * COUNTERS_SIZE)
-        _U32.pack_into(mm, _OFF_NWORKERS, nworkers)
-        _U32.pack_into(mm, _OFF_COUNTERS_SIZE, COUNTERS_SIZE)
+        _U32.pack_into(mm, CTL_NWORKERS, nworkers)
+        _U32.pack_into(mm, CTL_COUNTERS_SIZE, COUNTERS_SIZE)
         return cls(instance, name, mm)
 
     @classmethod
@@ -333,15 +301,15 @@ class ControlSegment:
 
     @property
     def generation(self) -> int:
-        return self._u64[_OFF_GENERATION // 8]
+        return self._u64[CTL_GENERATION // 8]
 
     def image_name(self) -> str:
         mm = self._mm
         assert mm is not None
-        n = _U32.unpack_from(mm, _OFF_NAME_LEN)[0]
+        n = _U32.unpack_from(mm, CTL_NAME_LEN)[0]
         if n > NAME_MAX:
             raise ShmError(f"{self.name}: bad image name length {n}")
-        return bytes(mm[_OFF_NAME:_OFF_NAME + n]).decode("ascii")
+        return bytes(mm[CTL_NAME:CTL_NAME + n]).decode("ascii")
 
     def publish(self, image_name: str, generation: int) -> None:
         """Announce an image: name first, then the generation (one 8-byte store)."""
@@ -352,9 +320,9 @@ class ControlSegment:
             raise ValueError(f"image name {image_name!r} too long")
         if generation <= self.generation:
             raise ValueError(f"generation {generation} is not newer than {self.generation}")
-        mm[_OFF_NAME:_OFF_NAME + len(raw)] = raw
-        _U32.pack_into(mm, _OFF_NAME_LEN, len(raw))
-        self._u64[_OFF_GENERATION // 8] = generation
+        mm[CTL_NAME:CTL_NAME + len(raw)] = raw
+        _U32.pack_into(mm, CTL_NAME_LEN, len(raw))
+        self._u64[CTL_GENERATION // 8] = generation
 
     def current(self, retries: int = 100, worker: int | None = None) -> ImageSegment | None:
         """Attach the published image following the reader protocol; None if none yet.
@@ -392,11 +360,11 @@ class ControlSegment:
 
     def set_mapped(self, i: int, generation: int) -> None:
         self._check_worker(i)
-        self._u64[_OFF_MAPPED // 8 + i] = generation
+        self._u64[CTL_MAPPED // 8 + i] = generation
 
     def mapped(self, i: int) -> int:
         self._check_worker(i)
-        return self._u64[_OFF_MAPPED // 8 + i]
+        return self._u64[CTL_MAPPED // 8 + i]
 
     def _hold_word(self, i: int, word: int) -> int:
         self._check_worker(i)
@@ -442,7 +410,7 @@ class ControlSegment:
         self._mm = None
 
     def unlink(self) -> bool:
-        return _unlink(self.name)
+        return unlink_segment(self.name)
 
     def __enter__(self) -> ControlSegment:
         return self
@@ -453,7 +421,7 @@ class ControlSegment:
 
 def list_segments(instance: str) -> list[str]:
     """Names of every segment of this instance currently in /dev/shm."""
-    prefix = f"{PREFIX}{_check_instance(instance)}-"
+    prefix = f"{PREFIX}{check_instance(instance)}-"
     try:
         return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
     except FileNotFoundError:
@@ -483,142 +451,3 @@ def sweep(instance: str, keep: frozenset[str] | set[str] = frozenset()) -> list[
             if e.errno != errno.ENOENT:
                 raise
     return removed
-
-
-# -- ownership: the instance lock, and reclaiming dead instances ----------------
-
-LOCK_TAG = "-lock"
-EMPTY_LOCK_GRACE = 10.0  # s: an empty lock file this young belongs to a starting owner
-
-
-def lock_name(instance: str) -> str:
-    return f"{PREFIX}{_check_instance(instance)}{LOCK_TAG}"
-
-
-class InstanceLock:
-    """``fastdns-<instance>-lock``, flock(2)ed by the live instance's supervisor.
-
-    See the module docstring for the rule. ``release`` at a clean exit; a
-    killed owner's lock is released by the kernel and its segments are
-    reclaimed by the next supervisor that starts.
-    """
-
-    __slots__ = ("instance", "name", "_fd")
-
-    def __init__(self, instance: str, name: str, fd: int) -> None:
-        self.instance = instance
-        self.name = name
-        self._fd: int | None = fd
-
-    @classmethod
-    def acquire(cls, instance: str) -> InstanceLock:
-        name = lock_name(instance)
-        path = _path(name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            # Blocks only while a reclaimer looks at the still-empty file: it
-            # leaves an empty young lock alone (EMPTY_LOCK_GRACE).
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except BaseException:
-            os.close(fd)
-            _unlink(name)
-            raise
-        return cls(instance, name, fd)
-
-    def release(self) -> None:
-        """Remove the lock file, then drop the lock (the instance is swept by now)."""
-        if self._fd is None:
-            return
-        _unlink(self.name)
-        os.close(self._fd)
-        self._fd = None
-
-
-@dataclass
-class Reclaimed:
-    """What ``reclaim`` did: dead instances swept, and instances it had to leave alone."""
-
-    instances: list[str] = field(default_factory=list)
-    segments: int = 0
-    octets: int = 0  # memory the removed segments held (allocated tmpfs pages)
-    unowned: list[str] = field(default_factory=list)  # no lock file: left alone
-    unowned_segments: int = 0
-    unowned_octets: int = 0
-
-
-def instances() -> dict[str, list[str]]:
-    """Every instance with a segment in the directory: instance -> its segment names."""
-    out: dict[str, list[str]] = {}
-    try:
-        names = os.listdir(SHM_DIR)
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if not name.startswith(PREFIX):
-            continue
-        inst, sep, _rest = name[len(PREFIX):].partition("-")
-        if sep and _INSTANCE_RE.match(inst):
-            out.setdefault(inst, []).append(name)
-    return out
-
-
-def _octets(name: str) -> int:
-    try:
-        st = os.stat(os.path.join(SHM_DIR, name))
-    except OSError:
-        return 0
-    blocks = getattr(st, "st_blocks", None)
-    return st.st_size if blocks is None else blocks * 512
-
-
-def reclaim(own: str | None = None) -> Reclaimed:
-    """Sweep the segments of every dead instance (the module docstring's rule).
-
-    ``own`` (the caller's instance) is skipped; its lock would refuse anyway.
-    """
-    done = Reclaimed()
-    for inst, names in sorted(instances().items()):
-        if inst == own:
-            continue
-        lock = lock_name(inst)
-        if lock not in names:
-            done.unowned.append(inst)
-            done.unowned_segments += len(names)
-            done.unowned_octets += sum(_octets(n) for n in names)
-            continue
-        try:
-            fd = os.open(os.path.join(SHM_DIR, lock), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue  # gone meanwhile (its owner stopped), or another user's
-        try:
-            _reclaim_one(inst, lock, fd, done)
-        except OSError:
-            # another user's segments in a shared /dev/shm (sticky: not ours
-            # to unlink), or a racing reclaimer: not a reason to stop here
-            pass
-        finally:
-            os.close(fd)
-    return done
-
-
-def _reclaim_one(inst: str, lock: str, fd: int, done: Reclaimed) -> None:
-    """Sweep ``inst`` if its lock file ``fd`` can be locked (its owner is dead)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return  # alive
-        raise
-    st = os.fstat(fd)
-    if st.st_nlink == 0:
-        return  # swept meanwhile, by its owner or another reclaimer
-    if st.st_size == 0 and time.time() - st.st_mtime < EMPTY_LOCK_GRACE:
-        return  # its owner is starting: created, not locked yet
-    octets = {n: _octets(n) for n in list_segments(inst)}
-    removed = sweep(inst, keep={lock})
-    if _unlink(lock):
-        removed.append(lock)
-    done.instances.append(inst)
-    done.segments += len(removed)
-    done.octets += sum(octets.get(n, 0) for n in removed)

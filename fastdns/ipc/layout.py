@@ -1,0 +1,344 @@
+"""The shared-memory layout of fastdns, declared once.
+
+Every octet two processes (or Python and the C fast path) read at an agreed
+place is declared here: the control segment, its process-level stats words,
+each worker's counters block with its forward and per-(server, zone)
+regions, and the loop-detection segment. Each region is a table of fields
+with sizes (and, where it matters, an alignment); the offsets are computed
+from the table, never typed, so moving or growing a field moves everything
+after it in every reader at once.
+
+The Cython fast path does not mirror these numbers: ``setup.py`` loads this
+module by file path at build time and writes ``fastdns/server/_layout.pxi``
+(``pxi()``), which ``_udp.pyx`` includes. This module therefore imports
+nothing but the standard library (it runs in an isolated build environment
+where fastdns itself is not importable). The tables of docs/internals.md §4
+are ``markdown()``'s output::
+
+    python3 -m fastdns.ipc.layout --pxi        # what setup.py generates
+    python3 -m fastdns.ipc.layout --markdown   # the tables of internals.md §4
+
+All integers are native-endian and naturally aligned; counters are u64
+words with a single writer each (plain increments, no atomics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int  # in the region's unit
+    size: int  # in the region's unit; 0 = the rest of the segment
+    doc: str
+
+
+class Region:
+    """Consecutive fields of one segment or block; ``field`` returns the offset.
+
+    ``unit`` is ``"octet"`` or ``"word"`` (u64). A field starts where the
+    previous one ended, rounded up to ``align`` units, or at ``at`` (a
+    position that must not overlap what came before).
+    """
+
+    def __init__(self, name: str, unit: str, doc: str) -> None:
+        self.name = name
+        self.unit = unit
+        self.doc = doc
+        self.fields: list[Field] = []
+        self.end = 0
+
+    def field(self, name: str, size: int = 1, doc: str = "", *, align: int = 1,
+              at: int | None = None) -> int:
+        start = self.end if at is None else at
+        start = -(-start // align) * align
+        if start < self.end:
+            raise ValueError(f"{self.name}.{name} at {start} overlaps the field before it")
+        self.fields.append(Field(name, start, size, doc))
+        self.end = start + size
+        return start
+
+    def pad(self, align: int) -> int:
+        """Round the region's end up to ``align`` units; returns the new end."""
+        self.end = -(-self.end // align) * align
+        return self.end
+
+
+REGIONS: list[Region] = []
+
+
+def _region(name: str, unit: str, doc: str) -> Region:
+    r = Region(name, unit, doc)
+    REGIONS.append(r)
+    return r
+
+
+# -- what the counters count (bucket tables shared by every writer and reader) --
+
+PROTOS = ("udp", "tcp")
+FAMILIES = (1, 2)  # CoreDNS's family label: 1 = IPv4, 2 = IPv6
+# qtype buckets in word order; the C fast path's qtype_bucket() is generated from it
+QTYPES = (("A", 1), ("AAAA", 28), ("SRV", 33), ("PTR", 12), ("TXT", 16), ("NS", 2),
+          ("SOA", 6), ("CNAME", 5), ("MX", 15))
+QTYPE_BUCKETS = (*(name for name, _ in QTYPES), "other")
+N_QTYPES = len(QTYPE_BUCKETS)
+QT_OTHER = N_QTYPES - 1
+RCODE_NAMES = (
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
+    "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13",
+    "RCODE14", "RCODE15", "BADVERS", "dropped",
+)
+R_BADVERS = RCODE_NAMES.index("BADVERS")  # any extended rcode (> 15); fastdns only sends BADVERS
+R_DROPPED = RCODE_NAMES.index("dropped")
+# CoreDNS plugin/metrics/vars/vars.go: sizes use these buckets (octets) ...
+SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
+# ... and durations prometheus.ExponentialBuckets(0.00025, 2, 16) (seconds).
+LATENCY_BUCKETS = tuple(0.00025 * 2**k for k in range(16))
+LATENCY_FIRST_NS = round(LATENCY_BUCKETS[0] * 1e9)  # the C side doubles this bound
+N_Q = len(PROTOS) * len(FAMILIES) * N_QTYPES  # requests [proto][family][qtype]
+N_SIZE = len(SIZE_BUCKETS) + 1  # + the +Inf bucket
+N_LAT = len(LATENCY_BUCKETS) + 1
+SIZE_HIST = len(PROTOS) * (N_SIZE + 1)  # [proto][N_SIZE buckets + sum]
+
+# -- the control segment ``fastdns-<instance>-ctl`` (octets) ---------------------
+
+MAX_WORKERS = 64
+NAME_MAX = 64  # octets of an image segment name
+STATS_WORDS = 8
+COUNTERS_SIZE = 65536  # octets of one worker's counters block
+
+CTL = _region("control segment", "octet", "``fastdns-<instance>-ctl``, created by the "
+              "supervisor; the publish protocol is ``fastdns/ipc/shm.py``'s")
+CTL_GENERATION = CTL.field("CTL_GENERATION", 8, "u64 generation published (0 = none yet)")
+CTL_NAME_LEN = CTL.field("CTL_NAME_LEN", 4, "u32 length of the current image's name")
+CTL_NAME = CTL.field("CTL_NAME", NAME_MAX, "the current image segment's name (ASCII)")
+CTL_NWORKERS = CTL.field("CTL_NWORKERS", 4, "u32 nworkers", align=64)
+CTL_COUNTERS_SIZE = CTL.field("CTL_COUNTERS_SIZE", 4, "u32 COUNTERS_SIZE (a layout check)")
+CTL_MAPPED = CTL.field("CTL_MAPPED", 8 * MAX_WORKERS,
+                       "u64 [MAX_WORKERS]: generation worker i has mapped (0 = none)", align=64)
+STATS_OFFSET = CTL.field("STATS_OFFSET", 8 * STATS_WORDS,
+                         "u64 [STATS_WORDS]: process-level stats (words ``S_*``)")
+COUNTERS_OFFSET = CTL.field("COUNTERS_OFFSET", 0,
+                            "worker i's counters block at + i*COUNTERS_SIZE", align=1024)
+
+# -- the stats words at STATS_OFFSET (u64 word indices; one writing process each) --
+
+STATS = _region("stats words", "word", "at ``STATS_OFFSET``; each word has one writing "
+                "process; they outlive a control-process restart")
+S_WORKER_RESTARTS = STATS.field("S_WORKER_RESTARTS", doc="writer: supervisor (a worker "
+                                "was respawned)")
+S_CONTROL_RESTARTS = STATS.field("S_CONTROL_RESTARTS", doc="writer: supervisor (the "
+                                 "control process was respawned)")
+S_RELOAD_FAILED = STATS.field("S_RELOAD_FAILED", doc="writer: the process that validates "
+                              "a reloaded Corefile (coredns_reload_failed_total)")
+S_SUPERVISOR_PID = STATS.field("S_SUPERVISOR_PID", doc="writer: supervisor (process_* "
+                               "metrics)")
+S_CONTROL_PID = STATS.field("S_CONTROL_PID", doc="writer: control process (process_* "
+                            "metrics)")
+S_LAMEDUCK = STATS.field("S_LAMEDUCK", doc="writer: supervisor; non-zero from SIGTERM "
+                         "until it stops the children (/ready answers 503)")
+S_CONFIG_VERSION = STATS.field("S_CONFIG_VERSION", doc="writer: supervisor; the version "
+                               "of the Corefile in force (workers re-read it when it moves)")
+
+# -- one worker's counters block (u64 word indices) ------------------------------
+
+MAGIC = 0x46444E53_43540001  # "FDNSCT" + layout version 1: the block was started
+
+CB = _region("counters block", "word", "worker i's, at ``COUNTERS_OFFSET + "
+             "i*COUNTERS_SIZE``; written by that worker only (C fast path and Python)")
+W_MAGIC = CB.field("W_MAGIC", doc="MAGIC once the worker started the block")
+W_PID = CB.field("W_PID", doc="the worker's pid")
+W_GENERATION = CB.field("W_GENERATION", doc="generation this worker serves")
+W_BATCHES = CB.field("W_BATCHES", doc="UDP recvmmsg batches that returned packets")
+W_REMAPS = CB.field("W_REMAPS", doc="image remaps after a publish")
+W_DO = CB.field("W_DO", doc="queries with the EDNS DO bit")
+W_SLOW = CB.field("W_SLOW", doc="packets handed to the Python slow path")
+W_SLOW_POD = CB.field("W_SLOW_POD", doc="... answered by pod synthesis")
+W_SLOW_REFUSED = CB.field("W_SLOW_REFUSED", doc="... REFUSED (outside every zone)")
+W_SLOW_SERVFAIL = CB.field("W_SLOW_SERVFAIL", doc="... SERVFAIL after an internal error")
+W_SLOW_OTHER = CB.field("W_SLOW_OTHER", doc="... any other slow answer")
+W_TCP_ACCEPTED = CB.field("W_TCP_ACCEPTED", doc="TCP connections accepted")
+W_TCP_REJECTED = CB.field("W_TCP_REJECTED", doc="closed at once: over the connection cap")
+W_TCP_IDLE_CLOSED = CB.field("W_TCP_IDLE_CLOSED", doc="closed for idleness")
+W_SEND_ERRORS = CB.field("W_SEND_ERRORS", doc="answers the kernel refused (also dropped)")
+W_OVERSIZE = CB.field("W_OVERSIZE", doc="datagrams larger than a receive slot (dropped)")
+# forward + cache: the C fast path writes W_CC_* (its cache table); the worker
+# copies the Python objects' counters into the others on its 0.5 s timer
+W_SLOW_FORWARDED = CB.field("W_SLOW_FORWARDED", doc="slow packets a forwarder answered")
+W_CC_HITS_SUCCESS = CB.field("W_CC_HITS_SUCCESS", doc="C cache hits, success store")
+W_CC_HITS_DENIAL = CB.field("W_CC_HITS_DENIAL", doc="C cache hits, denial store")
+W_CC_MISSES = CB.field("W_CC_MISSES", doc="C cache lookups that missed")
+W_CC_ENTRIES = CB.field("W_CC_ENTRIES", doc="entries in the C cache table now")
+W_CACHE_REQUESTS = CB.field("W_CACHE_REQUESTS", doc="Python ResponseCache lookups")
+W_CACHE_MISSES = CB.field("W_CACHE_MISSES", doc="... that missed")
+W_CACHE_HITS_SUCCESS = CB.field("W_CACHE_HITS_SUCCESS", doc="... hits, success")
+W_CACHE_HITS_DENIAL = CB.field("W_CACHE_HITS_DENIAL", doc="... hits, denial")
+W_CACHE_PREFETCH = CB.field("W_CACHE_PREFETCH", doc="prefetches")
+W_CACHE_SERVED_STALE = CB.field("W_CACHE_SERVED_STALE", doc="stale answers served")
+W_CACHE_ENTRIES_SUCCESS = CB.field("W_CACHE_ENTRIES_SUCCESS", doc="gauge")
+W_CACHE_ENTRIES_DENIAL = CB.field("W_CACHE_ENTRIES_DENIAL", doc="gauge")
+W_CACHE_EVICTIONS_SUCCESS = CB.field("W_CACHE_EVICTIONS_SUCCESS")
+W_CACHE_EVICTIONS_DENIAL = CB.field("W_CACHE_EVICTIONS_DENIAL")
+W_FWD_MAX_CONCURRENT_REJECTS = CB.field("W_FWD_MAX_CONCURRENT_REJECTS")
+# the DNS words (the row layout below repeats them per (server, zone))
+W_QUERIES = CB.field("W_QUERIES", N_Q, "requests [proto][family][qtype]")
+W_RESPONSES = CB.field("W_RESPONSES", len(RCODE_NAMES),
+                       "responses [rcode 0..15, BADVERS, dropped]")
+W_REQ_SIZE = CB.field("W_REQ_SIZE", SIZE_HIST, "request sizes [proto][N_SIZE buckets + "
+                      "sum]", align=8)
+W_RESP_SIZE = CB.field("W_RESP_SIZE", SIZE_HIST, "response sizes, the same shape")
+W_LATENCY = CB.field("W_LATENCY", N_LAT, "latency [N_LAT buckets]")
+W_LATENCY_SUM_NS = CB.field("W_LATENCY_SUM_NS", 1, "latency sum in ns")
+W_END = CB.end  # the words every block has (a bare test block is this long)
+# the image protocol's words (fastdns/ipc/shm.py: what a worker still reads)
+HOLD_ATTACHING_WORD = CB.field("HOLD_ATTACHING_WORD", doc="generation the worker is "
+                               "attaching now (stored before it reads the name)", at=250)
+HOLD_LINGERING_WORD = CB.field("HOLD_LINGERING_WORD", doc="oldest generation a live view "
+                               "still reads after the worker let go of it")
+
+# per-upstream forward region: slot k describes the k-th ``to`` of tables.upstream_table
+FWD_MAX_UPSTREAMS = 16  # slots 0..15 exact; slot 16 is the catch-all ("other")
+FWD_SLOTS = FWD_MAX_UPSTREAMS + 1
+FWD_RCODES = 16  # the 4-bit header rcode of an upstream answer
+FWD_CONN_PROTOS = ("udp", "tcp")
+FWD_HIST = len(LATENCY_BUCKETS) + 2  # [17 non-cumulative bucket counts][sum in ns]
+
+SLOT = _region("forward slot", "word", "at ``W_FWD_SLOTS + k*FWD_SLOT_WORDS``; "
+               "CoreDNS's coredns_proxy_* series of one ``to``")
+FS_HC_FAILURES = SLOT.field("FS_HC_FAILURES", doc="health-check failures")
+FS_CONN = SLOT.field("FS_CONN", 2 * len(FWD_CONN_PROTOS),
+                     "connection cache [proto][hit, miss]")
+FS_DURATIONS = SLOT.field("FS_DURATIONS", FWD_RCODES * FWD_HIST,
+                          "[rcode][FWD_HIST]: duration histograms by answer rcode")
+FWD_SLOT_WORDS = SLOT.end
+
+W_FWD = W_FWD_TABLE = CB.field("W_FWD_TABLE", doc="tables.table_hash of the slot table; "
+                               "0 = none / being rewritten", align=8)
+W_FWD_BROKEN = CB.field("W_FWD_BROKEN", doc="coredns_forward_healthcheck_broken_total")
+W_FWD_SLOTS = CB.field("W_FWD_SLOTS", FWD_SLOTS * FWD_SLOT_WORDS,
+                       "[FWD_SLOTS] forward slots", align=8)
+FWD_END = CB.end
+FWD_WORDS = FWD_END - W_FWD_BROKEN  # what counters_reader returns as "forward"
+
+# per-(server, zone) rows: row k counts the queries of the k-th pair of tables.row_table
+ROW_MAX = 16  # rows 0..15 exact; row 16 is the catch-all ("other", "other")
+ROWS = ROW_MAX + 1
+
+ROW = _region("row", "word", "at ``W_ROWS + k*ROW_WORDS``; the totals' DNS words for "
+              "the queries of one (server, zone)")
+R_QUERIES = ROW.field("R_QUERIES", N_Q, "requests [proto][family][qtype]")
+R_RESPONSES = ROW.field("R_RESPONSES", len(RCODE_NAMES), "responses [rcode]")
+R_DO = ROW.field("R_DO", 1, "queries with the DO bit")
+R_REQ_SIZE = ROW.field("R_REQ_SIZE", SIZE_HIST, "request sizes")
+R_RESP_SIZE = ROW.field("R_RESP_SIZE", SIZE_HIST, "response sizes")
+R_LATENCY = ROW.field("R_LATENCY", N_LAT, "latency buckets")
+R_LATENCY_SUM_NS = ROW.field("R_LATENCY_SUM_NS", 1, "latency sum in ns")
+ROW_WORDS = ROW.pad(8)  # whole 64-octet lines, so a row shares none with the next
+
+W_ROWS_TABLE = CB.field("W_ROWS_TABLE", doc="tables.rows_hash of the row table; 0 = none",
+                        align=8)
+W_ROWS = CB.field("W_ROWS", ROWS * ROW_WORDS, "[ROWS] rows (cache-line aligned)", align=8)
+ROWS_END = CB.end
+ROWS_WORDS = ROWS_END - W_ROWS
+
+# -- the loop-detection segment ``fastdns-<instance>-loop`` (octets) ------------
+
+MAX_PROBES = 8
+LOOP = _region("loop segment", "octet", "``fastdns-<instance>-loop``, written by the "
+               "supervisor before the workers start (control/loopdetect.py)")
+LOOP_ARMED = LOOP.field("LOOP_ARMED", 8, "u64: 1 while probing; 0 = counting off")
+LOOP_BASE = LOOP.field("LOOP_BASE", 8 * MAX_PROBES,
+                       "u64 [MAX_PROBES]: probe p's hits when it was last sent (supervisor)")
+LOOP_HITS = LOOP.field("LOOP_HITS", 8 * MAX_PROBES * MAX_WORKERS,
+                       "u64 [MAX_PROBES][MAX_WORKERS]: hits of probe p seen by worker i",
+                       align=128)
+LOOP_TEXT = LOOP.field("LOOP_TEXT", 2048, "the probes as lines ``qname zone listen``",
+                       align=2048)
+LOOP_SIZE = LOOP.end
+
+
+def _check() -> None:
+    g = globals()
+    for region in REGIONS:
+        for f in region.fields:
+            assert g[f.name] == f.offset, f.name
+    assert W_END <= HOLD_ATTACHING_WORD < HOLD_LINGERING_WORD < W_FWD
+    assert ROWS_END * 8 <= COUNTERS_SIZE
+    assert STATS.end <= STATS_WORDS
+
+
+_check()
+
+# -- generators ----------------------------------------------------------------
+
+# The names the C fast path uses, besides every counters-block, row and
+# control-segment field.
+_C_SCALARS = ("W_END", "N_QTYPES", "QT_OTHER", "R_BADVERS", "R_DROPPED", "N_SIZE", "N_LAT",
+              "ROW_WORDS", "ROWS", "ROW_MAX", "ROWS_END", "LATENCY_FIRST_NS")
+_C_REGIONS = (CTL, CB, ROW)
+
+
+def pxi() -> str:
+    """The Cython include ``setup.py`` writes to ``fastdns/server/_layout.pxi``."""
+    g = globals()
+    out = [
+        "# Generated by fastdns/ipc/layout.py (python3 -m fastdns.ipc.layout --pxi)",
+        "# at build time; do not edit. The shared-memory layout as the UDP fast",
+        "# path sees it (docs/internals.md section 4).",
+        "",
+        "cdef enum:",
+    ]
+    for region in _C_REGIONS:
+        out.append(f"    # {region.name} ({region.unit}s)")
+        out.extend(f"    {f.name} = {f.offset}" for f in region.fields)
+    out.append("    # sizes")
+    out.extend(f"    {name} = {g[name]}" for name in _C_SCALARS)
+    out.append(f"    N_SIZE_BOUNDS = {len(SIZE_BUCKETS)}")
+    out.append(f"    N_LAT_BOUNDS = {len(LATENCY_BUCKETS)}")
+    bounds = ", ".join(str(int(b)) for b in SIZE_BUCKETS)
+    out += [
+        "",
+        f"cdef int SIZE_BOUNDS[{len(SIZE_BUCKETS)}]",
+        f"SIZE_BOUNDS[:] = [{bounds}]",
+        "",
+        "",
+        "cdef inline int qtype_bucket(unsigned int qtype) noexcept nogil:",
+        '    """The word of ``qtype`` among the qtype buckets (layout.QTYPES)."""',
+    ]
+    for i, (name, code) in enumerate(QTYPES):
+        out += [f"    if qtype == {code}:  # {name}", f"        return {i}"]
+    out += ["    return QT_OTHER", ""]
+    return "\n".join(out)
+
+
+def markdown() -> str:
+    """The layout tables of docs/internals.md §4 (between its layout markers)."""
+    out = []
+    for region in REGIONS:
+        unit = "octet" if region.unit == "octet" else "word (u64)"
+        out += [f"**{region.name}** ({region.doc}):", "",
+                f"| {unit} | size | name | meaning |", "|---:|---:|---|---|"]
+        for f in region.fields:
+            size = "rest" if f.size == 0 else str(f.size)
+            out.append(f"| {f.offset} | {size} | `{f.name}` | {f.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m fastdns.ipc.layout",
+                                 description="Print what is generated from the layout.")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pxi", action="store_true", help="the Cython include")
+    what.add_argument("--markdown", action="store_true", help="the tables of internals.md §4")
+    args = ap.parse_args(argv)
+    sys.stdout.write(pxi() if args.pxi else markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

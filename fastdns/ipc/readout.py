@@ -1,0 +1,293 @@
+"""Reading counters blocks back: what the metrics exporter sums and decodes.
+
+:func:`read_counters` turns one worker's block (``fastdns/ipc/layout.py``)
+into a dict, :func:`sum_counters` adds the dicts of every worker, and
+:func:`decode_forward` / :func:`decode_rows` name the position-keyed forward
+slots and per-(server, zone) rows by the labels of
+``fastdns/ipc/tables.py``. A block no worker has started reads as zeros; a
+keyed region whose table word changed during the read is attributed to no
+table.
+"""
+
+from __future__ import annotations
+
+import operator
+import struct
+
+from fastdns.ipc.layout import (
+    FAMILIES,
+    FS_CONN,
+    FS_DURATIONS,
+    FS_HC_FAILURES,
+    FWD_CONN_PROTOS,
+    FWD_END,
+    FWD_HIST,
+    FWD_RCODES,
+    FWD_SLOT_WORDS,
+    FWD_WORDS,
+    LATENCY_BUCKETS,
+    MAGIC,
+    N_LAT,
+    N_SIZE,
+    PROTOS,
+    QTYPE_BUCKETS,
+    R_DO,
+    R_LATENCY,
+    R_LATENCY_SUM_NS,
+    R_QUERIES,
+    R_REQ_SIZE,
+    R_RESP_SIZE,
+    R_RESPONSES,
+    RCODE_NAMES,
+    ROW_WORDS,
+    ROWS_END,
+    ROWS_WORDS,
+    SIZE_BUCKETS,
+    W_BATCHES,
+    W_CACHE_ENTRIES_DENIAL,
+    W_CACHE_ENTRIES_SUCCESS,
+    W_CACHE_EVICTIONS_DENIAL,
+    W_CACHE_EVICTIONS_SUCCESS,
+    W_CACHE_HITS_DENIAL,
+    W_CACHE_HITS_SUCCESS,
+    W_CACHE_MISSES,
+    W_CACHE_PREFETCH,
+    W_CACHE_REQUESTS,
+    W_CACHE_SERVED_STALE,
+    W_CC_ENTRIES,
+    W_CC_HITS_DENIAL,
+    W_CC_HITS_SUCCESS,
+    W_CC_MISSES,
+    W_DO,
+    W_END,
+    W_FWD_BROKEN,
+    W_FWD_MAX_CONCURRENT_REJECTS,
+    W_FWD_SLOTS,
+    W_FWD_TABLE,
+    W_GENERATION,
+    W_LATENCY,
+    W_LATENCY_SUM_NS,
+    W_MAGIC,
+    W_OVERSIZE,
+    W_PID,
+    W_QUERIES,
+    W_REMAPS,
+    W_REQ_SIZE,
+    W_RESP_SIZE,
+    W_RESPONSES,
+    W_ROWS,
+    W_ROWS_TABLE,
+    W_SEND_ERRORS,
+    W_SLOW,
+    W_SLOW_FORWARDED,
+    W_SLOW_OTHER,
+    W_SLOW_POD,
+    W_SLOW_REFUSED,
+    W_SLOW_SERVFAIL,
+    W_TCP_ACCEPTED,
+    W_TCP_IDLE_CLOSED,
+    W_TCP_REJECTED,
+)
+from fastdns.ipc.tables import fwd_slot_labels, row_labels
+
+# read_counters' "forward": (region word, count) pairs from W_FWD_BROKEN on, the
+# shape sum_counters (and any walker of its dicts) already adds like buckets
+FWD_ZERO = tuple((i, 0) for i in range(FWD_WORDS))
+ROWS_ZERO = tuple((i, 0) for i in range(ROWS_WORDS))
+
+
+def _hist(words: list[int] | tuple[int, ...], start: int, bounds: tuple[float, ...],
+          scale: float = 1.0) -> dict:
+    """Prometheus-shaped histogram: cumulative (le, count) pairs, sum, count."""
+    counts = words[start : start + len(bounds) + 1]
+    cum, buckets = 0, []
+    for bound, c in zip((*bounds, float("inf")), counts, strict=True):
+        cum += c
+        buckets.append((float(bound), cum))
+    return {"buckets": buckets, "sum": words[start + len(bounds) + 1] * scale, "count": cum}
+
+
+def _region(block: memoryview | bytes, started: bool, table_word: int, first: int,
+            nwords: int, end: int, zero: tuple) -> tuple[int, tuple]:
+    """(table hash, enumerated words) of a keyed region (forward, rows); (0, zero)
+    when the block has no such region yet. The worker zeroes the table word
+    while it rewrites the region: a read that raced a rewrite is attributed
+    to no table."""
+    if not started or len(block) < end * 8:
+        return 0, zero
+    table = struct.unpack_from("=Q", block, table_word * 8)[0]
+    words = tuple(enumerate(struct.unpack_from(f"={nwords}Q", block, first * 8)))
+    if struct.unpack_from("=Q", block, table_word * 8)[0] != table:
+        table = 0
+    return table, words
+
+
+def read_counters(block: memoryview | bytes) -> dict:
+    """One worker block as a dict the metrics exporter can sum (see sum_counters).
+
+    A block no worker has started yet (magic missing) reads as all zeros.
+    """
+    words = list(struct.unpack_from(f"={W_END}Q", block))
+    if words[W_MAGIC] != MAGIC:
+        words = [0] * W_END
+    started = words[W_MAGIC] == MAGIC
+    fwd_table, fwd = _region(block, started, W_FWD_TABLE, W_FWD_BROKEN, FWD_WORDS, FWD_END,
+                             FWD_ZERO)
+    rows_table, rows = _region(block, started, W_ROWS_TABLE, W_ROWS, ROWS_WORDS, ROWS_END,
+                               ROWS_ZERO)
+    queries = {}
+    i = W_QUERIES
+    for proto in PROTOS:
+        for family in FAMILIES:
+            for qt in QTYPE_BUCKETS:
+                queries[(proto, family, qt)] = words[i]
+                i += 1
+    lat = words[W_LATENCY : W_LATENCY + N_LAT] + [words[W_LATENCY_SUM_NS]]
+    return {
+        "pid": words[W_PID],
+        "generation": words[W_GENERATION],
+        "batches": words[W_BATCHES],
+        "remaps": words[W_REMAPS],
+        "do_requests": words[W_DO],
+        "slow": {
+            "total": words[W_SLOW], "pod": words[W_SLOW_POD], "refused": words[W_SLOW_REFUSED],
+            "servfail": words[W_SLOW_SERVFAIL], "other": words[W_SLOW_OTHER],
+        },
+        "tcp": {
+            "accepted": words[W_TCP_ACCEPTED], "rejected": words[W_TCP_REJECTED],
+            "idle_closed": words[W_TCP_IDLE_CLOSED],
+        },
+        "forwarded": words[W_SLOW_FORWARDED],
+        "cache": {
+            "c_hits": {"success": words[W_CC_HITS_SUCCESS], "denial": words[W_CC_HITS_DENIAL]},
+            "c_misses": words[W_CC_MISSES], "c_entries": words[W_CC_ENTRIES],
+            "requests": words[W_CACHE_REQUESTS], "misses": words[W_CACHE_MISSES],
+            "hits": {"success": words[W_CACHE_HITS_SUCCESS],
+                     "denial": words[W_CACHE_HITS_DENIAL]},
+            "prefetch": words[W_CACHE_PREFETCH], "served_stale": words[W_CACHE_SERVED_STALE],
+            "entries": {"success": words[W_CACHE_ENTRIES_SUCCESS],
+                        "denial": words[W_CACHE_ENTRIES_DENIAL]},
+            "evictions": {"success": words[W_CACHE_EVICTIONS_SUCCESS],
+                          "denial": words[W_CACHE_EVICTIONS_DENIAL]},
+        },
+        "forward_max_concurrent_rejects": words[W_FWD_MAX_CONCURRENT_REJECTS],
+        # the per-upstream region after W_FWD_TABLE, raw (decode_forward reads
+        # it); "forward_table" says which slot table it describes
+        "forward_table": fwd_table,
+        "forward": list(fwd),
+        # the per-(server, zone) rows, raw (decode_rows reads them); "rows_table"
+        # is the rows_hash of the row table they describe
+        "rows_table": rows_table,
+        "rows": list(rows),
+        "send_errors": words[W_SEND_ERRORS],
+        "oversize": words[W_OVERSIZE],
+        "queries": queries,
+        "responses": dict(zip(RCODE_NAMES, words[W_RESPONSES : W_RESPONSES + len(RCODE_NAMES)],
+                              strict=True)),
+        "request_size": {
+            p: _hist(words, W_REQ_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+            for k, p in enumerate(PROTOS)
+        },
+        "response_size": {
+            p: _hist(words, W_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+            for k, p in enumerate(PROTOS)
+        },
+        "latency": _hist(lat, 0, LATENCY_BUCKETS, 1e-9),
+    }
+
+
+_NOT_SUMMED = ("pid", "generation", "forward_table", "rows_table")
+
+
+def sum_counters(blocks: list[dict]) -> dict:
+    """Add up read_counters() dicts of several workers (pid/generation dropped)."""
+
+    def add(a, b):
+        if isinstance(a, dict):
+            return {k: add(a[k], b[k]) for k in a}
+        if isinstance(a, list):
+            return [(x[0], x[1] + y[1]) for x, y in zip(a, b, strict=True)]
+        return a + b
+
+    if not blocks:
+        return {k: v for k, v in read_counters(bytes(W_END * 8)).items() if k not in _NOT_SUMMED}
+    total = {k: v for k, v in blocks[0].items() if k not in _NOT_SUMMED}
+    for blk in blocks[1:]:
+        total = add(total, {k: v for k, v in blk.items() if k not in _NOT_SUMMED})
+    return total
+
+
+_count = operator.itemgetter(1)
+
+
+def forward_sum(fwd: list[tuple[int, int]]) -> int:
+    """All counts of a ``forward`` region added up (a region that went back was reset)."""
+    return sum(map(_count, fwd))
+
+
+def decode_forward(fwd: list[tuple[int, int]], table: tuple[str, ...]) -> dict:
+    """The ``forward`` pairs of read_counters/sum_counters, by ``to`` label.
+
+    ``{"healthcheck_broken": n, "upstreams": {to: {"healthcheck_failures": n,
+    "conn": {(proto, "hits"|"misses"): n}, "durations": {rcode_index: hist}}}}``
+    where ``hist`` is shaped like read_counters' histograms (seconds) and
+    only upstreams and rcodes with a count appear.
+    """
+    words = list(map(_count, fwd))
+    labels = fwd_slot_labels(table)
+    ups: dict[str, dict] = {}
+    base = W_FWD_SLOTS - W_FWD_BROKEN
+    for k, to in enumerate(labels):
+        s = base + k * FWD_SLOT_WORDS
+        slot = words[s : s + FWD_SLOT_WORDS]
+        if not to or not any(slot):
+            continue
+        conn = {(p, kind): slot[FS_CONN + 2 * i + j]
+                for i, p in enumerate(FWD_CONN_PROTOS)
+                for j, kind in enumerate(("hits", "misses"))}
+        durations = {}
+        for rc in range(FWD_RCODES):
+            h = FS_DURATIONS + rc * FWD_HIST
+            if any(slot[h : h + FWD_HIST - 1]):
+                durations[rc] = _hist(slot, h, LATENCY_BUCKETS, 1e-9)
+        ups[to] = {"healthcheck_failures": slot[FS_HC_FAILURES], "conn": conn,
+                   "durations": durations}
+    return {"healthcheck_broken": words[0], "upstreams": ups}
+
+
+def _row_dns(words: list[int]) -> dict:
+    """One row's words shaped like read_counters' DNS keys."""
+    queries, i = {}, R_QUERIES
+    for proto in PROTOS:
+        for family in FAMILIES:
+            for qt in QTYPE_BUCKETS:
+                queries[(proto, family, qt)] = words[i]
+                i += 1
+    lat = words[R_LATENCY : R_LATENCY + N_LAT] + [words[R_LATENCY_SUM_NS]]
+    return {
+        "queries": queries,
+        "responses": dict(zip(RCODE_NAMES, words[R_RESPONSES : R_RESPONSES + len(RCODE_NAMES)],
+                              strict=True)),
+        "do_requests": words[R_DO],
+        "request_size": {p: _hist(words, R_REQ_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+                         for k, p in enumerate(PROTOS)},
+        "response_size": {p: _hist(words, R_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+                          for k, p in enumerate(PROTOS)},
+        "latency": _hist(lat, 0, LATENCY_BUCKETS, 1e-9),
+    }
+
+
+def decode_rows(rows: list[tuple[int, int]], table: tuple[tuple[str, str], ...]) -> dict:
+    """The ``rows`` pairs of read_counters/sum_counters, by (server, zone).
+
+    Values are shaped like read_counters' DNS keys (``queries``,
+    ``responses``, ``do_requests``, ``request_size``, ``response_size``,
+    ``latency``); only rows with a count appear.
+    """
+    words = list(map(_count, rows))
+    out = {}
+    for k, label in enumerate(row_labels(table)):
+        w = words[k * ROW_WORDS : (k + 1) * ROW_WORDS]
+        if label[0] and any(w):
+            out[label] = _row_dns(w)
+    return out
