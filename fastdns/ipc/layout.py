@@ -181,9 +181,10 @@ W_CACHE_PREFETCH = CB.field("W_CACHE_PREFETCH", doc="prefetches")
 W_CACHE_SERVED_STALE = CB.field("W_CACHE_SERVED_STALE", doc="stale answers served")
 W_CACHE_ENTRIES_SUCCESS = CB.field("W_CACHE_ENTRIES_SUCCESS", doc="gauge")
 W_CACHE_ENTRIES_DENIAL = CB.field("W_CACHE_ENTRIES_DENIAL", doc="gauge")
-W_CACHE_EVICTIONS_SUCCESS = CB.field("W_CACHE_EVICTIONS_SUCCESS")
-W_CACHE_EVICTIONS_DENIAL = CB.field("W_CACHE_EVICTIONS_DENIAL")
-W_FWD_MAX_CONCURRENT_REJECTS = CB.field("W_FWD_MAX_CONCURRENT_REJECTS")
+W_CACHE_EVICTIONS_SUCCESS = CB.field("W_CACHE_EVICTIONS_SUCCESS", doc="evictions, success")
+W_CACHE_EVICTIONS_DENIAL = CB.field("W_CACHE_EVICTIONS_DENIAL", doc="evictions, denial")
+W_FWD_MAX_CONCURRENT_REJECTS = CB.field("W_FWD_MAX_CONCURRENT_REJECTS",
+                                        doc="forward queries refused over max_concurrent")
 # the DNS words (the row layout below repeats them per (server, zone))
 W_QUERIES = CB.field("W_QUERIES", N_Q, "requests [proto][family][qtype]")
 W_RESPONSES = CB.field("W_RESPONSES", len(RCODE_NAMES),
@@ -280,6 +281,10 @@ _check()
 _C_SCALARS = ("W_END", "N_QTYPES", "QT_OTHER", "R_BADVERS", "R_DROPPED", "N_SIZE", "N_LAT",
               "ROW_WORDS", "ROWS", "ROW_MAX", "ROWS_END", "LATENCY_FIRST_NS")
 _C_REGIONS = (CTL, CB, ROW)
+# The sizes the tables of internals.md §4 list below the regions.
+_DOC_SCALARS = ("MAX_WORKERS", "NAME_MAX", "STATS_WORDS", "COUNTERS_SIZE", "W_END", "N_Q",
+                "N_SIZE", "N_LAT", "FWD_SLOTS", "FWD_SLOT_WORDS", "FWD_HIST", "FWD_END", "ROWS",
+                "ROW_WORDS", "ROWS_END", "MAX_PROBES", "LOOP_SIZE")
 
 
 def pxi() -> str:
@@ -318,14 +323,20 @@ def pxi() -> str:
 def markdown() -> str:
     """The layout tables of docs/internals.md §4 (between its layout markers)."""
     out = []
-    for region in REGIONS:
+    for region in REGIONS:  # the docs are Python-docstring text: ``x`` becomes `x`
         unit = "octet" if region.unit == "octet" else "word (u64)"
-        out += [f"**{region.name}** ({region.doc}):", "",
+        out += [f"**{region.name}** ({region.doc.replace('``', '`')}):", "",
                 f"| {unit} | size | name | meaning |", "|---:|---:|---|---|"]
         for f in region.fields:
             size = "rest" if f.size == 0 else str(f.size)
-            out.append(f"| {f.offset} | {size} | `{f.name}` | {f.doc} |")
+            out.append(f"| {f.offset} | {size} | `{f.name}` | {f.doc.replace('``', '`')} |")
         out.append("")
+    g = globals()
+    out += ["**sizes**:", "", "| name | value |", "|---|---:|"]
+    out += [f"| `{name}` | {g[name]} |" for name in _DOC_SCALARS]
+    out += ["", "**buckets** (word order): qtype " + ", ".join(QTYPE_BUCKETS)
+            + "; rcode " + ", ".join(RCODE_NAMES) + "; proto " + ", ".join(PROTOS)
+            + "; family " + ", ".join(map(str, FAMILIES)) + ".", ""]
     return "\n".join(out)
 
 
