@@ -32,6 +32,7 @@ packet touches the same few extra lines as every other packet of its zone.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
@@ -132,8 +133,33 @@ cdef extern from *:
     """
     unsigned long long fd_load_u64(const void* p) nogil
 
+cdef extern from *:
+    """
+    /* The pre-lookup hook (docs/internals.md section 4, "Pre-lookup hook"):
+       what a plugin's extension module hands FastPath.set_prelookup, in a
+       PyCapsule named "fastdns.prelookup". Called without the GIL for each
+       query before the image lookup. */
+    typedef int (*fastdns_prelookup_fn)(void *ctx, unsigned char *pkt, Py_ssize_t *length,
+                                         unsigned char *out, Py_ssize_t out_cap,
+                                         Py_ssize_t *ans);
+    typedef struct fastdns_prelookup {
+        fastdns_prelookup_fn fn;
+        void *ctx;
+    } fastdns_prelookup;
+    """
+    ctypedef int (*fastdns_prelookup_fn)(void* ctx, unsigned char* pkt, Py_ssize_t* length,
+                                         unsigned char* out, Py_ssize_t out_cap,
+                                         Py_ssize_t* ans) noexcept nogil
+    ctypedef struct fastdns_prelookup:
+        fastdns_prelookup_fn fn
+        void* ctx
+
 # -- sizes ----------------------------------------------------------------------
 cdef enum:
+    # what a pre-lookup hook returns
+    PRE_LOOKUP = 0  # look ``pkt[:*length]`` up in the image (the hook may have rewritten it)
+    PRE_ANSWER = 1  # ``out[:*ans]`` is the answer
+    PRE_SLOW = 2  # hand the packet to the Python slow path
     SLOT = 4096  # octets per datagram slot: answer_packet needs out_cap >= 4096
     VLEN = 64  # datagrams per recvmmsg
     MAX_BATCHES = 16  # batches per readiness callback, so one socket cannot starve the loop
@@ -368,6 +394,8 @@ cdef class FastPath:
     cdef signed char fd_lz[MAX_FD]  # fd -> its table, -1 = none
     cdef bint has_rows  # the counters block holds the row region
     cdef readonly CacheTable cache
+    cdef fastdns_prelookup prelookup  # fn NULL: no hook (one predictable branch a packet)
+    cdef object _prelookup_capsule  # keeps the hook's owner alive
 
     def __cinit__(self):
         self.inbuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
@@ -451,6 +479,30 @@ cdef class FastPath:
             self.image_len = self._image.shape[0]
         self.generation = generation
         self.w[W_GENERATION] = generation
+
+    def set_prelookup(self, capsule):
+        """Call a plugin's C hook for each query before the image lookup; None: no hook.
+
+        ``capsule`` is a PyCapsule named ``"fastdns.prelookup"`` holding a
+        ``fastdns_prelookup`` (function and context, see the C declaration
+        above); it is kept alive while the hook is set. The hook may rewrite
+        the query in place (at most ``out_cap`` octets, setting ``*length``)
+        and return PRE_LOOKUP, write an answer to ``out`` and return
+        PRE_ANSWER, or return PRE_SLOW.
+        """
+        cdef fastdns_prelookup* hook
+        if capsule is None:
+            self.prelookup.fn = NULL
+            self.prelookup.ctx = NULL
+            self._prelookup_capsule = None
+            return
+        if not PyCapsule_IsValid(capsule, b"fastdns.prelookup"):
+            raise TypeError("a pre-lookup hook is a PyCapsule named 'fastdns.prelookup'")
+        hook = <fastdns_prelookup*>PyCapsule_GetPointer(capsule, b"fastdns.prelookup")
+        if hook.fn == NULL:
+            raise ValueError("the pre-lookup hook has no function")
+        self._prelookup_capsule = capsule
+        self.prelookup = hook[0]
 
     def release(self):
         """Drop every buffer this object holds (before the mmaps close)."""
@@ -544,8 +596,9 @@ cdef class FastPath:
         return total
 
     cdef int _batch(self, int fd, int family, bint pktinfo) except -2:
-        cdef int i, n, m = 0, nslow = 0, sent, r, zone, row, lb
+        cdef int i, n, m = 0, nslow = 0, sent, r, zone, row, lb, pre
         cdef Py_ssize_t length, ans
+        cdef fastdns_prelookup hook = self.prelookup
         cdef uint64_t t0, ns
         cdef uint64_t* w = self.w
         cdef uint64_t* rw
@@ -587,6 +640,24 @@ cdef class FastPath:
                     count_dropped(w, row)
                     continue
                 zone = -1
+                if hook.fn != NULL:
+                    ans = 0
+                    pre = hook.fn(hook.ctx, pkt, &length, out, SLOT, &ans)
+                    if length != self.rmsgs[i].msg_len and 12 <= length <= SLOT:
+                        self.rmsgs[i].msg_len = <unsigned int>length  # rewritten
+                    else:
+                        length = self.rmsgs[i].msg_len
+                    if pre == PRE_ANSWER and 0 < ans <= SLOT:
+                        count_response(w, row, 0, out, ans)
+                        self._queue(m, i, out, ans)
+                        m += 1
+                        continue
+                    if pre == PRE_SLOW:
+                        w[W_SLOW] += 1
+                        self.slow_idx[nslow] = i
+                        self.slow_zone[nslow] = -1
+                        nslow += 1
+                        continue
                 ans = answer_packet(self.image, self.image_len, pkt, length, out, SLOT,
                                     self.rotation, &zone)
                 self.rotation += 1
