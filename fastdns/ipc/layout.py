@@ -312,7 +312,7 @@ def pxi() -> str:
         "",
         "",
         "cdef inline int qtype_bucket(unsigned int qtype) noexcept nogil:",
-        '    """The word of ``qtype`` among the qtype buckets (layout.QTYPES)."""',
+        '    """The bucket of ``qtype`` in the [qtype] words (layout.QTYPES, then other)."""',
     ]
     for i, (name, code) in enumerate(QTYPES):
         out += [f"    if qtype == {code}:  # {name}", f"        return {i}"]
