@@ -13,10 +13,10 @@ from fastdns.codec import wire
 from fastdns.control import loopdetect, reload
 from fastdns.corefile import parse_corefile
 from fastdns.corefile.model import COMMON_LOG_FORMAT
+from fastdns.ipc import image as img
 from fastdns.server import querylog as ql
 from fastdns.server.worker_plugins import ErrorLog, WorkerPlugins, whoami_template
 from fastdns.zone import hosts
-from fastdns.zone import image as img
 
 # -- log -------------------------------------------------------------------------
 

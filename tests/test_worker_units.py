@@ -13,11 +13,11 @@ from test_worker import POD_ZONE, build_test_image, free_port
 
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.constants import Qtype
+from fastdns.ipc import image as img
 from fastdns.server import counters as ctr
 from fastdns.server import shm
 from fastdns.server import worker as wk
 from fastdns.server.slowpath import SlowPath
-from fastdns.zone import image as img
 
 try:
     from fastdns.server import _udp

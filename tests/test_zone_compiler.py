@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zonetests import SERIAL, ask
 
+from fastdns.ipc import image as img
 from fastdns.zone import fragments
-from fastdns.zone import image as img
 from fastdns.zone.compiler import Compiler
+from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
 from fastdns.zone.records import KubernetesOptions
 from fastdns.zone.state import Affected, ClusterState, demo_path, load_state
@@ -53,8 +54,8 @@ def test_header_generation_synced_serial():
 
 
 def test_zone_table_flags_and_kinds():
-    extra = [img.ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD, block=1),
-             img.ZoneSpec(b"\x07example\x03org\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]
+    extra = [ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD, block=1),
+             ZoneSpec(b"\x07example\x03org\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]
     image = Compiler(KUBEADM, extra).full(load_state(demo_path()))
     zones = {}
     for i in range(img.read_header(image).nzones):
@@ -85,7 +86,7 @@ def test_zone_miss_uses_the_zones_suffix(wire):
 
 
 def test_without_kubernetes_only_extra_zones(wire):
-    image = Compiler(None, [img.ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]).full(
+    image = Compiler(None, [ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]).full(
         ClusterState())
     assert ask(wire, image, "nginx.default.svc.cluster.local.", "A")[0] == 2
 
@@ -420,7 +421,7 @@ def test_extra_zone_keeps_its_negative_variants(wire):
     they are laid out as a multi-variant answer record and rotate by counter."""
     t1 = img.make_template(0x8583, 0, 0, 0, b"")  # NXDOMAIN, no SOA
     t2 = img.make_template(0x8582, 0, 0, 0, b"")  # SERVFAIL
-    spec = img.ZoneSpec(b"\x04test\x00", img.ZF_AUTH, negative=(t1, t2), kind=img.ZK_HOSTS)
+    spec = ZoneSpec(b"\x04test\x00", img.ZF_AUTH, negative=(t1, t2), kind=img.ZK_HOSTS)
     image = Compiler(None, [spec]).full(ClusterState())
     data = dns.message.make_query("x.test.", "A").to_wire()
     rcodes = {dns.message.from_wire(wire.answer(image, data, n)[1]).rcode() for n in (0, 1)}

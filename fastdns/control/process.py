@@ -37,12 +37,6 @@ log = logging.getLogger("control")
 EXIT_OK = 0
 EXIT_CONTROL_FATAL = 3  # configuration error: the supervisor does not restart us
 COALESCE = 0.01  # seconds events are gathered before one compile + publish
-# Lay images out straight into their segment (no ~40 MB buffer in this process at
-# 10k Services) instead of into a reused buffer that is then pwrite()n. Off by
-# default: in four interleaved pairs of bench/bench_kube.py runs it raised p99
-# event -> answer from 79-93 ms to 104-164 ms at equal control CPU, for 37 MB
-# less control RSS. FASTDNS_DEFERRED_IMAGES=1 turns it on.
-DEFERRED_IMAGES = os.environ.get("FASTDNS_DEFERRED_IMAGES", "") == "1"
 MAX_WINDOW = 0.1  # the widest a busy loop's window grows (seconds)
 # CoreDNS's service_kind label values of
 # coredns_kubernetes_dns_programming_duration_seconds (plugin/kubernetes/object/metrics.go)
@@ -136,7 +130,8 @@ def forward_zones(config: Any) -> list[Any]:
     (CoreDNS picks the most specific server block first). The root zone
     needs no entry: names in no zone are handed over anyway.
     """
-    from fastdns.zone import image as img
+    from fastdns.ipc import image as img
+    from fastdns.zone.imagebuilder import ZoneSpec
     from fastdns.zone.records import name_wire
 
     out: list[Any] = []
@@ -145,7 +140,7 @@ def forward_zones(config: Any) -> list[Any]:
             continue
         for z in b.zones:
             if z != ".":
-                out.append(img.ZoneSpec(name_wire(z).lower(), img.ZF_SLOW_MISS,
+                out.append(ZoneSpec(name_wire(z).lower(), img.ZF_SLOW_MISS,
                                         block=i, kind=img.ZK_FORWARD))
     return out
 
@@ -161,12 +156,7 @@ class ControlLoop:
     def __init__(self, compiler: Any, publisher: Publisher, *, coalesce: float = COALESCE,
                  state: Any = None) -> None:
         self.compiler = compiler
-        if (DEFERRED_IMAGES and hasattr(compiler, "deferred")
-                and getattr(publisher, "_bg", None) is not None):
-            # each image is laid out straight into the segment it is published
-            # in (Compiler.deferred, Publisher._write_deferred): no copy of it here
-            compiler.deferred = True
-        elif hasattr(compiler, "reuse_buffer"):
+        if hasattr(compiler, "reuse_buffer"):
             # each image is published (copied out) before the next compile:
             # one buffer, its pages faulted in once (Compiler.reuse_buffer)
             compiler.reuse_buffer = True

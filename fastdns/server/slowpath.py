@@ -33,8 +33,8 @@ from collections.abc import Awaitable, Callable
 from fastdns import errors
 from fastdns.codec import wire
 from fastdns.constants import Qclass, Rcode
+from fastdns.ipc import image as img
 from fastdns.server import counters as ctr
-from fastdns.zone import image as img
 
 log = logging.getLogger(__name__)
 

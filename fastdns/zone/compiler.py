@@ -26,12 +26,11 @@ import struct
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fastdns.constants import Flag, Rcode
-from fastdns.zone import image as img
+from fastdns.ipc import image as img
 from fastdns.zone.fragments import (
     EMPTY,
     SHARED,
@@ -40,6 +39,7 @@ from fastdns.zone.fragments import (
     assemble,
     slot_count,
 )
+from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.records import (
     AAAA,
     CNAME,
@@ -76,39 +76,9 @@ _SOA_RELOCS = (0, 12 + len(_NS_DNS), 12 + len(_NS_DNS) + 2 + len(_HOSTMASTER))
 Key = tuple[str, str]
 
 
-class DeferredImage:
-    """An image that is laid out only when it is written into its buffer.
-
-    `Compiler.deferred` (the control loop) hands these out: the publisher
-    maps the segment the image is published in and has it written there
-    directly, so the control process keeps no copy of the image (~40 MB at
-    10k Services) and copies it nowhere. `len()` is its size; `tobytes()`
-    lays it out in a bytes of its own (tests, and the write-through
-    fallback).
-    """
-
-    __slots__ = ("size", "_write")
-
-    def __init__(self, size: int, write: Callable[[Any], object]) -> None:
-        self.size = size
-        self._write = write
-
-    def __len__(self) -> int:
-        return self.size
-
-    def write_into(self, target: Any) -> None:
-        """Lay the image out in the first `size` octets of the writable `target`."""
-        self._write(target)
-
-    def tobytes(self) -> bytes:
-        buf = bytearray(self.size)
-        self._write(buf)
-        return bytes(buf)
-
-
 PtrRec = tuple[bytes, bytes, bool]  # (packed address, target name wire, from a ClusterIP)
 Claim = tuple[Key, PtrRec] | dict[Key, list[PtrRec]]  # Compiler._ptr's values
-Image = bytes | bytearray | DeferredImage  # bytearray: reuse_buffer; Deferred: deferred
+Image = bytes | bytearray  # bytearray: reuse_buffer
 
 
 @contextlib.contextmanager
@@ -324,14 +294,13 @@ class Compiler:
     """
 
     def __init__(self, options: KubernetesOptions | None,
-                 zones_config: Sequence[img.ZoneSpec] = ()) -> None:
+                 zones_config: Sequence[ZoneSpec] = ()) -> None:
         self.options = options
         self.builder = RecordBuilder(options) if options else None
         self.synced = True
         self.generation = 0
         self.serial = 0
         self.reuse_buffer = False
-        self.deferred = False  # assemble() returns a DeferredImage (the control loop)
         self._buf = bytearray()
         self.zones = self._zone_table(options, zones_config)
         self._kzones = [z for z in self.zones if z.kube]
@@ -348,7 +317,7 @@ class Compiler:
     # -- zone table ------------------------------------------------------
     @staticmethod
     def _zone_table(opts: KubernetesOptions | None,
-                    extra: Sequence[img.ZoneSpec]) -> list[_Zone]:
+                    extra: Sequence[ZoneSpec]) -> list[_Zone]:
         zones: list[_Zone] = []
         if opts is not None:
             fall = [name_wire(f).lower() for f in opts.fallthrough]
@@ -396,7 +365,6 @@ class Compiler:
         self._keys: list[tuple] = []
         self._list: list[Fragment] = []  # the fragments in _keys order
         self._nent = 0
-        self._blob = 0  # octets of every cached fragment's blob
         self._svc_ptrs: dict[Key, list[PtrRec]] = {}
         # address -> the Services' PTR contributions (packed, target, from a ClusterIP).
         # Nearly every address has exactly one: that is stored as one (Service,
@@ -424,7 +392,6 @@ class Compiler:
                 return False
             del self._frags[key]
             self._nent -= old.count
-            self._blob -= len(old.blob)
             if not self._order_dirty:
                 i = bisect.bisect_left(self._keys, key)
                 del self._keys[i]
@@ -432,7 +399,6 @@ class Compiler:
             return True
         self._frags[key] = frag
         self._nent += frag.count - (old.count if old is not None else 0)
-        self._blob += len(frag.blob) - (len(old.blob) if old is not None else 0)
         if not self._order_dirty:
             i = bisect.bisect_left(self._keys, key)
             if old is None:
@@ -824,14 +790,6 @@ class Compiler:
         header = img.HEADER.pack(img.MAGIC, img.FORMAT_VERSION, flags, self.generation, 0,
                                  nslots, slots_off, len(self.zones), zones_off, self.serial)
         frags = [pre, *self._list]
-        if self.deferred:
-            size = base + len(pre.blob) + self._blob
-
-            def write(target: Any) -> object:
-                return assemble(header, zone_table, nslots, frags, base + shared_off,
-                                None, target)
-
-            return DeferredImage(size, write)
         if not self.reuse_buffer:
             return assemble(header, zone_table, nslots, frags, base + shared_off)
         try:

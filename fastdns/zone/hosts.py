@@ -29,9 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastdns.zone import image as img
+from fastdns.ipc import image as img
 from fastdns.zone.compiler import FLAGS_ANSWER, Compiler, exact_template, rotations
 from fastdns.zone.fragments import EMPTY, Fragment, FragmentWriter
+from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.records import name_wire
 
 log = logging.getLogger("plugin/hosts")
@@ -146,9 +147,9 @@ def hosts_fragment(table: HostsTable, conf: Any, loadbalance: bool) -> Fragment:
     return w.finish()
 
 
-def hosts_zones(config: Any) -> list[img.ZoneSpec]:
+def hosts_zones(config: Any) -> list[ZoneSpec]:
     """One zone entry per zone of each hosts plugin: misses SERVFAIL, or fall through."""
-    out: list[img.ZoneSpec] = []
+    out: list[ZoneSpec] = []
     servfail = img.make_template(FLAGS_SERVFAIL, 0, 0, 0, b"")
     seen: set[int] = set()
     for i, b in enumerate(config.servers):
@@ -163,7 +164,7 @@ def hosts_zones(config: Any) -> list[img.ZoneSpec]:
                 flags, neg = img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH, ()
             else:
                 flags, neg = img.ZF_AUTH, (servfail,)
-            out.append(img.ZoneSpec(name_wire(z).lower(), flags, neg, conf.ttl, i,
+            out.append(ZoneSpec(name_wire(z).lower(), flags, neg, conf.ttl, i,
                                     img.ZK_HOSTS))
     return out
 
@@ -171,7 +172,7 @@ def hosts_zones(config: Any) -> list[img.ZoneSpec]:
 class HostsCompiler(Compiler):
     """The zone compiler plus the hosts plugins' fragments (kept across ``full``)."""
 
-    def __init__(self, options: Any, zones_config: Sequence[img.ZoneSpec] = (),
+    def __init__(self, options: Any, zones_config: Sequence[ZoneSpec] = (),
                  hosts: Sequence[tuple[Any, bool]] = ()) -> None:
         self._hosts_frags: dict[tuple, Fragment] = {}
         self.hosts = list(hosts)  # (HostsConfig, loadbalance)
@@ -199,7 +200,7 @@ class HostsCompiler(Compiler):
         return changed
 
 
-def compiler_for(config: Any, options: Any, zones_config: Sequence[img.ZoneSpec] = ()
+def compiler_for(config: Any, options: Any, zones_config: Sequence[ZoneSpec] = ()
                  ) -> Compiler:
     """The control process's compiler for ``config`` (kubernetes ``options`` or None)."""
     hosts: list[tuple[Any, bool]] = []

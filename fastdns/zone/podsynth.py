@@ -15,7 +15,7 @@ import struct
 
 from fastdns import wire
 from fastdns.constants import QT_NAME, Flag, Qtype
-from fastdns.zone import image as img
+from fastdns.ipc import image as img
 from fastdns.zone.records import pod_name_address, wire_labels
 
 _RR_HEAD = struct.Struct(">HHIH")
@@ -79,4 +79,4 @@ def synthesize(image, query_bytes: bytes, q) -> bytes | None:
 def _exists(image, key: bytes) -> bool:
     """(key, QT_NAME) is an entry of the image itself (not a zone fallback)."""
     h = img.read_header(image)
-    return bool(img._find(image, h, key, QT_NAME))
+    return bool(img.find(image, h, key, QT_NAME))

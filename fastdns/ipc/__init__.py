@@ -1,0 +1,1 @@
+"""Contracts between fastdns processes: the shared-memory layout and the snapshot image format."""
