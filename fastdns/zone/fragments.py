@@ -26,7 +26,7 @@ from typing import NamedTuple
 from fastdns.ipc import image as img
 
 SHARED = 0x80000000
-_REC1 = struct.Struct("<HHII")  # nvariants=1, reserved, variant offset, template length
+REC1 = struct.Struct("<HHII")  # nvariants=1, reserved, variant offset, template length
 
 
 class Fragment(NamedTuple):
@@ -61,7 +61,7 @@ class FragmentWriter:
 
     def answer(self, template: bytes) -> int:
         off = self.size
-        self.parts.append(_REC1.pack(1, 0, off + 8, len(template)))
+        self.parts.append(REC1.pack(1, 0, off + 8, len(template)))
         self.parts.append(template)
         self.relocs.append(off + 4)
         self.size += 12 + len(template)

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastdns.ipc import image as img
-from fastdns.zone.compiler import FLAGS_ANSWER, Compiler, exact_template, rotations
+from fastdns.zone.compiler import Compiler
 from fastdns.zone.fragments import EMPTY, Fragment, FragmentWriter
 from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.records import name_wire
+from fastdns.zone.templates import FLAGS_ANSWER, exact_template, rotations
 
 log = logging.getLogger("plugin/hosts")
 
