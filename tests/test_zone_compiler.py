@@ -561,3 +561,67 @@ def test_ptr_claims_move_between_services_incrementally(wire):
     status, msg, _ = ask(wire, a, rev, "PTR")
     assert status != 0 or msg.rcode() == dns.rcode.NXDOMAIN or not msg.answer
     assert inc.stats()["ptr_addresses"] == 0
+
+
+class _Contributor:
+    """A compiled plugin's share of the image: one name, re-read on ``reload``."""
+
+    tag = "x"
+
+    def __init__(self, ip: bytes) -> None:
+        self.ip = ip
+        self._frags: dict = {}
+        self.reload()
+
+    def zones(self):
+        return [ZoneSpec(b"\x07example\x00", img.ZF_SLOW_MISS, kind=img.ZK_HOSTS)]
+
+    def fragments(self):
+        return self._frags
+
+    def reload(self) -> bool:
+        from fastdns.zone.fragments import FragmentWriter
+        from fastdns.zone.templates import exact_template
+
+        w = FragmentWriter()
+        key = b"\x01a\x07example\x00"
+        t = exact_template(key, (((None, 1, 30, self.ip, None),), ()))
+        w.entry(key, w.key(key), 1, w.answer(t))
+        frags = {0: w.finish()} if self.ip else {}
+        changed, self._frags = frags != self._frags, frags
+        return changed
+
+    def watcher(self, request):
+        return None
+
+
+def test_image_contributor_adds_zones_and_entries_that_survive_full(wire):
+    """The compiler calls its contributors: their zones and fragments are in the
+    image, kept across `full`; `refresh` re-reads them (an emptied one goes)."""
+    c = _Contributor(bytes([192, 0, 2, 1]))
+    comp = Compiler(KubernetesOptions(zones=("cluster.local",)), (), [c])
+    state = ClusterState()
+    image = comp.full(state, now=SERIAL)
+    assert any(img.zone_entry(image, i)[5] == img.ZK_HOSTS
+               for i in range(img.read_header(image).nzones))
+    status, msg, _ = ask(wire, image, "a.example.", "A")
+    assert status == 0 and msg.answer[0][0].address == "192.0.2.1"
+    assert not comp.refresh()  # nothing changed
+    c.ip = bytes([192, 0, 2, 2])
+    assert comp.refresh()
+    status, msg, _ = ask(wire, comp.full(state, now=SERIAL), "a.example.", "A")
+    assert msg.answer[0][0].address == "192.0.2.2"
+    c.ip = b""
+    assert comp.refresh()
+    status, msg, _ = ask(wire, comp.assemble(), "a.example.", "A")
+    assert not msg or not msg.answer
+
+
+@pytest.mark.parametrize("tag", ["s", "p"])
+def test_image_contributor_tags_are_its_own(tag):
+    c = _Contributor(b"")
+    c.tag = tag
+    with pytest.raises(ValueError):
+        Compiler(None, (), [c])
+    with pytest.raises(ValueError):
+        Compiler(None, (), [_Contributor(b""), _Contributor(b"")])

@@ -116,9 +116,11 @@ def build_compiler(config: Any) -> Any:
         raise FatalConfig("more than one kubernetes plugin is not supported yet")
     # NodeLocal DNSCache's Corefile has no kubernetes plugin: an image of
     # forward zones only (every name goes to the slow path).
-    from fastdns.zone.hosts import compiler_for  # + the hosts plugins' entries (issue 6)
+    from fastdns.zone.compiler import Compiler
+    from fastdns.zone.hosts import HostsContributor  # the hosts plugins' entries (issue 6)
 
-    return compiler_for(config, options[0] if options else None, forward_zones(config))
+    contributors = [c for c in (HostsContributor.for_config(config),) if c is not None]
+    return Compiler(options[0] if options else None, forward_zones(config), contributors)
 
 
 def forward_zones(config: Any) -> list[Any]:
@@ -199,7 +201,7 @@ class ControlLoop:
 
     def post_call(self, fn: Callable[[], bool]) -> None:
         """Run ``fn`` on the loop thread; it returns True when the image must be
-        re-assembled (a hosts file changed: ``fastdns/zone/hosts.py``)."""
+        re-assembled (a hosts file changed: ``Compiler.refresh``)."""
         self._q.put(("call", time.monotonic(), fn))
 
     def wait_synced(self, source: Any, timeout: float) -> bool:
@@ -611,7 +613,7 @@ def control_main(spec: ControlSpec) -> int:
     loop: ControlLoop | None = None
     source: Any = None  # StateFileSource or KubeSource: start() / stop()
     obs: Any = None  # /metrics, /health, /ready (fastdns/control/httpd.py)
-    hosts_watch: Any = None  # fastdns.zone.hosts.HostsWatcher
+    watchers: list[Any] = []  # the compiled plugins' (contributor.Watcher)
 
     def on_signal(signum: int, frame: Any) -> None:
         if loop is not None:
@@ -630,12 +632,11 @@ def control_main(spec: ControlSpec) -> int:
             log.error("%s", e)
             return EXIT_CONTROL_FATAL
         loop = ControlLoop(compiler, publisher, coalesce=spec.coalesce)
-        if hasattr(compiler, "reload_hosts"):  # hosts files, re-read on change (issue 6)
-            from fastdns.zone.hosts import HostsWatcher
-
-            hosts_watch = HostsWatcher([c for c, _lb in compiler.hosts],
-                                       lambda: loop.post_call(compiler.reload_hosts))
-            hosts_watch.start()
+        for contributor in compiler.contributors:  # hosts files, re-read on change (issue 6)
+            watch = contributor.watcher(lambda: loop.post_call(compiler.refresh))
+            if watch is not None:
+                watch.start()
+                watchers.append(watch)
         from fastdns.control.httpd import Observability
 
         try:
@@ -690,8 +691,8 @@ def control_main(spec: ControlSpec) -> int:
         loop.run()
         return EXIT_OK
     finally:
-        if hosts_watch is not None:
-            hosts_watch.stop()
+        for watch in watchers:
+            watch.stop()
         if source is not None:
             source.stop()
         if obs is not None:

@@ -6,11 +6,11 @@ says which) and re-assembles the image from cached fragments with bulk
 operations (`fragments.assemble`: blob joins plus a C index build). Both give
 the same bytes for the same state, generation and serial.
 
-Templates follow docs/internals.md §1: laid out for a message whose question
-is the lookup key at offset 12, every owner and every compressible name
-pointing into the question where it can (so answers echo the query's case).
-SRV targets are never compressed (RFC 2782, RFC 3597 §4) but later names may
-point at them. Everything that carries the SOA (serial!) lives in a small
+Answers are written as templates (`fastdns/zone/templates.py`), reverse
+records through `ptrs.PtrTable`. Compiled plugins other than kubernetes add
+their entries and zones through the `ImageContributor` interface
+(`fastdns/zone/contributor.py`): the compiler calls them, they do not
+extend it. Everything that carries the SOA (serial!) lives in a small
 region rebuilt at each assembly: zone-miss answers (SOA owner and rdata
 zone suffix relocated onto the question), the apex SOA, and one NODATA
 answer per (zone, name length) that every name of that zone and length
@@ -25,11 +25,12 @@ import gc
 import time
 import zlib
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 from fastdns.constants import Rcode
 from fastdns.ipc import image as img
+from fastdns.zone.contributor import COMPILER_TAGS, ImageContributor
 from fastdns.zone.fragments import (
     EMPTY,
     REC1,
@@ -114,10 +115,18 @@ class Compiler:
     is bumped before every image is stamped. `reuse_buffer` (the control
     loop sets it) makes every image the compiler's one bytearray, overwritten
     by the next compile: its pages stay faulted in between images.
+    `contributors` are the compiled plugins' shares of the image
+    (`contributor.ImageContributor`): their zones come first among the
+    extra entries, their fragments survive `full`, `refresh` re-reads them.
     """
 
     def __init__(self, options: KubernetesOptions | None,
-                 zones_config: Sequence[ZoneSpec] = ()) -> None:
+                 zones_config: Sequence[ZoneSpec] = (),
+                 contributors: Sequence[ImageContributor] = ()) -> None:
+        tags = [c.tag for c in contributors]
+        if len(set(tags)) != len(tags) or COMPILER_TAGS.intersection(tags):
+            raise ValueError(f"image contributors need tags of their own, not {tags}")
+        self.contributors = list(contributors)
         self.options = options
         self.builder = RecordBuilder(options) if options else None
         self.synced = True
@@ -125,7 +134,8 @@ class Compiler:
         self.serial = 0
         self.reuse_buffer = False
         self._buf = bytearray()
-        self.zones = self._zone_table(options, zones_config)
+        extra = [z for c in self.contributors for z in c.zones()]
+        self.zones = self._zone_table(options, [*extra, *zones_config])
         self._kzones = [z for z in self.zones if z.kube]
         self._last_zone: _Zone | None = None
         self._rev_zones = [z.name for z in self._kzones if not z.forward]
@@ -191,6 +201,29 @@ class Compiler:
         self._serving: set[Key] = set()
         self._apex_dirty = True
         self._bulk = False  # full(): buckets are filled once at the end
+        # tag -> the keys of that contributor's fragments stored here
+        self._contributed: dict[str, set[Hashable]] = {}
+        for c in self.contributors:
+            self._put_contribution(c)
+
+    def _put_contribution(self, c: ImageContributor) -> None:
+        """Store contributor `c`'s fragments as they are now, dropping the ones it no longer has."""
+        frags = c.fragments()
+        for k in self._contributed.get(c.tag, set()) - frags.keys():
+            self._set_frag((c.tag, k), EMPTY)
+        for k, frag in frags.items():
+            self._set_frag((c.tag, k), frag)
+        self._contributed[c.tag] = set(frags)
+
+    def refresh(self) -> bool:
+        """Have every contributor re-read its sources; True when an entry changed
+        (the image is then re-assembled: `assemble`)."""
+        changed = False
+        for c in self.contributors:
+            if c.reload():
+                changed = True
+                self._put_contribution(c)
+        return changed
 
     def _set_frag(self, key: tuple, frag: Fragment) -> bool:
         """Store a fragment (EMPTY removes it); True when the image bytes change.
