@@ -58,7 +58,7 @@ def test_spares_are_kept_ready_and_used(instance):
 
 def test_control_loop_reuses_one_image_buffer(instance):
     """The compiler reuses one buffer that the publisher pwrite()s."""
-    from fastdns.control import process
+    from fastdns.control.loop import ControlLoop
     from fastdns.zone.compiler import Compiler
     from fastdns.zone.records import KubernetesOptions
 
@@ -66,7 +66,7 @@ def test_control_loop_reuses_one_image_buffer(instance):
     pub = Publisher(ctl, background=True)
     try:
         compiler = Compiler(KubernetesOptions(zones=("cluster.local",)))
-        process.ControlLoop(compiler, pub)
+        ControlLoop(compiler, pub)
         assert compiler.reuse_buffer is True
     finally:
         pub.close()
