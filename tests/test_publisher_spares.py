@@ -60,7 +60,7 @@ def test_control_loop_reuses_one_image_buffer(instance):
     """The compiler reuses one buffer that the publisher pwrite()s."""
     from fastdns.control.loop import ControlLoop
     from fastdns.zone.compiler import Compiler
-    from fastdns.zone.records import KubernetesOptions
+    from fastdns.zone.options import KubernetesOptions
 
     ctl = shm.ControlSegment.create(instance, 1)
     pub = Publisher(ctl, background=True)

@@ -18,7 +18,7 @@ from fastdns.zone import fragments
 from fastdns.zone.compiler import Compiler
 from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
-from fastdns.zone.records import KubernetesOptions
+from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import Affected, ClusterState, demo_path, load_state
 
 KUBEADM = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), pods="insecure",

@@ -63,7 +63,7 @@ def kubernetes_options(block: Any, index: int = 0) -> Any:
     ``local_ips`` (the apex NS glue when no kube-dns endpoint is local,
     CoreDNS ``nsAddrs``) are the block's ``bind`` addresses when it has any.
     """
-    from fastdns.zone.records import KubernetesOptions
+    from fastdns.zone.options import KubernetesOptions
 
     conf = block.plugins["kubernetes"]
     kw: dict[str, Any] = dict(
@@ -115,7 +115,7 @@ def forward_zones(config: Any) -> list[Any]:
     """
     from fastdns.ipc import image as img
     from fastdns.zone.imagebuilder import ZoneSpec
-    from fastdns.zone.records import name_wire
+    from fastdns.zone.naming import name_wire
 
     out: list[Any] = []
     for i, b in enumerate(config.servers):

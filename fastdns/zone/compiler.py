@@ -26,7 +26,6 @@ import time
 import zlib
 from array import array
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
 
 from fastdns.constants import Rcode
 from fastdns.ipc import image as img
@@ -41,6 +40,8 @@ from fastdns.zone.fragments import (
     slot_count,
 )
 from fastdns.zone.imagebuilder import ZoneSpec
+from fastdns.zone.naming import is_subdomain
+from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.ptrs import Key, PtrTable
 from fastdns.zone.records import (
     AAAA,
@@ -50,11 +51,8 @@ from fastdns.zone.records import (
     SOA_REFRESH,
     SOA_RETRY,
     A,
-    KubernetesOptions,
     NameSet,
     RecordBuilder,
-    is_subdomain,
-    name_wire,
 )
 from fastdns.zone.state import Affected, ClusterState
 from fastdns.zone.templates import (
@@ -74,6 +72,7 @@ from fastdns.zone.templates import (
     soa_rr,
     variants_record,
 )
+from fastdns.zone.zonetable import ZoneEntry, zone_table
 
 Image = bytes | bytearray  # bytearray: reuse_buffer
 
@@ -90,18 +89,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-@dataclass(slots=True)
-class _Zone:
-    name: bytes  # lowercased wire
-    flags: int
-    kind: int
-    ttl: int
-    block: int
-    kube: bool  # a zone of the kubernetes block (has an SOA and negative answers)
-    forward: bool = True
-    negative: tuple[bytes, ...] = ()  # zones_config only: its own zone-miss templates
 
 
 class Compiler:
@@ -135,9 +122,9 @@ class Compiler:
         self.reuse_buffer = False
         self._buf = bytearray()
         extra = [z for c in self.contributors for z in c.zones()]
-        self.zones = self._zone_table(options, [*extra, *zones_config])
+        self.zones = zone_table(options, [*extra, *zones_config])
         self._kzones = [z for z in self.zones if z.kube]
-        self._last_zone: _Zone | None = None
+        self._last_zone: ZoneEntry | None = None
         self._rev_zones = [z.name for z in self._kzones if not z.forward]
         self._nested = any(a is not b and is_subdomain(a.name, b.name)
                            for a in self._kzones for b in self._kzones)
@@ -145,40 +132,7 @@ class Compiler:
         self._prepare_shared()
 
     # -- zone table ------------------------------------------------------
-    @staticmethod
-    def _zone_table(opts: KubernetesOptions | None,
-                    extra: Sequence[ZoneSpec]) -> list[_Zone]:
-        zones: list[_Zone] = []
-        if opts is not None:
-            fall = [name_wire(f).lower() for f in opts.fallthrough]
-            b = RecordBuilder(opts)
-            for name in b.forward + b.reverse:
-                flags = img.ZF_AUTH
-                if any(is_subdomain(name, f) for f in fall):
-                    flags |= img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH
-                zones.append(_Zone(name, flags, img.ZK_KUBERNETES, opts.ttl, opts.block, True,
-                                   name in b.forward))
-            for f in fall:
-                # a fallthrough zone narrower than a kubernetes zone gets its own entry
-                if any(is_subdomain(f, z.name) and f != z.name for z in zones if z.kube):
-                    zones.append(_Zone(f, img.ZF_AUTH | img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH,
-                                       img.ZK_KUBERNETES, opts.ttl, opts.block, False))
-            if opts.pods == "insecure":
-                # misses below pod.ZONE go to podsynth.synthesize (a-b-c-d.ns.pod.ZONE)
-                for name in b.forward:
-                    zones.append(_Zone(b"\x03pod" + name, img.ZF_SLOW_MISS, img.ZK_POD,
-                                       opts.ttl, opts.block, False))
-        taken = {z.name for z in zones}
-        for spec in extra:
-            if spec.name.lower() in taken:
-                continue
-            taken.add(spec.name.lower())
-            zones.append(_Zone(spec.name.lower(), spec.flags, spec.kind, spec.ttl, spec.block,
-                               False, negative=tuple(spec.negative)))
-        zones.sort(key=lambda z: len(z.name), reverse=True)  # longest first (image §2)
-        return zones
-
-    def _zone_of(self, key: bytes) -> _Zone | None:
+    def _zone_of(self, key: bytes) -> ZoneEntry | None:
         last = self._last_zone
         if last is not None and not self._nested and key.endswith(last.name):
             return last  # zones do not nest: the zone of the previous name still fits

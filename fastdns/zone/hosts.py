@@ -33,7 +33,7 @@ from typing import Any
 from fastdns.ipc import image as img
 from fastdns.zone.fragments import EMPTY, Fragment, FragmentWriter
 from fastdns.zone.imagebuilder import ZoneSpec
-from fastdns.zone.records import name_wire
+from fastdns.zone.naming import name_wire
 from fastdns.zone.templates import FLAGS_ANSWER, exact_template, rotations
 
 log = logging.getLogger("plugin/hosts")

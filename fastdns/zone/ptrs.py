@@ -17,7 +17,8 @@ import zlib
 from array import array
 
 from fastdns.zone.fragments import EMPTY, REC1, Fragment
-from fastdns.zone.records import PTR, reverse_wire
+from fastdns.zone.naming import reverse_wire
+from fastdns.zone.records import PTR
 from fastdns.zone.templates import CLASS_IN, HEAD_AN, PTR12, QT2, RR_HEAD, exact_template
 
 PTR_BUCKETS = 4096
