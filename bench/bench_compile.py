@@ -60,7 +60,7 @@ def run_scale(services: int, per_service: int, changes: int, repeat: int) -> dic
 
     from fastdns.zone.compiler import Compiler
     from fastdns.zone.objects import strip
-    from fastdns.zone.records import KubernetesOptions
+    from fastdns.zone.options import KubernetesOptions
     from fastdns.zone.state import ClusterState
 
     doc = generate(services, per_service, 0.2, 0.1, seed=1, pods=False)

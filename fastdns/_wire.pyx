@@ -17,7 +17,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 from fastdns import errors as _errors
-from fastdns.zone.image import ImageError
+from fastdns.ipc.image import ImageError
 
 include "_wire_cursor.pxi"
 
@@ -66,7 +66,7 @@ cdef enum:
     R_BADVERS = 16
     T_IXFR = 251              # RFC 1995
     T_AXFR = 252              # RFC 5936
-    ZK_KUBERNETES = 0         # zone kinds of fastdns.zone.image
+    ZK_KUBERNETES = 0         # zone kinds of fastdns.ipc.image
     ZK_POD = 2
     IMG_HEADER = 64
     IMG_SLOT = 16
@@ -783,7 +783,7 @@ cdef Py_ssize_t answer_packet(const unsigned char* image, Py_ssize_t image_len,
 
 
 cdef int _check_image(const unsigned char[::1] im) except -1:
-    """The header checks of fastdns.zone.image.read_header, raising its ImageError."""
+    """The header checks of fastdns.ipc.image.read_header, raising its ImageError."""
     cdef Py_ssize_t n = im.shape[0]
     cdef const unsigned char* p
     cdef uint32_t v = 0

@@ -22,7 +22,7 @@ from fastdns.constants import (
     Qtype,
     Rcode,
 )
-from fastdns.zone import image as img
+from fastdns.ipc import image as img
 
 __all__ = [
     "SLOT",

@@ -13,10 +13,10 @@ from fastdns.codec import wire
 from fastdns.control import loopdetect, reload
 from fastdns.corefile import parse_corefile
 from fastdns.corefile.model import COMMON_LOG_FORMAT
+from fastdns.ipc import image as img
 from fastdns.server import querylog as ql
 from fastdns.server.worker_plugins import ErrorLog, WorkerPlugins, whoami_template
 from fastdns.zone import hosts
-from fastdns.zone import image as img
 
 # -- log -------------------------------------------------------------------------
 
@@ -161,9 +161,10 @@ def test_hosts_image_answers(tmp_path):
     f.write_text("192.0.2.1 h.example.org\n192.0.2.2 h.example.org\n")
     cfg = parse_corefile(f".:53 {{\n hosts {f} example.org {{\n  ttl 9\n  no_reverse\n }}\n"
                          " loadbalance\n}\n", "C")
+    from fastdns.zone.compiler import Compiler
     from fastdns.zone.state import ClusterState
 
-    comp = hosts.compiler_for(cfg, None)
+    comp = Compiler(None, (), [hosts.HostsContributor.for_config(cfg)])
     image = comp.full(ClusterState())
     firsts = set()
     for i in range(4):
@@ -180,9 +181,9 @@ def test_hosts_image_answers(tmp_path):
     assert wire.answer(image, ptr)[0] == wire.ST_SLOW  # no_reverse
     name, _fl, _neg, ttl, _blk, kind = img.zone_entry(image, 0)
     assert kind == img.ZK_HOSTS and ttl == 9
-    # the file changes: reload_hosts notices, and the next image serves it
+    # the file changes: refresh notices, and the next image serves it
     f.write_text("192.0.2.3 h.example.org\n")
-    assert comp.reload_hosts() and not comp.reload_hosts()
+    assert comp.refresh() and not comp.refresh()
     q = dns.message.make_query("h.example.org.", "A").to_wire()
     r = dns.message.from_wire(wire.answer(comp.assemble(), q)[1])
     assert [rr.address for rr in r.answer[0]] == ["192.0.2.3"]

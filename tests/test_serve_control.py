@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fastdns.control import statefile
-from fastdns.control.process import ControlLoop, sync_state
+from fastdns.control.loop import ControlLoop, sync_state
 from fastdns.control.publisher import Publisher
 from fastdns.ipc import shm
 from fastdns.zone.state import ClusterState, load_state

@@ -9,7 +9,7 @@ from helpers import Server, a_records, ask, free_port
 
 from fastdns.control.process import state_loader
 from fastdns.zone.compiler import Compiler
-from fastdns.zone.records import KubernetesOptions
+from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import demo_path
 
 pytestmark = pytest.mark.slow

@@ -30,7 +30,8 @@ from wire_cases import (
 )
 
 from fastdns import errors
-from fastdns.zone.image import ImageError, build_image, make_template
+from fastdns.ipc.image import ImageError, make_template
+from fastdns.zone.imagebuilder import build_image
 
 IMAGE = cluster_image()
 
@@ -364,7 +365,7 @@ def test_answer_truncation_limits(wire):
 def test_answer_corrupt_image_servfail(wire):
     bad = bytearray(IMAGE)
     # point every slot's answer offset past the end: lookups must fail soft
-    from fastdns.zone.image import read_header
+    from fastdns.ipc.image import read_header
     hdr = read_header(IMAGE)
     for i in range(hdr.nslots):
         at = hdr.slots_off + 16 * i

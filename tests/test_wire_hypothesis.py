@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from wire_cases import BIG, HUGE, MULTI, WEB, cluster_image, opt, query, wire_name
 
 from fastdns import errors
-from fastdns.zone.image import read_header
+from fastdns.ipc.image import read_header
 
 IMAGE = cluster_image(extra_names=50)
 SETTINGS = settings(max_examples=200, deadline=None,

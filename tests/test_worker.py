@@ -25,9 +25,10 @@ import pytest
 
 from fastdns.codec import wire
 from fastdns.constants import QT_NAME, Qtype
+from fastdns.ipc import image as img
 from fastdns.ipc import layout, readout, shm
 from fastdns.server.worker import WorkerSpec, worker_main
-from fastdns.zone import image as img
+from fastdns.zone.imagebuilder import ZoneSpec, build_image
 from tests.helpers import HAS_IPV6, free_port
 
 pytestmark = pytest.mark.slow
@@ -86,11 +87,11 @@ def build_test_image(generation: int, ip: str = "10.96.0.1") -> bytes:
     neg_body = b"\0\0" + _rr(b"", Qtype.SOA, _soa_rdata())
     negative = img.make_template(0x8403, 0, 1, 0, neg_body, relocs=[0])
     zones = [
-        img.ZoneSpec(zone, img.ZF_AUTH, (negative,)),
-        img.ZoneSpec(_w(POD_ZONE), img.ZF_AUTH | img.ZF_SLOW_MISS, (negative,),
-                     kind=img.ZK_POD),
+        ZoneSpec(zone, img.ZF_AUTH, (negative,)),
+        ZoneSpec(_w(POD_ZONE), img.ZF_AUTH | img.ZF_SLOW_MISS, (negative,),
+                 kind=img.ZK_POD),
     ]
-    return img.build_image(entries, zones, generation=generation, flags=img.IMG_SYNCED)
+    return build_image(entries, zones, generation=generation, flags=img.IMG_SYNCED)
 
 
 class Server:

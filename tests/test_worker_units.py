@@ -18,10 +18,10 @@ from test_worker import POD_ZONE, build_test_image, free_port
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.constants import Qtype
 from fastdns.ipc import counters as ctr
+from fastdns.ipc import image as img
 from fastdns.ipc import layout, readout, shm
 from fastdns.server import worker as wk
 from fastdns.server.slowpath import SlowPath
-from fastdns.zone import image as img
 
 try:
     from fastdns.server import _udp

@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zonetests import SERIAL, ask
 
+from fastdns.ipc import image as img
 from fastdns.zone import fragments
-from fastdns.zone import image as img
 from fastdns.zone.compiler import Compiler
+from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
-from fastdns.zone.records import KubernetesOptions
+from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import Affected, ClusterState, demo_path, load_state
 
 KUBEADM = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), pods="insecure",
@@ -53,8 +54,8 @@ def test_header_generation_synced_serial():
 
 
 def test_zone_table_flags_and_kinds():
-    extra = [img.ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD, block=1),
-             img.ZoneSpec(b"\x07example\x03org\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]
+    extra = [ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD, block=1),
+             ZoneSpec(b"\x07example\x03org\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]
     image = Compiler(KUBEADM, extra).full(load_state(demo_path()))
     zones = {}
     for i in range(img.read_header(image).nzones):
@@ -85,7 +86,7 @@ def test_zone_miss_uses_the_zones_suffix(wire):
 
 
 def test_without_kubernetes_only_extra_zones(wire):
-    image = Compiler(None, [img.ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]).full(
+    image = Compiler(None, [ZoneSpec(b"\x00", img.ZF_SLOW_MISS, kind=img.ZK_FORWARD)]).full(
         ClusterState())
     assert ask(wire, image, "nginx.default.svc.cluster.local.", "A")[0] == 2
 
@@ -420,7 +421,7 @@ def test_extra_zone_keeps_its_negative_variants(wire):
     they are laid out as a multi-variant answer record and rotate by counter."""
     t1 = img.make_template(0x8583, 0, 0, 0, b"")  # NXDOMAIN, no SOA
     t2 = img.make_template(0x8582, 0, 0, 0, b"")  # SERVFAIL
-    spec = img.ZoneSpec(b"\x04test\x00", img.ZF_AUTH, negative=(t1, t2), kind=img.ZK_HOSTS)
+    spec = ZoneSpec(b"\x04test\x00", img.ZF_AUTH, negative=(t1, t2), kind=img.ZK_HOSTS)
     image = Compiler(None, [spec]).full(ClusterState())
     data = dns.message.make_query("x.test.", "A").to_wire()
     rcodes = {dns.message.from_wire(wire.answer(image, data, n)[1]).rcode() for n in (0, 1)}
@@ -501,8 +502,8 @@ def _reference_template(wire, key: bytes, ans) -> bytes:
 
 def test_templates_follow_the_namecompressor_contract():
     from fastdns import wire
-    from fastdns.zone.compiler import exact_template
     from fastdns.zone.records import RecordBuilder
+    from fastdns.zone.templates import exact_template
 
     opts = KubernetesOptions(zones=("cluster.local",), endpoint_srv=True)
     state = load_state(demo_path())
@@ -559,4 +560,68 @@ def test_ptr_claims_move_between_services_incrementally(wire):
     assert _no_generation(a) == _no_generation(Compiler(KUBEADM).full(state, now=SERIAL))
     status, msg, _ = ask(wire, a, rev, "PTR")
     assert status != 0 or msg.rcode() == dns.rcode.NXDOMAIN or not msg.answer
-    assert not inc._ptr
+    assert inc.stats()["ptr_addresses"] == 0
+
+
+class _Contributor:
+    """A compiled plugin's share of the image: one name, re-read on ``reload``."""
+
+    tag = "x"
+
+    def __init__(self, ip: bytes) -> None:
+        self.ip = ip
+        self._frags: dict = {}
+        self.reload()
+
+    def zones(self):
+        return [ZoneSpec(b"\x07example\x00", img.ZF_SLOW_MISS, kind=img.ZK_HOSTS)]
+
+    def fragments(self):
+        return self._frags
+
+    def reload(self) -> bool:
+        from fastdns.zone.fragments import FragmentWriter
+        from fastdns.zone.templates import exact_template
+
+        w = FragmentWriter()
+        key = b"\x01a\x07example\x00"
+        t = exact_template(key, (((None, 1, 30, self.ip, None),), ()))
+        w.entry(key, w.key(key), 1, w.answer(t))
+        frags = {0: w.finish()} if self.ip else {}
+        changed, self._frags = frags != self._frags, frags
+        return changed
+
+    def watcher(self, request):
+        return None
+
+
+def test_image_contributor_adds_zones_and_entries_that_survive_full(wire):
+    """The compiler calls its contributors: their zones and fragments are in the
+    image, kept across `full`; `refresh` re-reads them (an emptied one goes)."""
+    c = _Contributor(bytes([192, 0, 2, 1]))
+    comp = Compiler(KubernetesOptions(zones=("cluster.local",)), (), [c])
+    state = ClusterState()
+    image = comp.full(state, now=SERIAL)
+    assert any(img.zone_entry(image, i)[5] == img.ZK_HOSTS
+               for i in range(img.read_header(image).nzones))
+    status, msg, _ = ask(wire, image, "a.example.", "A")
+    assert status == 0 and msg.answer[0][0].address == "192.0.2.1"
+    assert not comp.refresh()  # nothing changed
+    c.ip = bytes([192, 0, 2, 2])
+    assert comp.refresh()
+    status, msg, _ = ask(wire, comp.full(state, now=SERIAL), "a.example.", "A")
+    assert msg.answer[0][0].address == "192.0.2.2"
+    c.ip = b""
+    assert comp.refresh()
+    status, msg, _ = ask(wire, comp.assemble(), "a.example.", "A")
+    assert not msg or not msg.answer
+
+
+@pytest.mark.parametrize("tag", ["s", "p"])
+def test_image_contributor_tags_are_its_own(tag):
+    c = _Contributor(b"")
+    c.tag = tag
+    with pytest.raises(ValueError):
+        Compiler(None, (), [c])
+    with pytest.raises(ValueError):
+        Compiler(None, (), [_Contributor(b""), _Contributor(b"")])

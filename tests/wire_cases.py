@@ -10,14 +10,13 @@ from __future__ import annotations
 import struct
 
 from fastdns.constants import QT_NAME
-from fastdns.zone.image import (
+from fastdns.ipc.image import (
     ZF_AUTH,
     ZF_SLOW_MISS,
     ZK_FORWARD,
-    ZoneSpec,
-    build_image,
     make_template,
 )
+from fastdns.zone.imagebuilder import ZoneSpec, build_image
 
 A, NS, SOA, AAAA, TXT = 1, 2, 6, 28, 16
 ZONE = "cluster.local"
@@ -118,7 +117,7 @@ def cluster_image(extra_names: int = 0) -> bytes:
 
 
 def zone_index(image: bytes, name: bytes) -> int:
-    from fastdns.zone.image import read_header, zone_entry
+    from fastdns.ipc.image import read_header, zone_entry
 
     for i in range(read_header(image).nzones):
         if zone_entry(image, i)[0] == name:

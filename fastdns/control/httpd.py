@@ -452,8 +452,8 @@ def image_in_force(ctl: object) -> tuple[int, int, bool, float] | None:
     ready at once; it does not wait for a publish of its own, which a bad
     state file may hold back for good.
     """
+    from fastdns.ipc import image as img
     from fastdns.ipc import shm
-    from fastdns.zone import image as img
 
     if not getattr(ctl, "generation", 0):
         return None

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import queue
 import struct
@@ -50,7 +49,6 @@ SPARE_WAIT = 0.02  # seconds a publish waits for a spare being preallocated
 # unlink (~5 ms) per publish kept a single spare late for one publish in ten
 # at 10k Services and 50 changes/s, by 11-16 ms (bench/bench_kube.py).
 SPARES = 2
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _CHUNK = 1 << 20  # octets compared at a time with the image in force
 SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
 
@@ -117,10 +115,8 @@ class Publisher:
         return removed
 
     def publish(self, image: Any, *, force: bool = False) -> int | None:
-        """Publish ``image`` as the next generation; None when it equals the current one.
-
-        ``image`` is bytes-like, or a ``compiler.DeferredImage`` that is laid
-        out straight into its segment (with the background thread's spares).
+        """Publish ``image`` (bytes-like) as the next generation; None when it
+        equals the current one.
 
         The generation in the image header is set to the published one (the
         compiler does not know it), in the segment, before it is announced.
@@ -128,17 +124,9 @@ class Publisher:
         if isinstance(image, memoryview):
             image = image.tobytes()
         gen = self.generation + 1
-        if hasattr(image, "write_into"):  # a DeferredImage (Compiler.deferred)
-            if self._bg is None:
-                image = image.tobytes()
-            else:
-                name = self._write_deferred(gen, image, force)
-                if name is None:
-                    return None
-        if not hasattr(image, "write_into"):
-            if not force and self.generation > 0 and self._unchanged(image):
-                return None
-            name = self._write(gen, image)
+        if not force and self.generation > 0 and self._unchanged(image):
+            return None
+        name = self._write(gen, image)
         self.ctl.publish(name, gen)
         self.generation = gen
         self._live[gen] = name
@@ -215,37 +203,6 @@ class Publisher:
             os.close(fd)
             shm.ImageSegment.unlink(sname)
             raise
-        os.close(fd)
-        self._rename(sname, name)
-        return name
-
-    def _write_deferred(self, gen: int, image: Any, force: bool) -> str | None:
-        """Lay ``image`` out in a mapping of its segment (no copy of it in this
-        process); None, and the spare kept, when it equals the image in force."""
-        name = shm.image_name(self.instance, gen)
-        size = len(image)
-        sname, fd = self._take_spare(name, size)
-        try:
-            os.ftruncate(fd, size)  # exact: a larger recycled spare gives back its tail
-            # MAP_POPULATE: the pages exist (a spare), so map them all at once
-            # instead of one fault per 4 KiB while the assembler writes
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED | _MAP_POPULATE,
-                           mmap.PROT_READ | mmap.PROT_WRITE)
-            try:
-                image.write_into(mm)
-                if size >= _GEN_OFFSET + 8:
-                    _GEN.pack_into(mm, _GEN_OFFSET, gen)
-                same = not force and self.generation > 0 and self._unchanged(mm)
-            finally:
-                mm.close()
-        except BaseException:
-            os.close(fd)
-            shm.ImageSegment.unlink(sname)
-            raise
-        if same:
-            with self._spare_lock:
-                self._ready.insert(0, (sname, fd, size))  # nothing announced: reuse it
-            return None
         os.close(fd)
         self._rename(sname, name)
         return name

@@ -34,8 +34,8 @@ from fastdns import errors
 from fastdns.codec import wire
 from fastdns.constants import Qclass, Rcode
 from fastdns.ipc import counters as ctr
+from fastdns.ipc import image as img
 from fastdns.ipc import layout
-from fastdns.zone import image as img
 
 log = logging.getLogger(__name__)
 

@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from fastdns import procsignals
 from fastdns.codec import NO_EXTENSIONS, wire
 from fastdns.ipc import counters as ctr
+from fastdns.ipc import image as img
 from fastdns.ipc import layout, shm, tables
 from fastdns.server import udpsource
 from fastdns.server.slowpath import DEFERRED, ZONE_EXTERNAL, SlowPath
 from fastdns.server.tcp import MAX_MESSAGE, MAX_PER_CLIENT, TcpListener
 from fastdns.server.worker_plugins import WorkerPlugins, reconfigure_if_changed
-from fastdns.zone import image as img
 
 log = logging.getLogger(__name__)
 

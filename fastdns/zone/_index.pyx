@@ -117,7 +117,7 @@ cdef inline const unsigned char* bytes_of(object o, Py_ssize_t* size) except NUL
 
 
 def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
-             Py_ssize_t shared_base, bytearray out=None, target=None):
+             Py_ssize_t shared_base, bytearray out=None):
     """Lay out header (its size field is filled in), slots, zone table and fragments
     (tuples blob, ents, relocs); a new bytes, or ``out`` resized to the image
     and overwritten whole (every octet is written: nothing of its old
@@ -126,10 +126,7 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
     ``out`` is the control loop's reused buffer: its pages are already
     faulted in, where a fresh 40 MB object cost ~2 ms more per image at 10k
     Services (page faults on a VM); a bytearray that shrinks keeps its
-    allocation, and one that must grow gets 1/32 to spare. ``target``, any
-    writable buffer at least the image's size (the publisher's mapping of
-    the segment the image is published in), is written in place instead, and
-    the image's size is returned: no copy of the image in the control process.
+    allocation, and one that must grow gets 1/32 to spare.
 
     Entries are inserted in the order `assemble_py` (fragments.py) defines:
     by block of their home slot, stable; the slot table then fills almost
@@ -177,16 +174,7 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
     if total > 0xFFFFFFFF:
         raise ValueError("image larger than 4 GiB")
     cdef unsigned char* data
-    cdef unsigned char[::1] tview
-    if target is not None:
-        # a writable buffer of at least the image's size (the publisher's mapped
-        # segment): written in place, nothing returned but the size
-        tview = target
-        if tview.shape[0] < total:
-            raise ValueError(f"target holds {tview.shape[0]} octets, the image needs {total}")
-        image = total
-        data = &tview[0]
-    elif out is None:
+    if out is None:
         image = PyBytes_FromStringAndSize(NULL, total)
         data = <unsigned char*>PyBytes_AS_STRING(image)
     else:

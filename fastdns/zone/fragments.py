@@ -21,12 +21,12 @@ import os
 import struct
 import zlib
 from array import array
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from fastdns.zone import image as img
+from fastdns.ipc import image as img
 
 SHARED = 0x80000000
-_REC1 = struct.Struct("<HHII")  # nvariants=1, reserved, variant offset, template length
+REC1 = struct.Struct("<HHII")  # nvariants=1, reserved, variant offset, template length
 
 
 class Fragment(NamedTuple):
@@ -61,7 +61,7 @@ class FragmentWriter:
 
     def answer(self, template: bytes) -> int:
         off = self.size
-        self.parts.append(_REC1.pack(1, 0, off + 8, len(template)))
+        self.parts.append(REC1.pack(1, 0, off + 8, len(template)))
         self.parts.append(template)
         self.relocs.append(off + 4)
         self.size += 12 + len(template)
@@ -114,14 +114,11 @@ def block_shift(nslots: int) -> int:
 
 
 def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragment],
-                shared_base: int, out: bytearray | None = None,
-                target: Any = None) -> bytes | bytearray | int:
+                shared_base: int, out: bytearray | None = None) -> bytes | bytearray:
     """Reference assembly: header (size filled in), slots, zone table, then the fragments.
 
     A new bytes, or ``out`` replaced by the image (the Cython build reuses
-    its allocation: the control loop's buffer, see `_index.assemble`), or
-    the image written into the writable buffer ``target`` and its size
-    returned (the publisher's mapped segment).
+    its allocation: the control loop's buffer, see `_index.assemble`).
 
     Slot insertion order: entries sorted (stably, fragment order within) by
     the block of 2^BLOCK_BITS their home slot falls in, so the C build fills
@@ -160,12 +157,6 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
             i = (i + 1) & mask
         occupied[i] = 1
         struct.pack_into("<IIII", data, slots_off + i * 16, h, koff, aoff, qk)
-    if target is not None:
-        view = memoryview(target).cast("B")
-        if len(view) < total:
-            raise ValueError(f"target holds {len(view)} octets, the image needs {total}")
-        view[:total] = data
-        return total
     if out is not None:
         out[:] = data
         return out

@@ -16,7 +16,8 @@ image entries, so the fast path answers them like kubernetes names:
 Only names inside the plugin's zones are kept (``hostsfile.go`` parse).
 The file is re-read when its mtime or size changes, checked every
 ``reload`` seconds (default 5 s, 0 = never) by ``HostsWatcher``; a change
-recompiles only the hosts fragment (``HostsCompiler.set_hosts``).
+recompiles only the hosts fragments (``HostsContributor.reload``, which the
+compiler calls: ``Compiler.refresh``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastdns.zone import image as img
-from fastdns.zone.compiler import FLAGS_ANSWER, Compiler, exact_template, rotations
+from fastdns.ipc import image as img
 from fastdns.zone.fragments import EMPTY, Fragment, FragmentWriter
-from fastdns.zone.records import name_wire
+from fastdns.zone.imagebuilder import ZoneSpec
+from fastdns.zone.naming import name_wire
+from fastdns.zone.templates import FLAGS_ANSWER, exact_template, rotations
 
 log = logging.getLogger("plugin/hosts")
 
@@ -146,9 +148,9 @@ def hosts_fragment(table: HostsTable, conf: Any, loadbalance: bool) -> Fragment:
     return w.finish()
 
 
-def hosts_zones(config: Any) -> list[img.ZoneSpec]:
+def hosts_zones(config: Any) -> list[ZoneSpec]:
     """One zone entry per zone of each hosts plugin: misses SERVFAIL, or fall through."""
-    out: list[img.ZoneSpec] = []
+    out: list[ZoneSpec] = []
     servfail = img.make_template(FLAGS_SERVFAIL, 0, 0, 0, b"")
     seen: set[int] = set()
     for i, b in enumerate(config.servers):
@@ -163,56 +165,58 @@ def hosts_zones(config: Any) -> list[img.ZoneSpec]:
                 flags, neg = img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH, ()
             else:
                 flags, neg = img.ZF_AUTH, (servfail,)
-            out.append(img.ZoneSpec(name_wire(z).lower(), flags, neg, conf.ttl, i,
+            out.append(ZoneSpec(name_wire(z).lower(), flags, neg, conf.ttl, i,
                                     img.ZK_HOSTS))
     return out
 
 
-class HostsCompiler(Compiler):
-    """The zone compiler plus the hosts plugins' fragments (kept across ``full``)."""
+class HostsContributor:
+    """Every hosts plugin of a Corefile, compiled: an ``ImageContributor``
+    (``fastdns/zone/contributor.py``) whose fragment ``i`` holds the entries
+    of the ``i``-th hosts plugin and whose zones are ``hosts_zones``."""
 
-    def __init__(self, options: Any, zones_config: Sequence[img.ZoneSpec] = (),
-                 hosts: Sequence[tuple[Any, bool]] = ()) -> None:
-        self._hosts_frags: dict[tuple, Fragment] = {}
-        self.hosts = list(hosts)  # (HostsConfig, loadbalance)
-        super().__init__(options, zones_config)
-        self.reload_hosts()
+    tag = "h"
 
-    def _reset(self) -> None:
-        super()._reset()
-        for key, frag in getattr(self, "_hosts_frags", {}).items():
-            self._set_frag(key, frag)
+    def __init__(self, config: Any) -> None:
+        self.plugins: list[tuple[Any, bool]] = []  # (HostsConfig, loadbalance)
+        seen: set[int] = set()
+        for b in config.servers:
+            conf = b.plugins.get("hosts")
+            if conf is not None and id(conf) not in seen:
+                seen.add(id(conf))
+                self.plugins.append((conf, "loadbalance" in b.plugins))
+        self._zones = hosts_zones(config)
+        self._frags: dict[int, Fragment] = {}
+        self.reload()
 
-    def reload_hosts(self) -> bool:
+    @classmethod
+    def for_config(cls, config: Any) -> HostsContributor | None:
+        """The contributor of ``config``'s hosts plugins; None when it has none."""
+        if not any("hosts" in b.plugins for b in config.servers):
+            return None
+        return cls(config)
+
+    def zones(self) -> list[ZoneSpec]:
+        return self._zones
+
+    def fragments(self) -> dict[int, Fragment]:
+        return self._frags
+
+    def reload(self) -> bool:
         """Re-read every hosts plugin's file; True when an entry changed."""
         changed = False
-        for i, (conf, lb) in enumerate(self.hosts):
+        for i, (conf, lb) in enumerate(self.plugins):
             frag = hosts_fragment(load_table(conf), conf, lb)
-            key = ("h", i)
-            if self._hosts_frags.get(key, EMPTY) != frag:
+            if self._frags.get(i, EMPTY) != frag:
                 changed = True
                 if frag is EMPTY:
-                    self._hosts_frags.pop(key, None)
+                    self._frags.pop(i, None)
                 else:
-                    self._hosts_frags[key] = frag
-                self._set_frag(key, frag)
+                    self._frags[i] = frag
         return changed
 
-
-def compiler_for(config: Any, options: Any, zones_config: Sequence[img.ZoneSpec] = ()
-                 ) -> Compiler:
-    """The control process's compiler for ``config`` (kubernetes ``options`` or None)."""
-    hosts: list[tuple[Any, bool]] = []
-    seen: set[int] = set()
-    for b in config.servers:
-        conf = b.plugins.get("hosts")
-        if conf is not None and id(conf) not in seen:
-            seen.add(id(conf))
-            hosts.append((conf, "loadbalance" in b.plugins))
-    if not hosts:
-        return Compiler(options, zones_config)
-    zones = hosts_zones(config) + [z for z in zones_config]
-    return HostsCompiler(options, zones, hosts)
+    def watcher(self, request: Callable[[], None]) -> HostsWatcher:
+        return HostsWatcher([c for c, _lb in self.plugins], request)
 
 
 class HostsWatcher:

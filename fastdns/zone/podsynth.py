@@ -15,8 +15,8 @@ import struct
 
 from fastdns import wire
 from fastdns.constants import QT_NAME, Flag, Qtype
-from fastdns.zone import image as img
-from fastdns.zone.records import pod_name_address, wire_labels
+from fastdns.ipc import image as img
+from fastdns.zone.naming import pod_name_address, wire_labels
 
 _RR_HEAD = struct.Struct(">HHIH")
 _FLAGS = Flag.QR | Flag.AA | Flag.RA
@@ -79,4 +79,4 @@ def synthesize(image, query_bytes: bytes, q) -> bytes | None:
 def _exists(image, key: bytes) -> bool:
     """(key, QT_NAME) is an entry of the image itself (not a zone fallback)."""
     h = img.read_header(image)
-    return bool(img._find(image, h, key, QT_NAME))
+    return bool(img.find(image, h, key, QT_NAME))

@@ -29,12 +29,23 @@ labels, which CoreDNS's parser also accepts, are not served.
 
 from __future__ import annotations
 
-import socket
 import struct
 from dataclasses import dataclass, field
 
 from fastdns.constants import Qtype
+from fastdns.zone.naming import (
+    dashed,
+    ip_from_podname,
+    ip_packed,
+    is_subdomain,
+    label,
+    name_wire,
+    pod_name_address,
+    split_zones,
+    wire_labels,
+)
 from fastdns.zone.objects import Service
+from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import ClusterState
 
 # plain ints: they key dicts and get packed on hot paths
@@ -46,159 +57,11 @@ DNS_SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md
 DNS_VERSION_TTL = 28800  # CoreDNS kubernetes.go Services(), TypeTXT
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400  # plugin/backend_lookup.go SOA()
 MAX_CNAME_CHAIN = 8  # backend_lookup.go: "len(previousRecords) > 7"
-POD_MODES = ("disabled", "verified", "insecure")
-IN_ADDR = b"\x07in-addr\x04arpa\x00"
-IP6_ARPA = b"\x03ip6\x04arpa\x00"
 
 # (owner wire or None = the question name, type, ttl, rdata before the name, rdata name or None)
 RR = tuple[bytes | None, int, int, bytes, bytes | None]
 # (answer RRs, additional RRs)
 Answer = tuple[tuple[RR, ...], tuple[RR, ...]]
-
-
-@dataclass(frozen=True, slots=True)
-class KubernetesOptions:
-    """The `kubernetes` plugin block (CoreDNS README, Syntax), as the compiler needs it.
-
-    `zones` lists forward and reverse zones as written (`cluster.local`,
-    `in-addr.arpa`, `0.10.in-addr.arpa` ...); `fallthrough` is () for off, a
-    zone list, or (".",) for every zone; `local_ips` are this server's
-    addresses, which decide the apex NS glue (CoreDNS `nsAddrs`); `block` is
-    the Corefile server block index stored in the image's zone table;
-    `endpoint_srv` turns on CoreDNS's SRV answers at endpoint names (see
-    `RecordBuilder._endpoint_names`); `loadbalance` (the block has the
-    `loadbalance` plugin) makes answers with several A/AAAA records rotate:
-    the compiler emits rotated variants and the worker picks one per query.
-    """
-
-    zones: tuple[str, ...] = ("cluster.local",)
-    ttl: int = 5
-    namespaces: tuple[str, ...] = ()
-    pods: str = "disabled"
-    endpoint_pod_names: bool = False
-    noendpoints: bool = False
-    ignore_empty_service: bool = False
-    fallthrough: tuple[str, ...] = ()
-    local_ips: tuple[str, ...] = ("127.0.0.1",)
-    block: int = 0
-    endpoint_srv: bool = False
-    loadbalance: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.ttl <= 3600:
-            raise ValueError(f"ttl must be in 0..3600, not {self.ttl}")
-        if self.pods not in POD_MODES:
-            raise ValueError(f"pods must be one of {', '.join(POD_MODES)}, not {self.pods!r}")
-        if not self.zones:
-            raise ValueError("the kubernetes plugin needs at least one zone")
-        for z in self.zones:
-            name_wire(z)  # raises on a malformed zone
-
-    @property
-    def soa_ttl(self) -> int:
-        return min(self.ttl, 300)  # backend_lookup.go SOA(): min(MinTTL, 300)
-
-    def exposed(self, state: ClusterState, namespace: str) -> bool:
-        """CoreDNS namespaceExposed: configured (or no list) and existing."""
-        if self.namespaces and namespace not in self.namespaces:
-            return False
-        return state.namespace_exists(namespace)
-
-
-# -- names -----------------------------------------------------------------
-
-def name_wire(name: str) -> bytes:
-    """Presentation -> wire, case kept ("." is the root); ValueError if malformed."""
-    raw = name.encode("ascii")
-    if raw in (b".", b""):
-        return b"\x00"
-    if raw.endswith(b"."):
-        raw = raw[:-1]
-    out = bytearray()
-    for label in raw.split(b"."):
-        if not label or len(label) > 63:
-            raise ValueError(f"malformed name {name!r}")
-        out.append(len(label))
-        out += label
-    out.append(0)
-    if len(out) > 255:
-        raise ValueError(f"name too long: {name!r}")
-    return bytes(out)
-
-
-def label(s: str) -> bytes:
-    b = s.encode("ascii", "replace")
-    return bytes((len(b),)) + b
-
-
-def is_subdomain(name: bytes, zone: bytes) -> bool:
-    """`name` (lowercased wire) equals `zone` or ends with it on a label boundary."""
-    if zone == b"\x00":
-        return True
-    if not name.endswith(zone):
-        return False
-    start = len(name) - len(zone)
-    p = 0
-    while p < start:
-        p += name[p] + 1
-    return p == start
-
-
-def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
-    """(forward zones, reverse zones) as lowercased wire, deduplicated, in order."""
-    fwd, rev, seen = [], [], set()
-    for z in zones:
-        w = name_wire(z).lower()
-        if w in seen:
-            continue
-        seen.add(w)
-        reverse = is_subdomain(w, IN_ADDR) or is_subdomain(w, IP6_ARPA)
-        (rev if reverse else fwd).append(w)
-    return fwd, rev
-
-
-def ip_packed(ip: str) -> bytes | None:
-    """4 or 16 octets of an address, None if it is not one."""
-    try:
-        return socket.inet_pton(socket.AF_INET, ip)
-    except OSError:
-        try:
-            return socket.inet_pton(socket.AF_INET6, ip)
-        except OSError:
-            return None
-
-
-def ip_text(packed: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
-
-
-def reverse_wire(packed: bytes) -> bytes:
-    """The in-addr.arpa / ip6.arpa name of an address, lowercased wire (RFC 1035 §3.5, RFC 3596)."""
-    if len(packed) == 4:
-        d = _OCTET_LABELS
-        return d[packed[3]] + d[packed[2]] + d[packed[1]] + d[packed[0]] + IN_ADDR
-    return b"".join(_NIBBLE_LABELS[c] for c in packed.hex()[::-1]) + IP6_ARPA
-
-
-_OCTET_LABELS = [bytes((len(str(o)),)) + str(o).encode() for o in range(256)]
-_NIBBLE_LABELS = {c: b"\x01" + c.encode() for c in "0123456789abcdef"}
-
-
-def dashed(ip: str) -> str:
-    """CoreDNS endpointHostname's last resort: `.` or `:` -> `-` (`5678:abcd::1` -> `5678-abcd--1`).
-
-    A name ending in `-` is not a valid label, so the spec's rule applies:
-    a trailing `-` becomes `-0` (`fd00::` -> `fd00--0`).
-    """
-    if "." in ip:
-        out = ip.replace(".", "-")
-    elif ":" in ip:
-        out = ip.replace(":", "-")
-    else:
-        return ""
-    if out.endswith("-"):
-        out += "0"
-    return out
 
 
 def addr_rr(packed: bytes, ttl: int, owner: bytes | None = None) -> RR:
@@ -635,24 +498,3 @@ class RecordBuilder:
                 (((None, TXT, DNS_VERSION_TTL, bytes((len(txt),)) + txt, None),), ()),
                 nodata=False)
         return out
-
-
-def wire_labels(wire: bytes) -> list[bytes]:
-    """The labels of an uncompressed wire name, root excluded."""
-    out, p = [], 0
-    while p < len(wire) and wire[p]:
-        out.append(wire[p + 1 : p + 1 + wire[p]])
-        p += wire[p] + 1
-    return out
-
-
-def ip_from_podname(podname: str) -> str:
-    """findPods: three dashes and no `--` is IPv4 (dashes -> dots), else IPv6 (dashes -> colons)."""
-    if podname.count("-") == 3 and "--" not in podname:
-        return podname.replace("-", ".")
-    return podname.replace("-", ":")
-
-
-def pod_name_address(podname: str) -> bytes | None:
-    """Address of a pod name label (`10-244-1-5`, `fd00--5`), None if it is not one."""
-    return ip_packed(ip_from_podname(podname))

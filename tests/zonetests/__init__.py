@@ -34,9 +34,9 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from fastdns.zone import image as img
+from fastdns.ipc import image as img
 from fastdns.zone.compiler import Compiler
-from fastdns.zone.records import KubernetesOptions
+from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import load_state
 
 HERE = os.path.dirname(__file__)

@@ -1,16 +1,20 @@
-"""The snapshot image: layout, a builder, and the pure-Python reader.
+"""The snapshot image format: layout constants, templates, and the pure-Python reader.
 
-The layout is specified in docs/internals.md section 2; the Cython core reads
-the same bytes in place. Everything here is the reference the C code is
-tested against, so it favours clarity; the compiler's bulk paths may build
-the same bytes faster but must stay byte-identical.
+The control process writes images and the workers read them in place, so
+the format is a contract between processes and lives here, apart from both:
+the wire core (``fastdns/wire.py``, ``fastdns/_wire.pyx``) and the slow path
+import this module, never the zone compiler. The layout is specified in
+docs/internals.md section 2. The readers are the reference the C code is
+tested against, so they favour clarity. ``fastdns/zone/imagebuilder.py``
+lays out an image from plain entries (tests, the reference for the
+compiler's bulk paths, which must stay byte-identical).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastdns.constants import QT_NAME
@@ -62,77 +66,6 @@ def make_template(flags: int, ancount: int, nscount: int, arcount: int, body: by
     return head + b"".join(r.to_bytes(2, "big") for r in relocs) + body
 
 
-@dataclass(frozen=True, slots=True)
-class ZoneSpec:
-    name: bytes  # lowercased wire, b"\x00" for the root
-    flags: int
-    negative: tuple[bytes, ...] = ()  # template variants of the zone-miss answer
-    ttl: int = 5
-    block: int = 0
-    kind: int = ZK_KUBERNETES
-
-
-Entry = tuple[bytes, int, Sequence[bytes]]  # (lowercased qname wire, qtype, template variants)
-
-
-def _slots_for(n: int) -> int:
-    size = 8
-    while size < n * 2:  # load factor <= 0.5 keeps probe chains short
-        size <<= 1
-    return size
-
-
-def build_image(entries: Iterable[Entry], zones: Sequence[ZoneSpec], generation: int = 0,
-                flags: int = 0, serial: int = 0) -> bytes:
-    """Lay out an image from (key, qtype, variants) entries and zone specs."""
-    entries = list(entries)
-    nslots = _slots_for(len(entries))
-    zones = sorted(zones, key=lambda z: len(z.name), reverse=True)
-    slots_off = HEADER.size
-    zones_off = slots_off + nslots * SLOT.size
-    data = bytearray(zones_off + len(zones) * ZONE.size)
-
-    def put_answer(variants: Sequence[bytes]) -> int:
-        if not variants:
-            raise ValueError("an answer needs at least one template")
-        off = len(data)
-        table = bytearray(struct.pack("<HH", len(variants), 0))
-        data.extend(b"\0" * (4 + 4 * len(variants)))
-        for t in variants:
-            table.extend(struct.pack("<I", len(data)))
-            data.extend(struct.pack("<I", len(t)))
-            data.extend(t)
-        data[off : off + len(table)] = table
-        return off
-
-    slots = [None] * nslots
-    seen = set()
-    for key, qtype, variants in entries:
-        if (key, qtype) in seen:
-            raise ValueError(f"duplicate image entry {key!r}/{qtype}")
-        seen.add((key, qtype))
-        key_off = len(data)
-        data.extend(key)
-        ans_off = put_answer(variants)
-        h = key_hash(key, qtype)
-        i = h & (nslots - 1)
-        while slots[i] is not None:
-            i = (i + 1) & (nslots - 1)
-        slots[i] = (h, key_off, ans_off, qtype, len(key))
-    for i, s in enumerate(slots):
-        if s is not None:
-            SLOT.pack_into(data, slots_off + i * SLOT.size, *s)
-    for zi, z in enumerate(zones):
-        name_off = len(data)
-        data.extend(z.name)
-        neg_off = put_answer(z.negative) if z.negative else 0
-        ZONE.pack_into(data, zones_off + zi * ZONE.size, name_off, len(z.name), z.flags, neg_off,
-                       z.ttl, z.block, z.kind)
-    HEADER.pack_into(data, 0, MAGIC, FORMAT_VERSION, flags, generation, len(data), nslots,
-                     slots_off, len(zones), zones_off, serial)
-    return bytes(data)
-
-
 class ImageError(ValueError):
     """A snapshot image that fails its header checks."""
 
@@ -178,7 +111,8 @@ def zone_entry(image: bytes | memoryview, index: int) -> tuple[bytes, int, int, 
     return bytes(image[name_off : name_off + name_len]), flags, neg, ttl, block, kind
 
 
-def _find(image: bytes | memoryview, h: ImageHeader, key: bytes, qtype: int) -> int:
+def find(image: bytes | memoryview, h: ImageHeader, key: bytes, qtype: int) -> int:
+    """The answer offset of the exact entry (key, qtype); 0 when there is none."""
     hv = key_hash(key, qtype)
     mask = h.nslots - 1
     i = hv & mask
@@ -206,10 +140,10 @@ def label_starts(key: bytes) -> list[int]:
 def lookup(image: bytes | memoryview, key: bytes, qtype: int) -> tuple[int, int, int]:
     """Resolve (key, qtype) per docs/internals.md §2: exact, name, zone, or slow."""
     h = read_header(image)
-    off = _find(image, h, key, qtype)
+    off = find(image, h, key, qtype)
     if off:
         return (LK_ANSWER, off, 12)
-    off = _find(image, h, key, QT_NAME)
+    off = find(image, h, key, QT_NAME)
     if off:
         return (LK_ANSWER, off, 12)
     for zi in range(h.nzones):

@@ -1,0 +1,129 @@
+"""Names and addresses as the kubernetes records spell them, in wire form.
+
+Presentation names to uncompressed wire (case kept), the label-boundary
+suffix test, reverse names of addresses (in-addr.arpa, ip6.arpa), and the
+address forms Kubernetes DNS puts in labels: dashed endpoint hostnames and
+pod names (``10-244-1-5``, ``fd00--5``). Pure functions of their arguments.
+"""
+
+from __future__ import annotations
+
+import socket
+
+IN_ADDR = b"\x07in-addr\x04arpa\x00"
+IP6_ARPA = b"\x03ip6\x04arpa\x00"
+
+
+def name_wire(name: str) -> bytes:
+    """Presentation -> wire, case kept ("." is the root); ValueError if malformed."""
+    raw = name.encode("ascii")
+    if raw in (b".", b""):
+        return b"\x00"
+    if raw.endswith(b"."):
+        raw = raw[:-1]
+    out = bytearray()
+    for label in raw.split(b"."):
+        if not label or len(label) > 63:
+            raise ValueError(f"malformed name {name!r}")
+        out.append(len(label))
+        out += label
+    out.append(0)
+    if len(out) > 255:
+        raise ValueError(f"name too long: {name!r}")
+    return bytes(out)
+
+
+def label(s: str) -> bytes:
+    b = s.encode("ascii", "replace")
+    return bytes((len(b),)) + b
+
+
+def is_subdomain(name: bytes, zone: bytes) -> bool:
+    """`name` (lowercased wire) equals `zone` or ends with it on a label boundary."""
+    if zone == b"\x00":
+        return True
+    if not name.endswith(zone):
+        return False
+    start = len(name) - len(zone)
+    p = 0
+    while p < start:
+        p += name[p] + 1
+    return p == start
+
+
+def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
+    """(forward zones, reverse zones) as lowercased wire, deduplicated, in order."""
+    fwd, rev, seen = [], [], set()
+    for z in zones:
+        w = name_wire(z).lower()
+        if w in seen:
+            continue
+        seen.add(w)
+        reverse = is_subdomain(w, IN_ADDR) or is_subdomain(w, IP6_ARPA)
+        (rev if reverse else fwd).append(w)
+    return fwd, rev
+
+
+def ip_packed(ip: str) -> bytes | None:
+    """4 or 16 octets of an address, None if it is not one."""
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        try:
+            return socket.inet_pton(socket.AF_INET6, ip)
+        except OSError:
+            return None
+
+
+def ip_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def reverse_wire(packed: bytes) -> bytes:
+    """The in-addr.arpa / ip6.arpa name of an address, lowercased wire (RFC 1035 §3.5, RFC 3596)."""
+    if len(packed) == 4:
+        d = _OCTET_LABELS
+        return d[packed[3]] + d[packed[2]] + d[packed[1]] + d[packed[0]] + IN_ADDR
+    return b"".join(_NIBBLE_LABELS[c] for c in packed.hex()[::-1]) + IP6_ARPA
+
+
+_OCTET_LABELS = [bytes((len(str(o)),)) + str(o).encode() for o in range(256)]
+_NIBBLE_LABELS = {c: b"\x01" + c.encode() for c in "0123456789abcdef"}
+
+
+def dashed(ip: str) -> str:
+    """CoreDNS endpointHostname's last resort: `.` or `:` -> `-` (`5678:abcd::1` -> `5678-abcd--1`).
+
+    A name ending in `-` is not a valid label, so the spec's rule applies:
+    a trailing `-` becomes `-0` (`fd00::` -> `fd00--0`).
+    """
+    if "." in ip:
+        out = ip.replace(".", "-")
+    elif ":" in ip:
+        out = ip.replace(":", "-")
+    else:
+        return ""
+    if out.endswith("-"):
+        out += "0"
+    return out
+
+
+def wire_labels(wire: bytes) -> list[bytes]:
+    """The labels of an uncompressed wire name, root excluded."""
+    out, p = [], 0
+    while p < len(wire) and wire[p]:
+        out.append(wire[p + 1 : p + 1 + wire[p]])
+        p += wire[p] + 1
+    return out
+
+
+def ip_from_podname(podname: str) -> str:
+    """findPods: three dashes and no `--` is IPv4 (dashes -> dots), else IPv6 (dashes -> colons)."""
+    if podname.count("-") == 3 and "--" not in podname:
+        return podname.replace("-", ".")
+    return podname.replace("-", ":")
+
+
+def pod_name_address(podname: str) -> bytes | None:
+    """Address of a pod name label (`10-244-1-5`, `fd00--5`), None if it is not one."""
+    return ip_packed(ip_from_podname(podname))
