@@ -1,13 +1,17 @@
 # Everyday targets; CI runs the same commands through .ci/run.
 PYTHON ?= python3
 
-.PHONY: install test test-pure bench bench-peers lint debug clean demo fuzz
+.PHONY: install test test-fast test-pure bench bench-peers lint debug clean demo fuzz
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test,lint]'
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# everything but tests/e2e (whole servers, images, namespaces): about 3 minutes
+test-fast: install
+	$(PYTHON) -m pytest -q --ignore=tests/e2e
 
 test-pure:
 	FASTDNS_NO_EXTENSIONS=1 $(PYTHON) -m pytest -q

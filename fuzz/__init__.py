@@ -3,7 +3,7 @@
 One module per target; each has ``setup()`` (imports the code under test,
 so that the runner can instrument it) and ``check(data)`` (the property: it
 raises only for a bug). ``python3 -m fuzz TARGET`` runs one under atheris
-(see fuzz/README.md); tests/test_fuzz_regressions.py replays the seed
+(see fuzz/README.md); tests/wire/test_fuzz_regressions.py replays the seed
 corpus and every crash found through ``check`` without atheris.
 """
 

@@ -5,7 +5,7 @@ precise property of a listed bug (its own ``known_cause``); only then is
 the failure turned into ``KnownBug``, which the runner counts and reports
 instead of stopping (``FUZZ_KNOWN=fail`` makes it stop as for any crash),
 so a run goes on to find the next bug. Each entry names its regression
-test (xfail, strict) in tests/test_fuzz_regressions.py: when the fix lands
+test (xfail, strict) in tests/wire/test_fuzz_regressions.py: when the fix lands
 that test passes, fails as XPASS, and the entry goes.
 """
 

@@ -3,7 +3,7 @@
 A few dozen small inputs per target, each a shape the parser must handle:
 real queries and answers (dnspython's, and the demo image's), the Corefiles
 distributions ship, kubectl-shaped state files. The fuzzers mutate from
-these; tests/test_fuzz_regressions.py replays them.
+these; tests/wire/test_fuzz_regressions.py replays them.
 """
 
 from __future__ import annotations

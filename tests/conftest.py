@@ -3,7 +3,7 @@
 The `py`/`c` parametrisation follows multidict's conftest: every wire test
 runs against the pure-Python twin and the Cython core. The C run is skipped
 only when FASTDNS_NO_EXTENSIONS=1; otherwise a missing extension is an error
-(and tests/test_wire.py::test_c_extension_loaded fails on its own).
+(and tests/wire/test_wire.py::test_c_extension_loaded fails on its own).
 """
 
 import os

@@ -379,7 +379,7 @@ def test_rcode_text_agrees_with_dnspython(value):
 
 def test_rcode_16_is_badsig_as_miekg_prints_it():
     # RcodeBadSig and RcodeBadVers are both 16; the map keeps "BADSIG", and so do
-    # CoreDNS's log lines and metric labels (tests/test_metrics.py).
+    # CoreDNS's log lines and metric labels (tests/control/test_metrics.py).
     assert dns.rcode.to_text(16) == "BADVERS"
     assert mnemonics.rcode_text(16) == "BADSIG"
     assert mnemonics.rcode_text(4095) == "4095"

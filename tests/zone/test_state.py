@@ -8,7 +8,7 @@ import pytest
 from fastdns.zone.objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
 from fastdns.zone.state import Affected, ClusterState, StateError, demo_path, load_state
 
-HERE = os.path.dirname(__file__)
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SVC = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "prod"},
        "spec": {"clusterIP": "10.0.0.1", "ports": [{"name": "http", "port": 80}]}}

@@ -13,7 +13,7 @@ from fastdns.zone.isolated import decode, encode, load_objects_isolated
 from fastdns.zone.objects import Pod
 from fastdns.zone.state import StateError, demo_path, load_objects
 
-HERE = os.path.dirname(__file__)
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(HERE, "zonetests", "cluster.yaml")
 
 

@@ -29,7 +29,7 @@ from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_HOST = "127.0.53.77"  # any loopback address: 127/8 is all on lo
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dns.rcode
 import pytest
-from helpers import Server, a_records, ask, free_port
+from tests.helpers import Server, a_records, ask, free_port
 
 from fastdns.control.process import state_loader
 from fastdns.zone.compiler import Compiler

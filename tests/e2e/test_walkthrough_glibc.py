@@ -62,7 +62,7 @@ from fastdns.ipc import shm
 from fastdns.testing import netns
 from fastdns.testing.upstream import TestUpstream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COREFILE = ROOT / "tests" / "corefiles" / "kubeadm.Corefile"
 STATE = ROOT / "tests" / "data" / "kind_cluster.yaml"
 ZONE = "cluster.local"

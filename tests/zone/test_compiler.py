@@ -11,7 +11,7 @@ import dns.reversename
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from zonetests import SERIAL, ask
+from tests.zonetests import SERIAL, ask
 
 from fastdns.ipc import image as img
 from fastdns.zone import fragments
@@ -507,7 +507,7 @@ def test_templates_follow_the_namecompressor_contract():
 
     opts = KubernetesOptions(zones=("cluster.local",), endpoint_srv=True)
     state = load_state(demo_path())
-    fixture = load_state(os.path.join(os.path.dirname(__file__), "zonetests", "cluster.yaml"))
+    fixture = load_state(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zonetests", "cluster.yaml"))
     for o in (*fixture.namespaces.values(), *fixture.services.values(),
               *fixture.slices.values()):
         state.apply("ADDED", o)

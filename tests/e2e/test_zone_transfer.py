@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.rrset
 import dns.xfr
 import pytest
-from zonetests import compile_table, tables
+from tests.zonetests import compile_table, tables
 
 from fastdns import corefile
 from fastdns.control.process import build_compiler

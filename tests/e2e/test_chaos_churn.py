@@ -30,7 +30,7 @@ on the final truths, and SIGTERM exits 0 leaving no shared memory behind.
 
 ``test_the_judge_catches_what_it_must`` shows the checker flags each of
 those. The figures (sent, answered, lost, kills, lags) are printed; run with -s:
-    python3 -m pytest -q -s tests/test_chaos_churn.py
+    python3 -m pytest -q -s tests/e2e/test_chaos_churn.py
 FASTDNS_CHAOS_SECONDS, FASTDNS_CHAOS_KILLS and FASTDNS_CHAOS_SEED change the run.
 """
 

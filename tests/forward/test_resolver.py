@@ -1,7 +1,7 @@
 """Cache + forwarder together (ForwardingResolver) against real upstreams on loopback.
 
 The cache's clock is injected; network timeouts are real but short. These
-run on uvloop, the workers' event loop (tests/test_forward.py uses asyncio's).
+run on uvloop, the workers' event loop (tests/forward/test_forwarder.py uses asyncio's).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from fastdns.control.kube import KubeSource
-from tests.test_kube_source import api, eps, run_source, svc  # noqa: F401 - fixtures
+from tests.control.test_kube_source import api, eps, run_source, svc  # noqa: F401 - fixtures
 
 __all__ = ["api", "run_source"]
 

@@ -27,7 +27,7 @@ from tests.upstreams import UpstreamThread
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NODELOCAL = ROOT / "tests" / "corefiles" / "nodelocaldns.Corefile"
 LOCAL, KUBE_DNS, RESOLVER = "127.0.0.10", "127.0.0.11", "127.0.0.12"
 

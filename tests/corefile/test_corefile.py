@@ -41,8 +41,8 @@ from fastdns.corefile import (
 )
 from fastdns.corefile.lexer import tokenize
 
-FIXTURES = Path(__file__).parent / "corefiles"
-REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parents[1] / "corefiles"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Conformance tables (tests/zonetests/*.zt) through the compiled image and both wire cores."""
 
 import pytest
-from zonetests import check, compile_table, mixed_case, tables
+from tests.zonetests import check, compile_table, mixed_case, tables
 
 TABLES = tables()
 CASES = [(t, c) for t in TABLES for c in t.cases]
