@@ -143,8 +143,8 @@ def hosts_fragment(table: HostsTable, conf: Any, loadbalance: bool) -> Fragment:
         for ip, names in table.addrs.items():
             key = name_wire(reverse_name(ip)).lower()
             koff = w.key(key)
-            an = tuple((None, PTR, ttl, b"", name_wire(n)) for n in names)
-            w.entry(key, koff, PTR, w.answer(exact_template(key, (an, ()))))
+            ptr_an = tuple((None, PTR, ttl, b"", name_wire(n)) for n in names)
+            w.entry(key, koff, PTR, w.answer(exact_template(key, (ptr_an, ()))))
     return w.finish()
 
 
@@ -162,7 +162,7 @@ def hosts_zones(config: Any) -> list[ZoneSpec]:
             falls = bool(conf.fallthrough) and any(
                 f == "." or z == f or z.endswith("." + f) for f in conf.fallthrough)
             if falls:
-                flags, neg = img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH, ()
+                flags, neg = img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH, ()  # type: tuple[int, tuple[bytes, ...]]
             else:
                 flags, neg = img.ZF_AUTH, (servfail,)
             out.append(ZoneSpec(name_wire(z).lower(), flags, neg, conf.ttl, i,
