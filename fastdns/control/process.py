@@ -99,9 +99,11 @@ def build_compiler(config: Any) -> Any:
     # NodeLocal DNSCache's Corefile has no kubernetes plugin: an image of
     # forward zones only (every name goes to the slow path).
     from fastdns.zone.compiler import Compiler
+    from fastdns.zone.contributor import ImageContributor
     from fastdns.zone.hosts import HostsContributor  # the hosts plugins' entries (issue 6)
 
-    contributors = [c for c in (HostsContributor.for_config(config),) if c is not None]
+    contributors: list[ImageContributor] = [
+        c for c in (HostsContributor.for_config(config),) if c is not None]
     return Compiler(options[0] if options else None, forward_zones(config), contributors)
 
 

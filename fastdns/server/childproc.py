@@ -74,7 +74,7 @@ class ChildProcess:
                    + pickle.dumps((self.target, self.args), protocol=pickle.HIGHEST_PROTOCOL))
         data_r, data_w = os.pipe()
         alive_r, alive_w = (-1, -1) if _HAVE_PIDFD else os.pipe()
-        argv = [sys.executable, *subprocess._args_from_interpreter_flags(),
+        argv = [sys.executable, *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]  # noqa: E501
                 "-m", "fastdns.server.childproc", self.name, self.comm, str(data_r)]
         if alive_w >= 0:
             argv.append(str(alive_w))

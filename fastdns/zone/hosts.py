@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,7 +186,7 @@ class HostsContributor:
                 seen.add(id(conf))
                 self.plugins.append((conf, "loadbalance" in b.plugins))
         self._zones = hosts_zones(config)
-        self._frags: dict[int, Fragment] = {}
+        self._frags: dict[Hashable, Fragment] = {}
         self.reload()
 
     @classmethod
@@ -199,7 +199,7 @@ class HostsContributor:
     def zones(self) -> list[ZoneSpec]:
         return self._zones
 
-    def fragments(self) -> dict[int, Fragment]:
+    def fragments(self) -> dict[Hashable, Fragment]:  # keyed by plugin index
         return self._frags
 
     def reload(self) -> bool:
