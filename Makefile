@@ -26,6 +26,7 @@ bench-peers:
 lint:
 	ruff check fastdns tests bench fuzz setup.py
 	cython-lint $$(find fastdns -name '*.pyx' -o -name '*.pxd')
+	python3 -m mypy
 
 # Coverage-guided fuzzing with atheris: FUZZ_SECONDS per target (fuzz/README.md).
 # Found inputs go to build/fuzz/TARGET/; the committed seeds are only read.

@@ -39,7 +39,11 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 STOP = signal.SIGUSR2  # the supervisor's "stop now" to its own children
 STOP_SIGNALS = (STOP, signal.SIGTERM, signal.SIGINT)
@@ -70,11 +74,11 @@ def is_stop(signum: int) -> bool:
     return os.getppid() != _parent
 
 
-def install(handler: Callable[[int, Any], Any]) -> None:
+def install(handler: Callable[[int, FrameType | None], Any]) -> None:
     """``signal.signal(sig, ...)`` for every stop signal; ``handler(signum, frame)``
     runs only for a signal that ``is_stop``."""
 
-    def judged(signum: int, frame: Any) -> None:
+    def judged(signum: int, frame: FrameType | None) -> None:
         if is_stop(signum):
             handler(signum, frame)
 
@@ -82,7 +86,7 @@ def install(handler: Callable[[int, Any], Any]) -> None:
         signal.signal(sig, judged)
 
 
-def loop_install(loop: Any, stop: Callable[[], Any]) -> None:
+def loop_install(loop: asyncio.AbstractEventLoop, stop: Callable[[], Any]) -> None:
     """The same for an asyncio (uvloop) loop: ``stop()`` runs on a signal that ``is_stop``."""
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, _if_stop, sig, stop)
@@ -93,5 +97,5 @@ def _if_stop(signum: int, stop: Callable[[], Any]) -> None:
         stop()
 
 
-def _exit_zero(signum: int, frame: Any) -> None:
+def _exit_zero(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types only
+    from fastdns.corefile.model import KubernetesConfig
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SA_TOKEN = os.path.join(SA_DIR, "token")
@@ -35,7 +38,7 @@ def in_pod(environ: Mapping[str, str]) -> bool:
     return bool(environ.get(HOST_ENV)) and bool(environ.get(PORT_ENV))
 
 
-def problem(kube: Any, environ: Mapping[str, str]) -> str | None:
+def problem(kube: KubernetesConfig, environ: Mapping[str, str]) -> str | None:
     """Why the kubernetes plugin ``kube`` cannot reach an API here, or None."""
     kubeconfig = (getattr(kube, "kubeconfig", None) or ("", ""))[0]
     if kubeconfig:
@@ -53,7 +56,8 @@ def problem(kube: Any, environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def describe(kube: Any, environ: Mapping[str, str], kubeconfig_flag: str | None) -> str:
+def describe(kube: KubernetesConfig, environ: Mapping[str, str],
+             kubeconfig_flag: str | None) -> str:
     """One phrase for the startup log: which API, found how."""
     path = kubeconfig_flag or (getattr(kube, "kubeconfig", None) or ("", ""))[0]
     if path:

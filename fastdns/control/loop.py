@@ -16,10 +16,15 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastdns.control.publisher import Publisher
 from fastdns.control.statefile import describe_error
+
+if TYPE_CHECKING:  # types only: the zone package is imported where it is used
+    from fastdns.zone.compiler import Compiler, Image
+    from fastdns.zone.objects import Obj, Service
+    from fastdns.zone.state import Affected, ClusterState
 
 log = logging.getLogger("control")
 
@@ -46,8 +51,8 @@ _STOP = object()
 class ControlLoop:
     """Owns state, compiler and publisher; everything else talks to it by queue."""
 
-    def __init__(self, compiler: Any, publisher: Publisher, *, coalesce: float = COALESCE,
-                 state: Any = None) -> None:
+    def __init__(self, compiler: Compiler, publisher: Publisher, *, coalesce: float = COALESCE,
+                 state: ClusterState | None = None) -> None:
         self.compiler = compiler
         if hasattr(compiler, "reuse_buffer"):
             # each image is published (copied out) before the next compile:
@@ -63,12 +68,12 @@ class ControlLoop:
         self.pygc_runs = 0  # scheduled cyclic-GC collections (see PYGC_IDLE)
         # (generation, image octets, compile s, publish s, synced) after every
         # compile: metrics and readiness (fastdns/control/httpd.py Observability).
-        self.on_publish: Any = None
+        self.on_publish: Callable[[int, int, float, float, bool], None] | None = None
         # (seconds, service_kind) per watch event a published snapshot serves,
         # from the event's arrival here (ControlValues.observe_programming_latency)
         self.on_programmed: Callable[[float, str], None] | None = None
         # Service -> CoreDNS service_kind; KubeSource.service_kind knows selectors
-        self.service_kind: Callable[[Any], str] = default_service_kind
+        self.service_kind: Callable[[Service], str] = default_service_kind
         # The last batch's compile + publish time, and when it ended: under a
         # steady stream of events the window widens to that cost (see _run()).
         self._last_cost = 0.0
@@ -79,10 +84,10 @@ class ControlLoop:
     # Every item carries its arrival time (monotonic): the coalescing window
     # and the programming latency both count from it.
 
-    def post_state(self, state: Any) -> None:
+    def post_state(self, state: ClusterState) -> None:
         self._q.put(("state", time.monotonic(), state))
 
-    def post_event(self, kind: str, event_type: str, obj: Any) -> None:
+    def post_event(self, kind: str, event_type: str, obj: Obj | tuple[str, Any]) -> None:
         """One watch event, as ``KubeSource`` delivers it: kind, ADDED/MODIFIED/
         DELETED, and the stripped object (``ClusterState.apply`` needs no kind)."""
         self._q.put(("event", time.monotonic(), event_type, obj))
@@ -144,7 +149,7 @@ class ControlLoop:
         if batch:
             self._apply(batch)
 
-    def _publish(self, image: Any, t0: float, why: str) -> int | None:
+    def _publish(self, image: Image, t0: float, why: str) -> int | None:
         # Synchronous on purpose: a publish thread overlapping the next compile
         # measured 3x slower (bench/bench_kube.py), because the assembler holds
         # the GIL for its whole run and every step of the publish (CRC, pwrite,
@@ -173,7 +178,7 @@ class ControlLoop:
         watch burst take the same incremental path through the compiler.
         """
         t0 = time.perf_counter()
-        affected: Any = _new_affected()
+        affected = _new_affected()
         full = self.state is None
         events = 0
         first_sync = False
@@ -218,14 +223,17 @@ class ControlLoop:
         if not self.synced:
             return  # a partial list must not replace a complete image
         if full:
-            image = self.compiler.full(self.state)
+            # None before any state arrived: only a Compiler without a kubernetes
+            # builder reads no state then (a hosts reload, a forward-only image)
+            image = self.compiler.full(self.state)  # type: ignore[arg-type]
         elif not affected and reassemble:
             image = self.compiler.assemble()
         elif not affected:
             log.debug("%s: no DNS-visible change", label)
             return
         else:
-            image = self.compiler.update(self.state, affected)
+            # affected came from applying events to a state: it is set here
+            image = self.compiler.update(self.state, affected)  # type: ignore[arg-type]
         programmed = self._programmed(visible)
         if self._publish(image, t0, label) is not None:
             self._record_programmed(programmed)
@@ -240,8 +248,8 @@ class ControlLoop:
     def _programmed(self, visible: list[tuple[float, Any]]) -> list[tuple[float, str]]:
         """(arrival, service_kind) of the DNS-visible Service/EndpointSlice events,
         taken in the loop thread, which owns the state."""
-        if self.on_programmed is None or not visible:
-            return []
+        if self.on_programmed is None or not visible or self.state is None:
+            return []  # (visible events were applied to a state: it is never None here)
         services = self.state.services
         out = []
         for arrived, obj in visible:
@@ -326,12 +334,12 @@ class ControlLoop:
                 last_pygc = time.monotonic()
 
 
-def default_service_kind(svc: Any) -> str:
+def default_service_kind(svc: Service) -> str:
     """CoreDNS's service_kind of a stripped Service, not knowing its selector."""
     return KIND_HEADLESS_WITH_SELECTOR if svc.headless else KIND_CLUSTER_IP
 
 
-def _service_of(obj: Any, services: dict) -> Any:
+def _service_of(obj: object, services: dict[tuple[str, str], Service]) -> Service | None:
     """The Service a Service or EndpointSlice event programs (None: neither, or gone)."""
     from fastdns.zone.objects import EndpointSlice, Service
 
@@ -342,13 +350,13 @@ def _service_of(obj: Any, services: dict) -> Any:
     return None
 
 
-def _new_affected() -> Any:
+def _new_affected() -> Affected:
     from fastdns.zone.state import Affected
 
     return Affected()
 
 
-def sync_state(current: Any, new: Any) -> Any:
+def sync_state(current: ClusterState, new: ClusterState) -> Affected:
     """Apply to ``current`` the events that turn it into ``new``; their Affected.
 
     Upserts first (Namespaces before what lives in them), deletions last,

@@ -38,9 +38,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastdns.ipc import layout, shm
+
+if TYPE_CHECKING:  # types only
+    from fastdns.corefile.model import Config, LoopConfig
 
 log = logging.getLogger("plugin/loop")
 
@@ -66,7 +69,7 @@ def segment_path(instance: str) -> str:
     return os.path.join(shm.SHM_DIR, f"{shm.PREFIX}{instance}-loop")
 
 
-def plan_probes(config: Any) -> list[Probe]:
+def plan_probes(config: Config) -> list[Probe]:
     """One probe per Corefile block with ``loop`` (its first listen host and port)."""
     out: list[Probe] = []
     seen: set[int] = set()
@@ -78,7 +81,8 @@ def plan_probes(config: Any) -> list[Probe]:
         host = b.listen_hosts[0] if b.listen_hosts else ""
         listen = f"[{host}]:{b.port}" if ":" in host else f"{host}:{b.port}"
         target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        zone = conf.zone if conf.zone.endswith(".") else conf.zone + "."
+        lz = cast("LoopConfig", conf).zone
+        zone = lz if lz.endswith(".") else lz + "."
         # loop.go qname(): strconv.Itoa(rand.Int()) twice (non-negative 63-bit ints)
         qname = f"{random.getrandbits(63)}.{random.getrandbits(63)}.{zone if zone != '.' else ''}"
         out.append(Probe(qname.lower(), zone, listen, (target, int(b.port))))

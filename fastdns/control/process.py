@@ -22,13 +22,22 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastdns.control.loop import COALESCE, ControlLoop
 from fastdns.control.publisher import Publisher
 from fastdns.control.statefile import POLL_INTERVAL, StateFileSource, describe_error
 from fastdns.ipc import layout, shm
 from fastdns.ipc.stats import SharedStats
+
+if TYPE_CHECKING:  # types only: these are imported where they are used
+    from fastdns.control.kube import KubeConfig
+    from fastdns.control.statefile import Loaded, StateCache
+    from fastdns.corefile.model import Config, KubernetesConfig, PluginConfig, ServerBlock
+    from fastdns.zone.compiler import Compiler
+    from fastdns.zone.imagebuilder import ZoneSpec
+    from fastdns.zone.options import KubernetesOptions
+    from fastdns.zone.state import ClusterState
 
 log = logging.getLogger("control")
 
@@ -58,7 +67,7 @@ class FatalConfig(Exception):
 # -- Corefile -> zone compiler -------------------------------------------------
 
 
-def kubernetes_options(block: Any, index: int = 0) -> Any:
+def kubernetes_options(block: ServerBlock, index: int = 0) -> KubernetesOptions:
     """The zone room's KubernetesOptions for server block ``index``'s ``kubernetes`` plugin.
 
     ``local_ips`` (the apex NS glue when no kube-dns endpoint is local,
@@ -66,7 +75,7 @@ def kubernetes_options(block: Any, index: int = 0) -> Any:
     """
     from fastdns.zone.options import KubernetesOptions
 
-    conf = block.plugins["kubernetes"]
+    conf = cast("KubernetesConfig", block.plugins["kubernetes"])
     kw: dict[str, Any] = dict(
         zones=tuple(conf.zones) or tuple(block.zones), ttl=conf.ttl,
         namespaces=tuple(conf.namespaces), pods=conf.pods,
@@ -83,11 +92,11 @@ def kubernetes_options(block: Any, index: int = 0) -> Any:
         raise FatalConfig(f"{file}:{line}: plugin kubernetes: {e}") from e
 
 
-def build_compiler(config: Any) -> Any:
+def build_compiler(config: Config) -> Compiler:
     """One compiler over every server block that has a ``kubernetes`` plugin."""
     # A block with several ports is one ServerBlock per port sharing one
     # plugin object (corefile/model.py): count each kubernetes plugin once.
-    seen: list[Any] = []
+    seen: list[PluginConfig] = []
     options = []
     for i, b in enumerate(config.servers):
         conf = b.plugins.get("kubernetes")
@@ -99,13 +108,15 @@ def build_compiler(config: Any) -> Any:
     # NodeLocal DNSCache's Corefile has no kubernetes plugin: an image of
     # forward zones only (every name goes to the slow path).
     from fastdns.zone.compiler import Compiler
+    from fastdns.zone.contributor import ImageContributor
     from fastdns.zone.hosts import HostsContributor  # the hosts plugins' entries (issue 6)
 
-    contributors = [c for c in (HostsContributor.for_config(config),) if c is not None]
+    contributors: list[ImageContributor] = [
+        c for c in (HostsContributor.for_config(config),) if c is not None]
     return Compiler(options[0] if options else None, forward_zones(config), contributors)
 
 
-def forward_zones(config: Any) -> list[Any]:
+def forward_zones(config: Config) -> list[ZoneSpec]:
     """Zones of blocks without ``kubernetes`` that ``forward``: the fast path hands them over.
 
     Without an entry a forward-only zone inside a kubernetes zone (say
@@ -118,7 +129,7 @@ def forward_zones(config: Any) -> list[Any]:
     from fastdns.zone.imagebuilder import ZoneSpec
     from fastdns.zone.naming import name_wire
 
-    out: list[Any] = []
+    out: list[ZoneSpec] = []
     for i, b in enumerate(config.servers):
         if "kubernetes" in b.plugins or "forward" not in b.plugins:
             continue
@@ -129,7 +140,7 @@ def forward_zones(config: Any) -> list[Any]:
     return out
 
 
-def summarize(state: Any) -> str:
+def summarize(state: ClusterState) -> str:
     """'4 namespaces, 8 services, 12 endpoints in 7 slices, 8 pods' for the startup log."""
     endpoints = sum(len(e.addresses) for sl in state.slices.values() for e in sl.endpoints)
     return (f"{len(state.all_namespaces())} namespaces, {len(state.services)} services, "
@@ -139,12 +150,13 @@ def summarize(state: Any) -> str:
 # -- process main ------------------------------------------------------------
 
 
-def kube_config(config: Any, kubeconfig: str | None) -> Any:
+def kube_config(config: Config, kubeconfig: str | None) -> KubeConfig:
     """KubeConfig from the Corefile's kubernetes plugin; ``--kubeconfig`` wins over its
     ``kubeconfig`` option (CoreDNS's precedence is then kubeconfig > endpoint > in-cluster)."""
     from fastdns.control.kube import KubeConfig
 
-    conf = next(b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins)
+    conf = cast("KubernetesConfig", next(
+        b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins))
     path, context = (conf.kubeconfig or (None, None))
     tls = conf.tls or (None, None, None)
     return KubeConfig(
@@ -155,12 +167,12 @@ def kube_config(config: Any, kubeconfig: str | None) -> Any:
         label_selector=conf.labels, namespace_label_selector=conf.namespace_labels)
 
 
-def _keeps_pods(compiler: Any) -> bool:
+def _keeps_pods(compiler: Compiler) -> bool:
     opts = getattr(compiler, "options", None)
     return opts is not None and opts.pods == "verified"
 
 
-def state_loader(compiler: Any) -> Callable[[str], Any]:
+def state_loader(compiler: Compiler) -> Callable[[str], Loaded]:
     """A state file's ClusterState, parsed in a child process (``zone/isolated.py``:
     the parse's garbage would pin ~90 MB here at 10k Services), keeping Pods
     only where ``pods verified`` answers from them (CoreDNS watches Pods in
@@ -179,7 +191,7 @@ def state_loader(compiler: Any) -> Callable[[str], Any]:
     return load
 
 
-def state_cache(instance: str, compiler: Any) -> Any:
+def state_cache(instance: str, compiler: Compiler) -> StateCache:
     """The restart copy of the last good state (``statefile.StateCache``); a copy
     made with or without Pods serves only a configuration that keeps the same."""
     from fastdns.control.statefile import StateCache
@@ -190,7 +202,7 @@ def state_cache(instance: str, compiler: Any) -> Any:
                                    "pods" if _keeps_pods(compiler) else "no-pods")
 
 
-def startup_timeout(config: Any) -> float:
+def startup_timeout(config: Config) -> float:
     """The kubernetes plugin's ``startup_timeout`` (CoreDNS default 5 s)."""
     conf = next(b.plugins["kubernetes"] for b in config.servers if "kubernetes" in b.plugins)
     return float(getattr(conf, "startup_timeout", 5.0))

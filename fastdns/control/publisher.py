@@ -35,7 +35,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from fastdns.ipc import shm
 
@@ -114,7 +113,8 @@ class Publisher:
         self.generation = self.ctl.generation
         return removed
 
-    def publish(self, image: Any, *, force: bool = False) -> int | None:
+    def publish(self, image: bytes | bytearray | memoryview, *,
+                force: bool = False) -> int | None:
         """Publish ``image`` (bytes-like) as the next generation; None when it
         equals the current one.
 
@@ -142,7 +142,7 @@ class Publisher:
             self.collect()
         return gen
 
-    def _unchanged(self, image: Any) -> bool:
+    def _unchanged(self, image: bytes | bytearray) -> bool:
         """Whether ``image`` equals the image in force, generation aside.
 
         Compared with the published segment itself, read in chunks that stop

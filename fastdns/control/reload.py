@@ -33,10 +33,13 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastdns.ipc import layout, shm
 from fastdns.ipc.stats import SharedStats
+
+if TYPE_CHECKING:  # types only
+    from fastdns.corefile.model import Config, ReloadConfig
 
 log = logging.getLogger("plugin/reload")
 
@@ -83,12 +86,12 @@ def sha512(text: str) -> str:
     return hashlib.sha512(text.encode("utf-8")).hexdigest()
 
 
-def reload_config(config: Any) -> Any:
+def reload_config(config: Config) -> ReloadConfig | None:
     """The ``reload`` plugin's config of a parsed Corefile (the first block's), or None."""
     for block in config.servers:
         conf = block.plugins.get("reload")
         if conf is not None:
-            return conf
+            return cast("ReloadConfig", conf)
     return None
 
 
@@ -101,8 +104,8 @@ class Reloader:
     failure (``coredns_reload_failed_total``).
     """
 
-    def __init__(self, path: str | None, text: str, config: Any,
-                 validate: Callable[[str], tuple[Any, Any]],
+    def __init__(self, path: str | None, text: str, config: Config,
+                 validate: Callable[[str], tuple[Config, Any]],
                  apply: Callable[[str, Any], None], failed: Callable[[], None], *,
                  clock: Callable[[], float]) -> None:
         self.path = path

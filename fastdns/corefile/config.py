@@ -103,10 +103,10 @@ def _block(raw: RawBlock, findings: list[Finding]) -> list[tuple[ServerBlock, Ke
             f.error = e
 
     out = []
-    for (transport, port), zones in groups.items():
-        first = zones[0][1]
+    for (transport, port), keyed in groups.items():
+        first = keyed[0][1]
         key_of: KeyTokens = {}  # which key produced each zone, for overlap messages
-        for z, tok in zones:
+        for z, tok in keyed:
             key_of.setdefault(z, tok)
         out.append((ServerBlock(tuple(key_of), port, plugins, (first.file, first.line),
                                 transport), key_of))

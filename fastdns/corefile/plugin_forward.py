@@ -57,6 +57,7 @@ def _upstreams(d: Dispenser, toks: list[Token]) -> tuple[list[Upstream], list[st
             raise Unsupported(t.file, t.line, f"'{trans}' is not supported as a destination "
                               f"protocol in forward: {t.text}", d.plugin)
         server_name = None
+        port_s: str | None
         if trans == "tls" and "%" in host:
             # tls://9.9.9.9%dns.quad9.net[:853]: per-upstream TLS server name.
             host, _, sn = host.rpartition("%")

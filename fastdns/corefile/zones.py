@@ -98,7 +98,8 @@ def cidr_zones(host: str) -> list[str] | None:
     ones = net.prefixlen
     if ones % step:
         new = -(-ones // step) * step
-        nets = list(net.subnets(new_prefix=new))
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
+            net.subnets(new_prefix=new))
     else:
         nets = [net]
     out = []

@@ -45,6 +45,7 @@ import struct
 import time
 from array import array
 from collections.abc import Callable
+from typing import Protocol
 
 from fastdns import errors
 from fastdns.codec import wire
@@ -157,6 +158,19 @@ class CacheStats:
         self.served_stale = 0
 
 
+class CacheMirror(Protocol):
+    """What the cache needs of the fast path's C table (server/_udp_cache.pxi CacheTable):
+    declared here so this module types it without importing the data plane."""
+
+    def put(self, key: bytes, body: bytes, offsets: array, ttl: int, stored_ns: int,
+            until_ns: int, denial: bool, keepttl: bool = False,
+            prefetch_ns: int = 0) -> bool: ...
+
+    def remove(self, key: bytes) -> bool: ...
+
+    def hits(self, key: bytes) -> tuple[int, int] | None: ...
+
+
 class ResponseCache:
     """One ``cache`` stanza for one worker; ``clock`` is injectable for tests."""
 
@@ -174,22 +188,22 @@ class ResponseCache:
         # The fast path's C table (server/_udp_cache.pxi CacheTable), or None.
         # Every stored entry a UDP answer can hold is mirrored there and every
         # dropped one removed, so C never serves what this cache no longer has.
-        self.mirror = None
+        self.mirror: CacheMirror | None = None
 
     def _unmirror(self, key: bytes) -> None:
         if self.mirror is not None:
             self.mirror.remove(key)
 
-    def _mirror(self, e: Entry) -> None:
+    def _mirror(self, mirror: CacheMirror, e: Entry) -> None:
         """Put ``e`` in the C table, served there while fresh and before its prefetch window."""
         until = e.expires
         cfg = self.config
         if cfg.prefetch > 0 and e.rcode != _SERVFAIL:
             until = min(until, e.stored + e.ttl - math.ceil(cfg.prefetch_percentage / 100 * e.ttl))
-        if not self.mirror.put(e.key, e.body, e.offsets, e.ttl, int(e.stored * 1e9),
+        if not mirror.put(e.key, e.body, e.offsets, e.ttl, int(e.stored * 1e9),
                                int(until * 1e9), e.kind == DENIAL, cfg.keepttl,
                                int(cfg.prefetch_duration * 1e9)):
-            self.mirror.remove(e.key)  # too large for a UDP slot, or the table is full
+            mirror.remove(e.key)  # too large for a UDP slot, or the table is full
 
     # -- counters
 
@@ -251,7 +265,7 @@ class ResponseCache:
         if now is None:
             now = self.clock()
         e, state = self.lookup(q, now)
-        if state != FRESH:
+        if state != FRESH or e is None:  # FRESH always comes with its entry
             return None
         self.hit(e, now)
         return self.render(e, query, q, now, tcp)
@@ -366,5 +380,5 @@ class ResponseCache:
             e.hits, e.last_hit = old.hits, old.last_hit
         self._stores[kind].add(e)
         if self.mirror is not None and e.slot >= 0:
-            self._mirror(e)
+            self._mirror(self.mirror, e)
         return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from fastdns import errors
@@ -45,7 +46,9 @@ class ForwardingResolver:
                  clock: Callable[[], float] | None = None) -> None:
         self.forwarder = forwarder
         self.cache = cache
-        self.clock = clock or (cache.clock if cache is not None else None)
+        # only read with a cache; without one the fallback is never called
+        self.clock: Callable[[], float] = clock or (
+            cache.clock if cache is not None else time.monotonic)
         self.inflight: dict[bytes, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
         self.upstream_queries = 0  # fetches started (shared misses count once)
@@ -61,6 +64,8 @@ class ForwardingResolver:
             return await self._forward(query, q, tcp, None)
         now = self.clock()
         entry, state = cache.lookup(q, now)
+        if entry is None:  # MISS (FRESH and STALE always come with their entry)
+            return await self._forward(query, q, tcp, cache)
         if state == FRESH:
             cache.hit(entry, now)
             if cache.should_prefetch(entry, now) and self._refresh(query, q):
@@ -96,9 +101,9 @@ class ForwardingResolver:
             # CoreDNS cache.go WriteMsg: the reply that filled the cache already
             # carries the capped TTL ("avoid jarring TTL experience 1799 -> 8")
             now = self.clock()
-            e = cache.peek(q, now)
-            if e is not None:
-                return cache.render(e, query, q, now, tcp)
+            peeked = cache.peek(q, now)
+            if peeked is not None:
+                return cache.render(peeked, query, q, now, tcp)
         return fit(raw, query, q, tcp)
 
     @staticmethod

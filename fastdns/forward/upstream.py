@@ -149,7 +149,7 @@ class Upstream:
                         conn = await asyncio.open_connection(self.host, self.port)
                         writer = conn[1]
                         self.tcp_opened += 1
-                    reader = conn[0]
+                    reader, writer = conn
                     writer.write(frame)
                     while True:
                         n = int.from_bytes(await reader.readexactly(2), "big")

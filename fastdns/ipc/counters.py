@@ -185,9 +185,8 @@ class Counters:
         base = W_REQ_SIZE + proto * (N_SIZE + 1)
         w[base + sb] += 1
         w[base + N_SIZE] += len(pkt)
-        r = self._row(row)
-        if r >= 0:
-            rw = self.rows
+        r, rw = self._row(row), self.rows
+        if r >= 0 and rw is not None:  # _row() is -1 when rows is None; mypy can't see that
             rw[r + R_QUERIES + q] += 1
             if do:
                 rw[r + R_DO] += 1
@@ -198,20 +197,19 @@ class Counters:
     def response(self, proto: int, resp: bytes | memoryview | None,
                  row: int | None = None) -> None:
         """Count what was sent for one query (``None``: nothing was sent)."""
-        w = self.w
+        w, rw = self.w, self.rows
         r = self._row(row)
         if resp is None:
             w[W_RESPONSES + R_DROPPED] += 1
-            if r >= 0:
-                self.rows[r + R_RESPONSES + R_DROPPED] += 1
+            if r >= 0 and rw is not None:
+                rw[r + R_RESPONSES + R_DROPPED] += 1
             return
         rb, sb = response_bucket(resp), size_bucket(len(resp))
         w[W_RESPONSES + rb] += 1
         base = W_RESP_SIZE + proto * (N_SIZE + 1)
         w[base + sb] += 1
         w[base + N_SIZE] += len(resp)
-        if r >= 0:
-            rw = self.rows
+        if r >= 0 and rw is not None:
             rw[r + R_RESPONSES + rb] += 1
             base = r + R_RESP_SIZE + proto * (N_SIZE + 1)
             rw[base + sb] += 1
@@ -221,10 +219,10 @@ class Counters:
         lb, ns = latency_bucket(seconds), int(seconds * 1e9) * n
         self.w[W_LATENCY + lb] += n
         self.w[W_LATENCY_SUM_NS] += ns
-        r = self._row(row)
-        if r >= 0:
-            self.rows[r + R_LATENCY + lb] += n
-            self.rows[r + R_LATENCY_SUM_NS] += ns
+        r, rw = self._row(row), self.rows
+        if r >= 0 and rw is not None:
+            rw[r + R_LATENCY + lb] += n
+            rw[r + R_LATENCY_SUM_NS] += ns
 
     def release(self) -> None:
         self.w.release()

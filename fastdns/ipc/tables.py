@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 from fastdns.ipc.layout import (
     FWD_MAX_UPSTREAMS,
@@ -71,7 +72,7 @@ def config_upstreams(config: object) -> Iterator[str]:
     Read by attribute (``servers[i].plugins["forward"].to[j].addr``) so the
     worker (``corefile.Config``) and the exporter derive the same table.
     """
-    for b in getattr(config, "servers", config):  # type: ignore[union-attr]
+    for b in cast("Iterable[object]", getattr(config, "servers", config)):
         plugins = getattr(b, "plugins", None)
         fwd = plugins.get("forward") if isinstance(plugins, dict) else None
         for u in getattr(fwd, "to", ()):
@@ -106,7 +107,7 @@ def listener_zones(config: object) -> dict[str, tuple[str, ...]]:
     (``port``, ``transport``, ``listen_hosts``, ``zones``) like config_upstreams.
     """
     out: dict[str, list[str]] = {}
-    for b in getattr(config, "servers", config):  # type: ignore[union-attr]
+    for b in cast("Iterable[object]", getattr(config, "servers", config)):
         port = int(getattr(b, "port", 53) or 53)
         transport = getattr(b, "transport", "dns") or "dns"
         for h in tuple(getattr(b, "listen_hosts", ()) or ()) or ("",):

@@ -41,7 +41,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # types only: subprocess is imported where it is used
+    import subprocess
 
 _PR_SET_NAME = 15  # prctl(2); the name is cut to 16 bytes with its NUL
 
@@ -57,7 +60,7 @@ class ChildProcess:
         self.name = name
         self.comm = comm or name
         self.hold_signals = frozenset(hold_signals)
-        self._popen: Any = None  # subprocess.Popen
+        self._popen: subprocess.Popen | None = None
         self._sentinel: int | None = None
         self._keep: int | None = None  # the sentinel, when it is the liveness pipe
 
@@ -74,7 +77,7 @@ class ChildProcess:
                    + pickle.dumps((self.target, self.args), protocol=pickle.HIGHEST_PROTOCOL))
         data_r, data_w = os.pipe()
         alive_r, alive_w = (-1, -1) if _HAVE_PIDFD else os.pipe()
-        argv = [sys.executable, *subprocess._args_from_interpreter_flags(),
+        argv = [sys.executable, *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]  # noqa: E501
                 "-m", "fastdns.server.childproc", self.name, self.comm, str(data_r)]
         if alive_w >= 0:
             argv.append(str(alive_w))

@@ -305,10 +305,11 @@ class DnsTcpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if peername else ""
+        tr = cast(asyncio.Transport, transport)  # a stream server's transport
         if not self._listener._admit(self, peer, self._loop.time()):
-            transport.abort()
+            tr.abort()
             return
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = tr
         sockname = transport.get_extra_info("sockname")
         self.local_port = sockname[1] if sockname else 0
         self.local_host = sockname[0] if sockname else ""

@@ -193,9 +193,9 @@ class TestUpstream:
             bad_id = dns.message.make_response(query)
             bad_id.id = query.id ^ 0x5A5A
             bad_id.answer.append(dns.rrset.from_text(qn.name, 3600, "IN", "A", SPOOF_ADDR))
-            bad_q = dns.message.make_query("spoofed." + self.zone.to_text(), "A")
-            bad_q.id = query.id
-            bad_q = dns.message.make_response(bad_q)
+            spoofed_q = dns.message.make_query("spoofed." + self.zone.to_text(), "A")
+            spoofed_q.id = query.id
+            bad_q = dns.message.make_response(spoofed_q)
             bad_q.answer.append(dns.rrset.from_text(qn.name, 3600, "IN", "A", SPOOF_ADDR))
             out += [bad_id.to_wire(), bad_q.to_wire()]
         if self.spoof == "only":

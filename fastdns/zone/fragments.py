@@ -21,6 +21,7 @@ import os
 import struct
 import zlib
 from array import array
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fastdns.ipc import image as img
@@ -34,8 +35,8 @@ class Fragment(NamedTuple):
     ents: bytes
     relocs: bytes
 
-    @property
-    def count(self) -> int:
+    @property  # shadows tuple.count on purpose: a Fragment is never searched
+    def count(self) -> int:  # type: ignore[override]
         return len(self.ents) >> 4
 
 
@@ -163,6 +164,7 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
     return bytes(data)
 
 
+assemble_c: Callable[..., bytes | bytearray] | None
 if os.environ.get("FASTDNS_NO_EXTENSIONS", "") in ("", "0"):
     try:  # the Cython build of the same function (fastdns/zone/_index.pyx)
         from fastdns.zone._index import assemble as assemble_c

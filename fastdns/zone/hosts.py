@@ -26,15 +26,18 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from fastdns.ipc import image as img
 from fastdns.zone.fragments import EMPTY, Fragment, FragmentWriter
 from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.naming import name_wire
 from fastdns.zone.templates import FLAGS_ANSWER, exact_template, rotations
+
+if TYPE_CHECKING:  # types only (the Corefile model; corefile imports nothing of zone)
+    from fastdns.corefile.model import Config, HostsConfig
 
 log = logging.getLogger("plugin/hosts")
 
@@ -98,7 +101,7 @@ def _parse_ip(text: str) -> str | None:
         return None
 
 
-def load_table(conf: Any) -> HostsTable:
+def load_table(conf: HostsConfig) -> HostsTable:
     """Inline entries first, then the file (a missing file is empty, as in CoreDNS)."""
     table = HostsTable()
     for ip, names in conf.entries:
@@ -122,7 +125,7 @@ def reverse_name(ip: str) -> str:
     return ipaddress.ip_address(ip).reverse_pointer + "."
 
 
-def hosts_fragment(table: HostsTable, conf: Any, loadbalance: bool) -> Fragment:
+def hosts_fragment(table: HostsTable, conf: HostsConfig, loadbalance: bool) -> Fragment:
     """Image entries of one hosts plugin (see the module docstring)."""
     ttl = conf.ttl
     w = FragmentWriter()
@@ -143,18 +146,18 @@ def hosts_fragment(table: HostsTable, conf: Any, loadbalance: bool) -> Fragment:
         for ip, names in table.addrs.items():
             key = name_wire(reverse_name(ip)).lower()
             koff = w.key(key)
-            an = tuple((None, PTR, ttl, b"", name_wire(n)) for n in names)
-            w.entry(key, koff, PTR, w.answer(exact_template(key, (an, ()))))
+            ptr_an = tuple((None, PTR, ttl, b"", name_wire(n)) for n in names)
+            w.entry(key, koff, PTR, w.answer(exact_template(key, (ptr_an, ()))))
     return w.finish()
 
 
-def hosts_zones(config: Any) -> list[ZoneSpec]:
+def hosts_zones(config: Config) -> list[ZoneSpec]:
     """One zone entry per zone of each hosts plugin: misses SERVFAIL, or fall through."""
     out: list[ZoneSpec] = []
     servfail = img.make_template(FLAGS_SERVFAIL, 0, 0, 0, b"")
     seen: set[int] = set()
     for i, b in enumerate(config.servers):
-        conf = b.plugins.get("hosts")
+        conf = cast("HostsConfig | None", b.plugins.get("hosts"))
         if conf is None or id(conf) in seen:
             continue
         seen.add(id(conf))
@@ -162,7 +165,7 @@ def hosts_zones(config: Any) -> list[ZoneSpec]:
             falls = bool(conf.fallthrough) and any(
                 f == "." or z == f or z.endswith("." + f) for f in conf.fallthrough)
             if falls:
-                flags, neg = img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH, ()
+                flags, neg = img.ZF_SLOW_MISS | img.ZF_FALLTHROUGH, ()  # type: tuple[int, tuple[bytes, ...]]
             else:
                 flags, neg = img.ZF_AUTH, (servfail,)
             out.append(ZoneSpec(name_wire(z).lower(), flags, neg, conf.ttl, i,
@@ -177,20 +180,20 @@ class HostsContributor:
 
     tag = "h"
 
-    def __init__(self, config: Any) -> None:
-        self.plugins: list[tuple[Any, bool]] = []  # (HostsConfig, loadbalance)
+    def __init__(self, config: Config) -> None:
+        self.plugins: list[tuple[HostsConfig, bool]] = []  # (conf, loadbalance)
         seen: set[int] = set()
         for b in config.servers:
             conf = b.plugins.get("hosts")
             if conf is not None and id(conf) not in seen:
                 seen.add(id(conf))
-                self.plugins.append((conf, "loadbalance" in b.plugins))
+                self.plugins.append((cast("HostsConfig", conf), "loadbalance" in b.plugins))
         self._zones = hosts_zones(config)
-        self._frags: dict[int, Fragment] = {}
+        self._frags: dict[Hashable, Fragment] = {}
         self.reload()
 
     @classmethod
-    def for_config(cls, config: Any) -> HostsContributor | None:
+    def for_config(cls, config: Config) -> HostsContributor | None:
         """The contributor of ``config``'s hosts plugins; None when it has none."""
         if not any("hosts" in b.plugins for b in config.servers):
             return None
@@ -199,7 +202,7 @@ class HostsContributor:
     def zones(self) -> list[ZoneSpec]:
         return self._zones
 
-    def fragments(self) -> dict[int, Fragment]:
+    def fragments(self) -> dict[Hashable, Fragment]:  # keyed by plugin index
         return self._frags
 
     def reload(self) -> bool:
@@ -226,7 +229,7 @@ class HostsWatcher:
     thread that owns the compiler (``ControlLoop.post_call``).
     """
 
-    def __init__(self, confs: Sequence[Any], request: Callable[[], None]) -> None:
+    def __init__(self, confs: Sequence[HostsConfig], request: Callable[[], None]) -> None:
         self.confs = [c for c in confs if c.reload > 0]
         self.request = request
         self._stop = threading.Event()

@@ -68,7 +68,7 @@ def build_image(entries: Iterable[Entry], zones: Sequence[ZoneSpec], generation:
         data[off : off + len(table)] = table
         return off
 
-    slots = [None] * nslots
+    slots: list[tuple[int, int, int, int, int] | None] = [None] * nslots
     seen = set()
     for key, qtype, variants in entries:
         if (key, qtype) in seen:

@@ -53,7 +53,9 @@ def is_subdomain(name: bytes, zone: bytes) -> bool:
 
 def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
     """(forward zones, reverse zones) as lowercased wire, deduplicated, in order."""
-    fwd, rev, seen = [], [], set()
+    fwd: list[bytes] = []
+    rev: list[bytes] = []
+    seen: set[bytes] = set()
     for z in zones:
         w = name_wire(z).lower()
         if w in seen:

@@ -9,6 +9,7 @@ right after JSON/YAML parsing: nothing downstream ever sees an API dict.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +112,7 @@ def _meta(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
         _label(f"{kind} metadata.name", meta["name"])
     if kind != "Namespace":
         _label(f"{kind} {meta['name']}: metadata.namespace", ns)
-    return _intern(ns), meta["name"]
+    return _intern(ns) or ns, meta["name"]  # "" stays "" (a Namespace has none)
 
 
 def _intern(s: Any) -> str | None:
@@ -219,7 +220,7 @@ def _strip_namespace(obj: dict[str, Any]) -> Namespace:
     return Namespace(_meta("Namespace", obj)[1])
 
 
-_STRIPPERS = {
+_STRIPPERS: dict[str, Callable[[dict[str, Any]], Obj]] = {
     "Namespace": _strip_namespace,
     "Service": _strip_service,
     "EndpointSlice": _strip_slice,
@@ -246,5 +247,6 @@ def strip(kind: str, obj: dict[str, Any]) -> Obj:
 
 
 def _describe(obj: dict[str, Any]) -> str:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    m = obj.get("metadata")
+    meta = m if isinstance(m, dict) else {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '?')}".lstrip("/")

@@ -64,7 +64,7 @@ class PtrTable:
             claims = ptr.get(packed)
             if claims is None:
                 continue
-            if type(claims) is tuple:
+            if isinstance(claims, tuple):
                 if claims[0] == key:
                     del ptr[packed]
                     self._touch(packed)
@@ -81,7 +81,7 @@ class PtrTable:
             claims = ptr.get(packed)
             if claims is None:
                 ptr[packed] = (key, rec)
-            elif type(claims) is tuple:
+            elif isinstance(claims, tuple):
                 k, r = claims
                 ptr[packed] = {key: [r, rec]} if k == key else {k: [r], key: [rec]}
             else:
@@ -166,7 +166,7 @@ class PtrTable:
                 break
         else:
             return None  # outside the reverse zones this block serves
-        if type(claims) is tuple:
+        if isinstance(claims, tuple):
             targets = [claims[1]]
         elif len(claims) == 1:
             [targets] = claims.values()

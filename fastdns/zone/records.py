@@ -381,7 +381,7 @@ class RecordBuilder:
                     cname = entry[1][CNAME][0][0]
                     nxt = cname[4]
                     assert nxt is not None
-                    rest = ()
+                    rest: tuple[RR, ...] = ()
                     if is_subdomain(nxt.lower(), zone):
                         rest = self.chase(state, nxt, qtype, zone, depth + 1, seen, deps)
                         if not rest:
@@ -389,9 +389,9 @@ class RecordBuilder:
                     return ((target, CNAME, cname[2], b"", nxt), *rest)
         elif labels[-1] == b"pod" and len(labels) == 3:
             ns = labels[-2].decode("ascii", "replace")
-            packed = self.pod_address(state, ns, labels[0].decode("ascii", "replace"))
-            if packed is not None and (qtype == A) == (len(packed) == 4):
-                return (addr_rr(packed, self.opts.ttl, target),)
+            pod_ip = self.pod_address(state, ns, labels[0].decode("ascii", "replace"))
+            if pod_ip is not None and (qtype == A) == (len(pod_ip) == 4):
+                return (addr_rr(pod_ip, self.opts.ttl, target),)
             return ()
         if not got:
             return ()

@@ -128,8 +128,8 @@ class ClusterState:
         if isinstance(obj, tuple):
             if event_type != "DELETED":
                 raise ValueError("only DELETED may name an object by key")
-            kind, key = obj
-            return self._delete(kind, key)
+            dkind, key = obj
+            return self._delete(dkind, key)
         kind = _KIND_OF.get(type(obj))
         if kind is None:
             raise TypeError(f"not a stripped object: {type(obj).__name__}")
@@ -155,18 +155,18 @@ class ClusterState:
                 if not existed:
                     out.namespaces.add(obj.namespace)
         elif kind == "EndpointSlice":
-            old = self.slices.get(obj.key)
-            if old != obj:
-                if old is not None:
-                    self._unindex_slice(old, out)
+            old_slice = self.slices.get(obj.key)
+            if old_slice != obj:
+                if old_slice is not None:
+                    self._unindex_slice(old_slice, out)
                 self.slices[obj.key] = obj
                 if obj.service:
                     svc = (obj.namespace, obj.service)
                     self._slices_by_svc.setdefault(svc, {})[obj.name] = obj
                     out.services.add(svc)
         elif kind == "Pod":
-            old = self.pods.get(obj.key)
-            if old != obj:
+            old_pod = self.pods.get(obj.key)
+            if old_pod != obj:
                 self.pods[obj.key] = obj
                 self._pods_by_ns.setdefault(obj.namespace, {})[obj.name] = obj
                 out.pod_namespaces.add(obj.namespace)
@@ -201,18 +201,18 @@ class ClusterState:
                 if not self.namespace_exists(old.namespace):
                     out.namespaces.add(old.namespace)
         elif kind == "EndpointSlice":
-            old = self.slices.pop(tuple(key), None)
-            if old is not None:
-                self._unindex_slice(old, out)
+            old_slice = self.slices.pop(tuple(key), None)
+            if old_slice is not None:
+                self._unindex_slice(old_slice, out)
         elif kind == "Pod":
-            old = self.pods.pop(tuple(key), None)
-            if old is not None:
-                group = self._pods_by_ns.get(old.namespace)
+            old_pod = self.pods.pop(tuple(key), None)
+            if old_pod is not None:
+                group = self._pods_by_ns.get(old_pod.namespace)
                 if group is not None:
-                    group.pop(old.name, None)
+                    group.pop(old_pod.name, None)
                     if not group:
-                        del self._pods_by_ns[old.namespace]
-                out.pod_namespaces.add(old.namespace)
+                        del self._pods_by_ns[old_pod.namespace]
+                out.pod_namespaces.add(old_pod.namespace)
         else:
             raise StateError(f"unsupported kind {kind!r}")
         return out
@@ -313,7 +313,8 @@ def _shape(docs: list[Any], is_json: bool) -> StateShape:
 
 
 def _describe(kind: str, obj: dict[str, Any]) -> str:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    m = obj.get("metadata")
+    meta = m if isinstance(m, dict) else {}
     name = f"{meta.get('namespace') or ''}/{meta.get('name', '?')}".lstrip("/")
     return f"{kind} {name}"
 

@@ -73,7 +73,7 @@ def _register(lower: bytes, starts: Iterable[int], table: dict[bytes, int], pos:
 def _compress(name: bytes, table: dict[bytes, int], pos: int) -> bytes:
     """`name` written at `pos`, its longest known suffix a pointer (RFC 1035 §4.1.4)."""
     lower = name.lower()
-    starts = []
+    starts: list[int] = []
     p = 0
     while name[p]:
         t = table.get(lower[p:])
@@ -105,9 +105,9 @@ def exact_template(key: bytes, ans: Answer) -> bytes:
         return HEAD_AN[len(an)] + b"".join(
             PTR12 + RR_HEAD.pack(t, CLASS_IN, ttl, len(rd)) + rd for _o, t, ttl, rd, _n in an)
     if an and an[0][1] == SRV:
-        t = _srv_template(key, an, add)
-        if t is not None:
-            return t
+        srv = _srv_template(key, an, add)
+        if srv is not None:
+            return srv
     pos = 12 + len(key) + 4
     parts = []
     table = None
