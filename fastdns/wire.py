@@ -23,6 +23,7 @@ from fastdns.constants import (
     Rcode,
 )
 from fastdns.ipc import image as img
+from fastdns.names import to_wire as encode_name
 
 __all__ = [
     "SLOT",
@@ -273,35 +274,6 @@ def parse_query(data: bytes) -> Query:
     if err is not None:
         raise err
     return _new_query(**fields)
-
-
-def encode_name(name: str | bytes) -> bytes:
-    """Presentation name ("a.B.c" or "a.B.c.") -> uncompressed wire, case kept."""
-    if isinstance(name, str):
-        try:
-            raw = name.encode("ascii")
-        except UnicodeEncodeError:
-            raise errors.BadEncoding("names must be ASCII (IDNA is the caller's job)") from None
-    elif isinstance(name, (bytes, bytearray)):
-        raw = bytes(name)
-    else:
-        raise errors.BadEncoding(f"cannot encode a {type(name).__name__} as a name")
-    if raw == b".":
-        return b"\x00"
-    if raw.endswith(b"."):
-        raw = raw[:-1]
-    out = bytearray()
-    for label in raw.split(b"."):
-        if not label:
-            raise errors.BadEncoding("empty label")
-        if len(label) > 63:
-            raise errors.LabelTooLong
-        out.append(len(label))
-        out += label
-    out.append(0)
-    if len(out) > 255:
-        raise errors.NameTooLong
-    return bytes(out)
 
 
 def decode_name(data: bytes, offset: int) -> tuple[bytes, int]:

@@ -1,7 +1,7 @@
 """Names and addresses as the kubernetes records spell them, in wire form.
 
-Presentation names to uncompressed wire (case kept), the label-boundary
-suffix test, reverse names of addresses (in-addr.arpa, ip6.arpa), and the
+Presentation names to uncompressed wire (case kept, on fastdns.names),
+reverse names of addresses (in-addr.arpa, ip6.arpa), and the
 address forms Kubernetes DNS puts in labels: dashed endpoint hostnames and
 pod names (``10-244-1-5``, ``fd00--5``). Pure functions of their arguments.
 """
@@ -10,45 +10,32 @@ from __future__ import annotations
 
 import socket
 
+from fastdns import errors
+from fastdns.names import is_subdomain, to_wire
+
 IN_ADDR = b"\x07in-addr\x04arpa\x00"
 IP6_ARPA = b"\x03ip6\x04arpa\x00"
 
 
 def name_wire(name: str) -> bytes:
-    """Presentation -> wire, case kept ("." is the root); ValueError if malformed."""
-    raw = name.encode("ascii")
-    if raw in (b".", b""):
+    """Presentation -> wire, case kept ("." and "" are the root); ValueError if malformed.
+
+    fastdns.names.to_wire with the compiler's contract: the zone code reports
+    a bad name as ValueError (a bad Corefile or object, not a bad packet).
+    """
+    if name in (".", ""):
         return b"\x00"
-    if raw.endswith(b"."):
-        raw = raw[:-1]
-    out = bytearray()
-    for label in raw.split(b"."):
-        if not label or len(label) > 63:
-            raise ValueError(f"malformed name {name!r}")
-        out.append(len(label))
-        out += label
-    out.append(0)
-    if len(out) > 255:
-        raise ValueError(f"name too long: {name!r}")
-    return bytes(out)
+    try:
+        return to_wire(name)
+    except errors.NameTooLong:
+        raise ValueError(f"name too long: {name!r}") from None
+    except errors.WireError:
+        raise ValueError(f"malformed name {name!r}") from None
 
 
 def label(s: str) -> bytes:
     b = s.encode("ascii", "replace")
     return bytes((len(b),)) + b
-
-
-def is_subdomain(name: bytes, zone: bytes) -> bool:
-    """`name` (lowercased wire) equals `zone` or ends with it on a label boundary."""
-    if zone == b"\x00":
-        return True
-    if not name.endswith(zone):
-        return False
-    start = len(name) - len(zone)
-    p = 0
-    while p < start:
-        p += name[p] + 1
-    return p == start
 
 
 def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:

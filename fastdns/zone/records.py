@@ -33,11 +33,11 @@ import struct
 from dataclasses import dataclass, field
 
 from fastdns.constants import Qtype
+from fastdns.names import is_subdomain
 from fastdns.zone.naming import (
     dashed,
     ip_from_podname,
     ip_packed,
-    is_subdomain,
     label,
     name_wire,
     pod_name_address,
