@@ -2,7 +2,8 @@
 
 Presentation text to uncompressed wire (``to_wire``, ``zone_key``), wire back
 to text as miekg/dns prints it (``to_text``), the label-boundary "equal to or
-below this zone" test (``is_subdomain``), and the text of an rcode
+below this zone" test (``is_subdomain``), the labels of a wire name, the
+address a pod-name label spells (``10-244-1-5``), and the text of an rcode
 (``rcode_text``, ``forward_rcode_text``). The zone compiler, the forwarder,
 the query log and the wire twin's ``encode_name`` all call these, so a name
 is spelled, compared and printed one way everywhere. The Cython core keeps
@@ -23,6 +24,8 @@ Standard library and fastdns.errors only, so the wire core may import it.
 """
 
 from __future__ import annotations
+
+import socket
 
 from fastdns import errors
 
@@ -128,3 +131,46 @@ def _to_text_escaped(wire_name: bytes) -> str:
                               for c in raw))
         p += n + 1
     return ".".join(labels) + "." if labels else "."
+
+
+def key_text(key: bytes) -> str:
+    """Presentation form of a lowercased wire name, unescaped, for matching Corefile zones
+    (forward Config.select); "." for the root. Not for logs: ``to_text`` escapes."""
+    labels, p = [], 0
+    while p < len(key) and key[p]:
+        n = key[p]
+        labels.append(key[p + 1 : p + 1 + n].decode("ascii", "replace"))
+        p += n + 1
+    return ".".join(labels) + "." if labels else "."
+
+
+def wire_labels(wire: bytes) -> list[bytes]:
+    """The labels of an uncompressed wire name, root excluded."""
+    out, p = [], 0
+    while p < len(wire) and wire[p]:
+        out.append(wire[p + 1 : p + 1 + wire[p]])
+        p += wire[p] + 1
+    return out
+
+
+def ip_packed(ip: str) -> bytes | None:
+    """4 or 16 octets of an address, None if it is not one."""
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        try:
+            return socket.inet_pton(socket.AF_INET6, ip)
+        except OSError:
+            return None
+
+
+def ip_from_podname(podname: str) -> str:
+    """findPods: three dashes and no `--` is IPv4 (dashes -> dots), else IPv6 (dashes -> colons)."""
+    if podname.count("-") == 3 and "--" not in podname:
+        return podname.replace("-", ".")
+    return podname.replace("-", ":")
+
+
+def pod_name_address(podname: str) -> bytes | None:
+    """Address of a pod name label (`10-244-1-5`, `fd00--5`), None if it is not one."""
+    return ip_packed(ip_from_podname(podname))

@@ -358,7 +358,7 @@ def test_large_answer_is_truncated_over_udp_and_whole_over_tcp_size(wire):
 
 
 def test_podsynth_answers_only_below_pod_zones(wire):
-    from fastdns.zone import podsynth
+    from fastdns.server import podsynth
 
     image = Compiler(KUBEADM).full(load_state(demo_path()))
     for qname in ("nginx.default.svc.cluster.local.", "1-2-3-4.default.pod.example.org."):

@@ -1,9 +1,9 @@
 """Names and addresses as the kubernetes records spell them, in wire form.
 
 Presentation names to uncompressed wire (case kept, on fastdns.names),
-reverse names of addresses (in-addr.arpa, ip6.arpa), and the
-address forms Kubernetes DNS puts in labels: dashed endpoint hostnames and
-pod names (``10-244-1-5``, ``fd00--5``). Pure functions of their arguments.
+reverse names of addresses (in-addr.arpa, ip6.arpa), and dashed endpoint
+hostnames. Pure functions of their arguments; pod-name labels
+(``10-244-1-5``) are read at answer time too, so they live in fastdns.names.
 """
 
 from __future__ import annotations
@@ -51,17 +51,6 @@ def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
     return fwd, rev
 
 
-def ip_packed(ip: str) -> bytes | None:
-    """4 or 16 octets of an address, None if it is not one."""
-    try:
-        return socket.inet_pton(socket.AF_INET, ip)
-    except OSError:
-        try:
-            return socket.inet_pton(socket.AF_INET6, ip)
-        except OSError:
-            return None
-
-
 def ip_text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
@@ -93,24 +82,3 @@ def dashed(ip: str) -> str:
     if out.endswith("-"):
         out += "0"
     return out
-
-
-def wire_labels(wire: bytes) -> list[bytes]:
-    """The labels of an uncompressed wire name, root excluded."""
-    out, p = [], 0
-    while p < len(wire) and wire[p]:
-        out.append(wire[p + 1 : p + 1 + wire[p]])
-        p += wire[p] + 1
-    return out
-
-
-def ip_from_podname(podname: str) -> str:
-    """findPods: three dashes and no `--` is IPv4 (dashes -> dots), else IPv6 (dashes -> colons)."""
-    if podname.count("-") == 3 and "--" not in podname:
-        return podname.replace("-", ".")
-    return podname.replace("-", ":")
-
-
-def pod_name_address(podname: str) -> bytes | None:
-    """Address of a pod name label (`10-244-1-5`, `fd00--5`), None if it is not one."""
-    return ip_packed(ip_from_podname(podname))
