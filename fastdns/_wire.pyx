@@ -398,25 +398,6 @@ def decode_name(data, offset):
     return PyBytes_FromStringAndSize(<const char*>buf, length), c.pos
 
 
-cdef list _label_starts(bytes wire):
-    """Label starts of an uncompressed wire name (root excluded); BadEncoding if it is not one."""
-    cdef list starts = []
-    cdef Py_ssize_t pos = 0, n = len(wire)
-    cdef unsigned char length
-    while True:
-        if pos >= n:
-            raise _errors.BadEncoding("name does not end with the root label")
-        length = wire[pos]
-        if length == 0:
-            if pos + 1 != n:
-                raise _errors.BadEncoding("octets after the root label")
-            return starts
-        if length > 63:
-            raise _errors.BadEncoding("label longer than 63 octets or a pointer")
-        starts.append(pos)
-        pos += 1 + length
-
-
 cdef bytes _lower_bytes(bytes b):
     cdef Py_ssize_t i, n = len(b)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
@@ -425,54 +406,6 @@ cdef bytes _lower_bytes(bytes b):
     for i in range(n):
         o[i] = _LOWER[s[i]]
     return out
-
-
-@cython.final
-cdef class NameCompressor:
-    """Name compression for the zone compiler (RFC 1035 §4.1.4).
-
-    Offsets are positions in the message being built. `origin` is the lowest
-    offset a pointer may target (the question, at 12, in a DNS message);
-    suffixes at or beyond 0x4000 cannot be pointed at and are not registered.
-    Matching is case-insensitive, the first registration of a suffix wins.
-    """
-
-    cdef readonly object origin
-    cdef dict _table
-
-    def __init__(self, origin=12):
-        self.origin = origin
-        self._table = {}
-
-    cdef _register(self, bytes wire, list starts, offset, Py_ssize_t upto):
-        cdef bytes lower = _lower_bytes(wire)
-        cdef Py_ssize_t i
-        for i in range(upto):
-            s = starts[i]
-            at = offset + s
-            if self.origin <= at < 0x4000:
-                self._table.setdefault(lower[s:], at)
-
-    def add(self, wire_lower, offset):
-        """Register every suffix of a name written uncompressed at `offset`."""
-        cdef bytes wire = bytes(wire_lower)
-        cdef list starts = _label_starts(wire)
-        self._register(wire, starts, offset, len(starts))
-
-    def encode(self, wire, offset):
-        """`wire` as written at `offset`: its longest known suffix becomes a pointer."""
-        cdef bytes w = bytes(wire)
-        cdef list starts = _label_starts(w)
-        cdef bytes lower = _lower_bytes(w)
-        cdef Py_ssize_t i
-        for i in range(len(starts)):
-            s = starts[i]
-            target = self._table.get(lower[s:])
-            if target is not None:
-                self._register(w, starts, offset, i)
-                return w[:s] + (0xC000 | target).to_bytes(2, "big")
-        self._register(w, starts, offset, len(starts))
-        return w
 
 
 # ---------------------------------------------------------------- responses

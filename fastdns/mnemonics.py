@@ -13,9 +13,8 @@ requires):
   (``defaults.go``) writes ``CLASS<n>`` for a class the map lacks and also
   for a mnemonic that is a type's too, so class 255 is ``CLASS255``, not
   ``ANY`` (``request/request.go`` ``Class``);
-- rcodes: ``RcodeToString`` (``msg.go``), where 16 is ``BADSIG`` (BADVERS
-  shares the number and the map keeps the TSIG name); an rcode it lacks is
-  written as its number (``plugin/pkg/replacer/replacer.go``).
+- rcodes: ``RcodeToString`` lives with the other name texts in
+  fastdns.names (``rcode_text``).
 
 Runtime code: the standard library only. The test suite compares the type
 table with dnspython's (a test extra) over all 65536 values, with miekg's
@@ -42,13 +41,6 @@ TYPES: dict[int, str] = {
 
 CLASSES: dict[int, str] = {1: "IN", 2: "CS", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
 
-RCODES: dict[int, str] = {
-    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 11: "DSOTYPENI",
-    16: "BADSIG", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
-    22: "BADTRUNC", 23: "BADCOOKIE",
-}
-
 # Class.String: a class mnemonic that also names a type is ambiguous, so not used.
 _TYPE_NAMES = frozenset(TYPES.values())
 _CLASS_TEXT = {c: s for c, s in CLASSES.items() if s not in _TYPE_NAMES}
@@ -63,7 +55,3 @@ def class_text(qclass: int) -> str:
     """miekg/dns ``Class(qclass).String()``: the unambiguous mnemonic, else ``CLASS<n>``."""
     return _CLASS_TEXT.get(qclass) or f"CLASS{qclass}"
 
-
-def rcode_text(rcode: int) -> str:
-    """CoreDNS's ``{rcode}``: ``RcodeToString[rcode]``, else the number."""
-    return RCODES.get(rcode) or str(rcode)

@@ -23,14 +23,22 @@ from fastdns.constants import (
     Rcode,
 )
 from fastdns.ipc import image as img
+from fastdns.names import to_wire as encode_name
+from fastdns.wirescan import (
+    MAX_POINTERS,
+    check_opt,
+    read_name,
+    read_question_name,
+    read_rr,
+)
 
 __all__ = [
+    "MAX_POINTERS",
     "SLOT",
     "STATUS_SLOW",
     "ST_ANSWER",
     "ST_DROP",
     "ST_SLOW",
-    "NameCompressor",
     "Query",
     "Response",
     "answer",
@@ -50,14 +58,7 @@ ST_ANSWER = 0
 ST_DROP = 1
 ST_SLOW = 2
 
-# RFC 9267 §2: bound the pointers one name may follow. Pointers must also go
-# strictly backwards (each target before the previous one), which alone
-# rules out loops; the bound caps the work on long pointer chains.
-MAX_POINTERS = 127
-
 _LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
-_U16 = struct.Struct(">H")
-_RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 _HEADER = struct.Struct(">HHHHHH")
 _TEMPLATE_HEAD = struct.Struct(">HHHHH")
 
@@ -98,119 +99,6 @@ def _new_query(**fields: object) -> Query:
     return q
 
 
-def _read_name(data: bytes, pos: int, want: bool) -> tuple[bytes | None, int]:
-    """Walk a possibly compressed name at `pos`: (uncompressed wire or None, end).
-
-    `end` is the offset just past the name where it starts (after its first
-    pointer). Pointers must land strictly before the previous jump target
-    (dnspython's rule), so the walk ends; label types 0x40/0x80 are errors.
-    """
-    n = len(data)
-    if pos < 0:
-        raise errors.ShortMessage
-    limit = pos
-    end = -1
-    total = 0
-    hops = 0
-    parts = []
-    while True:
-        if pos >= n:
-            raise errors.ShortMessage
-        length = data[pos]
-        if length == 0:
-            if end < 0:
-                end = pos + 1
-            if want:
-                parts.append(b"\x00")
-                return b"".join(parts), end
-            return None, end
-        kind = length & 0xC0
-        if kind == 0xC0:
-            if pos + 1 >= n:
-                raise errors.ShortMessage
-            ptr = ((length & 0x3F) << 8) | data[pos + 1]
-            if ptr >= limit:
-                raise errors.BadPointer
-            hops += 1
-            if hops > MAX_POINTERS:
-                raise errors.PointerLoop
-            if end < 0:
-                end = pos + 2
-            limit = pos = ptr
-            continue
-        if kind:
-            raise errors.BadLabelType
-        total += length + 1
-        if total >= 255:  # no room left for the root octet (RFC 1035 §3.1)
-            raise errors.NameTooLong
-        if pos + 1 + length > n:
-            raise errors.ShortMessage
-        if want:
-            parts.append(data[pos : pos + 1 + length])
-        pos += 1 + length
-
-
-def _read_question_name(data: bytes) -> int:
-    """End offset of the uncompressed question name at 12 (RFC 1035 §4.1.2)."""
-    n = len(data)
-    pos = 12
-    total = 0
-    while True:
-        if pos >= n:
-            raise errors.ShortMessage
-        length = data[pos]
-        if length == 0:
-            return pos + 1
-        kind = length & 0xC0
-        if kind == 0xC0:
-            raise errors.CompressionInQuestion
-        if kind:
-            raise errors.BadLabelType
-        total += length + 1
-        if total >= 255:
-            raise errors.NameTooLong
-        if pos + 1 + length > n:
-            raise errors.ShortMessage
-        pos += 1 + length
-
-
-def _walk_opt_options(data: bytes, pos: int, end: int) -> None:
-    """RFC 6891 §6.1.2: {code, length, data} options must tile the rdata exactly."""
-    while pos < end:
-        if pos + 4 > end:
-            raise errors.BadOPT
-        (olen,) = _U16.unpack_from(data, pos + 2)
-        pos += 4
-        if pos + olen > end:
-            raise errors.BadOPT
-        pos += olen
-
-
-def _read_rr(data: bytes, pos: int, n: int) -> tuple[bool, int, int, int, int, int]:
-    """The RR at ``pos``, bounds checked: (owner is the root, TYPE, CLASS, TTL,
-    RDATA start, RDATA end). Queries and responses read their RRs alike."""
-    name_start = pos
-    _, pos = _read_name(data, pos, False)
-    root_owner = pos == name_start + 1
-    if pos + 10 > n:
-        raise errors.ShortMessage
-    rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-    pos += 10
-    if pos + rdlen > n:
-        raise errors.BadRdata
-    return root_owner, rtype, rclass, ttl, pos, pos + rdlen
-
-
-def _check_opt(data: bytes, root_owner: bool, seen_opt: bool, start: int, end: int) -> None:
-    """RFC 6891 §6.1.1: at most one OPT, owned by the root (one 0 octet), with
-    well-formed options."""
-    if seen_opt:
-        raise errors.DuplicateOPT
-    if not root_owner:
-        raise errors.BadOPT
-    _walk_opt_options(data, start, end)
-
-
 def _parse(data: bytes) -> tuple[dict, type[errors.WireError] | None]:
     """Parse a query: (fields so far, error class or None).
 
@@ -228,7 +116,7 @@ def _parse(data: bytes) -> tuple[dict, type[errors.WireError] | None]:
              do=False)
 
     def question() -> None:
-        qend = _read_question_name(data)
+        qend = read_question_name(data)
         if qend + 4 > n:
             raise errors.ShortMessage
         qname = data[12:qend]
@@ -253,9 +141,9 @@ def _parse(data: bytes) -> tuple[dict, type[errors.WireError] | None]:
         seen_opt = False
         first_additional = ancount + nscount
         for i in range(ancount + nscount + arcount):
-            root_owner, rtype, rclass, ttl, pos, rd_end = _read_rr(data, pos, n)
+            root_owner, rtype, rclass, ttl, pos, rd_end = read_rr(data, pos, n)
             if rtype == Qtype.OPT and i >= first_additional:
-                _check_opt(data, root_owner, seen_opt, pos, rd_end)
+                check_opt(data, root_owner, seen_opt, pos, rd_end)
                 seen_opt = True
                 f.update(edns=True, edns_version=(ttl >> 16) & 0xFF,
                          payload=max(MIN_UDP_PAYLOAD, rclass), do=bool(ttl & 0x8000))
@@ -276,100 +164,11 @@ def parse_query(data: bytes) -> Query:
     return _new_query(**fields)
 
 
-def encode_name(name: str | bytes) -> bytes:
-    """Presentation name ("a.B.c" or "a.B.c.") -> uncompressed wire, case kept."""
-    if isinstance(name, str):
-        try:
-            raw = name.encode("ascii")
-        except UnicodeEncodeError:
-            raise errors.BadEncoding("names must be ASCII (IDNA is the caller's job)") from None
-    elif isinstance(name, (bytes, bytearray)):
-        raw = bytes(name)
-    else:
-        raise errors.BadEncoding(f"cannot encode a {type(name).__name__} as a name")
-    if raw == b".":
-        return b"\x00"
-    if raw.endswith(b"."):
-        raw = raw[:-1]
-    out = bytearray()
-    for label in raw.split(b"."):
-        if not label:
-            raise errors.BadEncoding("empty label")
-        if len(label) > 63:
-            raise errors.LabelTooLong
-        out.append(len(label))
-        out += label
-    out.append(0)
-    if len(out) > 255:
-        raise errors.NameTooLong
-    return bytes(out)
-
-
 def decode_name(data: bytes, offset: int) -> tuple[bytes, int]:
     """(uncompressed wire, offset just past the name in `data`)."""
-    wire, end = _read_name(bytes(data), offset, True)
+    wire, end = read_name(bytes(data), offset, True)
     assert wire is not None
     return wire, end
-
-
-def _label_starts(wire: bytes) -> list[int]:
-    """Label starts of an uncompressed wire name (root excluded); BadEncoding if it is not one."""
-    starts = []
-    pos = 0
-    while True:
-        if pos >= len(wire):
-            raise errors.BadEncoding("name does not end with the root label")
-        length = wire[pos]
-        if length == 0:
-            if pos + 1 != len(wire):
-                raise errors.BadEncoding("octets after the root label")
-            return starts
-        if length > 63:
-            raise errors.BadEncoding("label longer than 63 octets or a pointer")
-        starts.append(pos)
-        pos += 1 + length
-
-
-class NameCompressor:
-    """Name compression for the zone compiler (RFC 1035 §4.1.4).
-
-    Offsets are positions in the message being built. `origin` is the lowest
-    offset a pointer may target (the question, at 12, in a DNS message);
-    suffixes at or beyond 0x4000 cannot be pointed at and are not registered.
-    Matching is case-insensitive, the first registration of a suffix wins.
-    """
-
-    __slots__ = ("origin", "_table")
-
-    def __init__(self, origin: int = 12) -> None:
-        self.origin = origin
-        self._table: dict[bytes, int] = {}
-
-    def _register(self, wire: bytes, starts: list[int], offset: int, upto: int) -> None:
-        lower = wire.translate(_LOWER)
-        for s in starts[:upto]:
-            at = offset + s
-            if self.origin <= at < 0x4000:
-                self._table.setdefault(lower[s:], at)
-
-    def add(self, wire_lower: bytes, offset: int) -> None:
-        """Register every suffix of a name written uncompressed at `offset`."""
-        wire = bytes(wire_lower)
-        starts = _label_starts(wire)
-        self._register(wire, starts, offset, len(starts))
-
-    def encode(self, wire: bytes, offset: int) -> bytes:
-        """`wire` as written at `offset`: its longest known suffix becomes a pointer."""
-        wire = bytes(wire)
-        starts = _label_starts(wire)
-        lower = wire.translate(_LOWER)
-        for i, s in enumerate(starts):
-            target = self._table.get(lower[s:])
-            if target is not None:
-                self._register(wire, starts, offset, i)
-                return wire[:s] + (0xC000 | target).to_bytes(2, "big")
-        self._register(wire, starts, offset, len(starts))
-        return wire
 
 
 def _opt_rr(ext_rcode: int, do: bool) -> bytes:
@@ -581,7 +380,7 @@ def parse_response(data: bytes) -> Response:
     rid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount != 1:
         raise errors.QuestionCount
-    qname, pos = _read_name(data, 12, True)
+    qname, pos = read_name(data, 12, True)
     assert qname is not None
     if pos + 4 > n:
         raise errors.ShortMessage
@@ -594,10 +393,10 @@ def parse_response(data: bytes) -> Response:
     seen_opt = False
     first_additional = ancount + nscount
     for i in range(ancount + nscount + arcount):
-        root_owner, rtype, _rclass, ttl, pos, rd_end = _read_rr(data, pos, n)
+        root_owner, rtype, _rclass, ttl, pos, rd_end = read_rr(data, pos, n)
         ttl_at = pos - 6  # the TTL: 4 octets, then RDLENGTH (2), then RDATA at pos
         if rtype == Qtype.OPT and i >= first_additional:
-            _check_opt(data, root_owner, seen_opt, pos, rd_end)
+            check_opt(data, root_owner, seen_opt, pos, rd_end)
             seen_opt = True
             rcode |= (ttl >> 24) << 4  # RFC 6891 §6.1.3: the upper 8 bits of the rcode
         else:
@@ -606,8 +405,8 @@ def parse_response(data: bytes) -> Response:
                 min_ttl = ttl
             if rtype == Qtype.SOA and ancount <= i < first_additional:
                 # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM).
-                _, p = _read_name(data, pos, False)
-                _, p = _read_name(data, p, False)
+                _, p = read_name(data, pos, False)
+                _, p = read_name(data, p, False)
                 if p + 20 != rd_end:
                     raise errors.BadRdata
                 (minimum,) = struct.unpack_from(">I", data, p + 16)

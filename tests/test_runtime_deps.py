@@ -37,7 +37,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from fastdns import mnemonics
+from fastdns import mnemonics, names
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fastdns"
@@ -374,15 +374,15 @@ def test_rcode_text_agrees_with_dnspython(value):
     """msg.go RcodeToString; a number it lacks is printed bare (replacer.go)."""
     theirs = dns.rcode.to_text(value)
     want = str(value) if theirs == str(value) or theirs.startswith("RCODE") else theirs
-    assert mnemonics.rcode_text(value) == want
+    assert names.rcode_text(value) == want
 
 
 def test_rcode_16_is_badsig_as_miekg_prints_it():
     # RcodeBadSig and RcodeBadVers are both 16; the map keeps "BADSIG", and so do
     # CoreDNS's log lines and metric labels (tests/control/test_metrics.py).
     assert dns.rcode.to_text(16) == "BADVERS"
-    assert mnemonics.rcode_text(16) == "BADSIG"
-    assert mnemonics.rcode_text(4095) == "4095"
+    assert names.rcode_text(16) == "BADSIG"
+    assert names.rcode_text(4095) == "4095"
 
 
 def test_the_hand_built_messages_are_well_formed():

@@ -300,7 +300,7 @@ def control_main(spec: ControlSpec) -> int:
             if watch is not None:
                 watch.start()
                 watchers.append(watch)
-        from fastdns.control.httpd import Observability
+        from fastdns.control.observability import Observability
 
         try:
             obs = Observability.start(config, ctl, spec.corefile_text)

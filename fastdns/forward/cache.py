@@ -51,7 +51,8 @@ from fastdns import errors
 from fastdns.codec import wire
 from fastdns.constants import QUERY_COPIED_BITS, Flag, Rcode
 from fastdns.corefile.model import CacheConfig
-from fastdns.forward.message import fit, in_any_zone, opt_rr, strip_opt, zone_wire
+from fastdns.forward.message import fit, in_any_zone, opt_rr, strip_opt
+from fastdns.names import zone_key
 
 SUCCESS = "success"
 DENIAL = "denial"
@@ -179,9 +180,9 @@ class ResponseCache:
         self.config = config
         self.clock = clock
         rng = rng or random.Random()
-        self.zones = tuple(zone_wire(z) for z in config.zones)
-        self.disable_success = tuple(zone_wire(z) for z in config.disable_success)
-        self.disable_denial = tuple(zone_wire(z) for z in config.disable_denial)
+        self.zones = tuple(zone_key(z) for z in config.zones)
+        self.disable_success = tuple(zone_key(z) for z in config.disable_success)
+        self.disable_denial = tuple(zone_key(z) for z in config.disable_denial)
         self._stores = {SUCCESS: _Store(config.success_capacity, rng, self._unmirror),
                         DENIAL: _Store(config.denial_capacity, rng, self._unmirror)}
         self.stats = CacheStats()

@@ -29,10 +29,11 @@ from fastdns.codec import wire
 from fastdns.constants import Flag, Rcode
 from fastdns.corefile.model import ForwardConfig
 from fastdns.forward.health import HealthChecker
-from fastdns.forward.message import adapt, fit, in_any_zone, in_zone, rcode_name, with_id, zone_wire
+from fastdns.forward.message import adapt, fit, in_any_zone, with_id
 from fastdns.forward.policy import make_policy
 from fastdns.forward.stats import Histogram
 from fastdns.forward.upstream import Upstream, UpstreamError
+from fastdns.names import forward_rcode_text, is_subdomain, zone_key
 
 READ_TIMEOUT = 2.0  # CoreDNS plugin/pkg/proxy: per-exchange read timeout
 TIMEOUT = 5.0  # CoreDNS plugin/forward defaultTimeout: one query, all attempts
@@ -84,8 +85,8 @@ class Forwarder:
         self.config = config
         self.read_timeout = read_timeout
         self.timeout = timeout
-        self.from_zone = zone_wire(config.from_zone)
-        self.except_zones = tuple(zone_wire(z) for z in config.except_zones)
+        self.from_zone = zone_key(config.from_zone)
+        self.except_zones = tuple(zone_key(z) for z in config.except_zones)
         self.upstreams = [Upstream(u.host, u.port, expire=config.expire,
                                    max_idle_conns=config.max_idle_conns) for u in config.to]
         self.policy = policy or make_policy(config.policy)
@@ -112,7 +113,7 @@ class Forwarder:
 
     def handles(self, q) -> bool:
         """Is ``q`` for this stanza: below FROM and under no ``except`` zone."""
-        return in_zone(q.key, self.from_zone) and not (
+        return is_subdomain(q.key, self.from_zone) and not (
             self.except_zones and in_any_zone(q.key, self.except_zones))
 
     async def forward(self, query: bytes, q, tcp: bool = False) -> bytes | None:
@@ -209,7 +210,7 @@ class Forwarder:
         return await up.exchange(with_id(query, qid), qid, q, tcp, timeout)
 
     def _observe(self, to: str, rcode: int, seconds: float) -> None:
-        key = (to, rcode_name(rcode))
+        key = (to, forward_rcode_text(rcode))
         h = self.durations.get(key)
         if h is None:
             h = self.durations[key] = Histogram()

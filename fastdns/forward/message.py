@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 
-from fastdns.codec import wire
 from fastdns.constants import QUERY_COPIED_BITS, Flag, Qtype
+from fastdns.names import is_subdomain
 
 _HEADER = struct.Struct(">HHHHHH")
 _RR_FIXED = struct.Struct(">HHIH")
@@ -25,35 +25,8 @@ _KEEP = 0xFFFF & ~_COPIED
 _QR = int(Flag.QR)
 _TC = int(Flag.TC)
 
-# dns.RcodeToString in miekg/dns, the rcode label CoreDNS puts on its metrics.
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
-               5: "REFUSED", 6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH",
-               10: "NOTZONE", 16: "BADVERS", 23: "BADCOOKIE"}
-
-
-def rcode_name(rcode: int) -> str:
-    return RCODE_NAMES.get(rcode, str(rcode))
-
-
-def zone_wire(zone: str) -> bytes:
-    """A Corefile zone ("example.org." / ".") as lowercased wire."""
-    return wire.encode_name(zone.lower())
-
-
-def in_zone(key: bytes, zone: bytes) -> bool:
-    """Is the lowercased wire name ``key`` equal to or below ``zone`` (label boundary)?"""
-    if zone == b"\x00":
-        return True
-    if not key.endswith(zone):
-        return False
-    pos, start = 0, len(key) - len(zone)
-    while pos < start:
-        pos += key[pos] + 1
-    return pos == start
-
-
 def in_any_zone(key: bytes, zones: tuple[bytes, ...]) -> bool:
-    return any(in_zone(key, z) for z in zones)
+    return any(is_subdomain(key, z) for z in zones)
 
 
 def with_id(data: bytes, qid: int) -> bytes:

@@ -19,7 +19,7 @@ from fastdns import errors
 from fastdns.codec import wire
 from fastdns.forward.message import fit
 from fastdns.ipc import image as img
-from fastdns.server.slowpath import key_text
+from fastdns.names import key_text
 
 _RR = struct.Struct(">HHIH")
 _A, _CNAME, _AAAA = 1, 5, 28

@@ -31,15 +31,15 @@ import logging
 from typing import Any
 
 from fastdns.forward.cache import DENIAL, SUCCESS
-from fastdns.forward.message import rcode_name
 from fastdns.forward.resolver import ForwardingResolver, from_plugins
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, tables
+from fastdns.names import forward_rcode_text
 
 log = logging.getLogger(__name__)
 
 # The forwarder's rcode label -> its index in a slot's duration histograms.
-_RCODE_INDEX = {rcode_name(i): i for i in range(layout.FWD_RCODES)}
+_RCODE_INDEX = {forward_rcode_text(i): i for i in range(layout.FWD_RCODES)}
 _SLOTS = layout.W_FWD_SLOTS - layout.W_FWD  # region-relative offset of slot 0
 _CONN_UDP_MISS = layout.FS_CONN + 1
 _CONN_TCP_HIT = layout.FS_CONN + 2

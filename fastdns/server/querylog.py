@@ -26,7 +26,8 @@ from typing import Any
 from fastdns import errors
 from fastdns.codec import wire
 from fastdns.corefile.model import COMMON_LOG_FORMAT
-from fastdns.mnemonics import class_text, rcode_text, type_text
+from fastdns.mnemonics import class_text, type_text
+from fastdns.names import rcode_text, to_text
 
 LOG_SUCCESS, LOG_DENIAL, LOG_ERROR = 1, 2, 4
 _CLASS_BITS = {"success": LOG_SUCCESS, "denial": LOG_DENIAL, "error": LOG_ERROR,
@@ -34,35 +35,6 @@ _CLASS_BITS = {"success": LOG_SUCCESS, "denial": LOG_DENIAL, "error": LOG_ERROR,
 _PLACEHOLDER = re.compile(r"\{[^{}]+\}")
 _HEADER = struct.Struct(">HHHHHH")
 
-_PLAIN = bytes(range(0x30, 0x3A)) + bytes(range(0x41, 0x5B)) + bytes(range(0x61, 0x7B)) + b"-_*"
-
-
-def name_text(wire_name: bytes) -> str:
-    """Presentation form with the trailing dot, as asked (``{name}``)."""
-    labels, p = [], 0
-    end = len(wire_name)
-    while p < end and wire_name[p]:
-        n = wire_name[p]
-        labels.append(wire_name[p + 1:p + 1 + n])
-        p += n + 1
-    if not labels:
-        return "."
-    if not b"".join(labels).translate(None, _PLAIN):  # the usual case: nothing to escape
-        return b".".join(labels).decode("ascii") + "."
-    return _name_text_escaped(wire_name)
-
-
-def _name_text_escaped(wire_name: bytes) -> str:
-    """miekg/dns escaping: special characters backslashed, others as \\DDD."""
-    labels, p = [], 0
-    while p < len(wire_name) and wire_name[p]:
-        n = wire_name[p]
-        raw = wire_name[p + 1:p + 1 + n]
-        labels.append("".join(chr(c) if 0x21 <= c <= 0x7E and c not in b'.\\"()' else
-                              (f"\\{chr(c)}" if 0x21 <= c <= 0x7E else f"\\{c:03d}")
-                              for c in raw))
-        p += n + 1
-    return ".".join(labels) + "." if labels else "."
 
 
 def _skip_name(m: bytes, p: int) -> int:
@@ -250,7 +222,7 @@ class QueryLog:
             q = wire.parse_query(query)
         except errors.WireError:
             return None
-        qname = name_text(q.qname)
+        qname = to_text(q.qname)
         rules = self._rules_for(port, qname)
         if rules is None:
             return None

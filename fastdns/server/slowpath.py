@@ -36,13 +36,12 @@ from fastdns.constants import Qclass, Rcode
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import image as img
 from fastdns.ipc import layout
+from fastdns.names import key_text
+from fastdns.server import external
+from fastdns.server.podsynth import synthesize as _synthesize
 
 log = logging.getLogger(__name__)
 
-try:  # the zone room's pod synthesis; optional until it lands
-    from fastdns.zone.podsynth import synthesize as _synthesize
-except ImportError:  # pragma: no cover - depends on the tree
-    _synthesize = None
 
 ZONE_EXTERNAL = -2  # answer()'s zone for an image answer marked image.TF_EXTERNAL
 MAX_INFLIGHT = 10000  # forwarded queries in flight per worker; REFUSED beyond
@@ -112,8 +111,6 @@ class SlowPath:
 
     def _external(self, data: bytes, q, port: int, send: Send | None, tcp: bool):
         """An ExternalName to an outside name: CNAME + the target's records (external.py)."""
-        from fastdns.server import external
-
         image = self._get_image()
         if image is None:
             return None
@@ -225,13 +222,3 @@ class SlowPath:
     def close(self) -> None:
         for t in list(self.tasks):
             t.cancel()
-
-
-def key_text(key: bytes) -> str:
-    """Presentation form of a lowercased wire name (for Config.select); "." for the root."""
-    labels, p = [], 0
-    while p < len(key) and key[p]:
-        n = key[p]
-        labels.append(key[p + 1 : p + 1 + n].decode("ascii", "replace"))
-        p += n + 1
-    return ".".join(labels) + "." if labels else "."

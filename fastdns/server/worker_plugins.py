@@ -33,7 +33,8 @@ from fastdns import errors as wire_errors
 from fastdns.codec import wire
 from fastdns.ipc import layout
 from fastdns.ipc.stats import SharedStats
-from fastdns.server.querylog import QueryLog, name_text, type_text
+from fastdns.names import to_text
+from fastdns.server.querylog import QueryLog, type_text
 
 errlog = logging.getLogger("plugin/errors")
 
@@ -203,7 +204,7 @@ class WorkerPlugins:
             q = wire.parse_query(data)
         except wire_errors.WireError:
             return None
-        qname = name_text(q.qname)
+        qname = to_text(q.qname)
         block = self._block(port, qname)
         if block is None or "whoami" not in block.plugins or "forward" in block.plugins:
             return None
@@ -218,7 +219,7 @@ class WorkerPlugins:
             q = wire.parse_query(query)
         except wire_errors.WireError:
             return
-        qname = name_text(q.qname)
+        qname = to_text(q.qname)
         block = self._block(port, qname)
         if block is None:
             return

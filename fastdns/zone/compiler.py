@@ -29,6 +29,7 @@ from collections.abc import Hashable, Iterator, Sequence
 
 from fastdns.constants import Rcode
 from fastdns.ipc import image as img
+from fastdns.names import is_subdomain
 from fastdns.zone.contributor import COMPILER_TAGS, ImageContributor
 from fastdns.zone.fragments import (
     EMPTY,
@@ -40,7 +41,6 @@ from fastdns.zone.fragments import (
     slot_count,
 )
 from fastdns.zone.imagebuilder import ZoneSpec
-from fastdns.zone.naming import is_subdomain
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.ptrs import Key, PtrTable
 from fastdns.zone.records import (

@@ -1,54 +1,41 @@
 """Names and addresses as the kubernetes records spell them, in wire form.
 
-Presentation names to uncompressed wire (case kept), the label-boundary
-suffix test, reverse names of addresses (in-addr.arpa, ip6.arpa), and the
-address forms Kubernetes DNS puts in labels: dashed endpoint hostnames and
-pod names (``10-244-1-5``, ``fd00--5``). Pure functions of their arguments.
+Presentation names to uncompressed wire (case kept, on fastdns.names),
+reverse names of addresses (in-addr.arpa, ip6.arpa), and dashed endpoint
+hostnames. Pure functions of their arguments; pod-name labels
+(``10-244-1-5``) are read at answer time too, so they live in fastdns.names.
 """
 
 from __future__ import annotations
 
 import socket
 
+from fastdns import errors
+from fastdns.names import is_subdomain, to_wire
+
 IN_ADDR = b"\x07in-addr\x04arpa\x00"
 IP6_ARPA = b"\x03ip6\x04arpa\x00"
 
 
 def name_wire(name: str) -> bytes:
-    """Presentation -> wire, case kept ("." is the root); ValueError if malformed."""
-    raw = name.encode("ascii")
-    if raw in (b".", b""):
+    """Presentation -> wire, case kept ("." and "" are the root); ValueError if malformed.
+
+    fastdns.names.to_wire with the compiler's contract: the zone code reports
+    a bad name as ValueError (a bad Corefile or object, not a bad packet).
+    """
+    if name in (".", ""):
         return b"\x00"
-    if raw.endswith(b"."):
-        raw = raw[:-1]
-    out = bytearray()
-    for label in raw.split(b"."):
-        if not label or len(label) > 63:
-            raise ValueError(f"malformed name {name!r}")
-        out.append(len(label))
-        out += label
-    out.append(0)
-    if len(out) > 255:
-        raise ValueError(f"name too long: {name!r}")
-    return bytes(out)
+    try:
+        return to_wire(name)
+    except errors.NameTooLong:
+        raise ValueError(f"name too long: {name!r}") from None
+    except errors.WireError:
+        raise ValueError(f"malformed name {name!r}") from None
 
 
 def label(s: str) -> bytes:
     b = s.encode("ascii", "replace")
     return bytes((len(b),)) + b
-
-
-def is_subdomain(name: bytes, zone: bytes) -> bool:
-    """`name` (lowercased wire) equals `zone` or ends with it on a label boundary."""
-    if zone == b"\x00":
-        return True
-    if not name.endswith(zone):
-        return False
-    start = len(name) - len(zone)
-    p = 0
-    while p < start:
-        p += name[p] + 1
-    return p == start
 
 
 def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
@@ -64,17 +51,6 @@ def split_zones(zones: tuple[str, ...]) -> tuple[list[bytes], list[bytes]]:
         reverse = is_subdomain(w, IN_ADDR) or is_subdomain(w, IP6_ARPA)
         (rev if reverse else fwd).append(w)
     return fwd, rev
-
-
-def ip_packed(ip: str) -> bytes | None:
-    """4 or 16 octets of an address, None if it is not one."""
-    try:
-        return socket.inet_pton(socket.AF_INET, ip)
-    except OSError:
-        try:
-            return socket.inet_pton(socket.AF_INET6, ip)
-        except OSError:
-            return None
 
 
 def ip_text(packed: bytes) -> str:
@@ -108,24 +84,3 @@ def dashed(ip: str) -> str:
     if out.endswith("-"):
         out += "0"
     return out
-
-
-def wire_labels(wire: bytes) -> list[bytes]:
-    """The labels of an uncompressed wire name, root excluded."""
-    out, p = [], 0
-    while p < len(wire) and wire[p]:
-        out.append(wire[p + 1 : p + 1 + wire[p]])
-        p += wire[p] + 1
-    return out
-
-
-def ip_from_podname(podname: str) -> str:
-    """findPods: three dashes and no `--` is IPv4 (dashes -> dots), else IPv6 (dashes -> colons)."""
-    if podname.count("-") == 3 and "--" not in podname:
-        return podname.replace("-", ".")
-    return podname.replace("-", ":")
-
-
-def pod_name_address(podname: str) -> bytes | None:
-    """Address of a pod name label (`10-244-1-5`, `fd00--5`), None if it is not one."""
-    return ip_packed(ip_from_podname(podname))

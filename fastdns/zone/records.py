@@ -33,16 +33,12 @@ import struct
 from dataclasses import dataclass, field
 
 from fastdns.constants import Qtype
+from fastdns.names import ip_from_podname, ip_packed, is_subdomain, pod_name_address, wire_labels
 from fastdns.zone.naming import (
     dashed,
-    ip_from_podname,
-    ip_packed,
-    is_subdomain,
     label,
     name_wire,
-    pod_name_address,
     split_zones,
-    wire_labels,
 )
 from fastdns.zone.objects import Service
 from fastdns.zone.options import KubernetesOptions

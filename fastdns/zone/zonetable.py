@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastdns.ipc import image as img
+from fastdns.names import is_subdomain
 from fastdns.zone.imagebuilder import ZoneSpec
-from fastdns.zone.naming import is_subdomain, name_wire, split_zones
+from fastdns.zone.naming import name_wire, split_zones
 from fastdns.zone.options import KubernetesOptions
 
 

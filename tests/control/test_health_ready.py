@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from fastdns.control import httpd
+from fastdns.control import httpd, observability
 from tests.helpers import free_port
 
 
@@ -207,7 +207,7 @@ def test_observability_hook_from_a_corefile():
     instance = "th" + secrets.token_hex(6)
     ctl = shm.ControlSegment.create(instance, 2)
     try:
-        obs = httpd.Observability.start(config, ctl, text)
+        obs = observability.Observability.start(config, ctl, text)
         try:
             eps = obs.endpoints
             assert get(eps, "/ready") == (503, "kubernetes,workers")

@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.control import metrics as m
 from fastdns.corefile import parse_corefile
-from fastdns.forward.message import rcode_name
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, readout, tables
+from fastdns.names import forward_rcode_text
 from fastdns.server.forwarding import BlockRouter
 from tests.helpers import DEMO, Server, ask, free_port, wait_for
 from tests.upstreams import UpstreamThread
@@ -65,7 +65,7 @@ def test_region_sits_after_the_mirrored_words_and_inside_the_block():
     assert layout.FWD_END * 8 <= layout.COUNTERS_SIZE
     assert layout.FWD_SLOT_WORDS == 1 + 4 + layout.FWD_RCODES * (len(layout.LATENCY_BUCKETS) + 2)
     # the exporter's rcode label is the forwarder's, for every 4-bit rcode
-    assert [m.proxy_rcode(i) for i in range(16)] == [rcode_name(i) for i in range(16)]
+    assert [m.proxy_rcode(i) for i in range(16)] == [forward_rcode_text(i) for i in range(16)]
 
 
 def test_export_sums_per_to_and_overflow_goes_to_other():

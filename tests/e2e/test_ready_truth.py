@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns import corefile
-from fastdns.control import httpd
+from fastdns.control import observability
 from fastdns.control.process import build_compiler
 from fastdns.control.publisher import Publisher
 from fastdns.ipc import shm
@@ -72,7 +72,7 @@ def test_restarted_hook_reports_the_image_in_force(segment):
     for i in range(segment.nworkers):
         segment.set_mapped(i, gen)
     config = corefile.parse_corefile(_corefile())
-    obs = httpd.Observability.start(config, segment, _corefile())  # no publish of its own
+    obs = observability.Observability.start(config, segment, _corefile())  # no publish of its own
     try:
         eps = obs.endpoints
         assert http_get(eps.url("/ready")) == (200, "OK")
@@ -95,7 +95,8 @@ def test_restarted_hook_waits_when_the_image_in_force_is_incomplete(segment):
     gen = _publish(segment, synced=False)
     for i in range(segment.nworkers):
         segment.set_mapped(i, gen)
-    obs = httpd.Observability.start(corefile.parse_corefile(_corefile()), segment, _corefile())
+    obs = observability.Observability.start(corefile.parse_corefile(_corefile()), segment,
+                                            _corefile())
     try:
         assert http_get(obs.endpoints.url("/ready")) == (503, "kubernetes")
         assert _metric(obs.endpoints, "fastdns_snapshot_generation") == gen
@@ -106,7 +107,8 @@ def test_restarted_hook_waits_when_the_image_in_force_is_incomplete(segment):
 
 
 def test_first_start_still_waits_for_its_first_publish(segment):
-    obs = httpd.Observability.start(corefile.parse_corefile(_corefile()), segment, _corefile())
+    obs = observability.Observability.start(corefile.parse_corefile(_corefile()), segment,
+                                            _corefile())
     try:
         assert http_get(obs.endpoints.url("/ready")) == (503, "kubernetes,workers")
         assert _metric(obs.endpoints, "fastdns_snapshot_generation") == 0

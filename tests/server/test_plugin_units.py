@@ -9,6 +9,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from fastdns import names
 from fastdns.codec import wire
 from fastdns.control import loopdetect, reload
 from fastdns.corefile import parse_corefile
@@ -52,7 +53,7 @@ def test_common_format_fast_path_equals_general_renderer():
     for kw in ({}, {"use_edns": 0, "payload": 1232, "want_dnssec": True}):
         q, r = _msgs(name="Web-1.x_y.Example.", rcode=dns.rcode.NXDOMAIN, **kw)
         qq = wire.parse_query(q.to_wire())
-        name = ql.name_text(qq.qname)
+        name = names.to_text(qq.qname)
         fast = ql.QueryLog.render(ql.Format(COMMON_LOG_FORMAT), qq, name, ("::1", 5353),
                                   r.to_wire(), "udp", 40, 0.00025)
         general = ql.Format(COMMON_LOG_FORMAT + " ")  # not the common one: the general path
@@ -67,8 +68,8 @@ def test_common_format_fast_path_equals_general_renderer():
 
 
 def test_name_escaping_and_unknown_placeholder():
-    assert ql.name_text(b"\x03a.b\x01\x80\x00") == "a\\.b.\\128."
-    assert ql.name_text(b"\x00") == "."
+    assert names.to_text(b"\x03a.b\x01\x80\x00") == "a\\.b.\\128."
+    assert names.to_text(b"\x00") == "."
     f = ql.Format("{name} {nope} {{x}}")
     assert f.keys == ["name"]
     assert f.template.format("n.") == "n. {nope} {{x}}"

@@ -207,7 +207,6 @@ def test_answers(server, where, proto):
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_pod_names_go_through_the_slow_path(server, proto):
-    pytest.importorskip("fastdns.zone.podsynth")
     ask = udp if proto == "udp" else tcp
     before = server.total()["slow"]
     r = ask(dns.message.make_query("10-1-2-3.default." + POD_ZONE, "A"), "127.0.0.1",

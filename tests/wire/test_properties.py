@@ -194,19 +194,6 @@ def test_encode_name_agrees(wire_pair, name):
 
 
 @SETTINGS
-@given(ops=st.lists(st.tuples(st.booleans(), names(), st.integers(12, 0x3FFF)), max_size=12))
-def test_name_compressor_agrees(wire_pair, ops):
-    py, c = wire_pair
-    a, b = py.NameCompressor(), c.NameCompressor()
-    for add, name, offset in ops:
-        if add:
-            a.add(name, offset)
-            b.add(name, offset)
-        else:
-            assert a.encode(name, offset) == b.encode(name, offset)
-
-
-@SETTINGS
 @given(batch=st.lists(packets, min_size=1, max_size=12), counter=st.integers(0, 2**32 - 1))
 def test_answer_batch_equals_answer(wire_pair, batch, counter):
     for wire in wire_pair:

@@ -11,6 +11,7 @@ import dns.reversename
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.namecompress import NameCompressor
 from tests.zonetests import SERIAL, ask
 
 from fastdns.ipc import image as img
@@ -357,7 +358,7 @@ def test_large_answer_is_truncated_over_udp_and_whole_over_tcp_size(wire):
 
 
 def test_podsynth_answers_only_below_pod_zones(wire):
-    from fastdns.zone import podsynth
+    from fastdns.server import podsynth
 
     image = Compiler(KUBEADM).full(load_state(demo_path()))
     for qname in ("nginx.default.svc.cluster.local.", "1-2-3-4.default.pod.example.org."):
@@ -475,13 +476,13 @@ def test_loadbalance_rotates_addresses_cname_first(wire):
         assert len(firsts) == n
 
 
-def _reference_template(wire, key: bytes, ans) -> bytes:
-    """exact_template rebuilt on the wire module's NameCompressor (the documented
-    compression contract, docs/internals.md §1)."""
+def _reference_template(key: bytes, ans) -> bytes:
+    """exact_template rebuilt on the reference NameCompressor of tests/namecompress.py
+    (the documented compression contract, docs/internals.md §1)."""
     from fastdns.constants import Qtype
 
     an, add = ans
-    comp = wire.NameCompressor(12)
+    comp = NameCompressor(12)
     comp.add(key, 12)
     pos = 12 + len(key) + 4
     body = b""
@@ -501,7 +502,6 @@ def _reference_template(wire, key: bytes, ans) -> bytes:
 
 
 def test_templates_follow_the_namecompressor_contract():
-    from fastdns import wire
     from fastdns.zone.records import RecordBuilder
     from fastdns.zone.templates import exact_template
 
@@ -516,7 +516,7 @@ def test_templates_follow_the_namecompressor_contract():
     for key in sorted(state.services):
         for k, (_w, answers, _nd) in b.service(state, *key).names.names.items():
             for ans in answers.values():
-                assert exact_template(k, ans) == _reference_template(wire, k, ans), k
+                assert exact_template(k, ans) == _reference_template(k, ans), k
                 n += 1
     assert n > 50
 

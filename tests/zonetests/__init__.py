@@ -154,7 +154,7 @@ def mixed_case(qname: str, seed: int) -> str:
 
 def ask(wire, image: bytes, qname: str, qtype: str, payload: int = 4096):
     """(status, dnspython message or None, query bytes): the fast path, then pod synthesis."""
-    from fastdns.zone import podsynth
+    from fastdns.server import podsynth
 
     q = dns.message.make_query(qname, qtype, use_edns=0, payload=payload)
     q.flags |= dns.flags.RD

@@ -16,7 +16,7 @@ import struct
 from fastdns import wire
 from fastdns.constants import QT_NAME, Flag, Qtype
 from fastdns.ipc import image as img
-from fastdns.zone.naming import pod_name_address, wire_labels
+from fastdns.names import pod_name_address, wire_labels
 
 _RR_HEAD = struct.Struct(">HHIH")
 _FLAGS = Flag.QR | Flag.AA | Flag.RA
