@@ -22,12 +22,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-#: What the wire core (the Cython module and its pure-Python twin) may
-#: import from the package: errors and constants, the name helpers and the
-#: image format.  Anything else would make the parser depend on a room.
-WIRE_CORE = ("fastdns.wire", "fastdns._wire")
+#: What the wire core (the Cython module, its pure-Python twin and the
+#: octet readers the two share) may import from the package: errors and
+#: constants, the name helpers and the image format.  Anything else would
+#: make the parser depend on a room.
+WIRE_CORE = ("fastdns.wire", "fastdns._wire", "fastdns.wirescan")
 WIRE_ALLOWED = ("fastdns.errors", "fastdns.constants", "fastdns.names",
-                "fastdns.ipc.image", "fastdns._wire", "fastdns.wire")
+                "fastdns.ipc.image", *WIRE_CORE)
 
 #: Only these modules start a supervisor.
 SUPERVISOR_IMPORTERS = ("fastdns.cli", "fastdns.coredns_cli", "fastdns.__main__")
