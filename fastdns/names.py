@@ -3,8 +3,10 @@
 Presentation text to uncompressed wire (``to_wire``, ``zone_key``), wire back
 to text as miekg/dns prints it (``to_text``), the label-boundary "equal to or
 below this zone" test (``is_subdomain``), the labels of a wire name, the
-address a pod-name label spells (``10-244-1-5``), and the text of an rcode
-(``rcode_text``, ``forward_rcode_text``). The zone compiler, the forwarder,
+address a pod-name label spells (``10-244-1-5``), the text of an rcode
+(``rcode_text``, ``forward_rcode_text``) and an address with its port as Go's
+``net.JoinHostPort`` writes it (``host_port``: IPv6 in brackets), the form of
+CoreDNS's ``server`` and ``to`` labels and of its log lines. The zone compiler, the forwarder,
 the query log and the wire twin's ``encode_name`` all call these, so a name
 is spelled, compared and printed one way everywhere. The Cython core keeps
 its own C loops over packet bytes (that is parsing, not conversion), and
@@ -42,6 +44,17 @@ FORWARD_RCODES: dict[int, str] = {
 }
 
 _PLAIN = bytes(range(0x30, 0x3A)) + bytes(range(0x41, 0x5B)) + bytes(range(0x61, 0x7B)) + b"-_*"
+
+
+def bracket_host(host: str) -> str:
+    """``host`` as it stands before ``:port`` in a URL or label: an IPv6
+    address (anything with a colon) in brackets (RFC 3986), else as is."""
+    return f"[{host}]" if ":" in host else host
+
+
+def host_port(host: str, port: int | str) -> str:
+    """``host:port`` as Go's ``net.JoinHostPort`` (``[::1]:53``)."""
+    return f"{bracket_host(host)}:{port}"
 
 
 def rcode_text(rcode: int) -> str:
