@@ -92,6 +92,14 @@ class WorkerSpec:
 
 
 class Worker:
+    """One worker process: its parts, joined; ``run`` is its whole life.
+
+    The public methods are what the parts call back (``answer_py``,
+    ``row_of`` and ``intercept`` from the Python UDP path, ``answer_tcp``
+    from TCP, ``port_of_fd`` from the plugins) and what a reload changes
+    (``add_listener``, ``drop_listener``, ``configure_forward``).
+    """
+
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.ctl = shm.ControlSegment.attach(spec.instance)
