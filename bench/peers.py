@@ -364,8 +364,8 @@ def discover() -> list[Server]:
     servers.append(Server("C floor", cc, "recvmmsg/sendmmsg", floor_argv,
                           "" if cc else "no C compiler: apt-get install gcc"))
     missing = ""
-    if importlib.util.find_spec("fastdns.server.supervisor") is None:
-        missing = "fastdns.server.supervisor is not there yet (the data plane is unfinished)"
+    if importlib.util.find_spec("fastdns.supervisor") is None:
+        missing = "fastdns.supervisor is not there yet (the data plane is unfinished)"
     servers.append(Server("fastdns", sys.executable, _fastdns_version(), fastdns_argv, missing))
     return servers
 

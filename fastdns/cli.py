@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plugins:
             print(coredns_cli.plugins_text())
             return 0
-        from fastdns.server.supervisor import run
+        from fastdns.supervisor.serve import run
 
         return run(args)
     if args.command == "check-corefile":

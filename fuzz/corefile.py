@@ -48,7 +48,7 @@ def setup() -> None:
     from fastdns.control import process as proc
     from fastdns.corefile import check, config
     from fastdns.corefile import verdict as vd
-    from fastdns.server.supervisor import listen_addresses as la
+    from fastdns.corefile.listen import listen_addresses as la
 
     corefile, config_mod, verdict, check_mod, process, listen_addresses = (
         cf, config, vd, check, proc, la)

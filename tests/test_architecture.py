@@ -16,7 +16,6 @@ from tests.architecture import violations
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 in progress: supervisor/worker cycle and private reaches still on main")
 def test_the_tree_keeps_every_rule():
     assert violations(ROOT) == []
 

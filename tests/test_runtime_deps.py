@@ -259,7 +259,7 @@ _NO_DNSPYTHON = textwrap.dedent('''
         print("dnspython: hidden", flush=True)
 
     from fastdns.corefile import parse_corefile
-    from fastdns.server.supervisor import setup_logging
+    from fastdns.supervisor.children import setup_logging
     from fastdns.server.worker_plugins import WorkerPlugins
 
     COREFILE = """

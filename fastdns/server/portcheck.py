@@ -17,8 +17,8 @@ import errno
 import os
 import socket
 
-# An IPv6 wildcard on a host without IPv6 (the worker skips it the same way)
-NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
+from fastdns.server.sockets import NO_IPV6, host_port, sockaddr
+
 _TCP_LISTEN = "0A"  # include/net/tcp_states.h TCP_LISTEN, as /proc/net/tcp prints it
 
 
@@ -26,20 +26,16 @@ class BindError(Exception):
     """A listen address that cannot be bound; str is the operator's one line."""
 
 
-def _fmt(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def _try(proto: str, address: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     with socket.socket(family, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # worker.bind_udp/bind_tcp
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # sockets.bind_udp/bind_tcp
         if proto == "tcp":
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind((address, port, 0, 0) if family == socket.AF_INET6 else (address, port))
+        s.bind(sockaddr(address, port))
 
 
 def socket_inodes(proto: str, port: int) -> set[str]:
@@ -114,4 +110,4 @@ def check_listen(listen: tuple[tuple[str, int], ...]) -> None:
                 elif e.errno == errno.EADDRNOTAVAIL:
                     hint = "; no interface of this host has that address"
                 raise BindError(
-                    f"listen {proto} {_fmt(address, port)}: bind: {reason}{hint}") from None
+                    f"listen {proto} {host_port(address, port)}: bind: {reason}{hint}") from None

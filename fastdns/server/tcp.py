@@ -347,6 +347,11 @@ class DnsTcpProtocol(asyncio.Protocol):
             self._transport.write(b"".join(out))
         self._settle(now, activity=pos > 0)
 
+    def peername(self) -> tuple | None:
+        """The client's address as the socket gives it (whoami, log); None once closed."""
+        t = self._transport
+        return t.get_extra_info("peername") if t is not None else None
+
     def send_later(self, resp: bytes | None) -> bool:
         """Write one answer that was not ready in ``data_received``; False if gone."""
         if self._pending:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 
 # <linux/in.h>; the socket module names it from Python 3.12 on only
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -31,7 +32,7 @@ _IN6_PKTINFO = 20  # struct in6_pktinfo: addr, ifindex (ipv6(7), RFC 3542 §6.1)
 ANCBUFSIZE = socket.CMSG_SPACE(_IN6_PKTINFO)  # recvmsg's room for either
 _NO_IFINDEX = b"\x00\x00\x00\x00"
 
-Ancillary = list[tuple[int, int, bytes]]
+Ancillary = Sequence[tuple[int, int, bytes]]  # (level, type, data) items for sendmsg
 
 
 def is_wildcard(address: str) -> bool:

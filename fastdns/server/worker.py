@@ -1,15 +1,16 @@
 """A worker process: binds UDP and TCP with SO_REUSEPORT and answers from the snapshot.
 
 The supervisor starts one per core with its launcher (``server/childproc.py``) and
-``worker_main(spec)``. Every worker binds every listen address itself with
-SO_REUSEPORT, so the kernel spreads clients over workers and a dead worker
-takes only its own sockets with it (``socket(7)``).
+``worker_main(spec)``. Its parts, one concern each: the sockets
+(``sockets.py``: every worker binds every listen address with SO_REUSEPORT),
+the snapshot it answers from (``imagemap.py``), the UDP readers (the Cython
+``_udp.FastPath``, or ``pyudp.py``), TCP (``tcp.py``), the slow path
+(``slowpath.py``, ``forwarding.py``) and the per-query plugins
+(``worker_plugins.py``). This module joins them and runs the loop.
 
-Snapshots: the worker maps the image the control segment names and checks
-the generation once per UDP batch (``_udp.FastPath``), on each TCP query and
-on a slow timer for an idle worker; a new generation is mapped, reported
-with ``set_mapped`` so the control process can unlink the old segment, and
-the old mapping is closed only after the batch that used it finished.
+A reloaded Corefile (``fastdns/control/reload.py``) is taken up on the
+worker's 0.5 s timer (``reconfigure_if_changed``): the sockets of listen
+addresses that stay are kept, so nothing queued on them is lost.
 
 Before the first publish a worker has its sockets bound (so a port clash
 fails at once) but does not read them: queries wait in the socket buffers
@@ -30,40 +31,50 @@ and connections, unmap, return (exit status 0).
 from __future__ import annotations
 
 import asyncio
-import errno
+import dataclasses
 import logging
 import mmap
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING
 
 from fastdns import procsignals
 from fastdns.codec import NO_EXTENSIONS, wire
+from fastdns.corefile import Config
+from fastdns.corefile.listen import listen_addresses
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import image as img
-from fastdns.ipc import layout, shm, tables
+from fastdns.ipc import layout, shm
 from fastdns.server import udpsource
+from fastdns.server.corefile_in_force import CorefileInForce
+from fastdns.server.imagemap import ImageMap
+from fastdns.server.listeners import Listeners
+from fastdns.server.pyudp import PyUdpProtocol
+from fastdns.server.rows import QueryRows
 from fastdns.server.slowpath import DEFERRED, ZONE_EXTERNAL, SlowPath
-from fastdns.server.tcp import MAX_MESSAGE, MAX_PER_CLIENT, TcpListener
-from fastdns.server.worker_plugins import WorkerPlugins, reconfigure_if_changed
+from fastdns.server.sockets import TCP, UDP
+from fastdns.server.tcp import MAX_MESSAGE, MAX_PER_CLIENT, DnsTcpProtocol, TcpListener
+from fastdns.server.worker_plugins import WorkerPlugins
+
+if TYPE_CHECKING:
+    from fastdns.server._udp import FastPath
+    from fastdns.server.forwarding import BlockRouter, ForwardingResolver
 
 log = logging.getLogger(__name__)
 
-_udp = None
+_udp: ModuleType | None = None  # None: the Python UDP path (pyudp.py)
 if not NO_EXTENSIONS:
     try:
         from fastdns.server import _udp
     except ImportError:  # pragma: no cover - the extension was not built
         _udp = None
 
-UDP, TCP = 0, 1  # the proto index of counters.PROTOS
 GENERATION_POLL = 0.5  # s: how often an idle worker notices a publish
 FIRST_IMAGE_POLL = 0.02  # s
-REMAP_RETRY = 0.1  # s between attempts when a published image cannot be mapped
-UDP_RCVBUF = 4 << 20  # octets asked for; the kernel caps it at net.core.rmem_max
-PY_READ_BATCH = 64  # datagrams the Python path reads per readiness callback
-_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
 @dataclass(frozen=True)
@@ -80,164 +91,28 @@ class WorkerSpec:
     cpu: int | None = None  # pin to this CPU (benchmarks); None: leave the mask alone
 
 
-def family_of(address: str) -> int:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
+class Worker:
+    """One worker process: its parts, joined; ``run`` is its whole life.
 
-
-def _family_label(af: int) -> int:
-    return 2 if af == socket.AF_INET6 else 1
-
-
-def _sockaddr(address: str, port: int) -> tuple:
-    return (address, port, 0, 0) if ":" in address else (address, port)
-
-
-def bind_udp(address: str, port: int) -> socket.socket:
-    af = family_of(address)
-    sock = socket.socket(af, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if af == socket.AF_INET6:
-            # "::" must not also take the IPv4 port another listen entry binds
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-        except OSError:
-            pass
-        if udpsource.is_wildcard(address):
-            udpsource.enable(sock)  # before bind: no query arrives without its destination
-        sock.bind(_sockaddr(address, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def bind_tcp(address: str, port: int) -> socket.socket:
-    af = family_of(address)
-    sock = socket.socket(af, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if af == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(_sockaddr(address, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _PyUdpProtocol(asyncio.DatagramProtocol):
-    """The pure-Python UDP path (FASTDNS_NO_EXTENSIONS=1 or no build): same answers.
-
-    A socket bound to one address is served through an asyncio datagram
-    transport. A wildcard socket is not (``sock`` given): a transport cannot
-    send with ancillary data, so ``readable`` reads it with ``recvmsg`` from
-    a loop reader and every answer goes out with ``sendmsg`` from its query's
-    destination (``udpsource.py``).
+    The public methods are what the parts call back (``answer_py``,
+    ``row_of`` and ``intercept`` from the Python UDP path, ``answer_tcp``
+    from TCP, ``port_of_fd`` from the plugins) and what a reload changes
+    (``add_listener``, ``drop_listener``, ``configure_forward``).
     """
 
-    def __init__(self, worker: Worker, family: int, sock: socket.socket | None = None) -> None:
-        self.worker = worker
-        self.family = family
-        self.sock = sock
-        self.sockname = sock.getsockname() if sock is not None else None
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.sockname = transport.get_extra_info("sockname")
-
-    def readable(self) -> None:
-        """The loop's reader callback of a wildcard socket: answer what is queued."""
-        assert self.sock is not None
-        for _ in range(PY_READ_BATCH):
-            try:
-                data, ancdata, _flags, addr = self.sock.recvmsg(MAX_MESSAGE,
-                                                                udpsource.ANCBUFSIZE)
-            except OSError:  # EAGAIN: drained; anything else a reader cannot mend
-                return
-            self.answer(data, addr, udpsource.reply_ancillary(ancdata))
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.answer(data, addr, [])
-
-    def answer(self, data: bytes, addr, anc: udpsource.Ancillary) -> None:
-        """Answer one query; ``anc``: the ancillary data its reply is sent with."""
-        sockname = self.sockname
-        port = sockname[1] if sockname else 0
-        row = self.worker.row_of(sockname, data)  # the metrics' (server, zone)
-        plugins = self.worker.plugins  # log, whoami, loop (worker_plugins.py)
-        t0 = time.perf_counter()
-        if plugins.intercepts:
-            resp = self.worker.intercept(data, addr, False, port)
-            if resp is not None:
-                self.worker.counters.query(UDP, self.family, data, row)
-                self.worker.counters.response(UDP, resp, row)
-                plugins.finished(data, addr, resp, False, port, t0)
-                self._send(resp, addr, anc)
-                return
-        resp = self.worker.answer_py(data, UDP, self.family, port,
-                                     self._sender(addr, anc, data, t0, row), row)
-        if resp is not None:
-            self._send(resp, addr, anc)
-            plugins.finished(data, addr, resp, False, port, t0)
-
-    def _send(self, resp: bytes, addr, anc: udpsource.Ancillary) -> bool:
-        """Send one answer; False when it could not go (counted as a send error)."""
-        if self.sock is not None:
-            try:
-                udpsource.send(self.sock, resp, addr, anc)
-            except OSError:  # buffer full, or a firewall: UDP may drop
-                self.worker.counters.incr(layout.W_SEND_ERRORS)
-                return False
-            return True
-        if self.transport is None:
-            return False
-        self.transport.sendto(resp, addr)
-        return True
-
-    def _sender(self, addr, anc: udpsource.Ancillary, data: bytes = b"", t0: float = 0.0,
-                row: int | None = None):
-        plugins = self.worker.plugins
-        port = self.sockname[1] if self.sockname else 0
-
-        def send(resp: bytes | None) -> None:
-            if resp is not None and not self._send(resp, addr, anc):
-                resp = None
-            self.worker.counters.response(UDP, resp, row)
-            # a deferred answer's time (answer_py returned before counting it)
-            self.worker.counters.latency(time.perf_counter() - t0, 1, row)
-            plugins.finished(data, addr, resp, False, port, t0)
-        return send
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors for earlier answers: nothing to do (RFC 1122 §4.1.3.3)
-
-
-class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.ctl = shm.ControlSegment.attach(spec.instance)
         self.counters = ctr.Counters(self.ctl.counters(spec.index))
-        self._counters_block = self.ctl.counters(spec.index)
-        self.image: shm.ImageSegment | None = None
-        self.generation = 0
+        self._counters_block: memoryview | None = self.ctl.counters(spec.index)
+        self.images = ImageMap(self.ctl, spec.index, self.counters)
         self.rotation = 0
-        self.router = None  # forward + cache: a forwarding.BlockRouter (imported when used)
-        # the metrics' (server, zone) rows: server label -> its zones (ipc/tables.py)
-        self._rows: dict[str, tables.ListenerRows] = {}
-        self._rows_of_sock: dict[tuple, tables.ListenerRows] = {}  # (host, port) -> its rows
-        self.slow = SlowPath(self.image_buf, self.counters, route=self._route)
-        self._udp_by_fd: dict[int, tuple[socket.socket, int]] = {}
-        self._udp_readers: set[int] = set()  # fds served by a loop reader (serve_udp)
-        self._sockname_of_fd: dict[int, tuple] = {}  # configure_rows: fd -> (host, port)
+        self.router: BlockRouter | None = None  # forward + cache (imported when used)
+        self.rows = QueryRows(self.counters, spec.index)  # the metrics' (server, zone)
+        self.slow = SlowPath(self.images.buf, self.counters, route=self._route)
+        self.listeners = Listeners(spec.index)  # sockets, servers, readers
         self.plugins = WorkerPlugins(None)  # log, errors, whoami (worker_plugins.py)
-        self.config_version: int | None = None  # reload: the Corefile version in force
+        self.corefile = CorefileInForce(spec.instance, spec.index)  # reload: what is in force
         self.tcp = TcpListener(self.answer_tcp, idle_timeout=spec.tcp_idle_timeout,
                                read_timeout=spec.tcp_read_timeout,
                                max_connections=spec.tcp_max_connections,
@@ -245,76 +120,17 @@ class Worker:
                                on_accept=lambda: self.counters.incr(layout.W_TCP_ACCEPTED),
                                on_reject=lambda: self.counters.incr(layout.W_TCP_REJECTED),
                                on_idle=lambda: self.counters.incr(layout.W_TCP_IDLE_CLOSED))
-        self.udp_socks: list[tuple[socket.socket, int]] = []
-        self.tcp_socks: list[tuple[socket.socket, int]] = []
-        self.servers: list[asyncio.AbstractServer] = []
-        self.transports: list[asyncio.BaseTransport] = []
-        self._retry_at = 0.0
-        self._lingering: list[shm.ImageSegment] = []  # let go of, a view still alive
         self._stop: asyncio.Event | None = None
         self._gen_map: mmap.mmap | None = None
         self._gen_view: memoryview | None = None
-        self.fast = None
+        self.fast: FastPath | None = None
         self._logged_answer_error = False
-
-    # -- snapshot ------------------------------------------------------------
-
-    def image_buf(self) -> memoryview | None:
-        return self.image.buf if self.image is not None else None
-
-    def check_generation(self) -> None:
-        if self.ctl.generation != self.generation:
-            self.remap()
-
-    def remap(self) -> None:
-        """Map the published image if it is newer; keep the old one on failure."""
-        now = time.monotonic()
-        if now < self._retry_at:
-            return
-        i = self.spec.index
-        seg = None
-        try:
-            # holds each generation it tries while it attaches (shm.py: retiring)
-            seg = self.ctl.current(worker=i)
-            if seg is None or seg.generation == self.generation:
-                if seg is not None:
-                    seg.close()
-                self.ctl.set_attaching(i, 0)
-                return
-            img.read_header(seg.buf)
-        except (shm.ShmError, OSError, img.ImageError) as e:
-            if seg is not None:
-                seg.close()
-            self.ctl.set_attaching(i, 0)
-            log.warning("worker %d: cannot map image generation %d: %s", i,
-                        self.ctl.generation, e)
-            self._retry_at = now + REMAP_RETRY
-            return
-        old = self.image
-        self.image = seg
-        self.generation = seg.generation
-        if self.fast is not None:
-            self.fast.set_image(seg.buf, seg.generation)  # releases the old buffer
-        self.counters.w[layout.W_GENERATION] = seg.generation
-        self.counters.incr(layout.W_REMAPS)
-        self.ctl.set_mapped(i, seg.generation)
-        self.ctl.set_attaching(i, 0)
-        if old is not None and not old.close():
-            self._lingering.append(old)  # a task still holds a view of it
-        self._release_lingering()
-        log.debug("worker %d: serving generation %d", i, seg.generation)
-
-    def _release_lingering(self) -> None:
-        """Unmap old images whose last view went; hold the oldest that remains."""
-        if self._lingering:
-            self._lingering = [s for s in self._lingering if not s.close()]
-        self.ctl.set_lingering(self.spec.index,
-                               min((s.generation for s in self._lingering), default=0))
 
     # -- answering (Python paths) ----------------------------------------------
 
     def answer_py(self, data: bytes, proto: int, family: int, port: int = 0,
-                  send=None, row: int | None = None) -> bytes | None:
+                  send: Callable[[bytes | None], None] | None = None,
+                  row: int | None = None) -> bytes | None:
         """Count, answer and count the answer of one query (TCP, or UDP without _udp).
 
         A forwarded query's answer goes out later through ``send(resp)``,
@@ -324,8 +140,8 @@ class Worker:
         t0 = time.perf_counter()
         c = self.counters
         c.query(proto, family, data, row)
-        self.check_generation()
-        image = self.image.buf if self.image is not None else None
+        self.images.check()
+        image = self.images.buf()
         resp: bytes | None
         if image is None:
             resp = None
@@ -354,12 +170,12 @@ class Worker:
         c.latency(time.perf_counter() - t0, 1, row)
         return resp
 
-    def answer_tcp(self, frame: bytes, family: int, conn=None) -> bytes | None:
+    def answer_tcp(self, frame: bytes, family: int,
+                   conn: DnsTcpProtocol | None = None) -> bytes | None:
         send = None
         t0 = time.perf_counter()
         plugins = self.plugins
-        peer = (conn._transport.get_extra_info("peername")
-                if conn is not None and plugins.wants_peer and conn._transport else None)
+        peer = conn.peername() if conn is not None and plugins.wants_peer else None
         port = conn.local_port if conn else 0
         row = self.row_of((conn.local_host, port), frame) if conn else None
         if conn is not None:
@@ -382,13 +198,14 @@ class Worker:
             plugins.finished(frame, peer, resp, True, port, t0)
         return resp
 
-    def intercept(self, data: bytes, addr, tcp: bool, port: int) -> bytes | None:
+    def intercept(self, data: bytes, addr: tuple, tcp: bool, port: int) -> bytes | None:
         """whoami / loop count for a query the image would hand to the slow path
         (TCP and the Python UDP path; the Cython path asks in ``_slow_udp``)."""
-        if self.image is None:
+        image = self.images.buf()
+        if image is None:
             return None
         try:
-            status = wire.answer(self.image.buf, data, 0, MAX_MESSAGE if tcp else 0)[0]
+            status = wire.answer(image, data, 0, MAX_MESSAGE if tcp else 0)[0]
         except Exception:  # noqa: BLE001 - answer_py deals with it
             return None
         if status != wire.ST_SLOW:
@@ -401,12 +218,12 @@ class Worker:
         batch, or None when it goes out later through ``send`` (then with
         ``anc``, from a wildcard socket the ancillary data that sends it from
         the query's destination)."""
-        sock, port = self._udp_by_fd.get(fd, (None, 0))
+        sock, port = self.listeners.udp_by_fd.get(fd, (None, 0))
         send = None
         plugins = self.plugins
         t0 = time.perf_counter()
         # the row _udp counted the query in (the same match, on the same table)
-        row = self.row_of(self._sockname_of_fd.get(fd), data)
+        row = self.rows.row_of_fd(fd, data)
         if sock is not None:
             def send(resp: bytes | None) -> None:
                 if resp is not None:
@@ -430,45 +247,18 @@ class Worker:
             self.counters.response(UDP, None, row)  # dropped: _udp leaves None to us
         return resp
 
-    # -- the metrics' (server, zone) rows ---------------------------------------
+    # -- the metrics' (server, zone) rows (rows.py) ----------------------------
 
-    def row_of(self, sockname, data: bytes) -> int | None:
-        """The (server, zone) row of a query read on the socket bound to ``sockname``
-        (ipc/tables.py; None before a Corefile gave the rows)."""
-        if not self._rows or not sockname:
-            return None
-        key = (sockname[0], sockname[1])
-        lr = self._rows_of_sock.get(key)
-        if lr is None:
-            lr = self._rows_of_sock[key] = tables.socket_rows(self._rows, key[0], key[1])
-        return lr.match(data)
+    def row_of(self, sockname: tuple | None, data: bytes) -> int | None:
+        return self.rows.row_of(sockname, data)
 
-    def configure_rows(self, config) -> None:
-        """Derive the row table from ``config`` (the exporter derives the same one
-        from its copy) and hand every UDP socket's zones to the fast path."""
-        self._rows_of_sock = {}
-        self._sockname_of_fd = {fd: sock.getsockname()[:2]
-                                for fd, (sock, _port) in self._udp_by_fd.items()}
-        if config is None:
-            self._rows = {}
-            if self.fast is not None:
-                self.fast.clear_rows()
-            return
-        listeners = tables.listener_zones(config)
-        self.counters.take_rows(tables.row_table(listeners))
-        self._rows = tables.listener_rows(listeners)
-        if self.fast is not None:
-            self.fast.clear_rows()
-            for fd, (host, port) in list(self._sockname_of_fd.items()):
-                lr = tables.socket_rows(self._rows, host, port)
-                if not self.fast.set_rows(fd, lr.zones, lr.dropped):
-                    del self._sockname_of_fd[fd]  # totals only, as _udp counts it
-                    log.warning("worker %d: queries on %s:%d are not counted per zone",
-                                self.spec.index, host, port)
+    def configure_rows(self, config: Config | None) -> None:
+        self.rows.configure(
+            config, {fd: s for fd, (s, _port) in self.listeners.udp_by_fd.items()}, self.fast)
 
     # -- forward + cache -------------------------------------------------------
 
-    def configure_forward(self, config) -> None:
+    def configure_forward(self, config: Config | None) -> None:
         """(Re)build the forwarders and caches of ``config`` (a corefile Config)."""
         self.configure_rows(config)  # the Corefile's blocks: also the metrics' rows
         if self.router is not None:
@@ -485,44 +275,92 @@ class Worker:
         if self.fast is not None:
             self.router.attach_mirror(self.fast.cache)
 
-    def _route(self, block: int | None, qname: str, port: int):
+    def _route(self, block: int | None, qname: str, port: int) -> ForwardingResolver | None:
         return self.router.route(block, qname, port) if self.router is not None else None
 
-    def _load_config(self):
-        """The Corefile in force (the supervisor's shm copy), parsed; None without one."""
-        try:
-            from fastdns.control import reload
-            from fastdns.corefile import parse_corefile
+    def load_config(self) -> Config | None:
+        """The Corefile in force, parsed; None without one (or if it cannot be read)."""
+        return self.corefile.load()
 
-            text = reload.read_corefile(self.spec.instance)
-            name = reload.read_corefile_name(self.spec.instance)  # relative imports
-            return parse_corefile(text, name) if text else None
-        except Exception:  # the supervisor validated it; never die of it here
-            log.exception("worker %d: cannot read the Corefile; not forwarding",
-                          self.spec.index)
-            return None
-
-    # -- lifetime --------------------------------------------------------------
+    # -- listening (listeners.py) ----------------------------------------------
 
     def bind(self) -> None:
-        for address, port in self.spec.listen:
-            fam = _family_label(family_of(address))
-            try:
-                udp = bind_udp(address, port)
-            except OSError as e:
-                # The IPv6 wildcard that stands for "every address" (no `bind`)
-                # is optional on a host or container without IPv6.
-                if (address == "::" and e.errno in _NO_IPV6 and len(self.spec.listen) > 1):
-                    log.warning("worker %d: no IPv6 here, not listening on [::]:%d (%s)",
-                                self.spec.index, port, e.strerror)
-                    continue
-                raise _bind_failed("udp", address, port, e) from None
-            self.udp_socks.append((udp, fam))
-            self._udp_by_fd[udp.fileno()] = (udp, port)
-            try:
-                self.tcp_socks.append((bind_tcp(address, port), fam))
-            except OSError as e:
-                raise _bind_failed("tcp", address, port, e) from None
+        """Bind every listen address of the spec; exit 1 (one log line) if one fails."""
+        self.listeners.bind(self.spec.listen)
+
+    def add_listener(self, loop: asyncio.AbstractEventLoop, address: str, port: int) -> bool:
+        """Bind and serve one more listen address (a reload); False if it cannot be bound."""
+        bound = self.listeners.add(address, port)
+        if bound is None:
+            return False
+        udp, tcp, fam = bound
+        loop.create_task(self.serve_udp(loop, udp, fam))
+        loop.create_task(self.listeners.serve_tcp(loop, self.tcp.factory(fam), tcp, fam))
+        return True
+
+    def drop_listener(self, loop: asyncio.AbstractEventLoop, address: str, port: int) -> None:
+        """Close one listen address (a reload)."""
+        self.listeners.drop(loop, address, port)
+
+    def port_of_fd(self, fd: int) -> int:
+        """The local port of UDP socket ``fd`` (0 if it is not one of ours)."""
+        return self.listeners.port_of_fd(fd)
+
+    async def serve_udp(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                        fam: int) -> None:
+        """Start answering a bound UDP socket: the Cython fast path's reader, or
+        the Python path (a reader of its own on a wildcard socket, a datagram
+        transport otherwise)."""
+        fd = sock.fileno()
+        pktinfo = udpsource.is_wildcard(sock.getsockname()[0])
+        if self.fast is not None:
+            loop.add_reader(fd, self.fast.drain, fd, fam, pktinfo)
+            self.listeners.readers.add(fd)
+        elif pktinfo:
+            loop.add_reader(fd, PyUdpProtocol(self, fam, sock).readable)
+            self.listeners.readers.add(fd)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: PyUdpProtocol(self, fam), sock=sock)
+            self.listeners.transports.append(transport)
+
+    # -- reload ----------------------------------------------------------------
+
+    def reconfigure_if_changed(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Take a reloaded Corefile into use (``fastdns/control/reload.py``).
+
+        Called on the worker's 0.5 s timer. The sockets of listen addresses that
+        stay are kept (so nothing queued on them is lost); new ones are bound and
+        served, gone ones closed; the forwarders and the per-query plugins are
+        rebuilt from the new text.
+        """
+        version = self.corefile.moved()
+        if version is None:
+            return False
+        config = self.load_config()
+        if config is None:
+            return False
+        self._apply_listen(loop, listen_addresses(config))
+        self.configure_forward(config)
+        self.plugins = WorkerPlugins(config, self.port_of_fd)
+        self.plugins.fast_path(self.fast)
+        log.info("worker %d: Corefile version %d in force", self.spec.index, version)
+        return True
+
+    def _apply_listen(self, loop: asyncio.AbstractEventLoop,
+                      listen: tuple[tuple[str, int], ...]) -> None:
+        old = self.spec.listen
+        if listen == old:
+            return
+        for address, port in old:
+            if (address, port) not in listen:
+                self.drop_listener(loop, address, port)
+        for address, port in listen:
+            if (address, port) not in old:
+                self.add_listener(loop, address, port)
+        self.spec = dataclasses.replace(self.spec, listen=listen)
+
+    # -- lifetime --------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -531,9 +369,9 @@ class Worker:
         self.counters.start(os.getpid())
         try:
             self.bind()
-            while self.image is None and not self._stop.is_set():
-                self.remap()
-                if self.image is None:
+            while self.images.image is None and not self._stop.is_set():
+                self.images.remap()
+                if self.images.image is None:
                     try:
                         await asyncio.wait_for(self._stop.wait(), FIRST_IMAGE_POLL)
                     except TimeoutError:
@@ -545,6 +383,8 @@ class Worker:
             await self._shutdown(loop)
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        image = self.images.image
+        assert image is not None
         if _udp is not None:
             path = os.path.join(shm.SHM_DIR, self.ctl.name)
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -553,81 +393,40 @@ class Worker:
             finally:
                 os.close(fd)
             self._gen_view = memoryview(self._gen_map)
-            self.fast = _udp.FastPath(self._gen_view, self._counters_block, self.remap,
+            self.fast = _udp.FastPath(self._gen_view, self._counters_block, self.images.remap,
                                       self._slow_udp)
-            assert self.image is not None
-            self.fast.set_image(self.image.buf, self.generation)
-        config = self._load_config()
+            self.fast.set_image(image.buf, self.images.generation)
+            self.images.on_map = self.fast.set_image
+        config = self.load_config()
         self.configure_forward(config)
-        self.plugins = WorkerPlugins(config, self._port_of_fd,  # issue 6: log, errors, whoami
+        self.plugins = WorkerPlugins(config, self.port_of_fd,  # issue 6: log, errors, whoami
                                      loop=(self.spec.instance, self.spec.index))
         self.plugins.fast_path(self.fast)
-        for sock, fam in self.udp_socks:
+        for sock, fam in self.listeners.udp_socks:
             await self.serve_udp(loop, sock, fam)
-        for sock, fam in self.tcp_socks:
-            self.servers.append(await loop.create_server(self.tcp.factory(fam), sock=sock))
+        for sock, fam in self.listeners.tcp_socks:
+            self.listeners.servers.append(
+                await loop.create_server(self.tcp.factory(fam), sock=sock))
         loop.call_later(GENERATION_POLL, self._poll_generation, loop)
         log.info("worker %d (pid %d): serving generation %d on %s (%s UDP path)",
-                 self.spec.index, os.getpid(), self.generation,
+                 self.spec.index, os.getpid(), self.images.generation,
                  ", ".join(f"{a}:{p}" for a, p in self.spec.listen),
                  "Cython" if self.fast is not None else "Python")
-
-    async def serve_udp(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                        fam: int) -> None:
-        """Start answering a bound UDP socket: the Cython fast path's reader, or
-        the Python path (a reader of its own on a wildcard socket, a datagram
-        transport otherwise)."""
-        fd = sock.fileno()
-        pktinfo = udpsource.is_wildcard(sock.getsockname()[0])
-        if self.fast is not None:
-            loop.add_reader(fd, self.fast.drain, fd, fam, pktinfo)
-            self._udp_readers.add(fd)
-        elif pktinfo:
-            loop.add_reader(fd, _PyUdpProtocol(self, fam, sock).readable)
-            self._udp_readers.add(fd)
-        else:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _PyUdpProtocol(self, fam), sock=sock)
-            self.transports.append(transport)
-
-    def unserve_udp(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        """Stop reading ``sock`` (a transport stops when it is closed)."""
-        fd = sock.fileno()
-        if fd in self._udp_readers:
-            self._udp_readers.discard(fd)
-            loop.remove_reader(fd)
 
     def _poll_generation(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._stop is not None and self._stop.is_set():
             return
-        self.check_generation()
-        if self._lingering:
-            self._release_lingering()
+        self.images.check()
+        if self.images.lingering:
+            self.images.release_lingering()
         if self.router is not None:
             self.router.export(self.counters)
-        reconfigure_if_changed(self, loop)  # a reloaded Corefile (control/reload.py)
+        self.reconfigure_if_changed(loop)  # a reloaded Corefile (control/reload.py)
         self.plugins.tick()
         loop.call_later(GENERATION_POLL, self._poll_generation, loop)
 
-    def _port_of_fd(self, fd: int) -> int:
-        return self._udp_by_fd.get(fd, (None, 0))[1]
-
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sock, _ in self.udp_socks:
-            if sock.fileno() >= 0:
-                self.unserve_udp(loop, sock)
-        for server in self.servers:
-            server.close()
-        self.tcp.close_all()
-        for transport in self.transports:
-            transport.close()
-        for sock, _ in self.udp_socks + self.tcp_socks:
-            sock.close()
-        for server in self.servers:
-            try:
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-            except TimeoutError:
-                pass
+        await self.listeners.close(loop, self.tcp.close_all)
         self.slow.close()
         if self.router is not None:
             self.router.close()
@@ -636,15 +435,12 @@ class Worker:
         if self.fast is not None:
             self.fast.release()
             self.fast = None
+            self.images.on_map = None
         if self._gen_view is not None:
             self._gen_view.release()
+        if self._gen_map is not None:
             self._gen_map.close()
-        if self.image is not None:
-            self.image.close()
-            self.image = None
-        for seg in self._lingering:
-            seg.close()
-        self._lingering = []
+        self.images.close()
         try:
             self.ctl.release_worker(self.spec.index)
         except (IndexError, ValueError):
@@ -654,15 +450,7 @@ class Worker:
         self.ctl.close()
 
 
-def _bind_failed(proto: str, address: str, port: int, e: OSError) -> SystemExit:
-    """One line, as the supervisor's pre-check words it (server/portcheck.py), then
-    exit 1: the supervisor stops the server when a worker fails at startup."""
-    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    log.error("listen %s %s: bind: %s", proto, where, (e.strerror or str(e)).lower())
-    return SystemExit(1)
-
-
-def _exit_now(signum, frame) -> None:
+def _exit_now(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 

@@ -31,8 +31,6 @@ from typing import Any
 
 from fastdns import errors as wire_errors
 from fastdns.codec import wire
-from fastdns.ipc import layout
-from fastdns.ipc.stats import SharedStats
 from fastdns.names import to_text
 from fastdns.server.querylog import QueryLog, type_text
 
@@ -233,90 +231,3 @@ class WorkerPlugins:
     def tick(self) -> None:
         for e in self._errors.values():
             e.flush()
-
-
-# -- reload, the worker's side -------------------------------------------------
-
-
-def reconfigure_if_changed(worker: Any, loop: Any) -> bool:
-    """Take a reloaded Corefile into use (``fastdns/control/reload.py``).
-
-    Called on the worker's 0.5 s timer. The sockets of listen addresses that
-    stay are kept (so nothing queued on them is lost); new ones are bound and
-    served, gone ones closed; the forwarders and the per-query plugins are
-    rebuilt from the new text.
-    """
-    stats = getattr(worker, "_reload_stats", None)
-    if stats is None:
-        try:
-            stats = worker._reload_stats = SharedStats.attach(worker.spec.instance)
-        except Exception:  # noqa: BLE001 - no control segment stats: no reload
-            return False
-    version = stats.get(layout.S_CONFIG_VERSION)
-    if worker.config_version is None:
-        worker.config_version = version
-        return False
-    if version == worker.config_version:
-        return False
-    worker.config_version = version
-    config = worker._load_config()
-    if config is None:
-        return False
-    from fastdns.server.supervisor import listen_addresses
-
-    _apply_listen(worker, listen_addresses(config), loop)
-    worker.configure_forward(config)
-    worker.plugins = WorkerPlugins(config, worker._port_of_fd)
-    worker.plugins.fast_path(worker.fast)
-    logging.getLogger(__name__).info("worker %d: Corefile version %d in force",
-                                     worker.spec.index, version)
-    return True
-
-
-def _apply_listen(worker: Any, listen: tuple[tuple[str, int], ...], loop: Any) -> None:
-    from fastdns.server import worker as wmod
-
-    old = list(worker.spec.listen)
-    if list(listen) == old:
-        return
-    keep = [a for a in old if a in listen]
-    log = logging.getLogger(__name__)
-    # close what is gone (its queued queries are for an address no longer served)
-    for i, (address, port) in enumerate(old):
-        if (address, port) in keep:
-            continue
-        for sock, _fam in list(worker.udp_socks):
-            if sock.getsockname()[:2] == wmod._sockaddr(address, port)[:2]:
-                worker.unserve_udp(loop, sock)
-                worker._udp_by_fd.pop(sock.fileno(), None)
-                worker.udp_socks.remove((sock, _fam))
-                sock.close()
-        for server in list(worker.servers):
-            names = [s.getsockname()[:2] for s in server.sockets]
-            if wmod._sockaddr(address, port)[:2] in names:
-                server.close()
-                worker.servers.remove(server)
-        del i
-    for address, port in listen:
-        if (address, port) in keep:
-            continue
-        fam = wmod._family_label(wmod.family_of(address))
-        try:
-            udp = wmod.bind_udp(address, port)
-            tcp = wmod.bind_tcp(address, port)
-        except OSError as e:
-            log.error("worker %d: cannot listen on %s:%d: %s", worker.spec.index, address,
-                      port, e.strerror or e)
-            continue
-        worker.udp_socks.append((udp, fam))
-        worker._udp_by_fd[udp.fileno()] = (udp, port)
-        loop.create_task(worker.serve_udp(loop, udp, fam))
-        loop.create_task(_tcp_server(worker, loop, tcp, fam))
-    import dataclasses
-
-    worker.spec = dataclasses.replace(worker.spec, listen=tuple(listen))
-
-
-async def _tcp_server(worker: Any, loop: Any, sock: Any, fam: int) -> None:
-    worker.tcp_socks.append((sock, fam))
-    worker.servers.append(await loop.create_server(worker.tcp.factory(fam), sock=sock))

@@ -20,6 +20,7 @@ from fastdns.constants import Qtype
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import image as img
 from fastdns.ipc import layout, readout, shm
+from fastdns.server import listeners
 from fastdns.server import worker as wk
 from fastdns.server.slowpath import SlowPath
 
@@ -255,14 +256,14 @@ def test_slow_without_synthesis_is_servfail_and_garbage_is_safe():
 
 
 def test_bind_skips_the_ipv6_wildcard_without_ipv6(monkeypatch):
-    real = wk.bind_udp
+    real = listeners.bind_udp
 
     def no_v6(address, port):
         if ":" in address:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         return real(address, port)
 
-    monkeypatch.setattr(wk, "bind_udp", no_v6)
+    monkeypatch.setattr(listeners, "bind_udp", no_v6)
     instance = "u" + secrets.token_hex(6)
     ctl = shm.ControlSegment.create(instance, 1)
     port = free_port()
@@ -270,19 +271,19 @@ def test_bind_skips_the_ipv6_wildcard_without_ipv6(monkeypatch):
     try:
         w = wk.Worker(wk.WorkerSpec(0, instance, (("127.0.0.1", port), ("::", port))))
         w.bind()
-        assert [s.getsockname()[:2] for s, _ in w.udp_socks] == [("127.0.0.1", port)]
+        assert [s.getsockname()[:2] for s, _ in w.listeners.udp_socks] == [("127.0.0.1", port)]
         # a specific address that cannot be bound is an error, not a warning
         w2 = wk.Worker(wk.WorkerSpec(0, instance, (("127.0.0.1", free_port()), ("::1", port))))
-        with pytest.raises(SystemExit) as exit_info:  # one log line, exit 1 (_bind_failed)
+        with pytest.raises(SystemExit) as exit_info:  # one log line, exit 1 (listeners.py)
             w2.bind()
         assert exit_info.value.code == 1
-        for s, _ in w2.udp_socks + w2.tcp_socks:
+        for s, _ in w2.listeners.udp_socks + w2.listeners.tcp_socks:
             s.close()
         w2.counters.release()
         w2.ctl.close()
     finally:
         if w is not None:
-            for s, _ in w.udp_socks + w.tcp_socks:
+            for s, _ in w.listeners.udp_socks + w.listeners.tcp_socks:
                 s.close()
             w.counters.release()
             w.ctl.close()

@@ -1,0 +1,98 @@
+"""The first code each child process runs, and the logging every process shares.
+
+``childproc`` starts each child in a fresh interpreter and pickles its entry
+point by name, so a child imports this module and nothing else of the
+supervisor: the worker's and the control process's mains are imported
+inside their entry points, so a worker never loads the control process's
+code (nor the other way round).
+
+Each entry point first takes the supervisor's signal rules
+(``procsignals.supervised``: a group SIGTERM is the supervisor's to judge),
+then asks the kernel for SIGTERM should the supervisor die
+(``die_with_parent``), then runs the child's main.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from fastdns import procsignals
+from fastdns.ipc import shm
+
+if TYPE_CHECKING:  # the specs only: a child imports the one main it runs, below
+    from fastdns.control.process import ControlSpec
+    from fastdns.server.worker import WorkerSpec
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _CoreDNSFormatter(logging.Formatter):
+    """``[INFO] plugin/reload: ...`` is CoreDNS's shape; ours names the component."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        return f"[{record.levelname}] {record.name}: {msg}"
+
+
+def setup_logging(level: str = "info") -> None:
+    """One stderr handler in CoreDNS's style; called in every process we start."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CoreDNSFormatter())
+    root.addHandler(handler)
+    root.setLevel(_level(level))
+
+
+def _level(name: str) -> int:
+    value = logging.getLevelName(str(name).upper())
+    return value if isinstance(value, int) else logging.INFO
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (Linux prctl(2)).
+
+    Without it a SIGKILLed supervisor would leave workers bound to the port.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_entry(spec: WorkerSpec, log_level: str, parent_pid: int) -> None:
+    procsignals.supervised(parent_pid)  # a group SIGTERM is the supervisor's to judge
+    setup_logging(log_level)
+    die_with_parent(parent_pid)
+    from fastdns.server.worker import worker_main
+
+    worker_main(spec)
+
+
+def control_entry(spec: ControlSpec, log_level: str, parent_pid: int) -> None:
+    # Until control_main installs its own handlers, a stop (the supervisor's
+    # STOP, or PR_SET_PDEATHSIG's SIGTERM) must still unwind through the sweep:
+    # procsignals' default raises SystemExit(0).
+    procsignals.supervised(parent_pid)
+    setup_logging(log_level)
+    code = 0
+    try:
+        die_with_parent(parent_pid)
+        from fastdns.control.process import control_main
+
+        code = control_main(spec)
+    finally:
+        if os.getppid() != parent_pid:
+            # the supervisor is gone: nobody else will remove this run's segments
+            shm.sweep(spec.instance)
+    sys.exit(code)
