@@ -20,6 +20,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from fastdns.names import host_port
+
 if TYPE_CHECKING:  # types only
     from fastdns.corefile.model import KubernetesConfig
 
@@ -65,6 +67,5 @@ def describe(kube: KubernetesConfig, environ: Mapping[str, str],
     endpoint = getattr(kube, "endpoint", None)
     if endpoint:
         return f"endpoint {endpoint[0]}"
-    host = environ.get(HOST_ENV, "")
-    host = f"[{host}]" if ":" in host else host
-    return f"in-cluster https://{host}:{environ.get(PORT_ENV, '')} (service account)"
+    where = host_port(environ.get(HOST_ENV, ""), environ.get(PORT_ENV, ""))
+    return f"in-cluster https://{where} (service account)"

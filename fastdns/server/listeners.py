@@ -17,13 +17,13 @@ import logging
 import socket
 from collections.abc import Callable
 
+from fastdns.names import host_port
 from fastdns.server.sockets import (
     NO_IPV6,
     bind_tcp,
     bind_udp,
     family_label,
     family_of,
-    host_port,
     sockaddr,
 )
 from fastdns.server.tcp import DnsTcpProtocol

@@ -17,7 +17,8 @@ import errno
 import os
 import socket
 
-from fastdns.server.sockets import NO_IPV6, host_port, sockaddr
+from fastdns.names import host_port
+from fastdns.server.sockets import NO_IPV6, sockaddr
 
 _TCP_LISTEN = "0A"  # include/net/tcp_states.h TCP_LISTEN, as /proc/net/tcp prints it
 

@@ -4,7 +4,7 @@ Every worker binds every listen address itself with SO_REUSEPORT, so the
 kernel spreads clients over workers and a dead worker takes only its own
 sockets with it (``socket(7)``). The supervisor's pre-check
 (``portcheck.py``) binds with the same options and words a failure the
-same way (``host_port``), so a clash is reported alike from either side.
+same way (``fastdns.names.host_port``), so a clash is reported alike from either side.
 Both the worker's start and its reload (a listen address added by a new
 Corefile) bind through here.
 """
@@ -36,11 +36,6 @@ def family_label(af: int) -> int:
 def sockaddr(address: str, port: int) -> SockAddr:
     """What ``bind`` takes for ``address``; ``[:2]`` of it is what ``getsockname`` gives."""
     return (address, port, 0, 0) if ":" in address else (address, port)
-
-
-def host_port(address: str, port: int) -> str:
-    """``[::1]:53`` / ``127.0.0.1:53``, as CoreDNS and Go print a listen address."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def bind_udp(address: str, port: int) -> socket.socket:

@@ -42,9 +42,9 @@ from fastdns.control.process import EXIT_CONTROL_FATAL, ControlSpec
 from fastdns.coredns_cli import package_version
 from fastdns.ipc import layout, reclaim, shm
 from fastdns.ipc.stats import SharedStats
+from fastdns.names import host_port
 from fastdns.server.childproc import ChildProcess, set_comm
 from fastdns.server.childproc import wait as wait_objects
-from fastdns.server.sockets import host_port
 from fastdns.server.worker import WorkerSpec
 from fastdns.supervisor.children import control_entry, worker_entry
 from fastdns.supervisor.plan import ServePlan, parse_config

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dns.rcode
 import pytest
-from tests.helpers import Server, a_records, ask, free_port
 
 from fastdns.control.process import state_loader
 from fastdns.zone.compiler import Compiler
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import demo_path
+from tests.helpers import Server, a_records, ask, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -19,13 +19,13 @@ import dns.rdatatype
 import dns.rrset
 import dns.xfr
 import pytest
-from tests.zonetests import compile_table, tables
 
 from fastdns import corefile
 from fastdns.control.process import build_compiler
 from fastdns.zone.state import demo_path, load_state
 from tests.helpers import Server, ask, free_port, wait_for
 from tests.upstreams import UpstreamThread
+from tests.zonetests import compile_table, tables
 
 ST_ANSWER, ST_SLOW = 0, 2
 

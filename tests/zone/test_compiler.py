@@ -11,8 +11,6 @@ import dns.reversename
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.namecompress import NameCompressor
-from tests.zonetests import SERIAL, ask
 
 from fastdns.ipc import image as img
 from fastdns.zone import fragments
@@ -21,6 +19,8 @@ from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import Affected, ClusterState, demo_path, load_state
+from tests.namecompress import NameCompressor
+from tests.zonetests import SERIAL, ask
 
 KUBEADM = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), pods="insecure",
                             fallthrough=("in-addr.arpa", "ip6.arpa"), ttl=30)
@@ -507,7 +507,8 @@ def test_templates_follow_the_namecompressor_contract():
 
     opts = KubernetesOptions(zones=("cluster.local",), endpoint_srv=True)
     state = load_state(demo_path())
-    fixture = load_state(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zonetests", "cluster.yaml"))
+    tests_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fixture = load_state(os.path.join(tests_root, "zonetests", "cluster.yaml"))
     for o in (*fixture.namespaces.values(), *fixture.services.values(),
               *fixture.slices.values()):
         state.apply("ADDED", o)

@@ -1,6 +1,7 @@
 """Conformance tables (tests/zonetests/*.zt) through the compiled image and both wire cores."""
 
 import pytest
+
 from tests.zonetests import check, compile_table, mixed_case, tables
 
 TABLES = tables()
