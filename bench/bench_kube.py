@@ -9,7 +9,7 @@ What one run does (issue 5 item 6), everything on loopback and bounded:
 1. ``bench/gen_cluster.py`` builds the cluster (``--services`` x
    ``--endpoints-per-service``, 20 % headless, 10 % dual stack, no Pods);
    the fake API server serves it in its own process
-   (``python3 -m fastdns.testing.fake_apiserver --port 0 --state FILE``).
+   (``python3 -m fastdns.testing.fakeapi --port 0 --state FILE``).
 2. ``python3 -m fastdns serve --kubeconfig K --corefile C --workers 1`` lists
    and watches it; startup = launch -> first answer from the synced image.
 3. ``--rate`` endpoint changes per second for ``--duration`` seconds (at
@@ -86,7 +86,7 @@ def free_port() -> int:
 
 def start_api(state: Path, log: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastdns.testing.fake_apiserver", "--port", "0",
+        [sys.executable, "-m", "fastdns.testing.fakeapi", "--port", "0",
          "--state", str(state), "--history", "200000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)  # noqa: SIM115
     line = proc.stdout.readline() if proc.stdout else ""

@@ -84,6 +84,20 @@ class Query:
     __slots__ = ("id", "flags", "opcode", "qname", "key", "qtype", "qclass", "question_end",
                  "edns", "edns_version", "payload", "do")
 
+    # the slots' types (fastdns/_wire.pyi declares the same for the Cython twin)
+    id: int
+    flags: int
+    opcode: int
+    qname: bytes
+    key: bytes
+    qtype: int
+    qclass: int
+    question_end: int
+    edns: bool
+    edns_version: int
+    payload: int
+    do: bool
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Query.{name} is read-only")
 
@@ -362,6 +376,21 @@ class Response:
 
     __slots__ = ("id", "flags", "rcode", "tc", "qname", "key", "qtype", "qclass", "ancount",
                  "nscount", "arcount", "ttl_offsets", "min_ttl", "soa_minimum")
+
+    id: int
+    flags: int
+    rcode: int
+    tc: bool
+    qname: bytes
+    key: bytes
+    qtype: int
+    qclass: int
+    ancount: int
+    nscount: int
+    arcount: int
+    ttl_offsets: list[int]
+    min_ttl: int
+    soa_minimum: int
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Response.{name} is read-only")

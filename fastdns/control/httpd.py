@@ -189,7 +189,7 @@ def _bind_target(host: str, port: int) -> tuple[int, str]:
     # its resolver does for localhost.
     infos.sort(key=lambda i: i[0] != socket.AF_INET)
     family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr[0]
+    return family, str(sockaddr[0])  # the address text (an int only for AF_PACKET)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -173,7 +173,7 @@ class KubeSource:
         core = client.CoreV1Api(self._api_client)
         disc = client.DiscoveryV1Api(self._api_client)
         cfg = self.config
-        fns = {
+        fns: dict[str, tuple[Callable[..., Any], str | None, str | None]] = {
             "Namespace": (core.list_namespace, None, cfg.namespace_label_selector),
             "Service": (core.list_service_for_all_namespaces, None, cfg.label_selector),
             "EndpointSlice": (disc.list_endpoint_slice_for_all_namespaces, None,

@@ -107,6 +107,18 @@ def _hist(words: list[int] | tuple[int, ...], start: int, bounds: tuple[float, .
     return {"buckets": buckets, "sum": words[start + len(bounds) + 1] * scale, "count": cum}
 
 
+def _queries(words: list[int], start: int) -> dict[tuple[str, int, str], int]:
+    """The query counters from ``start``: one word per (proto, family, qtype
+    bucket), in that order (a worker's block and a row lay them out alike)."""
+    keys = ((p, f, qt) for p in PROTOS for f in FAMILIES for qt in QTYPE_BUCKETS)
+    return {key: words[i] for i, key in enumerate(keys, start)}
+
+
+def _latency(words: list[int], start: int, sum_word: int) -> dict:
+    """The latency histogram: N_LAT bucket words from ``start``, the sum in ns apart."""
+    return _hist(words[start : start + N_LAT] + [words[sum_word]], 0, LATENCY_BUCKETS, 1e-9)
+
+
 def _region(block: memoryview | bytes, started: bool, table_word: int, first: int,
             nwords: int, end: int, zero: tuple) -> tuple[int, tuple]:
     """(table hash, enumerated words) of a keyed region (forward, rows); (0, zero)
@@ -135,14 +147,6 @@ def read_counters(block: memoryview | bytes) -> dict:
                              FWD_ZERO)
     rows_table, rows = _region(block, started, W_ROWS_TABLE, W_ROWS, ROWS_WORDS, ROWS_END,
                                ROWS_ZERO)
-    queries = {}
-    i = W_QUERIES
-    for proto in PROTOS:
-        for family in FAMILIES:
-            for qt in QTYPE_BUCKETS:
-                queries[(proto, family, qt)] = words[i]
-                i += 1
-    lat = words[W_LATENCY : W_LATENCY + N_LAT] + [words[W_LATENCY_SUM_NS]]
     return {
         "pid": words[W_PID],
         "generation": words[W_GENERATION],
@@ -181,7 +185,7 @@ def read_counters(block: memoryview | bytes) -> dict:
         "rows": list(rows),
         "send_errors": words[W_SEND_ERRORS],
         "oversize": words[W_OVERSIZE],
-        "queries": queries,
+        "queries": _queries(words, W_QUERIES),
         "responses": dict(zip(RCODE_NAMES, words[W_RESPONSES : W_RESPONSES + len(RCODE_NAMES)],
                               strict=True)),
         "request_size": {
@@ -192,7 +196,7 @@ def read_counters(block: memoryview | bytes) -> dict:
             p: _hist(words, W_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
             for k, p in enumerate(PROTOS)
         },
-        "latency": _hist(lat, 0, LATENCY_BUCKETS, 1e-9),
+        "latency": _latency(words, W_LATENCY, W_LATENCY_SUM_NS),
     }
 
 
@@ -257,15 +261,8 @@ def decode_forward(fwd: list[tuple[int, int]], table: tuple[str, ...]) -> dict:
 
 def _row_dns(words: list[int]) -> dict:
     """One row's words shaped like read_counters' DNS keys."""
-    queries, i = {}, R_QUERIES
-    for proto in PROTOS:
-        for family in FAMILIES:
-            for qt in QTYPE_BUCKETS:
-                queries[(proto, family, qt)] = words[i]
-                i += 1
-    lat = words[R_LATENCY : R_LATENCY + N_LAT] + [words[R_LATENCY_SUM_NS]]
     return {
-        "queries": queries,
+        "queries": _queries(words, R_QUERIES),
         "responses": dict(zip(RCODE_NAMES, words[R_RESPONSES : R_RESPONSES + len(RCODE_NAMES)],
                               strict=True)),
         "do_requests": words[R_DO],
@@ -273,7 +270,7 @@ def _row_dns(words: list[int]) -> dict:
                          for k, p in enumerate(PROTOS)},
         "response_size": {p: _hist(words, R_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
                           for k, p in enumerate(PROTOS)},
-        "latency": _hist(lat, 0, LATENCY_BUCKETS, 1e-9),
+        "latency": _latency(words, R_LATENCY, R_LATENCY_SUM_NS),
     }
 
 

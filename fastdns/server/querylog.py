@@ -263,7 +263,7 @@ class QueryLog:
                     f"{'true' if q.do else 'false'} {q.payload}\" "
                     f"{rcode_text(rcode)} {rflags(flags)} {len(resp)} "
                     f"{seconds if isinstance(seconds, str) else _go_seconds(seconds)}")
-        vals = []
+        vals: list[object] = []  # str.format renders each
         for key in fmt.keys:
             if key == "remote":
                 host = str(addr[0]) if addr else "-"

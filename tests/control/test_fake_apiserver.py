@@ -22,11 +22,8 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from fastdns.testing.fake_apiserver import (
-    FakeApiServer,
-    parse_field_selector,
-    parse_label_selector,
-)
+from fastdns.testing.fakeapi.selectors import parse_field_selector, parse_label_selector
+from fastdns.testing.fakeapi.server import FakeApiServer
 from fastdns.testing.pki import make_pki
 
 
@@ -425,7 +422,7 @@ def test_standalone_process_serves_a_state_file(tmp_path):
         "metadata: {name: web-1, namespace: default,"
         " labels: {kubernetes.io/service-name: web}}\n"
         "addressType: IPv4\nendpoints: null\n")
-    proc = subprocess.Popen([sys.executable, "-m", "fastdns.testing.fake_apiserver",
+    proc = subprocess.Popen([sys.executable, "-m", "fastdns.testing.fakeapi",
                              "--port", "0", "--state", str(state)],
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -606,7 +603,7 @@ def test_forbid_answers_rbacs_403(api, kube):
 
 @pytest.mark.slow
 def test_standalone_https_with_token_and_controls(pki):
-    proc = subprocess.Popen([sys.executable, "-m", "fastdns.testing.fake_apiserver",
+    proc = subprocess.Popen([sys.executable, "-m", "fastdns.testing.fakeapi",
                              "--port", "0", "--token", "one", "--tls-cert", pki.server_cert,
                              "--tls-key", pki.server_key, "--forbid", "services"],
                             stdout=subprocess.PIPE, text=True)
@@ -636,7 +633,7 @@ def test_standalone_https_with_token_and_controls(pki):
 
 
 def test_standalone_refuses_a_missing_certificate_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fastdns.testing.fake_apiserver",
+    done = subprocess.run([sys.executable, "-m", "fastdns.testing.fakeapi",
                            "--tls-cert", str(tmp_path / "nope.crt"),
                            "--tls-key", str(tmp_path / "nope.key")],
                           capture_output=True, text=True, timeout=30)

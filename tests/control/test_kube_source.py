@@ -21,7 +21,7 @@ from fastdns.control.kube import (
     client_configuration,
     iter_lines,
 )
-from fastdns.testing.fake_apiserver import FakeApiServer
+from fastdns.testing.fakeapi.server import FakeApiServer
 from fastdns.zone.objects import EndpointSlice, Namespace, Pod, Service
 
 FAST = KubeConfig(read_timeout=1.0, watch_timeout=5.0, connect_timeout=1.0,

@@ -55,7 +55,7 @@ import dns.rrset
 import pytest
 
 from fastdns.ipc import shm
-from fastdns.testing.fake_apiserver import FakeApiServer
+from fastdns.testing.fakeapi.server import FakeApiServer
 from tests.helpers import Server, corefile_for, free_port, wait_for
 
 CHAOS_SECONDS = float(os.environ.get("FASTDNS_CHAOS_SECONDS", "20"))

@@ -81,7 +81,7 @@ import pytest
 import yaml
 
 from fastdns.testing import netns
-from fastdns.testing.fake_apiserver import FakeApiServer
+from fastdns.testing.fakeapi.server import FakeApiServer
 from fastdns.testing.pki import make_pki
 from fastdns.testing.serviceaccount import SA_MOUNT, write_service_account
 from tests.helpers import ROOT

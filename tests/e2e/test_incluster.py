@@ -42,7 +42,7 @@ import dns.rcode
 import pytest
 
 from fastdns.testing import netns, serviceaccount
-from fastdns.testing.fake_apiserver import FakeApiServer
+from fastdns.testing.fakeapi.server import FakeApiServer
 from fastdns.testing.pki import PKI, make_pki
 from fastdns.testing.upstream import TestUpstream
 from tests.helpers import ROOT, a_records, ask, http_get

@@ -20,7 +20,7 @@ from fastdns import coredns_cli
 from fastdns.control import apiaccess
 from fastdns.corefile import parse_corefile
 from fastdns.supervisor import plan as supervisor
-from fastdns.testing.fake_apiserver import FakeApiServer
+from fastdns.testing.fakeapi.server import FakeApiServer
 from tests.helpers import (
     DEMO,
     KUBERNETES,

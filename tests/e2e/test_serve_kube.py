@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from fastdns.ipc import shm
-from fastdns.testing.fake_apiserver import FakeApiServer
+from fastdns.testing.fakeapi.server import FakeApiServer
 from tests.helpers import (
     DEMO,
     KUBERNETES,
