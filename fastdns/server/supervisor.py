@@ -140,10 +140,10 @@ def demo_state_path() -> str:
 
 
 def _corefile_text(args: argparse.Namespace) -> tuple[str, str]:
-    from fastdns import corefile
+    from fastdns.corefile.config import DEFAULT_DEMO_COREFILE
 
     if args.corefile is None and getattr(args, "demo", False):
-        return corefile.DEFAULT_DEMO_COREFILE, "<demo Corefile>"
+        return DEFAULT_DEMO_COREFILE, "<demo Corefile>"
     path = args.corefile or DEFAULT_COREFILE
     try:
         return Path(path).read_text(), path
@@ -153,11 +153,12 @@ def _corefile_text(args: argparse.Namespace) -> tuple[str, str]:
 
 def parse_config(text: str, filename: str) -> Any:
     """The corefile module's Config, its errors turned into ServeError."""
-    from fastdns import corefile
+    from fastdns.corefile.config import parse_corefile
+    from fastdns.corefile.errors import CorefileError
 
     try:
-        return corefile.parse_corefile(text, filename)
-    except corefile.CorefileError as e:
+        return parse_corefile(text, filename)
+    except CorefileError as e:
         raise ServeError(str(e)) from e
 
 

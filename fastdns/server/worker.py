@@ -492,7 +492,7 @@ class Worker:
         """The Corefile in force (the supervisor's shm copy), parsed; None without one."""
         try:
             from fastdns.control import reload
-            from fastdns.corefile import parse_corefile
+            from fastdns.corefile.config import parse_corefile
 
             text = reload.read_corefile(self.spec.instance)
             name = reload.read_corefile_name(self.spec.instance)  # relative imports

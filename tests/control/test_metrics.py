@@ -333,7 +333,7 @@ def test_server_label(port, host, want):
 
 
 def test_blocks_from_a_parsed_corefile():
-    from fastdns import corefile
+    from fastdns.corefile import config as corefile
 
     config = corefile.parse_corefile(
         "cluster.local:5353 in-addr.arpa:5353 {\n  bind 127.0.0.1 ::1\n  errors\n"

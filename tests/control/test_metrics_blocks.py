@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.codec import NO_EXTENSIONS
 from fastdns.control import metrics as m
-from fastdns.corefile import parse_corefile
+from fastdns.corefile.config import parse_corefile
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, tables
 from tests.helpers import DEMO, KUBERNETES, ROOT, Server, ask, free_port, http_get, wait_for

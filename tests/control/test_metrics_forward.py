@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.control import metrics as m
-from fastdns.corefile import parse_corefile
+from fastdns.corefile.config import parse_corefile
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, readout, tables
 from fastdns.names import forward_rcode_text

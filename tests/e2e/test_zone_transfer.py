@@ -21,7 +21,7 @@ import dns.xfr
 import pytest
 from tests.zonetests import compile_table, tables
 
-from fastdns import corefile
+from fastdns.corefile import config as corefile
 from fastdns.control.process import build_compiler
 from fastdns.zone.state import demo_path, load_state
 from tests.helpers import Server, ask, free_port, wait_for
