@@ -10,7 +10,9 @@ query name. Which plugin names the ``plugin`` label and which plugins
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from fastdns.ipc import tables
 from fastdns.plugins import registry
@@ -80,7 +82,8 @@ def blocks_from_config(config: object) -> list[BlockLabels]:
     Corefile order). Read by attribute so a test can pass simple objects.
     """
     out = []
-    for b in getattr(config, "servers", config):  # type: ignore[union-attr]
+    # a Config, or (tests) any iterable of block-like objects
+    for b in cast(Iterable[object], getattr(config, "servers", config)):
         port = int(getattr(b, "port", 53) or 53)
         transport = getattr(b, "transport", "dns") or "dns"
         hosts = tuple(getattr(b, "listen_hosts", ()) or ()) or ("",)

@@ -63,7 +63,8 @@ def le_label(bound: float) -> str:
 
 
 def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
-    out, cum = [], 0
+    out: list[tuple[str, float]] = []
+    cum = 0
     for bound, c in zip((*bounds, float("inf")), counts, strict=True):
         cum += c
         out.append((le_label(bound), cum))
