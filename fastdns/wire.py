@@ -83,6 +83,19 @@ class Query:
 
     __slots__ = ("id", "flags", "opcode", "qname", "key", "qtype", "qclass", "question_end",
                  "edns", "edns_version", "payload", "do")
+    # the fields' types, for mypy (set once by _new_query; the slots hold them)
+    id: int
+    flags: int
+    opcode: int
+    qname: bytes
+    key: bytes
+    qtype: int
+    qclass: int
+    question_end: int
+    edns: bool
+    edns_version: int
+    payload: int
+    do: bool
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Query.{name} is read-only")
