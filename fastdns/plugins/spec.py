@@ -14,7 +14,7 @@ from typing import Literal
 
 from fastdns.codec import wire
 from fastdns.corefile.dispenser import Dispenser
-from fastdns.corefile.model import PluginConfig, ServerBlock
+from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 
 #: "full": fastdns does what CoreDNS does; "parsed": the configuration is
 #: read and validated, the behaviour not wired in yet; "none": CoreDNS (or a
@@ -68,6 +68,10 @@ class Plugin:
     metrics: tuple[str, ...] = ()
     #: the worker's slow-path hook (fastdns/server/worker_plugins.py)
     answer: Answer | None = None
+    #: the fast path's pre-lookup hook: the Corefile in force -> a PyCapsule
+    #: named "fastdns.prelookup" (fastdns/server/_udp.pyx ``set_prelookup``),
+    #: or None when this Corefile needs none; the worker sets it on start and reload
+    prelookup: Callable[[Config], object | None] | None = None
     #: not in CoreDNS's plugin.cfg: a common external plugin, known by name only
     external: bool = False
 

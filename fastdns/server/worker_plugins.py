@@ -103,11 +103,18 @@ class WorkerPlugins:
         self._errors: dict[int, ErrorLog] = {}
         # the registry's slow-path answers some block uses, in plugin.cfg order
         self.answers: list[Plugin] = []
+        # the C fast path's pre-lookup hook: the first plugin (plugin.cfg
+        # order) that has one for this Corefile; the slot holds one hook
+        self.prelookup: object | None = None
         self._ports: set[int] = set()
         if config is not None:
             self._ports = {b.port for b in config.servers}
             self.answers = [p for p in registry.PLUGINS if p.answer is not None
                             and any(p.name in b.plugins for b in config.servers)]
+            self.prelookup = next(
+                (hook for p in registry.PLUGINS if p.prelookup is not None
+                 and any(p.name in b.plugins for b in config.servers)
+                 and (hook := p.prelookup(config)) is not None), None)
             for b in config.servers:
                 conf = b.plugins.get("errors")
                 if conf is not None and id(b.plugins) not in self._errors:
@@ -161,13 +168,16 @@ class WorkerPlugins:
     # hooks ----------------------------------------------------------------
 
     def fast_path(self, fast: Any) -> None:
-        """Tell the UDP fast path what to hand to the log (nothing: zero cost)."""
+        """Tell the UDP fast path what to hand to the log and which pre-lookup
+        hook to call (nothing and none: zero cost)."""
         if fast is None or not hasattr(fast, "set_logger"):
             return
         if self.qlog is None:
             fast.set_logger(0, None)
         else:
             fast.set_logger(self.qlog.mask, self.qlog.udp_batch)
+        if hasattr(fast, "set_prelookup"):
+            fast.set_prelookup(self.prelookup)
 
     def log_one(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
                 seconds: float) -> None:

@@ -7,6 +7,8 @@ through its row, and this test with it).
 
 from __future__ import annotations
 
+import dns.message
+
 from fastdns.control import metrics as m
 from fastdns.control import metrics_labels as ml
 from fastdns.corefile.config import parse_corefile
@@ -71,3 +73,34 @@ def test_every_coredns_metric_has_one_owner():
         # prometheus_client strips _total from counter family names
         owner = registry.owner(name) or registry.owner(name + "_total")
         assert owner is not None, name
+
+
+def test_worker_takes_hooks_from_the_rows(monkeypatch):
+    """A row's ``answer`` and ``prelookup`` reach the worker with no other change."""
+    from fastdns.plugins.spec import Plugin
+    from fastdns.server.worker_plugins import WorkerPlugins
+
+    capsule = object()
+    row = Plugin("whoami", "full", stages=("fast_path", "slow_path"),
+                 answer=lambda data, q, addr, tcp, block: b"answered",
+                 prelookup=lambda config: capsule)
+    monkeypatch.setattr(registry, "PLUGINS", tuple(
+        row if p.name == "whoami" else p for p in registry.PLUGINS))
+
+    class Fast:
+        hook: object = "unset"
+
+        def set_logger(self, mask, batch):
+            pass
+
+        def set_prelookup(self, hook):
+            self.hook = hook
+
+    plugins = WorkerPlugins(parse_corefile("a.test:53 {\n  whoami\n}\n", "C"))
+    fast = Fast()
+    plugins.fast_path(fast)
+    assert fast.hook is capsule
+    data = dns.message.make_query("x.a.test.", "A").to_wire()
+    assert plugins.intercept(data, ("127.0.0.1", 5), False, 53) == b"answered"
+    WorkerPlugins(parse_corefile("a.test:53 {\n  hosts\n}\n", "C")).fast_path(fast)
+    assert fast.hook is None  # a reload without the plugin takes the hook away
