@@ -89,8 +89,8 @@ def package_version() -> str:
 def plugins_text() -> str:
     """CoreDNS's ``-plugins`` listing (caddy's ``caddy.DescribePlugins``), for
     the plugins fastdns runs."""
-    from fastdns.corefile.support import SUPPORTED
+    from fastdns.plugins import registry
 
-    names = sorted(n for n, st in SUPPORTED.items() if st == "full")
+    names = sorted(p.name for p in registry.PLUGINS if p.runs)
     return "\n".join(["Server types:", "  dns", "", "Caddyfile loaders:", "  flag", "  default",
                       "", "Other plugins:", *(f"  dns.{n}" for n in names)])

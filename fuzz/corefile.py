@@ -44,14 +44,13 @@ PATH = ""
 
 def setup() -> None:
     global corefile, config_mod, verdict, check_mod, process, listen_addresses, PATH
-    from fastdns import corefile as cf
     from fastdns.control import process as proc
-    from fastdns.corefile import check, config
+    from fastdns.corefile import check, config, errors
     from fastdns.corefile import verdict as vd
     from fastdns.corefile.listen import listen_addresses as la
 
     corefile, config_mod, verdict, check_mod, process, listen_addresses = (
-        cf, config, vd, check, proc, la)
+        errors, config, vd, check, proc, la)
     d = tempfile.mkdtemp(prefix="fastdns-fuzz-corefile-")
     for name, text in SIDE_FILES.items():
         with open(os.path.join(d, name), "w") as f:
@@ -87,7 +86,7 @@ def readers(data: bytes) -> None:
     with open(PATH, "wb") as f:
         f.write(data)
     try:
-        cfg = corefile.load_corefile(PATH)  # serve's read, and parse_corefile
+        cfg = config_mod.load_corefile(PATH)  # serve's read, and parse_corefile
     except corefile.CorefileError:
         cfg = None
     out = io.StringIO()

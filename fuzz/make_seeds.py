@@ -377,7 +377,7 @@ tls://.:853 grpc://.:443 https://.:443 {
 def corefiles() -> list[bytes]:
     out = [(ROOT / "tests" / "corefiles" / n).read_bytes()
            for n in ("kubeadm.Corefile", "nodelocaldns.Corefile")]
-    from fastdns.corefile import DEFAULT_DEMO_COREFILE
+    from fastdns.corefile.config import DEFAULT_DEMO_COREFILE
 
     out.append(DEFAULT_DEMO_COREFILE.encode())
     out += [t.encode() for t in COREFILES.values()]

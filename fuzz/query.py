@@ -36,7 +36,7 @@ _batch: dict[str, Any] = {}
 def demo_image() -> bytes:
     """The demo cluster compiled under the demo Corefile: real templates, SRV, PTR."""
     from fastdns.control.process import build_compiler
-    from fastdns.corefile import DEFAULT_DEMO_COREFILE, parse_corefile
+    from fastdns.corefile.config import DEFAULT_DEMO_COREFILE, parse_corefile
     from fastdns.zone.state import demo_path, load_state
 
     compiler = build_compiler(parse_corefile(DEFAULT_DEMO_COREFILE))

@@ -64,7 +64,7 @@ def setup() -> None:
     from fastdns import errors as errs
     from fastdns import wire
     from fastdns.control.process import build_compiler
-    from fastdns.corefile import parse_corefile
+    from fastdns.corefile.config import parse_corefile
     from fastdns.zone import isolated as iso
     from fastdns.zone import objects as objs
     from fastdns.zone import state as st

@@ -40,23 +40,18 @@ that handled each query, from the workers' per-(server, zone) rows
 ``zone="dropped"``). The ``coredns_cache_*`` series are still reported under
 the first block's server and ``zones="."``.
 
-Label values stay bounded: ``server`` and ``zone`` come from the Corefile's
-server blocks, ``to`` from its ``forward`` TOs (at most
-``counters.FWD_MAX_UPSTREAMS``, the rest as ``to="other"``), never from a
-query name.
+This module is the collector; beside it: ``metrics_labels`` (the label
+values a Corefile gives), ``metrics_values`` (what the control process
+observes itself, the buckets), ``metrics_plugins`` (the cache and forward
+families) and ``metrics_process`` (``process_*``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import mmap
 import os
 import platform
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -67,213 +62,12 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import fastdns
+from fastdns.control.metrics_labels import SERVER_RCODES, BlockLabels, rcode_label, server_label
+from fastdns.control.metrics_plugins import cache_forward_metrics, proxy_metrics
+from fastdns.control.metrics_process import process_metrics
+from fastdns.control.metrics_values import ControlValues, hist_buckets
 from fastdns.ipc import layout, readout, shm, tables
 from fastdns.ipc.stats import SharedStats
-
-# -- CoreDNS constants ----------------------------------------------------------
-
-# plugin/plugin.go: TimeBuckets = prometheus.ExponentialBuckets(0.00025, 2, 16)
-TIME_BUCKETS = tuple(0.00025 * 2**k for k in range(16))
-# plugin/kubernetes/metrics.go: "From 1 millisecond to ~17 minutes."
-PROGRAMMING_BUCKETS = tuple(0.001 * 2**k for k in range(20))
-# plugin/plugin.go: SlimTimeBuckets = prometheus.ExponentialBuckets(0.00025, 10, 5)
-SLIM_TIME_BUCKETS = tuple(0.00025 * 10**k for k in range(5))
-# fastdns_snapshot_*_duration_seconds: 0.5 ms .. ~16 s.
-SNAPSHOT_BUCKETS = tuple(0.0005 * 2**k for k in range(16))
-
-# Plugins that never sit in CoreDNS's handler chain, so never show up in
-# coredns_plugin_enabled (plugin/metrics/README.md "Bugs": reload and bind;
-# health, ready and debug register no handler either).
-NOT_HANDLERS = frozenset({"bind", "health", "ready", "reload", "debug"})
-
-# Rcodes the server core writes in CoreDNS (no plugin ran): plugin label "".
-_SERVER_RCODES = frozenset({"FORMERR", "NOTIMP", "BADSIG"})
-
-# The plugins that answer from a block, in the order fastdns's data plane
-# tries them; the first one a block has names the ``plugin`` label.
-_ANSWERING = ("kubernetes", "hosts", "whoami", "cache", "forward")
-
-
-def rcode_label(name: str) -> str:
-    """CoreDNS's rcode label (``plugin/pkg/rcode.ToString`` over miekg/dns).
-
-    miekg's ``RcodeToString`` maps 16 to ``BADSIG`` (BADVERS shares the
-    number, RFC 6891 §9, and its entry is commented out), so CoreDNS reports
-    a BADVERS answer as ``BADSIG``.
-    """
-    return "BADSIG" if name == "BADVERS" else name
-
-
-server_label = tables.server_label  # dns://:53, dns://127.0.0.1:53, dns://[::1]:53
-
-
-# -- what the Corefile tells the collector ---------------------------------------
-
-
-@dataclass(frozen=True)
-class BlockLabels:
-    """The label values of one Corefile server block.
-
-    ``servers``: one ``server`` label per listen address (``bind`` hosts x
-    the block's port); ``zones``: the block keys' zones, normalised
-    (``"."``, ``"cluster.local."``); ``plugins``: the directive names in the
-    block; ``upstreams``: its ``forward`` TOs as CoreDNS's ``to`` label.
-    """
-
-    servers: tuple[str, ...]
-    zones: tuple[str, ...]
-    plugins: tuple[str, ...] = ()
-    view: str = ""
-    upstreams: tuple[str, ...] = ()
-
-    @property
-    def answering_plugin(self) -> str:
-        for name in _ANSWERING:
-            if name in self.plugins:
-                return name
-        return ""
-
-
-def blocks_from_config(config: object) -> list[BlockLabels]:
-    """BlockLabels of a parsed Corefile (``fastdns.corefile.Config``).
-
-    A ``ServerBlock`` has ``zones``, ``port``, ``transport``, ``listen_hosts``
-    (``bind`` addresses, or ``("",)``) and ``plugins`` (name -> config, in
-    Corefile order). Read by attribute so a test can pass simple objects.
-    """
-    out = []
-    for b in getattr(config, "servers", config):  # type: ignore[union-attr]
-        port = int(getattr(b, "port", 53) or 53)
-        transport = getattr(b, "transport", "dns") or "dns"
-        hosts = tuple(getattr(b, "listen_hosts", ()) or ()) or ("",)
-        plugins = getattr(b, "plugins", ())
-        names = tuple(plugins) if isinstance(plugins, dict) else tuple(
-            p if isinstance(p, str) else getattr(p, "name", str(p)) for p in plugins)
-        out.append(BlockLabels(
-            servers=tuple(dict.fromkeys(server_label(port, h, transport) for h in hosts)),
-            zones=tuple(str(z) for z in getattr(b, "zones", (".",))),
-            plugins=names,
-            view=str(getattr(b, "view", "") or ""),
-            upstreams=tuple(tables.config_upstreams([b])),
-        ))
-    return out
-
-
-# -- histograms observed in the control process -----------------------------------
-
-
-class _Histogram:
-    """A minimal thread-safe histogram (prometheus_client's would add ``_created`` series)."""
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        i = 0
-        while i < len(self.bounds) and value > self.bounds[i]:
-            i += 1
-        with self._lock:
-            self.counts[i] += 1
-            self.sum += value
-
-    def cumulative(self) -> tuple[list[tuple[str, float]], float]:
-        with self._lock:
-            counts, total = list(self.counts), self.sum
-        return _buckets(self.bounds, counts), total
-
-
-def _le(bound: float) -> str:
-    """The ``le`` label as CoreDNS prints it: "0.00025", "100", "+Inf".
-
-    client_golang writes it with ``strconv.AppendFloat(f, 'g', -1, 64)``, so
-    whole numbers carry no ".0" (prometheus_client's floatToGoString would
-    print "100.0", which a query for ``le="100"`` does not match).
-    """
-    if bound == float("inf"):
-        return "+Inf"
-    if bound == int(bound) and abs(bound) < 1e21:
-        return str(int(bound))
-    return repr(float(bound))
-
-
-def _buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
-    out, cum = [], 0
-    for bound, c in zip((*bounds, float("inf")), counts, strict=True):
-        cum += c
-        out.append((_le(bound), cum))
-    return out
-
-
-@dataclass
-class ControlValues:
-    """What the control process reports about itself (thread-safe setters).
-
-    The control process calls these; nothing here runs per query.
-    """
-
-    generation: int = 0
-    image_bytes: int = 0
-    zones: int = 0
-    published_at: float = 0.0
-    corefile_sha512: str = ""
-    compile_seconds: _Histogram = field(default_factory=lambda: _Histogram(SNAPSHOT_BUCKETS))
-    publish_seconds: _Histogram = field(default_factory=lambda: _Histogram(SNAPSHOT_BUCKETS))
-    programming: dict[str, _Histogram] = field(default_factory=dict)
-    health_seconds: _Histogram = field(default_factory=lambda: _Histogram(SLIM_TIME_BUCKETS))
-    health_failures: int = 0
-    # the --state/--demo source (control/statefile.py StateFileSource): its
-    # ``rejected`` and ``pending_bad``, read at scrape time; None: no state file
-    state_source: Any = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def snapshot_published(self, generation: int, image_bytes: int,
-                           compile_seconds: float | None = None,
-                           publish_seconds: float | None = None) -> None:
-        """One snapshot went out: its generation, size, and how long it took."""
-        with self._lock:
-            self.generation = generation
-            self.image_bytes = image_bytes
-            self.published_at = time.time()
-        if compile_seconds is not None:
-            self.compile_seconds.observe(compile_seconds)
-        if publish_seconds is not None:
-            self.publish_seconds.observe(publish_seconds)
-
-    def snapshot_adopted(self, generation: int, image_bytes: int, published_at: float) -> None:
-        """A restarted control process found ``generation`` in force (published by
-        its predecessor at ``published_at``, unix time): report it until it
-        publishes one of its own."""
-        with self._lock:
-            self.generation = generation
-            self.image_bytes = image_bytes
-            self.published_at = published_at
-
-    def observe_programming_latency(self, seconds: float,
-                                    service_kind: str = "headless_with_selector") -> None:
-        """Time from an EndpointSlice change (its ``endpoints.kubernetes.io/
-        last-change-trigger-time``) to the snapshot that serves it being published."""
-        with self._lock:
-            h = self.programming.get(service_kind)
-            if h is None:
-                h = self.programming[service_kind] = _Histogram(PROGRAMMING_BUCKETS)
-        h.observe(seconds)
-
-    def observe_health(self, seconds: float, ok: bool) -> None:
-        """One self-check of ``/health`` (``httpd.HttpEndpoints(health_probe=...)``)."""
-        self.health_seconds.observe(seconds)
-        if not ok:
-            with self._lock:
-                self.health_failures += 1
-
-    def set_corefile(self, text: str | bytes) -> None:
-        """The Corefile in force (``coredns_reload_version_info``, plugin/reload)."""
-        raw = text.encode() if isinstance(text, str) else text
-        with self._lock:
-            self.corefile_sha512 = hashlib.sha512(raw).hexdigest()
-
 
 # -- the collector -------------------------------------------------------------------
 
@@ -401,7 +195,7 @@ class DnsCollector(Collector):
         yield from proxy_metrics(total, self.fwd_table)
         yield from self._process_level(total, current)
         if self.process_metrics:
-            yield from _process_metrics(self._pids(current))
+            yield from process_metrics(self._pids(current))
 
     def _dns_metrics(self, c: dict, current: Sequence[dict] = ()) -> Iterator[Metric]:
         series = self.series(c, current)
@@ -434,7 +228,7 @@ class DnsCollector(Collector):
                     continue
                 rc = rcode_label(name)
                 # a dropped-zone answer is the server core's (errorAndMetricsFunc)
-                resp.add_metric([*base, rc, "" if rc in _SERVER_RCODES else answering], n)
+                resp.add_metric([*base, rc, "" if rc in SERVER_RCODES else answering], n)
         yield resp
 
         dur = HistogramMetricFamily(
@@ -444,7 +238,7 @@ class DnsCollector(Collector):
         for base, _plugin, s in series:
             lat = s["latency"]
             if lat["count"]:
-                dur.add_metric(base, _hist_buckets(lat), lat["sum"])
+                dur.add_metric(base, hist_buckets(lat), lat["sum"])
         yield dur
 
         for key, name, help_ in (
@@ -458,7 +252,7 @@ class DnsCollector(Collector):
             for base, _plugin, s in series:
                 for proto, h in s[key].items():
                     if h["count"]:
-                        fam.add_metric([*base, proto], _hist_buckets(h), float(h["sum"]))
+                        fam.add_metric([*base, proto], hist_buckets(h), float(h["sum"]))
             yield fam
 
         yield CounterMetricFamily(
@@ -469,10 +263,9 @@ class DnsCollector(Collector):
             "coredns_plugin_enabled", "A metric that monitors which plugin(s) is(are) enabled.",
             labels=["server", "zone", "view", "name"])
         for blk in self.labels:
-            names = [p for p in dict.fromkeys(blk.plugins) if p not in NOT_HANDLERS]
             for srv in blk.servers:
                 for z in blk.zones:
-                    for p in names:
+                    for p in blk.enabled:
                         enabled.add_metric([srv, z, blk.view, p], 1)
         yield enabled
 
@@ -602,123 +395,6 @@ class DnsCollector(Collector):
         return sorted(pids)
 
 
-# -- forward and cache (issue 7): CoreDNS plugin/cache/metrics.go, plugin/forward ----
-
-
-def cache_forward_metrics(c: dict, current: list[dict],
-                          labels: Sequence[BlockLabels]) -> Iterator[Metric]:
-    """``coredns_cache_*`` and ``coredns_forward_max_concurrent_rejects_total``.
-
-    ``c`` is the monotonic sum over workers (counters), ``current`` each
-    worker's block now (the entries gauge). Hits served by the fast path's
-    C table (``c_hits``) are requests and hits too, as in CoreDNS where every
-    query through the plugin is one. Like the dns metrics, everything is
-    reported under the first block's server label and zones ".".
-    """
-    cache = c.get("cache")
-    if cache is None:
-        return
-    first = labels[0] if labels else None
-    server = first.servers[0] if first else server_label(53)
-    view = first.view if first else ""
-    base = [server, ".", view]
-    c_hits = cache["c_hits"]
-    c_total = c_hits["success"] + c_hits["denial"]
-
-    fam = CounterMetricFamily("coredns_cache_requests_total",
-                              "The count of cache requests.", labels=["server", "zones", "view"])
-    fam.add_metric(base, cache["requests"] + c_total)
-    yield fam
-    fam = CounterMetricFamily("coredns_cache_hits_total", "The count of cache hits.",
-                              labels=["server", "type", "zones", "view"])
-    for kind in ("success", "denial"):
-        fam.add_metric([server, kind, ".", view], cache["hits"][kind] + c_hits[kind])
-    yield fam
-    fam = CounterMetricFamily("coredns_cache_misses_total", "The count of cache misses.",
-                              labels=["server", "zones", "view"])
-    fam.add_metric(base, cache["misses"])
-    yield fam
-    for key, name, help_ in (
-        ("prefetch", "coredns_cache_prefetch_total", "The number of times the cache has "
-         "prefetched a cached item."),
-        ("served_stale", "coredns_cache_served_stale_total", "The number of requests served "
-         "from stale cache entries."),
-    ):
-        fam = CounterMetricFamily(name, help_, labels=["server", "zones", "view"])
-        fam.add_metric(base, cache[key])
-        yield fam
-    fam = CounterMetricFamily("coredns_cache_evictions_total", "The count of cache evictions.",
-                              labels=["server", "type", "zones", "view"])
-    for kind in ("success", "denial"):
-        fam.add_metric([server, kind, ".", view], cache["evictions"][kind])
-    yield fam
-    gauge = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
-                              labels=["server", "type", "zones", "view"])
-    for kind in ("success", "denial"):
-        gauge.add_metric([server, kind, ".", view],
-                         sum(w.get("cache", {}).get("entries", {}).get(kind, 0)
-                             for w in current))
-    yield gauge
-    yield CounterMetricFamily(
-        "coredns_forward_max_concurrent_rejects_total",
-        "Counter of the number of queries rejected because the concurrent queries were at "
-        "maximum.", value=c.get("forward_max_concurrent_rejects", 0))
-
-
-# -- per-upstream forward: CoreDNS plugin/pkg/proxy/metrics.go, plugin/forward/metrics.go --
-
-PROXY_NAME = "forward"  # the proxy_name label the forward plugin gives its proxies
-
-
-def proxy_metrics(c: dict, table: tuple[str, ...]) -> Iterator[Metric]:
-    """``coredns_proxy_*{proxy_name="forward",to}``, ``coredns_forward_healthcheck_broken_total``.
-
-    ``c["forward"]`` is the summed per-upstream region (``ipc/layout.py``),
-    ``table`` its slot table (the ``to`` of each slot). The histogram's
-    ``_count`` per (to, rcode) is the number of answers from that upstream
-    with that rcode, as in CoreDNS (one observation per ``proxy.Connect``).
-    """
-    fwd = readout.decode_forward(c.get("forward", readout.FWD_ZERO), table)
-    ups = fwd["upstreams"]
-    dur = HistogramMetricFamily(
-        "coredns_proxy_request_duration_seconds", "Histogram of the time each request took.",
-        labels=["proxy_name", "to", "rcode"])
-    for to, u in ups.items():
-        for rc, h in u["durations"].items():
-            dur.add_metric([PROXY_NAME, to, proxy_rcode(rc)], _hist_buckets(h), h["sum"])
-    yield dur
-    fails = CounterMetricFamily(
-        "coredns_proxy_healthcheck_failures_total",
-        "Counter of the number of failed healthchecks.", labels=["proxy_name", "to"])
-    for to, u in ups.items():
-        if u["healthcheck_failures"]:
-            fails.add_metric([PROXY_NAME, to], u["healthcheck_failures"])
-    yield fails
-    for kind, help_ in (("hits", "Counter of connection cache hits per upstream and protocol."),
-                        ("misses",
-                         "Counter of connection cache misses per upstream and protocol.")):
-        fam = CounterMetricFamily(f"coredns_proxy_conn_cache_{kind}_total", help_,
-                                  labels=["proxy_name", "to", "proto"])
-        for to, u in ups.items():
-            for proto in layout.FWD_CONN_PROTOS:
-                n = u["conn"][(proto, kind)]
-                if n:
-                    fam.add_metric([PROXY_NAME, to, proto], n)
-        yield fam
-    yield CounterMetricFamily(
-        "coredns_forward_healthcheck_broken_total",
-        "Counter of the number of complete failures of the healthchecks.",
-        value=fwd["healthcheck_broken"])
-
-
-def proxy_rcode(rcode: int) -> str:
-    """CoreDNS proxy.Connect's rcode label: miekg ``RcodeToString``, else the number."""
-    return _RCODE_TEXT.get(rcode, str(rcode))
-
-
-_RCODE_TEXT = dict(enumerate(layout.RCODE_NAMES[:11]))
-
-
 def _strip(d: dict) -> dict:
     return {k: v for k, v in d.items()
             if k not in ("pid", "generation", "forward_table", "rows_table")}
@@ -728,71 +404,11 @@ def _total_queries(d: dict) -> int:
     return sum(d["queries"].values())
 
 
-def _hist_buckets(h: dict) -> list[tuple[str, float]]:
-    return [(_le(bound), cum) for bound, cum in h["buckets"]]
-
-
 def _revision() -> str:
     return os.environ.get("FASTDNS_REVISION", "")
 
 
 _REVISION = _revision()
-
-
-# -- process_* over all fastdns processes ----------------------------------------
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGESIZE = mmap.PAGESIZE
-
-
-def _boot_time() -> float:
-    try:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return 0.0
-
-
-_BTIME = _boot_time()
-
-
-def _proc_stat(pid: int) -> tuple[float, int, int, float, int] | None:
-    """(cpu seconds, rss bytes, vsize bytes, start time, open fds) of a live process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        fields = raw[raw.rindex(b")") + 2:].split()
-        # proc(5): fields from "state" (3rd) on; utime 14, stime 15, starttime 22,
-        # vsize 23, rss 24 (pages).
-        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        start = _BTIME + int(fields[19]) / _CLK_TCK
-        vsize, rss = int(fields[20]), int(fields[21]) * _PAGESIZE
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, ValueError, IndexError):
-        return None
-    return cpu, rss, vsize, start, fds
-
-
-def _process_metrics(pids: Iterable[int]) -> Iterator[Metric]:
-    """The client libraries' ``process_*`` metrics, summed over fastdns's processes."""
-    stats = [s for s in map(_proc_stat, pids) if s is not None]
-    if not stats:
-        return
-    yield CounterMetricFamily("process_cpu_seconds_total",
-                              "Total user and system CPU time spent in seconds.",
-                              value=sum(s[0] for s in stats))
-    yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
-                            value=sum(s[1] for s in stats))
-    yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
-                            value=sum(s[2] for s in stats))
-    yield GaugeMetricFamily("process_start_time_seconds",
-                            "Start time of the process since unix epoch in seconds.",
-                            value=min(s[3] for s in stats))
-    yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
-                            value=sum(s[4] for s in stats))
 
 
 # -- wiring --------------------------------------------------------------------------

@@ -81,15 +81,15 @@ class Observability:
     @classmethod
     def start(cls, config: object, ctl: object, corefile_text: str | None = None
               ) -> Observability:
-        from fastdns.control import metrics
+        from fastdns.control import metrics, metrics_labels, metrics_values
 
         stats = SharedStats.attach(ctl.instance)  # type: ignore[attr-defined]
         stats.set(layout.S_CONTROL_PID, os.getpid())
-        values = metrics.ControlValues()
+        values = metrics_values.ControlValues()
         if corefile_text is not None:
             values.set_corefile(corefile_text)
         collector = metrics.DnsCollector.for_segment(
-            ctl, metrics.blocks_from_config(config), values, stats)  # type: ignore[arg-type]
+            ctl, metrics_labels.blocks_from_config(config), values, stats)  # type: ignore[arg-type]
         nworkers = ctl.nworkers  # type: ignore[attr-defined]
 
         def workers_serving() -> bool:

@@ -246,11 +246,12 @@ def start_kube_source(loop: ControlLoop, config: Any, kubeconfig: str | None,
 
 
 def _parse(spec: ControlSpec) -> Any:
-    from fastdns import corefile
+    from fastdns.corefile.config import parse_corefile
+    from fastdns.corefile.errors import CorefileError
 
     try:
-        return corefile.parse_corefile(spec.corefile_text, spec.corefile_name)
-    except corefile.CorefileError as e:
+        return parse_corefile(spec.corefile_text, spec.corefile_name)
+    except CorefileError as e:
         raise FatalConfig(str(e)) from e
 
 

@@ -14,8 +14,8 @@ from typing import TextIO
 
 from fastdns.corefile.config import Finding, analyse, read_corefile
 from fastdns.corefile.errors import CorefileError, Unsupported
-from fastdns.corefile.support import PARSED_REASON, SUPPORTED
 from fastdns.corefile.verdict import problems
+from fastdns.plugins import registry
 
 
 def _line(f: Finding) -> tuple[str, bool]:
@@ -29,15 +29,14 @@ def _line(f: Finding) -> tuple[str, bool]:
         # The reason alone; the error's own location may be a sub-line.
         at = f" (line {e.line})" if (e.file, e.line) != (f.file, f.line) else ""
         return f"{where}: {what}: {label}: {e.reason}{at}", False
-    if f.kind == "plugin" and SUPPORTED.get(f.name) != "full":
-        reason = PARSED_REASON.get(f.name, "not implemented by fastdns")
-        return f"{where}: {what}: UNSUPPORTED: parsed, but {reason}", False
+    if f.kind == "plugin" and not registry.runs(f.name):
+        return f"{where}: {what}: UNSUPPORTED: parsed, but {registry.reason(f.name)}", False
     return f"{where}: {what}: OK", True
 
 
 def _reported(analysis) -> set[str]:
     return {f.name for f in analysis.findings
-            if f.kind == "plugin" and SUPPORTED.get(f.name) != "full"}
+            if f.kind == "plugin" and not registry.runs(f.name)}
 
 
 def main(path: str, out: TextIO | None = None) -> int:

@@ -14,9 +14,9 @@ from fastdns.corefile.blocks import RawBlock, parse_blocks
 from fastdns.corefile.errors import CorefileError, Unsupported
 from fastdns.corefile.lexer import Token
 from fastdns.corefile.model import Config, PluginConfig, ServerBlock
-from fastdns.corefile.parsers import MERGEABLE, PARSERS, merge, parse_directive
-from fastdns.corefile.support import COREDNS_PLUGINS
+from fastdns.corefile.parsers import parse_directive
 from fastdns.corefile.zones import ZoneError, parse_key
+from fastdns.plugins import registry
 
 # The built-in demo: one port, no HTTP side ports, so `fastdns serve --demo`
 # needs nothing but 1053 free on loopback.
@@ -55,8 +55,9 @@ class Analysis:
 
 
 def _unknown_plugin(tok: Token) -> CorefileError:
-    if tok.text in COREDNS_PLUGINS:
-        return Unsupported(tok.file, tok.line, "not implemented by fastdns", tok.text)
+    row = registry.get(tok.text)
+    if row is not None:
+        return Unsupported(tok.file, tok.line, row.reason, tok.text)
     return CorefileError(tok.file, tok.line, "unknown plugin", tok.text)
 
 
@@ -87,17 +88,18 @@ def _block(raw: RawBlock, findings: list[Finding]) -> list[tuple[ServerBlock, Ke
         name = d.name
         f = Finding(name.file, name.line, "plugin", name.text)
         findings.append(f)
-        if name.text not in PARSERS:
+        row = registry.get(name.text)
+        if row is None or row.parse is None:
             f.error = _unknown_plugin(name)
             continue
         try:
-            cfg = parse_directive(d.tokens, block_zones or (".",))
+            cfg = parse_directive(row.parse, d.tokens, block_zones or (".",))
             if name.text in plugins:
-                if name.text not in MERGEABLE:
+                if row.merge is None:
                     raise CorefileError(name.file, name.line,
                                         "this plugin can only be used once per server block",
                                         name.text)
-                cfg = merge(plugins[name.text], cfg)
+                cfg = row.merge(plugins[name.text], cfg)
             plugins[name.text] = cfg
         except CorefileError as e:
             f.error = e

@@ -197,11 +197,6 @@ class DebugConfig(PluginConfig):
 
 
 @dataclass(frozen=True)
-class WhoamiConfig(PluginConfig):
-    name: ClassVar[str] = "whoami"
-
-
-@dataclass(frozen=True)
 class ServerBlock:
     """One (transport, port) of a Corefile server block.
 

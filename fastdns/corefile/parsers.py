@@ -1,8 +1,11 @@
-"""One parser per plugin, each following its CoreDNS ``setup.go``.
+"""One parser per small plugin, each following its CoreDNS ``setup.go``.
 
 A parser receives a Dispenser on the directive name and the block's zones
 (what CoreDNS calls ``c.ServerBlockKeys``, normalised), and returns the
-plugin's frozen config. Errors name the offending token's line.
+plugin's frozen config. Errors name the offending token's line. Which
+parser a directive gets is the plugin registry's business
+(fastdns/plugins/registry.py); the big plugins' parsers are in
+``plugin_*.py`` beside this one, whoami's in fastdns/plugins/whoami.py.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from fastdns.corefile.args import (
     zones_arg,
 )
 from fastdns.corefile.dispenser import Dispenser
-from fastdns.corefile.errors import CorefileError, Unsupported
+from fastdns.corefile.errors import Unsupported
 from fastdns.corefile.lexer import Token
 from fastdns.corefile.model import (
     COMBINED_LOG_FORMAT,
@@ -43,18 +46,11 @@ from fastdns.corefile.model import (
     PrometheusConfig,
     ReadyConfig,
     ReloadConfig,
-    WhoamiConfig,
 )
-from fastdns.corefile.plugin_cache import parse_cache
-from fastdns.corefile.plugin_forward import parse_forward
-from fastdns.corefile.plugin_kubernetes import parse_kubernetes
 from fastdns.corefile.zones import (
     go_atoi,
     normalize_name,
 )
-
-Parser = Callable[[Dispenser, tuple[str, ...]], PluginConfig]
-
 
 # -- plugins -------------------------------------------------------------------
 
@@ -302,38 +298,12 @@ def parse_debug(d: Dispenser, zones: tuple[str, ...]) -> DebugConfig:
     return DebugConfig()
 
 
-def parse_whoami(d: Dispenser, zones: tuple[str, ...]) -> WhoamiConfig:
-    d.no_args()
-    return WhoamiConfig()
-
-
-PARSERS: dict[str, Parser] = {
-    "errors": parse_errors,
-    "health": parse_health,
-    "ready": parse_ready,
-    "kubernetes": parse_kubernetes,
-    "prometheus": parse_prometheus,
-    "forward": parse_forward,
-    "cache": parse_cache,
-    "loop": parse_loop,
-    "reload": parse_reload,
-    "loadbalance": parse_loadbalance,
-    "log": parse_log,
-    "bind": parse_bind,
-    "hosts": parse_hosts,
-    "debug": parse_debug,
-    "whoami": parse_whoami,
-}
-
-# Directives that CoreDNS lets repeat in a block, consolidating them.
-MERGEABLE = ("log", "bind")
-
-
-def parse_directive(tokens: list[Token], zones: tuple[str, ...]) -> PluginConfig:
-    """Parse one directive occurrence (``tokens[0]`` is its name)."""
+def parse_directive(parse: Callable[[Dispenser, tuple[str, ...]], PluginConfig],
+                    tokens: list[Token], zones: tuple[str, ...]) -> PluginConfig:
+    """Parse one directive occurrence (``tokens[0]`` is its name) with ``parse``."""
     name = tokens[0]
     d = Dispenser(tokens, name.text)
-    cfg = PARSERS[name.text](d, zones)
+    cfg = parse(d, zones)
     d.finish()
     return _with_source(cfg, (name.file, name.line))
 
@@ -342,12 +312,14 @@ def _with_source(cfg: PluginConfig, source: tuple[str, int]) -> PluginConfig:
     return dataclasses.replace(cfg, source=source)
 
 
-def merge(old: PluginConfig, new: PluginConfig) -> PluginConfig:
-    """Consolidate repeated ``log`` / ``bind`` directives of one block."""
-    if isinstance(old, LogConfig) and isinstance(new, LogConfig):
-        return _with_source(LogConfig(old.rules + new.rules), old.source)
-    if isinstance(old, BindConfig) and isinstance(new, BindConfig):
-        merged = tuple(dict.fromkeys(old.addresses + new.addresses))
-        return _with_source(BindConfig(merged), old.source)
-    raise CorefileError(new.source[0], new.source[1],
-                        "this plugin can only be used once per server block", new.name)
+def merge_log(old: PluginConfig, new: PluginConfig) -> PluginConfig:
+    """Repeated ``log`` directives of one block: their rules, in order."""
+    assert isinstance(old, LogConfig) and isinstance(new, LogConfig)
+    return _with_source(LogConfig(old.rules + new.rules), old.source)
+
+
+def merge_bind(old: PluginConfig, new: PluginConfig) -> PluginConfig:
+    """Repeated ``bind`` directives of one block: every address, once."""
+    assert isinstance(old, BindConfig) and isinstance(new, BindConfig)
+    return _with_source(BindConfig(tuple(dict.fromkeys(old.addresses + new.addresses))),
+                        old.source)

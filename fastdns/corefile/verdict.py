@@ -5,7 +5,8 @@ this module says whether ``fastdns serve`` runs it. Both commands ask here,
 so a Corefile that ``check-corefile`` calls runnable is one ``serve``
 starts, and a refusal reads the same in both (``file:line: ...``).
 
-The rules beyond the per-plugin registry (``support.SUPPORTED``):
+The rules beyond each plugin's row in the registry
+(fastdns/plugins/registry.py: ``support``, ``reason``, ``answers``):
 - every server block needs a plugin that answers queries, or it would
   answer REFUSED to everything (CoreDNS would run it; it is still a
   configuration nobody means, and fastdns has no such empty chain);
@@ -15,18 +16,24 @@ The rules beyond the per-plugin registry (``support.SUPPORTED``):
 from __future__ import annotations
 
 from fastdns.corefile.errors import CorefileError, Unsupported
-from fastdns.corefile.model import Config
-from fastdns.corefile.support import PARSED_REASON, SUPPORTED
+from fastdns.corefile.model import Config, ServerBlock
+from fastdns.plugins import registry
 
-# Plugins ``serve`` wires in itself; a "full" plugin outside this set runs
-# with a warning until serve wires it too. QUIET_PLUGINS need nothing from
-# the server (errors are logged anyway).
-SERVE_PLUGINS = frozenset({"bind", "kubernetes", "health", "ready", "prometheus",
-                           "reload", "loadbalance", "log", "hosts", "whoami", "loop",
-                           "forward", "cache"})
-# Plugins that answer queries themselves: a block needs one of them.
-ANSWERING_PLUGINS = frozenset({"kubernetes", "hosts", "whoami", "forward"})
-QUIET_PLUGINS = frozenset({"errors", "debug"})
+# The plugins that answer queries themselves, in answering-chain order: a
+# block needs one of them.
+_ANSWERING = [p.name for p in registry.by_rank() if p.answers]
+_NOTHING_ANSWERS = (f"no {', '.join(_ANSWERING[:-1])} or {_ANSWERING[-1]} plugin: "
+                    "nothing would answer its queries")
+
+
+def not_running(block: ServerBlock) -> list[tuple[str, str]]:
+    """(plugin, reason) for each plugin of ``block`` that fastdns does not run yet."""
+    return [(name, registry.reason(name)) for name in block.plugins
+            if not registry.runs(name)]
+
+
+def is_runnable(block: ServerBlock) -> bool:
+    return not not_running(block)
 
 
 def _where(source: object) -> tuple[str, int]:
@@ -47,15 +54,13 @@ def problems(config: Config) -> list[CorefileError]:
             continue
         seen_blocks.append(block.plugins)
         for name, conf in block.plugins.items():
-            if SUPPORTED.get(name) != "full":
+            if not registry.runs(name):
                 file, line = _where(getattr(conf, "source", block.source))
-                out.append(Unsupported(file, line, PARSED_REASON.get(
-                    name, "not implemented by fastdns"), name))
-        if not ANSWERING_PLUGINS.intersection(block.plugins):
+                out.append(Unsupported(file, line, registry.reason(name), name))
+        if not any(name in block.plugins for name in _ANSWERING):
             file, line = _where(block.source)
             out.append(Unsupported(
-                file, line, f"server block {' '.join(block.zones)}: no kubernetes, hosts, "
-                "whoami or forward plugin: nothing would answer its queries"))
+                file, line, f"server block {' '.join(block.zones)}: {_NOTHING_ANSWERS}"))
         if "kubernetes" in block.plugins:
             kubernetes.append(block.plugins["kubernetes"])
     if len(kubernetes) > 1:
@@ -66,12 +71,13 @@ def problems(config: Config) -> list[CorefileError]:
 
 
 def warnings(config: Config) -> list[str]:
-    """Plugins accepted but not run by ``serve`` yet, one line each."""
+    """Plugins accepted but not run by ``serve`` yet (a "full" row that names
+    no stage), one line each."""
     out = []
     for block in config.servers:
         for name, conf in block.plugins.items():
-            if (SUPPORTED.get(name) == "full" and name not in SERVE_PLUGINS
-                    and name not in QUIET_PLUGINS):
+            row = registry.get(name)
+            if row is not None and row.runs and not row.stages:
                 file, line = _where(getattr(conf, "source", block.source))
                 out.append(f"{file}:{line}: plugin {name}: accepted, but `fastdns serve` "
                            "does not run it yet")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 
 from fastdns.control import reload
-from fastdns.corefile import Config, parse_corefile
+from fastdns.corefile.config import parse_corefile
+from fastdns.corefile.model import Config
 from fastdns.ipc import layout
 from fastdns.ipc.stats import SharedStats
 

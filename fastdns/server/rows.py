@@ -15,7 +15,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from fastdns.corefile import Config
+from fastdns.corefile.model import Config
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import tables
 

@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING
 
 from fastdns import procsignals
 from fastdns.codec import NO_EXTENSIONS, wire
-from fastdns.corefile import Config
 from fastdns.corefile.listen import listen_addresses
+from fastdns.corefile.model import Config
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import image as img
 from fastdns.ipc import layout, shm

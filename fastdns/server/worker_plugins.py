@@ -1,4 +1,4 @@
-"""The per-query plugins a worker runs itself: ``log``, ``errors``, ``debug``, ``whoami``.
+"""The per-query plugins a worker runs itself: ``log``, ``errors``, ``debug``, slow-path answers.
 
 The worker builds one ``WorkerPlugins`` from the Corefile in force (and a
 new one on reload). Each hook is a no-op when no block uses its plugin, so
@@ -14,47 +14,27 @@ a Corefile without them costs nothing per query:
 - ``debug``: CoreDNS stops recovering panics; fastdns never lets a query
   kill a worker, so here it logs every slow-path failure with its traceback
   (not only the first) and turns on debug logging.
-- ``whoami`` (``plugin/whoami/whoami.go``): the client's address in the
-  additional section (A or AAAA, owner the question) and an SRV
-  ``_udp.NAME`` / ``_tcp.NAME`` with its source port, TTL 0, AA. It needs
-  the client address, so it is a slow-path answer.
+- slow-path answers: every plugin of the registry (fastdns/plugins/registry.py)
+  with an ``answer`` hook, in plugin.cfg order, for the queries the image
+  passed on, in the block that serves the name (whoami,
+  fastdns/plugins/whoami.py). They need the client address.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
-import struct
 import time
 from typing import Any
 
 from fastdns import errors as wire_errors
 from fastdns.codec import wire
 from fastdns.names import to_text
+from fastdns.plugins import registry
+from fastdns.plugins.spec import Plugin
 from fastdns.server.querylog import QueryLog, type_text
 
 errlog = logging.getLogger("plugin/errors")
-
-_HEAD = struct.Struct(">HHHHH")  # template head: flags, an, ns, ar, nreloc
-_RR = struct.Struct(">HHIH")
-QR, AA = 0x8000, 0x0400
-
-
-def whoami_template(addr: tuple, proto: str, root: bool) -> bytes:
-    """The wire template (docs/internals.md §1 ``respond``) of CoreDNS's whoami answer."""
-    host, port = str(addr[0]), int(addr[1])
-    ip = ipaddress.ip_address(host.split("%")[0])
-    owner = b"\xc0\x0c"  # the question's name, compressed against offset 12
-    if ip.version == 4:
-        rr = owner + _RR.pack(1, 1, 0, 4) + ip.packed
-    else:
-        rr = owner + _RR.pack(28, 1, 0, 16) + ip.packed
-    label = b"\x04_" + proto.encode()
-    # whoami.go: "_" + proto + "." + qname, or "_udp." for the root
-    srv_owner = label + (b"\x00" if root else owner)
-    srv = srv_owner + _RR.pack(33, 1, 0, 7) + struct.pack(">HHH", 0, 0, port) + b"\x00"
-    return _HEAD.pack(QR | AA, 0, 0, 2, 0) + rr + srv
 
 
 class ErrorLog:
@@ -119,12 +99,21 @@ class WorkerPlugins:
             self.qlog = None
         self.debug = config is not None and any("debug" in b.plugins for b in config.servers)
         self._errors: dict[int, ErrorLog] = {}
-        self.has_whoami = False
+        # the registry's slow-path answers some block uses, in plugin.cfg order
+        self.answers: list[Plugin] = []
+        # the C fast path's pre-lookup hook: the first plugin (plugin.cfg
+        # order) that has one for this Corefile; the slot holds one hook
+        self.prelookup: object | None = None
         self._ports: set[int] = set()
         if config is not None:
             self._ports = {b.port for b in config.servers}
+            self.answers = [p for p in registry.PLUGINS if p.answer is not None
+                            and any(p.name in b.plugins for b in config.servers)]
+            self.prelookup = next(
+                (hook for p in registry.PLUGINS if p.prelookup is not None
+                 and any(p.name in b.plugins for b in config.servers)
+                 and (hook := p.prelookup(config)) is not None), None)
             for b in config.servers:
-                self.has_whoami |= "whoami" in b.plugins
                 conf = b.plugins.get("errors")
                 if conf is not None and id(b.plugins) not in self._errors:
                     self._errors[id(b.plugins)] = ErrorLog(conf, self.debug)
@@ -133,11 +122,12 @@ class WorkerPlugins:
 
     @property
     def intercepts(self) -> bool:
-        """Whether slow queries must be looked at first (whoami, an armed loop probe)."""
-        return self.has_whoami or (self.loop is not None and self.loop.armed)
+        """Whether slow queries must be looked at first (a slow-path answer, an
+        armed loop probe)."""
+        return bool(self.answers) or (self.loop is not None and self.loop.armed)
 
     def intercept(self, data: bytes, addr: Any, tcp: bool, port: int) -> bytes | None:
-        """Before the slow path: the loop probe count (exits on a loop), whoami."""
+        """Before the slow path: the loop probe count (exits on a loop), the answers."""
         if self.loop is not None:
             try:
                 q = wire.parse_query(data)
@@ -149,8 +139,8 @@ class WorkerPlugins:
                 from fastdns.control.loopdetect import EXIT_LOOP
 
                 os._exit(EXIT_LOOP)  # CoreDNS: log.Fatalf
-        if self.has_whoami:
-            return self.whoami(data, addr, tcp, port)
+        if self.answers:
+            return self.answer(data, addr, tcp, port)
         return None
 
     # which block ----------------------------------------------------------
@@ -163,16 +153,29 @@ class WorkerPlugins:
         got = self.config.select(port, qname)
         return got[0] if got is not None else None
 
+    def _query_block(self, data: bytes, port: int) -> tuple[Any, str, Any]:
+        """(parsed query, its name as text, the block serving it); (None, "", None)
+        for a query that does not parse."""
+        try:
+            q = wire.parse_query(data)
+        except wire_errors.WireError:
+            return None, "", None
+        qname = to_text(q.qname)
+        return q, qname, self._block(port, qname)
+
     # hooks ----------------------------------------------------------------
 
     def fast_path(self, fast: Any) -> None:
-        """Tell the UDP fast path what to hand to the log (nothing: zero cost)."""
+        """Tell the UDP fast path what to hand to the log and which pre-lookup
+        hook to call (nothing and none: zero cost)."""
         if fast is None or not hasattr(fast, "set_logger"):
             return
         if self.qlog is None:
             fast.set_logger(0, None)
         else:
             fast.set_logger(self.qlog.mask, self.qlog.udp_batch)
+        if hasattr(fast, "set_prelookup"):
+            fast.set_prelookup(self.prelookup)
 
     def log_one(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
                 seconds: float) -> None:
@@ -181,8 +184,8 @@ class WorkerPlugins:
 
     @property
     def wants_peer(self) -> bool:
-        """Whether TCP answers need the client's address (log, whoami)."""
-        return self.qlog is not None or self.has_whoami or bool(self._errors)
+        """Whether TCP answers need the client's address (log, errors, the answers)."""
+        return self.qlog is not None or bool(self.answers) or bool(self._errors)
 
     def finished(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
                  t0: float) -> None:
@@ -193,32 +196,26 @@ class WorkerPlugins:
         if self._errors:
             self.answered(query, resp, port)
 
-    def whoami(self, data: bytes, addr: Any, tcp: bool, port: int) -> bytes | None:
-        """CoreDNS's whoami answer when the block serving the name has whoami and
-        no forward (called for queries the image passed on)."""
-        if not self.has_whoami or not addr:
+    def answer(self, data: bytes, addr: Any, tcp: bool, port: int) -> bytes | None:
+        """The first slow-path answer of the block serving the name, among the
+        plugins it has (called for queries the image passed on); None: none."""
+        if not self.answers or not addr:
             return None
-        try:
-            q = wire.parse_query(data)
-        except wire_errors.WireError:
+        q, _qname, block = self._query_block(data, port)
+        if block is None:
             return None
-        qname = to_text(q.qname)
-        block = self._block(port, qname)
-        if block is None or "whoami" not in block.plugins or "forward" in block.plugins:
-            return None
-        template = whoami_template(addr, "tcp" if tcp else "udp", q.key == b"\x00")
-        return wire.respond(data, q, template)
+        for plugin in self.answers:
+            if plugin.name in block.plugins and plugin.answer is not None:
+                resp = plugin.answer(data, q, addr, tcp, block)
+                if resp is not None:
+                    return resp
+        return None
 
     def answered(self, query: bytes, resp: bytes | None, port: int) -> None:
         """errors: report a SERVFAIL answer of a block that has the plugin."""
         if not self._errors or resp is None or len(resp) < 4 or resp[3] & 0xF != 2:
             return
-        try:
-            q = wire.parse_query(query)
-        except wire_errors.WireError:
-            return
-        qname = to_text(q.qname)
-        block = self._block(port, qname)
+        q, qname, block = self._query_block(query, port)
         if block is None:
             return
         elog = self._errors.get(id(block.plugins))

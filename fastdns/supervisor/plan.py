@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastdns import corefile
 from fastdns.control import apiaccess
 from fastdns.control.process import FatalConfig, build_compiler
+from fastdns.corefile import config as corefile_config
+from fastdns.corefile import model as corefile
 from fastdns.corefile import verdict
+from fastdns.corefile.errors import CorefileError
 from fastdns.corefile.listen import listen_addresses
 from fastdns.ipc import layout
 
@@ -56,7 +58,7 @@ def demo_state_path() -> str:
 
 def _corefile_text(args: argparse.Namespace) -> tuple[str, str]:
     if args.corefile is None and getattr(args, "demo", False):
-        return corefile.DEFAULT_DEMO_COREFILE, "<demo Corefile>"
+        return corefile_config.DEFAULT_DEMO_COREFILE, "<demo Corefile>"
     path = args.corefile or DEFAULT_COREFILE
     try:
         return Path(path).read_text(), path
@@ -67,8 +69,8 @@ def _corefile_text(args: argparse.Namespace) -> tuple[str, str]:
 def parse_config(text: str, filename: str) -> corefile.Config:
     """The corefile module's Config, its errors turned into ServeError."""
     try:
-        return corefile.parse_corefile(text, filename)
-    except corefile.CorefileError as e:
+        return corefile_config.parse_corefile(text, filename)
+    except CorefileError as e:
         raise ServeError(str(e)) from e
 
 

@@ -178,7 +178,7 @@ cluster.local:53 {
 
 def _loop(instance, state):
     from fastdns.control.process import build_compiler
-    from fastdns.corefile import parse_corefile
+    from fastdns.corefile.config import parse_corefile
 
     ctl = shm.ControlSegment.create(instance, 1)
     loop = ControlLoop(build_compiler(parse_corefile(COREFILE, "Corefile")), Publisher(ctl),

@@ -171,7 +171,7 @@ KUBEADM = """\
 
 
 def test_http_config_of_the_kubeadm_corefile():
-    from fastdns import corefile
+    from fastdns.corefile import config as corefile
 
     cfg = httpd.http_config(corefile.parse_corefile(KUBEADM))
     assert cfg == httpd.HttpConfig(metrics_addrs=(":9153",), health_addrs=(":8080",),
@@ -179,7 +179,7 @@ def test_http_config_of_the_kubeadm_corefile():
 
 
 def test_http_config_defaults_and_several_blocks():
-    from fastdns import corefile
+    from fastdns.corefile import config as corefile
 
     text = ("cluster.local:1053 {\n  kubernetes\n  prometheus\n  health\n  ready\n}\n"
             "example.org:1053 {\n  whoami\n  health 127.0.0.1:8091\n  prometheus\n}\n")
@@ -197,7 +197,7 @@ def test_observability_hook_from_a_corefile():
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from fastdns import corefile
+    from fastdns.corefile import config as corefile
     from fastdns.ipc import shm
     from fastdns.ipc.stats import SharedStats
 

@@ -80,8 +80,8 @@ def test_corefile_options_reach_the_source_config(tmp_path):
     """endpoint, tls, kubeconfig, pods verified, labels and startup_timeout of the
     Corefile's kubernetes block (CoreDNS precedence: --kubeconfig, then the
     block's kubeconfig, then endpoint + tls, then in-cluster)."""
-    from fastdns import corefile
     from fastdns.control.process import kube_config, startup_timeout
+    from fastdns.corefile import config as corefile
 
     text = ("cluster.local:53 {\n"
             "    kubernetes cluster.local {\n"

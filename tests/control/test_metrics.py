@@ -19,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.control import httpd
 from fastdns.control import metrics as m
+from fastdns.control import metrics_labels as ml
+from fastdns.control import metrics_process as mproc
+from fastdns.control import metrics_values as mv
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, shm
 from fastdns.ipc.stats import SharedStats
@@ -87,8 +90,8 @@ def labels(**extra: str) -> dict[str, str]:
     return {**BASE, **extra}
 
 
-def kubeadm_labels() -> list[m.BlockLabels]:
-    return [m.BlockLabels(servers=(m.server_label(53),), zones=(".",), plugins=KUBEADM_PLUGINS)]
+def kubeadm_labels() -> list[ml.BlockLabels]:
+    return [ml.BlockLabels(servers=(ml.server_label(53),), zones=(".",), plugins=KUBEADM_PLUGINS)]
 
 
 def samples_named(scraped: dict, name: str) -> dict[frozenset, float]:
@@ -201,8 +204,8 @@ def test_badvers_is_reported_as_coredns_does(ctl, serve):
 
 def test_plugin_enabled_lists_handlers_per_server_and_zone(ctl, serve):
     blocks = [
-        m.BlockLabels(servers=(m.server_label(53),), zones=(".",), plugins=KUBEADM_PLUGINS),
-        m.BlockLabels(servers=(m.server_label(53, "169.254.20.10"), m.server_label(53, "::1")),
+        ml.BlockLabels(servers=(ml.server_label(53),), zones=(".",), plugins=KUBEADM_PLUGINS),
+        ml.BlockLabels(servers=(ml.server_label(53, "169.254.20.10"), ml.server_label(53, "::1")),
                       zones=("cluster.local.",), plugins=("errors", "bind", "cache", "forward")),
     ]
     scraped = serve(m.DnsCollector([ctl.counters(0)], blocks, process_metrics=False))()
@@ -275,7 +278,7 @@ def test_shared_stats_cross_process_counters(ctl, serve):
 
 
 def test_control_values(ctl, serve):
-    values = m.ControlValues()
+    values = mv.ControlValues()
     values.snapshot_published(7, 123_456, compile_seconds=0.012, publish_seconds=0.0007)
     values.snapshot_published(8, 130_000, compile_seconds=0.3)
     values.observe_programming_latency(0.004)
@@ -305,8 +308,8 @@ def test_process_metrics_sum_over_worker_pids(ctl, serve):
         w = ctr.Counters(ctl.counters(0))
         w.start(worker.pid)
         scrape = serve(m.DnsCollector([ctl.counters(0)], kubeadm_labels()))
-        sleep_stat = m._proc_stat(worker.pid)
-        own = m._proc_stat(os.getpid())
+        sleep_stat = mproc.proc_stat(worker.pid)
+        own = mproc.proc_stat(os.getpid())
         assert sleep_stat is not None and own is not None
         scraped = scrape()
         assert scraped[key("process_resident_memory_bytes")] >= sleep_stat[1] + own[1] * 0.9
@@ -329,17 +332,17 @@ def test_process_metrics_sum_over_worker_pids(ctl, serve):
     (53, "fd00::10", "dns://[fd00::10]:53"),
 ])
 def test_server_label(port, host, want):
-    assert m.server_label(port, host) == want
+    assert ml.server_label(port, host) == want
 
 
 def test_blocks_from_a_parsed_corefile():
-    from fastdns import corefile
+    from fastdns.corefile import config as corefile
 
     config = corefile.parse_corefile(
         "cluster.local:5353 in-addr.arpa:5353 {\n  bind 127.0.0.1 ::1\n  errors\n"
         "  kubernetes\n  reload\n}\n"
         ".:5353 {\n  whoami\n}\n")
-    first, second = m.blocks_from_config(config)
+    first, second = ml.blocks_from_config(config)
     assert first.servers == ("dns://127.0.0.1:5353", "dns://[::1]:5353")
     assert first.zones == ("cluster.local.", "in-addr.arpa.")
     assert first.plugins == ("bind", "errors", "kubernetes", "reload")
@@ -349,7 +352,7 @@ def test_blocks_from_a_parsed_corefile():
 
 
 def test_health_self_check_feeds_coredns_health_metrics(ctl):
-    values = m.ControlValues()
+    values = mv.ControlValues()
     collector = m.DnsCollector([ctl.counters(0)], kubeadm_labels(), values=values,
                                process_metrics=False)
     eps = httpd.HttpEndpoints(

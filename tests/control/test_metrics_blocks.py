@@ -30,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.codec import NO_EXTENSIONS
 from fastdns.control import metrics as m
-from fastdns.corefile import parse_corefile
+from fastdns.control import metrics_labels as ml
+from fastdns.corefile.config import parse_corefile
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, tables
 from tests.helpers import DEMO, KUBERNETES, ROOT, Server, ask, free_port, http_get, wait_for
@@ -69,7 +70,7 @@ def test_row_region_follows_every_other_word():
 @pytest.mark.parametrize("text", [NODELOCAL, KUBEADM], ids=["nodelocal", "kubeadm"])
 def test_exporter_and_workers_derive_the_same_rows(text):
     config = parse_corefile(text, "Corefile")
-    collector = m.DnsCollector([], m.blocks_from_config(config), process_metrics=False)
+    collector = m.DnsCollector([], ml.blocks_from_config(config), process_metrics=False)
     assert collector.rows_table == tables.row_table(tables.listener_zones(config))
 
 
@@ -116,7 +117,7 @@ def test_c_rows_match_python_rows():
 
 def test_exporter_reports_each_row_under_its_labels():
     config = parse_corefile(NODELOCAL, "Corefile")
-    collector = m.DnsCollector([_block()], m.blocks_from_config(config), process_metrics=False)
+    collector = m.DnsCollector([_block()], ml.blocks_from_config(config), process_metrics=False)
     c = ctr.Counters(collector.blocks[0])
     listeners = tables.listener_zones(config)
     c.take_rows(tables.row_table(listeners))
@@ -147,7 +148,7 @@ def test_exporter_reports_each_row_under_its_labels():
 
 def test_totals_under_the_first_block_while_no_worker_keeps_rows():
     config = parse_corefile(NODELOCAL, "Corefile")
-    collector = m.DnsCollector([_block()], m.blocks_from_config(config), process_metrics=False)
+    collector = m.DnsCollector([_block()], ml.blocks_from_config(config), process_metrics=False)
     c = ctr.Counters(collector.blocks[0])
     c.query(0, 1, _query("a.cluster.local."))  # no row: a worker without a Corefile
     got = {k: v for k, v in _samples(collector).items() if k[0] == "coredns_dns_requests_total"}
@@ -307,7 +308,7 @@ def test_per_block_counts(served):
 def test_pairs_past_row_max_share_the_catch_all():
     text = "".join(f"z{i}.test:53 {{\n    whoami\n}}\n" for i in range(20))
     config = parse_corefile(text, "Corefile")
-    collector = m.DnsCollector([_block()], m.blocks_from_config(config), process_metrics=False)
+    collector = m.DnsCollector([_block()], ml.blocks_from_config(config), process_metrics=False)
     listeners = tables.listener_zones(config)
     assert len(tables.row_table(listeners)) == 21  # 20 zones + dropped
     lr = tables.listener_rows(listeners)["dns://:53"]

@@ -23,7 +23,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.control import metrics as m
-from fastdns.corefile import parse_corefile
+from fastdns.control import metrics_labels as ml
+from fastdns.control import metrics_plugins as mp
+from fastdns.corefile.config import parse_corefile
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, readout, tables
 from fastdns.names import forward_rcode_text
@@ -56,7 +58,7 @@ def _fwd(router: BlockRouter, i: int = 0):
 
 def _scrape(collector: m.DnsCollector) -> dict[tuple[str, frozenset], float]:
     return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in m.proxy_metrics(collector.read()[0], collector.fwd_table)
+            for fam in mp.proxy_metrics(collector.read()[0], collector.fwd_table)
             for s in fam.samples}
 
 
@@ -65,7 +67,7 @@ def test_region_sits_after_the_mirrored_words_and_inside_the_block():
     assert layout.FWD_END * 8 <= layout.COUNTERS_SIZE
     assert layout.FWD_SLOT_WORDS == 1 + 4 + layout.FWD_RCODES * (len(layout.LATENCY_BUCKETS) + 2)
     # the exporter's rcode label is the forwarder's, for every 4-bit rcode
-    assert [m.proxy_rcode(i) for i in range(16)] == [forward_rcode_text(i) for i in range(16)]
+    assert [mp.proxy_rcode(i) for i in range(16)] == [forward_rcode_text(i) for i in range(16)]
 
 
 def test_export_sums_per_to_and_overflow_goes_to_other():
@@ -142,7 +144,7 @@ def test_collector_counts_only_blocks_of_its_own_table():
     a, b = "127.0.0.1:5301", "127.0.0.1:5302"
     config = _config([a, b])
     blocks = [_block(), _block()]
-    collector = m.DnsCollector(blocks, m.blocks_from_config(config), process_metrics=False)
+    collector = m.DnsCollector(blocks, ml.blocks_from_config(config), process_metrics=False)
     assert collector.fwd_table == (a, b)
     ours, stale = BlockRouter(config), BlockRouter(_config([b, a]))
     for r, blk in ((ours, blocks[0]), (stale, blocks[1])):

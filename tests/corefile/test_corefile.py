@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from fastdns.corefile import (
-    DEFAULT_DEMO_COREFILE,
-    SUPPORTED,
+from fastdns.corefile.config import DEFAULT_DEMO_COREFILE, load_corefile, parse_corefile
+from fastdns.corefile.errors import CorefileError, Unsupported
+from fastdns.corefile.lexer import tokenize
+from fastdns.corefile.model import (
     BindConfig,
     CacheConfig,
-    CorefileError,
     ErrorsConfig,
     ForwardConfig,
     HealthConfig,
@@ -31,15 +31,11 @@ from fastdns.corefile import (
     ReadyConfig,
     ReloadConfig,
     ServerBlock,
-    Unsupported,
     Upstream,
-    is_runnable,
-    load_corefile,
-    not_running,
-    parse_corefile,
     select_block,
 )
-from fastdns.corefile.lexer import tokenize
+from fastdns.corefile.verdict import is_runnable, not_running
+from fastdns.plugins import registry
 
 FIXTURES = Path(__file__).resolve().parents[1] / "corefiles"
 REPO = Path(__file__).resolve().parents[2]
@@ -434,13 +430,14 @@ def test_load_missing_file(tmp_path: Path) -> None:
 # -- support registry -----------------------------------------------------------
 
 def test_supported_registry(tmp_path: Path, resolv: Path) -> None:
-    from fastdns.corefile.parsers import PARSERS
-
-    assert set(SUPPORTED) == set(PARSERS)
-    assert set(SUPPORTED.values()) <= {"full", "parsed"}
+    # a plugin fastdns runs or parses has a parser and a config, the others none
+    for row in registry.PLUGINS:
+        assert (row.parse is not None) == (row.support in ("full", "parsed")), row.name
+        assert (row.config is not None) == (row.parse is not None), row.name
+        assert row.config is None or row.config.name == row.name
     [b] = load_corefile(fixture_copy("kubeadm.Corefile", tmp_path, resolv)).servers
     pending = [name for name, _ in not_running(b)]
-    assert pending == [n for n in b.plugins if SUPPORTED[n] != "full"]
+    assert pending == [n for n in b.plugins if not registry.runs(n)]
     assert is_runnable(b) == (not pending)
 
 
@@ -471,9 +468,9 @@ def test_check_corefile_cli(tmp_path: Path, resolv: Path) -> None:
     assert len(lines) == 12  # the key, 10 directives, the verdict
     for name, lineno in (("errors", 3), ("kubernetes", 8), ("forward", 14), ("cache", 17)):
         [line] = [x for x in lines if x.startswith(f"{kubeadm}:{lineno}: plugin {name}: ")]
-        expect = "OK" if SUPPORTED[name] == "full" else "UNSUPPORTED: parsed, but"
+        expect = "OK" if registry.runs(name) else "UNSUPPORTED: parsed, but"
         assert line.split(": ", 2)[2].startswith(expect), line
-    every_full = all(SUPPORTED[n] == "full" for n in (
+    every_full = all(registry.runs(n) for n in (
         "errors", "health", "ready", "kubernetes", "prometheus", "forward", "cache", "loop",
         "reload", "loadbalance"))
     assert r.returncode == (0 if every_full else 1)

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from fastdns.corefile import (
+from fastdns.corefile.config import parse_corefile
+from fastdns.corefile.durations import parse_duration
+from fastdns.corefile.errors import CorefileError
+from fastdns.corefile.model import (
+    COMBINED_LOG_FORMAT,
+    COMMON_LOG_FORMAT,
     CacheConfig,
     Consolidate,
-    CorefileError,
     ErrorsConfig,
     ForwardConfig,
     HostsConfig,
@@ -18,10 +22,7 @@ from fastdns.corefile import (
     LogRule,
     ReloadConfig,
     Upstream,
-    parse_corefile,
 )
-from fastdns.corefile.durations import parse_duration
-from fastdns.corefile.model import COMBINED_LOG_FORMAT, COMMON_LOG_FORMAT
 from fastdns.corefile.parsers import interface_addresses
 from fastdns.corefile.zones import cidr_zones, is_domain_name, parse_key
 

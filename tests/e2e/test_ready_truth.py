@@ -20,10 +20,10 @@ import dns.rcode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastdns import corefile
 from fastdns.control import observability
 from fastdns.control.process import build_compiler
 from fastdns.control.publisher import Publisher
+from fastdns.corefile import config as corefile
 from fastdns.ipc import shm
 from fastdns.zone.state import demo_path, load_state
 from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, free_port, http_get, wait_for

@@ -18,7 +18,7 @@ import yaml
 
 from fastdns import coredns_cli
 from fastdns.control import apiaccess
-from fastdns.corefile import parse_corefile
+from fastdns.corefile.config import parse_corefile
 from fastdns.supervisor import plan as supervisor
 from fastdns.testing.fakeapi.server import FakeApiServer
 from tests.helpers import (

@@ -20,8 +20,8 @@ import dns.rrset
 import dns.xfr
 import pytest
 
-from fastdns import corefile
 from fastdns.control.process import build_compiler
+from fastdns.corefile import config as corefile
 from fastdns.zone.state import demo_path, load_state
 from tests.helpers import Server, ask, free_port, wait_for
 from tests.upstreams import UpstreamThread

@@ -17,7 +17,7 @@ import dns.rrset
 import pytest
 
 from fastdns.codec import wire
-from fastdns.corefile import parse_corefile
+from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.model import CacheConfig
 from fastdns.forward.cache import DENIAL, FRESH, MISS, STALE, SUCCESS, ResponseCache
 from fastdns.testing.upstream import TestUpstream

@@ -18,7 +18,7 @@ import dns.rcode
 import pytest
 
 from fastdns.codec import wire
-from fastdns.corefile import parse_corefile
+from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.model import ForwardConfig, Upstream
 from fastdns.forward import Forwarder, ForwardRefused, NoUpstream
 from fastdns.forward.message import reopt

@@ -16,7 +16,7 @@ import dns.rcode
 import uvloop
 
 from fastdns.codec import wire
-from fastdns.corefile import parse_corefile
+from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.model import CacheConfig, ForwardConfig, Upstream
 from fastdns.forward import Forwarder, ForwardingResolver, ResponseCache, from_plugins
 from fastdns.forward.cache import DENIAL, SUCCESS

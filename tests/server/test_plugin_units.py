@@ -1,4 +1,5 @@
-"""Units behind log, errors, whoami, hosts, loop and reload (no processes)."""
+"""Units behind log, errors, hosts, loop and reload (no processes); whoami's are in
+tests/plugins/test_whoami.py."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pytest
 from fastdns import names
 from fastdns.codec import wire
 from fastdns.control import loopdetect, reload
-from fastdns.corefile import parse_corefile
+from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.model import COMMON_LOG_FORMAT
 from fastdns.ipc import image as img
 from fastdns.server import querylog as ql
-from fastdns.server.worker_plugins import ErrorLog, WorkerPlugins, whoami_template
+from fastdns.server.worker_plugins import ErrorLog, WorkerPlugins
 from fastdns.zone import hosts
 
 # -- log -------------------------------------------------------------------------
@@ -121,30 +122,6 @@ def test_errors_hook_reports_servfail_of_its_block(caplog):
         plugins.answered(q.to_wire(), _msgs()[1].to_wire(), 53)  # not a SERVFAIL
     assert [m.getMessage() for m in caplog.records] == [
         "2 x.cluster.local. AAAA: plugin/kubernetes: SERVFAIL"]
-
-
-# -- whoami -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("addr", "proto", "rtype"), [
-    (("10.1.2.3", 4242), "udp", dns.rdatatype.A),
-    (("2001:db8::7", 53), "tcp", dns.rdatatype.AAAA),
-])
-def test_whoami_answer(addr, proto, rtype):
-    q = dns.message.make_query("Example.ORG.", "A", use_edns=0)
-    data = q.to_wire()
-    resp = dns.message.from_wire(wire.respond(data, wire.parse_query(data),
-                                              whoami_template(addr, proto, False)))
-    assert resp.id == q.id and resp.flags & dns.flags.AA and resp.edns == 0
-    ip = next(rr for rr in resp.additional if rr.rdtype == rtype)
-    assert str(ip.name) == "Example.ORG." and ip[0].address == addr[0] and ip.ttl == 0
-    srv = next(rr for rr in resp.additional if rr.rdtype == dns.rdatatype.SRV)
-    assert str(srv.name) == f"_{proto}.Example.ORG." and srv[0].port == addr[1]
-    root = dns.message.make_query(".", "A")
-    rw = root.to_wire()
-    r2 = dns.message.from_wire(wire.respond(rw, wire.parse_query(rw),
-                                            whoami_template(addr, proto, True)))
-    assert str(next(rr for rr in r2.additional if rr.rdtype == 33).name) == f"_{proto}."
 
 
 # -- hosts ---------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from fastdns import errors
-from fastdns.corefile import CorefileError, parse_corefile
+from fastdns.corefile.config import parse_corefile
+from fastdns.corefile.errors import CorefileError
 from fastdns.forward import message
 from fastdns.forward.cache import ResponseCache
 from fastdns.zone.objects import StateError

@@ -1,0 +1,80 @@
+"""What a plugin declares: the fields of one row of the registry table.
+
+One frozen ``Plugin`` per Corefile directive CoreDNS knows. The fields
+replace the parallel tables fastdns used to keep per concern (which plugins
+run, why not, which parse, which repeat, which answer, which label the
+metrics); docs/plugins.md says where each stage's hook is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from fastdns.codec import wire
+from fastdns.corefile.dispenser import Dispenser
+from fastdns.corefile.model import Config, PluginConfig, ServerBlock
+
+#: "full": fastdns does what CoreDNS does; "parsed": the configuration is
+#: read and validated, the behaviour not wired in yet; "none": CoreDNS (or a
+#: common external plugin) has it and fastdns refuses it at parse time.
+Support = Literal["full", "parsed", "none"]
+
+#: Where a plugin runs (docs/plugins.md, "Stages"): ``setup`` when a process
+#: starts or reloads; ``compile`` in the control process, into the snapshot
+#: image (an ``ImageContributor``, fastdns/zone/contributor.py); ``fast_path``
+#: in the worker's C loop; ``slow_path`` in the worker's Python handler;
+#: ``observability`` the HTTP side ports, logs and metrics.
+Stage = Literal["setup", "compile", "fast_path", "slow_path", "observability"]
+
+#: A Corefile parser: the Dispenser on the directive name and the block's
+#: zones -> the plugin's frozen config (corefile/parsers.py).
+Parser = Callable[[Dispenser, tuple[str, ...]], PluginConfig]
+
+#: A slow-path answer: (query bytes, parsed query, client address, over TCP,
+#: the block serving the name) -> the answer, or None to let the query go on.
+#: Only called for a block that has the plugin.
+Answer = Callable[[bytes, wire.Query, tuple[str, int], bool, ServerBlock], bytes | None]
+
+NOT_IMPLEMENTED = "not implemented by fastdns"
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One plugin: what the parser, the verdict, the worker and the metrics ask of it."""
+
+    name: str
+    support: Support = "none"
+    #: why a "parsed" or "none" plugin does not run (check-corefile and serve print it)
+    reason: str = NOT_IMPLEMENTED
+    config: type[PluginConfig] | None = None
+    parse: Parser | None = None
+    stages: tuple[Stage, ...] = ()
+    #: how two occurrences in one block consolidate (CoreDNS lets log and
+    #: bind repeat); None: the directive may appear once per block
+    merge: Callable[[PluginConfig, PluginConfig], PluginConfig] | None = None
+    #: answers queries itself: a block needs one such plugin ("nothing would answer")
+    answers: bool = False
+    #: rank in fastdns's answering chain: the block's plugin of lowest rank
+    #: names the ``plugin`` label of coredns_dns_responses_total (cache has
+    #: one, though a block of cache alone answers nothing)
+    label_rank: int | None = None
+    #: sits in CoreDNS's handler chain, so coredns_plugin_enabled lists it
+    #: (plugin/metrics/README.md "Bugs": bind and reload do not; health,
+    #: ready and debug register no handler either)
+    handler: bool = True
+    #: the metric families (or ``prefix*``) this plugin owns
+    metrics: tuple[str, ...] = ()
+    #: the worker's slow-path hook (fastdns/server/worker_plugins.py)
+    answer: Answer | None = None
+    #: the fast path's pre-lookup hook: the Corefile in force -> a PyCapsule
+    #: named "fastdns.prelookup" (fastdns/server/_udp.pyx ``set_prelookup``),
+    #: or None when this Corefile needs none; the worker sets it on start and reload
+    prelookup: Callable[[Config], object | None] | None = None
+    #: not in CoreDNS's plugin.cfg: a common external plugin, known by name only
+    external: bool = False
+
+    @property
+    def runs(self) -> bool:
+        return self.support == "full"
