@@ -83,21 +83,7 @@ class Query:
 
     __slots__ = ("id", "flags", "opcode", "qname", "key", "qtype", "qclass", "question_end",
                  "edns", "edns_version", "payload", "do")
-    # the fields' types, for mypy (set once by _new_query; the slots hold them)
-    id: int
-    flags: int
-    opcode: int
-    qname: bytes
-    key: bytes
-    qtype: int
-    qclass: int
-    question_end: int
-    edns: bool
-    edns_version: int
-    payload: int
-    do: bool
-
-    # the slots' types (fastdns/_wire.pyi declares the same for the Cython twin)
+    # the slots' types, for mypy (set once by _new_query; fastdns/_wire.pyi declares the same)
     id: int
     flags: int
     opcode: int

@@ -47,7 +47,7 @@ ZONE_EXTERNAL = -2  # answer()'s zone for an image answer marked image.TF_EXTERN
 MAX_INFLIGHT = 10000  # forwarded queries in flight per worker; REFUSED beyond
 
 
-class _Deferred:
+class Deferred:
     """answer()'s result when the answer goes out later through ``send``."""
 
     __slots__ = ()
@@ -56,7 +56,7 @@ class _Deferred:
         return "DEFERRED"
 
 
-DEFERRED = _Deferred()
+DEFERRED = Deferred()
 Send = Callable[[bytes | None], None]
 
 
@@ -80,7 +80,7 @@ class SlowPath:
         self.tasks: set[asyncio.Task] = set()
 
     def answer(self, data: bytes, zone: int, port: int = 0, send: Send | None = None,
-               tcp: bool = False) -> bytes | None:
+               tcp: bool = False) -> bytes | Deferred | None:
         """The answer to ``data`` now, None to drop it, or DEFERRED: ``send`` gets it later."""
         try:
             q = wire.parse_query(data)
@@ -133,7 +133,7 @@ class SlowPath:
         return self._defer(completed, data, q, send)
 
     def _defer(self, work: Callable[[], Awaitable[bytes | None]], data: bytes, q,
-               send: Send) -> _Deferred:
+               send: Send) -> Deferred:
         """Start a task that awaits ``work()`` and hands the result to ``send``.
 
         One place for what every deferred answer owes its ``send``: a failure

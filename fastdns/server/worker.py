@@ -55,7 +55,7 @@ from fastdns.server.imagemap import ImageMap
 from fastdns.server.listeners import Listeners
 from fastdns.server.pyudp import PyUdpProtocol
 from fastdns.server.rows import QueryRows
-from fastdns.server.slowpath import DEFERRED, ZONE_EXTERNAL, SlowPath
+from fastdns.server.slowpath import ZONE_EXTERNAL, Deferred, SlowPath
 from fastdns.server.sockets import TCP, UDP
 from fastdns.server.tcp import MAX_MESSAGE, MAX_PER_CLIENT, DnsTcpProtocol, TcpListener
 from fastdns.server.worker_plugins import WorkerPlugins
@@ -161,9 +161,10 @@ class Worker:
                 status, zone = wire.ST_SLOW, ZONE_EXTERNAL  # the slow path completes it
             if status == wire.ST_SLOW:
                 c.incr(layout.W_SLOW)
-                resp = self.slow.answer(data, zone, port, send, proto == TCP)
-                if resp is DEFERRED:
+                slow = self.slow.answer(data, zone, port, send, proto == TCP)
+                if isinstance(slow, Deferred):
                     return None
+                resp = slow
             elif status != wire.ST_ANSWER:
                 resp = None
         c.response(proto, resp, row)
@@ -238,11 +239,11 @@ class Worker:
             resp = plugins.intercept(data, addr, False, port)
             if resp is not None:
                 return resp  # logged with the batch by the fast path
-        resp = self.slow.answer(data, zone, port, send)
-        if resp is not DEFERRED:
-            plugins.answered(data, resp, port)  # errors (the fast path logs it)
-        if resp is DEFERRED:
+        slow = self.slow.answer(data, zone, port, send)
+        if isinstance(slow, Deferred):
             return None
+        resp = slow
+        plugins.answered(data, resp, port)  # errors (the fast path logs it)
         if resp is None:
             self.counters.response(UDP, None, row)  # dropped: _udp leaves None to us
         return resp
