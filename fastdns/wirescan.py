@@ -21,6 +21,22 @@ _U16 = struct.Struct(">H")
 _RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 
 
+def skip_name(data: bytes, pos: int) -> int:
+    """Offset past the name at ``pos`` of a message already parsed once (a
+    pointer ends it: two octets); ``len(data)`` when it runs off the end, so a
+    caller's own bounds check stops it. The forwarder's OPT stripping and the
+    query log's answer walk both step over names this way."""
+    end = len(data)
+    while pos < end:
+        n = data[pos]
+        if n == 0:
+            return pos + 1
+        if n & 0xC0 == 0xC0:
+            return pos + 2
+        pos += n + 1
+    return end
+
+
 def read_name(data: bytes, pos: int, want: bool) -> tuple[bytes | None, int]:
     """Walk a possibly compressed name at `pos`: (uncompressed wire or None, end).
 

@@ -13,6 +13,7 @@ import struct
 
 from fastdns.constants import QUERY_COPIED_BITS, Flag, Qtype
 from fastdns.names import is_subdomain
+from fastdns.wirescan import skip_name
 
 _HEADER = struct.Struct(">HHHHHH")
 _RR_FIXED = struct.Struct(">HHIH")
@@ -83,17 +84,6 @@ def adapt(raw: bytes, query: bytes, q) -> bytes:
             + raw[q.question_end:])
 
 
-def _skip_name(data: bytes, pos: int) -> int:
-    """Offset past a (validated) name at ``pos``."""
-    while True:
-        n = data[pos]
-        if n == 0:
-            return pos + 1
-        if n & 0xC0 == 0xC0:
-            return pos + 2
-        pos += n + 1
-
-
 def strip_opt(data: bytes, question_end: int) -> bytes | None:
     """The message without its OPT RR, for storage (the OPT is rebuilt per client).
 
@@ -107,7 +97,7 @@ def strip_opt(data: bytes, question_end: int) -> bytes | None:
     total = an + ns + ar
     for i in range(total):
         start = pos
-        pos = _skip_name(data, pos)
+        pos = skip_name(data, pos)
         rtype, _cls, _ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
         pos += 10 + rdlen
         if rtype == Qtype.OPT and i >= an + ns:

@@ -28,6 +28,7 @@ from fastdns.codec import wire
 from fastdns.corefile.model import COMMON_LOG_FORMAT
 from fastdns.mnemonics import class_text, type_text
 from fastdns.names import rcode_text, to_text
+from fastdns.wirescan import skip_name
 
 LOG_SUCCESS, LOG_DENIAL, LOG_ERROR = 1, 2, 4
 _CLASS_BITS = {"success": LOG_SUCCESS, "denial": LOG_DENIAL, "error": LOG_ERROR,
@@ -35,17 +36,6 @@ _CLASS_BITS = {"success": LOG_SUCCESS, "denial": LOG_DENIAL, "error": LOG_ERROR,
 _PLACEHOLDER = re.compile(r"\{[^{}]+\}")
 _HEADER = struct.Struct(">HHHHHH")
 
-
-
-def _skip_name(m: bytes, p: int) -> int:
-    while p < len(m):
-        n = m[p]
-        if n == 0:
-            return p + 1
-        if n & 0xC0 == 0xC0:
-            return p + 2
-        p += n + 1
-    return len(m)
 
 
 def classify(resp: bytes) -> int:
@@ -62,16 +52,16 @@ def classify(resp: bytes) -> int:
         return LOG_SUCCESS
     p = 12
     for _ in range(qd):
-        p = _skip_name(resp, p) + 4
+        p = skip_name(resp, p) + 4
     soa = nsrr = False
     if an == 0 or rcode:
         for _ in range(an):
-            p = _skip_name(resp, p)
+            p = skip_name(resp, p)
             if p + 10 > len(resp):
                 break
             p += 10 + struct.unpack_from(">H", resp, p + 8)[0]
         for _ in range(ns):
-            p = _skip_name(resp, p)
+            p = skip_name(resp, p)
             if p + 10 > len(resp):
                 break
             rtype = struct.unpack_from(">H", resp, p)[0]
@@ -79,7 +69,7 @@ def classify(resp: bytes) -> int:
             nsrr |= rtype == 2
             p += 10 + struct.unpack_from(">H", resp, p + 8)[0]
         for _ in range(ar):  # the OPT's extended rcode (RFC 6891 §6.1.3)
-            q = _skip_name(resp, p)
+            q = skip_name(resp, p)
             if q + 10 > len(resp):
                 break
             if struct.unpack_from(">H", resp, q)[0] == 41:
