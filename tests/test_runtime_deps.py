@@ -258,7 +258,7 @@ _NO_DNSPYTHON = textwrap.dedent('''
     except ModuleNotFoundError:
         print("dnspython: hidden", flush=True)
 
-    from fastdns.corefile import parse_corefile
+    from fastdns.corefile.config import parse_corefile
     from fastdns.supervisor.children import setup_logging
     from fastdns.server.worker_plugins import WorkerPlugins
 

@@ -143,14 +143,14 @@ def test_serve_stale_immediate_while_the_upstream_is_down():
     async def main():
         async with TestUpstream(RECORDS, ttl=10) as up:
             res, clock = resolver_for(up, serve_stale=3600.0,
-                                      timeouts=dict(read_timeout=3.0, timeout=3.0))
+                                      timeouts=dict(read_timeout=1.0, timeout=2.0))
             data, q = make_query()
             await res.resolve(data, q)
             up.drop = True
             clock.t += 60
             t0 = time.monotonic()
             ans = await res.resolve(data, q)
-            assert time.monotonic() - t0 < 1.5  # immediate: no 3 s wait for the upstream
+            assert time.monotonic() - t0 < 0.5  # immediate: no 1 s wait for the upstream
             assert summary(ans) == (0, ["192.0.2.1"], {0})
             assert res.cache.stats.served_stale == 1
             await res.drain()  # the background refresh tried (and failed)
