@@ -107,12 +107,14 @@ def build_compiler(config: Config) -> Compiler:
         raise FatalConfig("more than one kubernetes plugin is not supported yet")
     # NodeLocal DNSCache's Corefile has no kubernetes plugin: an image of
     # forward zones only (every name goes to the slow path).
+    from fastdns.plugins import registry
     from fastdns.zone.compiler import Compiler
     from fastdns.zone.contributor import ImageContributor
-    from fastdns.zone.hosts import HostsContributor  # the hosts plugins' entries (issue 6)
 
+    # the compiled plugins' shares of the image (hosts today), from the registry
     contributors: list[ImageContributor] = [
-        c for c in (HostsContributor.for_config(config),) if c is not None]
+        c for p in registry.PLUGINS if p.contributor is not None
+        and (c := p.contributor(config)) is not None]
     return Compiler(options[0] if options else None, forward_zones(config), contributors)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from fastdns.corefile.model import HostsConfig
 from fastdns.corefile.parsers import parse_hosts
 from fastdns.plugins.spec import Plugin
+from fastdns.zone.hosts import HostsContributor
 
 PLUGIN = Plugin(
     "hosts", "full", config=HostsConfig, parse=parse_hosts, stages=("compile",),
-    answers=True, label_rank=1,
+    contributor=HostsContributor.for_config, answers=True, label_rank=1,
 )

@@ -15,6 +15,7 @@ from typing import Literal
 from fastdns.codec import wire
 from fastdns.corefile.dispenser import Dispenser
 from fastdns.corefile.model import Config, PluginConfig, ServerBlock
+from fastdns.zone.contributor import ImageContributor
 
 #: "full": fastdns does what CoreDNS does; "parsed": the configuration is
 #: read and validated, the behaviour not wired in yet; "none": CoreDNS (or a
@@ -66,6 +67,10 @@ class Plugin:
     handler: bool = True
     #: the metric families (or ``prefix*``) this plugin owns
     metrics: tuple[str, ...] = ()
+    #: the compile stage: the Corefile in force -> the plugin's share of the
+    #: snapshot image (fastdns/zone/contributor.py), or None when no block
+    #: has the plugin; the control process's ``build_compiler`` calls it
+    contributor: Callable[[Config], ImageContributor | None] | None = None
     #: the worker's slow-path hook (fastdns/server/worker_plugins.py)
     answer: Answer | None = None
     #: the fast path's pre-lookup hook: the Corefile in force -> a PyCapsule

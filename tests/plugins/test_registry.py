@@ -46,6 +46,8 @@ def test_fields_give_what_the_old_tables_held():
     assert {p.name for p in registry.PLUGINS if p.runs and not p.handler} == {
         "bind", "health", "ready", "reload", "debug"}
     assert all(p.stages for p in registry.PLUGINS if p.runs)  # serve wires every one
+    assert [p.name for p in registry.PLUGINS if p.contributor is not None] == ["hosts"]
+    assert [p.name for p in registry.PLUGINS if p.answer is not None] == ["whoami"]
 
 
 def test_verdict_and_labels_read_the_rows():
