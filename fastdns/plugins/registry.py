@@ -1,4 +1,4 @@
-"""The one table of plugins, in CoreDNS's ``plugin.cfg`` order (CoreDNS 1.14).
+"""The one table of plugins, in CoreDNS's ``plugin.cfg`` order (coredns/coredns v1.14.7 ``plugin.cfg``).
 
 Every Corefile directive CoreDNS knows has a row: the ones fastdns runs
 declare their config, parser, stages and the rest (``spec.Plugin``); the
@@ -30,7 +30,7 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("metadata"),
     Plugin("geoip"),
     Plugin("cancel"),
-    Plugin("tls"),
+    Plugin("proxyproto"),
     Plugin("quic"),
     Plugin("grpc_server"),
     Plugin("https"),
@@ -53,6 +53,7 @@ PLUGINS: tuple[Plugin, ...] = (
            metrics=("coredns_health_request_duration_seconds",
                     "coredns_health_request_failures_total")),
     Plugin("pprof"),
+    Plugin("shed"),
     Plugin("prometheus", "full", config=m.PrometheusConfig, parse=p.parse_prometheus,
            stages=("observability",),
            metrics=("coredns_dns_*", "coredns_build_info", "coredns_panics_total",
@@ -64,17 +65,18 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("dnstap"),
     Plugin("local"),
     Plugin("dns64"),
-    Plugin("acl"),
     Plugin("any"),
     Plugin("chaos"),
     Plugin("loadbalance", "full", config=m.LoadbalanceConfig, parse=p.parse_loadbalance,
            stages=("compile",)),
     Plugin("tsig"),
-    cache.PLUGIN,
     Plugin("rewrite"),
+    Plugin("autopath"),
+    Plugin("acl"),
+    cache.PLUGIN,
     Plugin("header"),
     Plugin("dnssec"),
-    Plugin("autopath"),
+    Plugin("tls"),
     Plugin("minimal"),
     Plugin("template"),
     Plugin("transfer"),
