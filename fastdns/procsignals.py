@@ -15,7 +15,7 @@ So a child the supervisor started (``supervised(parent_pid)``):
   Corefile;
 - stops on SIGTERM or SIGINT only once its supervisor is gone
   (``os.getppid()`` is no longer the supervisor's pid): that is
-  PR_SET_PDEATHSIG's SIGTERM (``supervisor.die_with_parent``), or any stop
+  PR_SET_PDEATHSIG's SIGTERM (``fastdns.supervisor.children.die_with_parent``), or any stop
   signal after a SIGKILL of the supervisor alone. While the supervisor
   lives, they are ignored: it got the same group signal and decides;
 - ignores SIGHUP and SIGUSR1 (the supervisor's: it ignores the one and

@@ -343,10 +343,19 @@ class Worker:
             return False
         self._apply_listen(loop, listen_addresses(config))
         self.configure_forward(config)
-        self.plugins = WorkerPlugins(config, self.port_of_fd)
-        self.plugins.fast_path(self.fast)
+        self.use_plugins(config)
         log.info("worker %d: Corefile version %d in force", self.spec.index, version)
         return True
+
+    def use_plugins(self, config: Config | None) -> None:
+        """The per-query plugins (log, errors, whoami, loop counting) of ``config``.
+
+        One place for the start and every reload, so that a reload keeps what
+        the start had (it once dropped the loop counter's identity).
+        """
+        self.plugins = WorkerPlugins(config, self.port_of_fd,
+                                     loop=(self.spec.instance, self.spec.index))
+        self.plugins.fast_path(self.fast)
 
     def _apply_listen(self, loop: asyncio.AbstractEventLoop,
                       listen: tuple[tuple[str, int], ...]) -> None:
@@ -400,9 +409,7 @@ class Worker:
             self.images.on_map = self.fast.set_image
         config = self.load_config()
         self.configure_forward(config)
-        self.plugins = WorkerPlugins(config, self.port_of_fd,  # issue 6: log, errors, whoami
-                                     loop=(self.spec.instance, self.spec.index))
-        self.plugins.fast_path(self.fast)
+        self.use_plugins(config)
         for sock, fam in self.listeners.udp_socks:
             await self.serve_udp(loop, sock, fam)
         for sock, fam in self.listeners.tcp_socks:
