@@ -62,7 +62,7 @@ class _Conn(asyncio.Protocol):
         self.ready: asyncio.Future = loop.create_future()
         self.ready.add_done_callback(_consume)
         self.pending: dict[int, tuple[Any, asyncio.Future]] = {}  # ID -> (question, waiter)
-        self.load = 0  # queries given this connection and not finished (sent or waiting for the dial)
+        self.load = 0  # queries given to it and not finished (sent, or waiting for the dial)
         self.buf = bytearray()
         self.closed = False
         self.retired = False
