@@ -32,6 +32,12 @@ class UpstreamTimeout(UpstreamError):
     """No matching answer arrived within the read timeout."""
 
 
+def _pool_count(name: str) -> property:
+    """An Upstream counter kept on its TcpPool, read and written through."""
+    return property(lambda self: getattr(self.tcp, name),
+                    lambda self, n: setattr(self.tcp, name, n), doc=f"``TcpPool.{name}``")
+
+
 class Upstream:
     """Runtime state of one ``forward`` TO: address, connection pool, health.
 
@@ -77,21 +83,8 @@ class Upstream:
         return self.udp_mismatched + self.tcp.mismatched
 
     # CoreDNS proxy.Connect counts a cached connection as a hit, a dial as a miss
-    @property
-    def tcp_opened(self) -> int:
-        return self.tcp.opened
-
-    @tcp_opened.setter
-    def tcp_opened(self, n: int) -> None:
-        self.tcp.opened = n
-
-    @property
-    def tcp_reused(self) -> int:
-        return self.tcp.reused
-
-    @tcp_reused.setter
-    def tcp_reused(self, n: int) -> None:
-        self.tcp.reused = n
+    tcp_opened = _pool_count("opened")
+    tcp_reused = _pool_count("reused")
 
     @property
     def idle_connections(self) -> int:
