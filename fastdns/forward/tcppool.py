@@ -257,11 +257,9 @@ class TcpPool:
         except (OSError, asyncio.CancelledError) as e:
             self.forget(conn)
             conn.closed = True
-            if not conn.ready.done():
-                if isinstance(e, OSError):
-                    conn.ready.set_exception(e)
-                else:
-                    conn.ready.cancel()
+            if not conn.ready.done():  # the waiters see the OSError, or a clean ConnClosed
+                conn.ready.set_exception(e if isinstance(e, OSError)
+                                         else ConnClosed("the pool closed while connecting"))
             if isinstance(e, asyncio.CancelledError):
                 raise
 
