@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import signal
 import statistics
@@ -48,6 +47,7 @@ sys.path.insert(0, str(HERE))
 import dns.rcode  # noqa: E402
 import fwdpeers as fp  # noqa: E402
 import querymix as qm  # noqa: E402
+from bench_cache import write_results  # noqa: E402
 from peers import (  # noqa: E402
     CLIENT_CPU,
     CLK_TCK,
@@ -231,18 +231,6 @@ def table(key: str, title: str, rows: list[Row]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(path: Path, body: str, command: str) -> None:
-    """Replace this benchmark's section of RESULTS.md, keeping the other sections."""
-    text = path.read_text() if path.exists() else "# fastdns benchmark results\n"
-    section = f"{SECTION}\n\nCommand: `{command}`\n\n{body}"
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pat.search(text):
-        text = pat.sub(lambda _: section.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="~1.5 minutes: 3 s loads, one round")
@@ -301,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         cmd = "python3 bench/bench_forward.py " + " ".join(argv if argv is not None
                                                             else sys.argv[1:])
-        write_results(Path(args.results), body, cmd.strip())
+        write_results(Path(args.results), body, cmd.strip(), SECTION)
         print(f"written to {args.results}")
     print(f"total {time.monotonic() - t0:.0f} s")
     return 0
