@@ -48,11 +48,12 @@ def dnsdist_argv(d: Path, port: int, backend: int, *, cache: bool = False,
 
 
 # What unbound keeps even so: its infrastructure cache (the backend's RTT),
-# and answers whose TTL is capped to 0 still answer queries within the same
-# second they arrived (its expiry test is "now > ttl").
+# and, since it keeps TTLs in whole seconds, an answer capped to TTL 0 may
+# still be served for the rest of the second it arrived in (not verified
+# here: knot's query count is not read).
 UNBOUND_CACHE_LEFT = ("unbound as a forwarder, `cache-max-ttl: 0`, `cache-max-negative-ttl: 0`, "
                       "smallest caches: its cache cannot be switched off, and an answer stored "
-                      "with TTL 0 still serves the rest of that second")
+                      "with TTL 0 may still serve the rest of that second")
 
 
 def unbound_argv(d: Path, port: int, backend: int) -> list[str]:
