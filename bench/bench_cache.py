@@ -180,11 +180,11 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, body: str, command: str) -> None:
-    """Replace this benchmark's section in RESULTS.md, keeping the other sections."""
+def write_results(path: Path, body: str, command: str, heading: str = SECTION) -> None:
+    """Replace one benchmark's section (``heading``) in RESULTS.md, keeping the others."""
     text = path.read_text() if path.exists() else "# fastdns benchmark results\n"
-    section = f"{SECTION}\n\nCommand: `{command}`\n\n{body}"
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{heading}\n\nCommand: `{command}`\n\n{body}"
+    pat = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pat.search(text):
         text = pat.sub(lambda _: section.rstrip("\n") + "\n\n", text)
     else:

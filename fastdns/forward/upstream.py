@@ -1,4 +1,4 @@
-"""One upstream server: a UDP or TCP exchange, reused TCP connections, health state.
+"""One upstream server: a UDP or TCP exchange, pooled TCP connections, health state.
 
 Anti-spoofing (RFC 5452): every UDP query goes out of a fresh connected
 socket, so the kernel picks a random ephemeral source port (Linux
@@ -8,21 +8,20 @@ whose ID or question differs is counted and ignored, and we keep waiting for
 the real one until the read timeout (CoreDNS ``plugin/pkg/proxy/connect.go``
 does the same: it reads again while the ID does not match).
 
-TCP connections are kept after use and reused until they have been idle for
-``expire`` seconds (CoreDNS ``expire``, default 10 s); a reused connection
-the server closed meanwhile is retried once on a fresh one (CoreDNS
-``ErrCachedClosed``).
+TCP goes through the upstream's ``TcpPool`` (``tcppool.py``): connections
+kept open until idle for ``expire`` seconds, several queries pipelined on
+one, a connection the server closed retried once on another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 from fastdns import errors
 from fastdns.codec import wire
 from fastdns.forward.message import matches
+from fastdns.forward.tcppool import ConnClosed, TcpPool
 
 
 class UpstreamError(Exception):
@@ -31,6 +30,12 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """No matching answer arrived within the read timeout."""
+
+
+def _pool_count(name: str) -> property:
+    """An Upstream counter kept on its TcpPool, read and written through."""
+    return property(lambda self: getattr(self.tcp, name),
+                    lambda self, n: setattr(self.tcp, name, n), doc=f"``TcpPool.{name}``")
 
 
 class Upstream:
@@ -51,16 +56,12 @@ class Upstream:
         self.expire = expire
         self.max_idle_conns = max_idle_conns
         self.fails = 0
-        # counters
-        self.sent_udp = 0
-        self.sent_tcp = 0
-        self.timeouts = 0
-        self.errors = 0
-        self.mismatched = 0  # answers dropped: wrong ID/question or unparsable
+        # counters (the TCP ones live on the pool: tcp_opened, tcp_reused)
+        self.sent_udp = self.sent_tcp = self.timeouts = self.errors = 0
+        self.udp_mismatched = 0  # UDP answers dropped: wrong ID/question or unparsable
         self.healthcheck_failures = 0  # coredns_proxy_healthcheck_failures_total{to}
-        self.tcp_opened = 0
-        self.tcp_reused = 0
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self.tcp = TcpPool(host, port, expire=expire, max_idle_conns=max_idle_conns,
+                           accept=self._answers)
 
     def __repr__(self) -> str:
         return f"<Upstream {self.addr} fails={self.fails}>"
@@ -76,16 +77,33 @@ class Upstream:
         self.sent_udp += 1
         return await self._udp(msg, qid, q, timeout)
 
-    def _accept(self, data: bytes, qid: int, q) -> bool:
+    @property
+    def mismatched(self) -> int:
+        """Answers dropped, both transports: wrong ID or question, or unparsable."""
+        return self.udp_mismatched + self.tcp.mismatched
+
+    # CoreDNS proxy.Connect counts a cached connection as a hit, a dial as a miss
+    tcp_opened = _pool_count("opened")
+    tcp_reused = _pool_count("reused")
+
+    @property
+    def idle_connections(self) -> int:
+        return self.tcp.idle_count()
+
+    @staticmethod
+    def _answers(data: bytes, q, qid: int | None = None) -> bool:
+        """Is ``data`` a well-formed answer to ``q`` with ID ``qid`` (default: its own)?"""
         try:
             resp = wire.parse_response(data)
         except errors.WireError:
-            self.mismatched += 1
             return False
-        if not matches(resp, qid, q):
-            self.mismatched += 1
-            return False
-        return True
+        return matches(resp, resp.id if qid is None else qid, q)
+
+    def _accept(self, data: bytes, qid: int, q) -> bool:
+        if self._answers(data, q, qid):
+            return True
+        self.udp_mismatched += 1
+        return False
 
     async def _udp(self, msg: bytes, qid: int, q, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()
@@ -108,72 +126,17 @@ class Upstream:
         finally:
             sock.close()
 
-    # -- TCP with connection reuse
-
-    def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        now = time.monotonic()
-        while self._idle:
-            reader, writer, used = self._idle.pop()
-            if now - used < self.expire and not writer.is_closing() and not reader.at_eof():
-                self.tcp_reused += 1
-                return reader, writer
-            writer.close()
-        return None
-
-    def _put(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        now = time.monotonic()
-        # drop the expired ones first (oldest at the front)
-        while self._idle and now - self._idle[0][2] >= self.expire:
-            self._idle.pop(0)[1].close()
-        if self.expire <= 0 or (self.max_idle_conns and len(self._idle) >= self.max_idle_conns):
-            writer.close()
-            return
-        self._idle.append((reader, writer, now))
-
-    @property
-    def idle_connections(self) -> int:
-        return len(self._idle)
-
     async def _tcp(self, msg: bytes, qid: int, q, timeout: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        frame = len(msg).to_bytes(2, "big") + msg
-        while True:
-            conn = self._take()
-            reused = conn is not None
-            writer = conn[1] if conn else None
-            ok = False
-            try:
-                async with asyncio.timeout_at(deadline):
-                    if conn is None:
-                        conn = await asyncio.open_connection(self.host, self.port)
-                        writer = conn[1]
-                        self.tcp_opened += 1
-                    reader, writer = conn
-                    writer.write(frame)
-                    while True:
-                        n = int.from_bytes(await reader.readexactly(2), "big")
-                        data = await reader.readexactly(n)
-                        if self._accept(data, qid, q):
-                            ok = True
-                            self._put(reader, writer)
-                            return data
-            except (asyncio.IncompleteReadError, ConnectionError) as e:
-                if reused:
-                    continue  # the server closed a cached connection: one fresh try
-                self.errors += 1
-                raise UpstreamError(f"{self.addr}: TCP: {e!r}") from e
-            except TimeoutError:
-                self.timeouts += 1
-                raise UpstreamTimeout(f"{self.addr}: no answer over TCP in {timeout:g}s") from None
-            except OSError as e:
-                self.errors += 1
-                raise UpstreamError(f"{self.addr}: TCP: {e}") from e
-            finally:
-                if not ok and writer is not None:
-                    writer.close()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.tcp.exchange(msg, qid, q)
+        except TimeoutError:
+            self.timeouts += 1
+            raise UpstreamTimeout(f"{self.addr}: no answer over TCP in {timeout:g}s") from None
+        except (ConnClosed, OSError) as e:
+            self.errors += 1
+            raise UpstreamError(f"{self.addr}: TCP: {e!r}") from e
 
     def close(self) -> None:
-        """Close the idle TCP connections."""
-        while self._idle:
-            self._idle.pop()[1].close()
+        """Close the TCP connections."""
+        self.tcp.close()

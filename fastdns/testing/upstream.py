@@ -7,8 +7,15 @@ Knobs, changeable while it runs: ``delay`` (seconds before each answer),
 TC), ``spoof`` (before the real answer, send one with a wrong ID and one
 with a wrong question, both carrying ``SPOOF_ADDR``; ``"only"``: and no real
 answer), ``servfail``,
-``negative_soa`` (False: NXDOMAIN/NODATA without the SOA). It counts the
-queries it received per transport and keeps the last ones.
+``negative_soa`` (False: NXDOMAIN/NODATA without the SOA); over TCP
+``tcp_hold`` (hold the answers on a connection until that many queries are
+unanswered on it, then answer them newest first: proves pipelining and
+out-of-order answers, RFC 7766 §6.2.1.1) and ``tcp_close_after`` (the first
+connection to receive its Nth query is closed, that query unanswered, and
+the knob goes back to 0). It counts the queries
+it received per transport (and ``tcp_connections``, ``tcp_max_pending``:
+the most queries seen unanswered on one connection) and keeps the last ones.
+TCP queries are answered concurrently, each after ``delay``.
 
     async with TestUpstream({"www.example.test.": [("A", "192.0.2.1")]}) as up:
         up.addr   # "127.0.0.1:PORT"
@@ -61,6 +68,10 @@ class TestUpstream:
         self.spoof: bool | str = False
         self.servfail = False
         self.negative_soa = True
+        self.tcp_hold = 0
+        self.tcp_close_after = 0
+        self.tcp_connections = 0
+        self.tcp_max_pending = 0
         self.counts: Counter[str] = Counter()  # "udp" / "tcp" -> queries received
         self.queries: deque[tuple[str, str, int, int, tuple]] = deque(maxlen=1000)
         self._records: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
@@ -217,7 +228,11 @@ class TestUpstream:
     async def _tcp_client(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self.tcp_connections += 1
         peer = writer.get_extra_info("peername")
+        held: list[bytes] = []
+        pending = [0]  # queries read on this connection and not yet answered
+        seen = 0
         try:
             while True:
                 try:
@@ -225,10 +240,31 @@ class TestUpstream:
                     data = await reader.readexactly(n)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                if self.delay:
-                    await asyncio.sleep(self.delay)
-                for wire in self._reply(data, "tcp", peer):
-                    writer.write(struct.pack(">H", len(wire)) + wire)
+                seen += 1
+                if self.tcp_close_after and seen >= self.tcp_close_after:
+                    self.tcp_close_after = 0
+                    return
+                pending[0] += 1
+                self.tcp_max_pending = max(self.tcp_max_pending, pending[0])
+                if self.tcp_hold:
+                    held.append(data)
+                    if len(held) < self.tcp_hold:
+                        continue
+                    batch, held = held[::-1], []
+                else:
+                    batch = [data]
+                for query in batch:
+                    self._spawn(self._tcp_answer(writer, query, peer, pending))
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    async def _tcp_answer(self, writer: asyncio.StreamWriter, data: bytes, peer,
+                          pending: list[int]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        pending[0] -= 1
+        if writer.is_closing():
+            return
+        for wire in self._reply(data, "tcp", peer):
+            writer.write(struct.pack(">H", len(wire)) + wire)
