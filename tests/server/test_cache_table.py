@@ -1,4 +1,4 @@
-"""The fast path's C cache table against the Python ResponseCache it mirrors.
+"""The shared C cache table against the Python ResponseCache that stores in it.
 
 ``ResponseCache.render`` is the oracle: for the same entry, query and clock
 the C table must produce the same octets, or miss (None) where it leaves
@@ -49,12 +49,12 @@ def upstream_answer(name: str, *, ttl: int = 300, n: int = 1, rcode: int = 0,
     return q.to_wire(), r.to_wire()
 
 
-def make(config: CacheConfig | None = None, clock: Clock | None = None):
+def make(config: CacheConfig | None = None, clock: Clock | None = None, size: int = 100):
     clock = clock or Clock()
     cache = ResponseCache(config or CacheConfig(zones=(".",)), clock=clock)
     table = _udp.CacheTable()
-    table.configure(100)
-    cache.mirror = table
+    table.configure(size)
+    cache.attach(table, 0)
     return cache, table, clock
 
 
@@ -124,12 +124,13 @@ def test_too_big_for_the_client_misses():
     assert table.serve(client("big.example.test."), int(clock.t * NS)) is not None
 
 
-def test_removed_with_the_python_entry():
+def test_capacity_is_kept_in_the_shared_table():
     cfg = CacheConfig(zones=(".",), success_capacity=2)
-    cache, table, clock = make(cfg)
+    cache, table, clock = make(cfg, size=4)
     for i in range(5):
         store(cache, f"n{i}.example.test.")
     assert table.count == cache.entries("success") == 2
+    assert cache.evictions("success") == 3
     served = [table.serve(client(f"n{i}.example.test."), int(clock.t * NS)) is not None
               for i in range(5)]
     assert sum(served) == 2
@@ -145,14 +146,15 @@ def test_hits_feed_prefetch_frequency():
     q = wire.parse_query(client("www.example.test."))
     entry, _ = cache.lookup(q, clock.t)
     cache.hit(entry, clock.t)
-    assert entry.hits == 4  # the three C hits were taken over
+    assert entry.hits == 4  # the three C hits counted in the slot
     assert cache.should_prefetch(entry, clock.t)
 
 
 def test_table_stays_consistent_under_churn():
-    """Backward-shift deletion keeps every remaining key findable."""
+    """Puts and removes in any order keep every remaining key findable."""
     table = _udp.CacheTable()
     table.configure(64)
+    table.set_capacity(0, 64, 64)
     cache = ResponseCache(CacheConfig(zones=(".",)), clock=Clock())
     live = {}
     for i in range(400):
@@ -166,8 +168,8 @@ def test_table_stays_consistent_under_churn():
             del live[victim]
         elif len(live) < 64:
             body = b"\x00\x00" + raw[2:]
-            assert table.put(key, body, [], 300, 0, 10**18, False)
-            live[key] = True
-    assert table.count == len(live)
+            if table.put(key, 0, False, body, [], 0, 300, 0, 10**18, 10**18, 10**18) == 1:
+                live[key] = True
+    assert table.count == len(live) == table.counts(0)[0]
     for key in live:
         assert table.hits(key) is not None
