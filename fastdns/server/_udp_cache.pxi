@@ -733,6 +733,14 @@ cdef class CacheTable:
                 memcpy(pol.zone[li][i], <const char*>PyBytes_AS_STRING(z), len(z))
         self.policy = pol
 
+    def store_response(self, bytes key, resp, long long now_ns):
+        """``insert_response`` from Python (tests): 1 handled, 0 left to Python."""
+        cdef const unsigned char[::1] p = resp
+        if p.shape[0] == 0:
+            return 0
+        return self.insert_response(<const unsigned char*>PyBytes_AS_STRING(key), len(key),
+                                    &p[0], p.shape[0], now_ns)
+
     cdef int insert_response(self, const unsigned char* key, Py_ssize_t klen,
                              const unsigned char* resp, Py_ssize_t n, int64_t now
                              ) noexcept nogil:

@@ -173,3 +173,50 @@ def test_table_stays_consistent_under_churn():
     assert table.count == len(live) == table.counts(0)[0]
     for key in live:
         assert table.hits(key) is not None
+
+
+@pytest.mark.parametrize("case", [
+    {}, {"ttl": 1}, {"ttl": 99999}, {"n": 3, "do": True}, {"edns": False},
+    {"rcode": dns.rcode.NXDOMAIN}, {"rcode": dns.rcode.SERVFAIL}, {"rcode": dns.rcode.REFUSED},
+])
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_c_insert_matches_python_put(case, prefetch):
+    """insert_response (the C forwarder's store) stores what ResponseCache.put would."""
+    cfg = CacheConfig(zones=(".",), prefetch=prefetch, prefetch_percentage=10,
+                      disable_denial=("off.test.",))
+    query, raw = upstream_answer("www.example.test.", **case)
+    q = wire.parse_query(query)
+    py, table_py, clock = make(cfg)
+    stored_py = py.put(raw, q)
+    c, table_c, _ = make(cfg, clock)
+    table_c.set_policy(0, *c.c_policy())
+    raw_id = b"\xbe\xef" + raw[2:]  # the upstream's ID is any
+    assert table_c.store_response(c.key(q), raw_id, int(clock.t * NS)) == 1
+    assert (table_c.count == 1) == stored_py
+    if stored_py:
+        assert table_c.lookup(c.key(q), 0) == table_py.lookup(py.key(q), 0)
+        for dt in (0.0, 0.5, 9.5, 29.0):
+            assert table_c.serve(client("www.example.test."), int((clock.t + dt) * NS)) == \
+                table_py.serve(client("www.example.test."), int((clock.t + dt) * NS))
+
+
+def test_c_insert_policy_edges():
+    cfg = CacheConfig(zones=("example.test.",), disable_denial=("off.example.test.",))
+    cache, table, clock = make(cfg)
+    table.set_policy(0, *cache.c_policy())
+    now = int(clock.t * NS)
+    for name, kw in (("www.other.test.", {}),  # outside the cache's zones
+                     ("x.off.example.test.", {"rcode": dns.rcode.NXDOMAIN})):  # disabled
+        query, raw = upstream_answer(name, **kw)
+        assert table.store_response(cache.key(wire.parse_query(query)), raw, now) == 1
+    tc = bytearray(upstream_answer("www.example.test.")[1])
+    tc[2] |= 0x02  # TC: never cached
+    q = wire.parse_query(upstream_answer("www.example.test.")[0])
+    assert table.store_response(cache.key(q), bytes(tc), now) == 1
+    assert table.count == 0
+    # a question that is not the key's: C does not decide
+    assert table.store_response(cache.key(q), upstream_answer("a.example.test.")[1], now) == 0
+    assert table.count == 0
+    noc = _udp.CacheTable()
+    noc.configure(10)
+    assert noc.store_response(cache.key(q), upstream_answer("www.example.test.")[1], now) == 0
