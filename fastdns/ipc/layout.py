@@ -333,9 +333,10 @@ _check()
 
 # The names the C fast path uses, besides every counters-block, row and
 # control-segment field.
-_C_SCALARS = ("W_END", "N_QTYPES", "QT_OTHER", "R_BADVERS", "R_DROPPED", "N_SIZE", "N_LAT",
+_C_SCALARS: tuple[str, ...] = (
+              "W_END", "N_QTYPES", "QT_OTHER", "R_BADVERS", "R_DROPPED", "N_SIZE", "N_LAT",
               "ROW_WORDS", "ROWS", "ROW_MAX", "ROWS_END", "LATENCY_FIRST_NS")
-_C_REGIONS = (CTL, CB, ROW)
+_C_REGIONS: tuple[Region, ...] = (CTL, CB, ROW)
 _C_REGIONS += (CT, CS)  # the shared response cache
 _C_SCALARS += ("CT_WAYS_N", "CT_SLOT_OCTETS", "CT_MAX_CACHES", "CS_DATA_MAX")
 # The sizes the tables of internals.md §4 list below the regions.

@@ -36,8 +36,8 @@ from typing import Any
 
 from fastdns.forward.cache import DENIAL, SUCCESS
 from fastdns.forward.resolver import ForwardingResolver, from_plugins
-from fastdns.ipc import counters as ctr
 from fastdns.ipc import cachetable, layout, tables
+from fastdns.ipc import counters as ctr
 from fastdns.names import forward_rcode_text
 
 log = logging.getLogger(__name__)

@@ -69,7 +69,7 @@ def test_one_cache_for_every_worker(tmp_path, workers):
         assert sum(1 for n in answered if n > 0) >= 2, answered
         ttls = [t for _, t in seen]
         # one entry, one clock: the remaining TTL only ever goes down, a second at a time
-        assert all(b <= a for a, b in zip(ttls, ttls[1:])), ttls
+        assert all(b <= a for a, b in zip(ttls, ttls[1:], strict=False)), ttls
         assert ttls[0] == 30 and ttls[-1] >= 30 - int(seen[-1][0] - seen[0][0]) - 1
         hits = [w["cache"]["c_hits"]["success"] - h
                 for w, h in zip(_counters(srv), hits_before, strict=True)]
