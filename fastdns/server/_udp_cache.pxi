@@ -23,10 +23,12 @@
 # - a writer killed while it holds a slot leaves it odd: readers miss it,
 #   and the next writer that finds it odd with a pid that no longer exists
 #   (kill(pid, 0) == ESRCH) takes it over, as an empty slot.
-# Counts: CT_COUNT[cache][kind] with atomic adds; a store is reserved (+1)
-# before the write and a victim of the same store evicted when it went past
-# the capacity, so the counts equal the live entries at rest (a writer
-# killed between its count and its release can leave one count off).
+# Counts: CT_COUNT[cache][kind] with atomic adds; an entry is counted just
+# before CS_KIND publishes it and uncounted just after CS_KIND drops it, and
+# the writer that takes over a dead writer's slot uncounts what CS_KIND says
+# is there, so the counts equal the live entries at rest; a writer killed in
+# the one instruction between a CS_KIND store and its add leaves one count
+# over (never under: the capacity stays a bound).
 #
 # Stored form = docs/internals.md section 7 (Entry): the upstream message
 # without its OPT and with ID 0, the offsets of its TTL fields, the clock ns
@@ -39,129 +41,13 @@
 # it in its worker's own store and CT_TOOBIG counts it.
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
-from libc.string cimport memcmp
-
 from libc.math cimport ceil
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp
 
 from fastdns._wire cimport CQuery, E_OK, parse_query_c
 
-cdef extern from *:
-    """
-    #include <errno.h>
-    #include <signal.h>
-    #include <stdint.h>
-    #include <sys/types.h>
-    #include <unistd.h>
-    static inline uint64_t fdc_load_acq(const void* p) {
-        return __atomic_load_n((const uint64_t*)p, __ATOMIC_ACQUIRE); }
-    static inline uint64_t fdc_load(const void* p) {
-        return __atomic_load_n((const uint64_t*)p, __ATOMIC_RELAXED); }
-    static inline void fdc_fence_acq(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
-    static inline int fdc_cas(void* p, uint64_t expect, uint64_t want) {
-        return __atomic_compare_exchange_n((uint64_t*)p, &expect, want, 0,
-                                           __ATOMIC_ACQ_REL, __ATOMIC_RELAXED); }
-    static inline void fdc_store_rel(void* p, uint64_t v) {
-        __atomic_store_n((uint64_t*)p, v, __ATOMIC_RELEASE); }
-    static inline void fdc_store(void* p, uint64_t v) {
-        __atomic_store_n((uint64_t*)p, v, __ATOMIC_RELAXED); }
-    static inline int64_t fdc_add(void* p, int64_t d) {
-        return (int64_t)__atomic_add_fetch((uint64_t*)p, (uint64_t)d, __ATOMIC_RELAXED); }
-    /* a slot's writer is gone: no such process (EPERM = alive, someone else's) */
-    static inline int fdc_pid_gone(uint32_t pid) {
-        return pid != 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH; }
-    static inline uint32_t fdc_getpid(void) { return (uint32_t)getpid(); }
-    """
-    uint64_t fdc_load_acq(const void* p) noexcept nogil
-    uint64_t fdc_load(const void* p) noexcept nogil
-    void fdc_fence_acq() noexcept nogil
-    bint fdc_cas(void* p, uint64_t expect, uint64_t want) noexcept nogil
-    void fdc_store_rel(void* p, uint64_t v) noexcept nogil
-    void fdc_store(void* p, uint64_t v) noexcept nogil
-    int64_t fdc_add(void* p, int64_t d) noexcept nogil
-    bint fdc_pid_gone(uint32_t pid) noexcept nogil
-    uint32_t fdc_getpid() noexcept nogil
-
-cdef enum:
-    CC_KEY_MAX = 255 + 5  # qname wire + qtype + qclass + DO|CD octet
-    CC_OPT_LEN = 11
-    CC_COPIED = 0x7910  # opcode, RD, CD come from the query (cache.py _COPIED)
-    CC_AA = 0x0400
-    CC_AD = 0x0020
-    CC_CD = 0x0010
-    CC_TC = 0x0200
-    K_EMPTY = 0
-    K_SUCCESS = 1
-    K_DENIAL = 2
-    EVICT_PROBES = 16  # buckets a full store looks into for a victim of its own
-    READ_TRIES = 4  # a read that races a writer this often is a miss
-    CC_MAX_ZONES = 8  # zones per list the C policy holds; more: Python decides
-    CC_MAX_OFFSETS = CS_DATA_MAX // 2
-
-
-# A copy of one slot, taken under its seqlock.
-ctypedef struct CSlot:
-    int kind
-    int cache
-    int keepttl
-    unsigned int rcode
-    Py_ssize_t keylen, bodylen, noffsets, qend
-    uint32_t ttl
-    int64_t stored_ns, until_ns, expires_ns, dead_ns, prefetch_ns
-    unsigned char data[CS_DATA_MAX]
-
-
-# One ``cache`` stanza's policy, for insert_response (pushed by set_policy).
-ctypedef struct CPolicy:
-    int active
-    int index  # its CS_CACHE number
-    int64_t success_ttl, success_minttl, denial_ttl, denial_minttl
-    int64_t servfail_ns  # 0: SERVFAIL not cached
-    int64_t stale_ns, prefetch_ns
-    int prefetch, keepttl
-    double prefetch_pct
-    int nzones[3]  # covered zones, disable success, disable denial
-    int zlen[3][CC_MAX_ZONES]
-    unsigned char zone[3][CC_MAX_ZONES][256]
-
-
-cdef inline uint64_t cc_hash(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    # FNV-1a 64; never 0 (0 marks an empty slot)
-    cdef uint64_t h = 14695981039346656037ULL
-    cdef Py_ssize_t i
-    for i in range(n):
-        h ^= p[i]
-        h *= 1099511628211ULL
-    return h if h else 1
-
-
-cdef inline uint16_t _u16(const unsigned char* s, int off) noexcept nogil:
-    return (<const uint16_t*>(s + off))[0]
-
-
-cdef inline int64_t _i64(const unsigned char* s, int off) noexcept nogil:
-    return (<const int64_t*>(s + off))[0]
-
-
-cdef inline void _set_u16(unsigned char* s, int off, uint16_t v) noexcept nogil:
-    (<uint16_t*>(s + off))[0] = v
-
-
-cdef inline void _set_i64(unsigned char* s, int off, int64_t v) noexcept nogil:
-    (<int64_t*>(s + off))[0] = v
-
-
-cdef inline bint in_zone(const unsigned char* key, Py_ssize_t n, const unsigned char* z,
-                         Py_ssize_t zn) noexcept nogil:
-    """Is the lowercased wire name ``key`` (n octets) at or below zone ``z``?"""
-    cdef Py_ssize_t pos = 0, start = n - zn
-    if zn > n or memcmp(key + start, z, zn) != 0:
-        return False
-    while pos < start:
-        pos += key[pos] + 1
-    return pos == start
-
-
+include "_udp_cache_slots.pxi"
 include "_udp_cache_policy.pxi"
 
 
@@ -387,12 +273,12 @@ cdef class CacheTable:
     cdef void _drop_locked(self, unsigned char* s, bint evicted) noexcept nogil:
         """Empty the locked slot ``s``, taking its entry off its store's count."""
         cdef int kind = s[CS_KIND], cache = s[CS_CACHE]
+        s[CS_KIND] = K_EMPTY  # unpublished, then uncounted (a kill between: one count over)
+        fdc_store(s + CS_HASH, 0)
         if kind != K_EMPTY and cache < CT_MAX_CACHES:
             fdc_add(self._counts(cache) + kind - 1, -1)
             if evicted:
                 fdc_add(<uint64_t*>(self.base + CT_EVICTIONS) + 2 * cache + kind - 1, 1)
-        s[CS_KIND] = K_EMPTY
-        fdc_store(s + CS_HASH, 0)
 
     cdef bint _evict_one(self, uint64_t b0, int cache, int kind, unsigned char* skip
                          ) noexcept nogil:
@@ -437,7 +323,7 @@ cdef class CacheTable:
         ``arcount`` >= 0 replaces the message's ARCOUNT (its OPT was left out).
         """
         cdef uint64_t h, b, word = 0, cap
-        cdef int way, hits_kept = 0
+        cdef int way, hits_kept = 0, tries = 0
         cdef unsigned char* s
         cdef unsigned char* target = NULL
         cdef unsigned char* empty = NULL
@@ -482,16 +368,19 @@ cdef class CacheTable:
             if oldest == NULL or not self._lock(oldest, &word):
                 return -1
             target = oldest
-        # capacity: the new entry is counted first, and a victim of its own store
-        # makes room when that went past the capacity (CoreDNS: a full store evicts)
-        # (the old entry leaves its count first; a replaced one of another key is evicted)
+        # the old entry leaves its count first (a replaced one of another key is
+        # evicted); then a full store makes room (CoreDNS: a full store evicts).
+        # Writers racing past the capacity by one each are taken back by the
+        # inserts after them (up to two victims each).
         self._drop_locked(target, not hits_kept)
         count = self._counts(cache) + kind - 1
-        if <uint64_t>fdc_add(count, 1) > cap and not self._evict_one(b, cache, kind, target):
-            fdc_add(count, -1)
-            self._unlock(target, word)
-            return -1
-        fdc_add(count, -1)  # counted again below, once the entry is whole
+        while fdc_load(count) >= cap and tries < 2:
+            if not self._evict_one(b, cache, kind, target):
+                if tries == 0:
+                    self._unlock(target, word)
+                    return -1  # full, and no entry of its own in reach
+                break
+            tries += 1
         fdc_store(target + CS_HASH, h)
         target[CS_CACHE] = cache
         target[CS_KEEPTTL] = keepttl
@@ -516,7 +405,7 @@ cdef class CacheTable:
         if not hits_kept:
             fdc_store(target + CS_HITS, 0)
             fdc_store(target + CS_LAST_HIT_NS, <uint64_t>(-(1LL << 62)))
-        fdc_add(count, 1)
+        fdc_add(count, 1)  # counted, then published (a kill between: one count over)
         target[CS_KIND] = kind
         self._unlock(target, word)
         self._count_entries()
@@ -700,38 +589,14 @@ cdef class CacheTable:
         Zones are lowercased wire names; more than CC_MAX_ZONES in a list, or a
         name over 255 octets, leaves the decision to Python.
         """
-        cdef CPolicy* pol
-        cdef int li, i
         free(self.policy)
         self.policy = NULL
-        if cache < 0:
-            return
-        self._check(cache)
-        pol = <CPolicy*>calloc(1, sizeof(CPolicy))
-        if pol == NULL:
-            raise MemoryError()
-        pol.index = cache
-        pol.success_ttl, pol.success_minttl = success_ttl, success_minttl
-        pol.denial_ttl, pol.denial_minttl = denial_ttl, denial_minttl
-        pol.servfail_ns = <int64_t>(servfail_ttl * 1e9) if servfail_ttl > 0 else 0
-        pol.stale_ns = <int64_t>(serve_stale * 1e9)
-        pol.prefetch = prefetch
-        pol.prefetch_ns = <int64_t>(prefetch_duration * 1e9)
-        pol.prefetch_pct = prefetch_percentage
-        pol.keepttl = keepttl
-        pol.active = 1
-        for li, names in enumerate((zones, disable_success, disable_denial)):
-            if len(names) > CC_MAX_ZONES:
-                pol.active = 0
-                break
-            pol.nzones[li] = len(names)
-            for i, z in enumerate(names):
-                if len(z) > 255 or len(z) == 0:
-                    pol.active = 0
-                    break
-                pol.zlen[li][i] = len(z)
-                memcpy(pol.zone[li][i], <const char*>PyBytes_AS_STRING(z), len(z))
-        self.policy = pol
+        if cache >= 0:
+            self._check(cache)
+            self.policy = make_policy(
+                cache, zones, disable_success, disable_denial, success_ttl, success_minttl,
+                denial_ttl, denial_minttl, servfail_ttl, serve_stale, prefetch,
+                prefetch_duration, prefetch_percentage, keepttl)
 
     def store_response(self, bytes key, resp, long long now_ns):
         """``insert_response`` from Python (tests): 1 handled, 0 left to Python."""
@@ -775,22 +640,3 @@ cdef class CacheTable:
                          now + lifetime_ns + pol.stale_ns, pol.keepttl, pol.prefetch_ns,
                          <int>sc.ar - 1 if sc.has_opt else -1)
         return 0 if r == 0 else 1
-
-
-cdef inline uint64_t _freq(unsigned char* s, int64_t now, int64_t window) noexcept nogil:
-    """CoreDNS freq.Update: hits within the prefetch window count up (advisory words)."""
-    cdef int64_t last = <int64_t>fdc_load(s + CS_LAST_HIT_NS)
-    cdef uint64_t hits
-    fdc_store(s + CS_LAST_HIT_NS, <uint64_t>now)
-    if now - last > window:
-        fdc_store(s + CS_HITS, 1)
-        return 1
-    hits = <uint64_t>fdc_add(s + CS_HITS, 1)
-    return hits
-
-
-cdef inline void _put_u32(unsigned char* p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xFF
-    p[2] = (v >> 8) & 0xFF
-    p[3] = v & 0xFF

@@ -201,3 +201,37 @@ cdef int classify(CPolicy* pol, CScan* sc, int64_t* ttl, int64_t* lifetime_ns) n
         lifetime_ns[0] = t * 1000000000
         return K_DENIAL
     return K_EMPTY  # REFUSED, FORMERR, NOTIMP ...: CoreDNS OtherError
+
+
+cdef CPolicy* make_policy(int cache, zones, disable_success, disable_denial,
+                          int success_ttl, int success_minttl, int denial_ttl,
+                          int denial_minttl, double servfail_ttl, double serve_stale,
+                          int prefetch, double prefetch_duration, double prefetch_percentage,
+                          bint keepttl) except NULL:
+    """A CPolicy (calloc'd: the caller frees it) from ResponseCache.c_policy's values."""
+    cdef CPolicy* pol = <CPolicy*>calloc(1, sizeof(CPolicy))
+    cdef int li, i
+    if pol == NULL:
+        raise MemoryError()
+    pol.index = cache
+    pol.success_ttl, pol.success_minttl = success_ttl, success_minttl
+    pol.denial_ttl, pol.denial_minttl = denial_ttl, denial_minttl
+    pol.servfail_ns = <int64_t>(servfail_ttl * 1e9) if servfail_ttl > 0 else 0
+    pol.stale_ns = <int64_t>(serve_stale * 1e9)
+    pol.prefetch = prefetch
+    pol.prefetch_ns = <int64_t>(prefetch_duration * 1e9)
+    pol.prefetch_pct = prefetch_percentage
+    pol.keepttl = keepttl
+    pol.active = 1
+    for li, names in enumerate((zones, disable_success, disable_denial)):
+        if len(names) > CC_MAX_ZONES:
+            pol.active = 0
+            break
+        pol.nzones[li] = len(names)
+        for i, z in enumerate(names):
+            if len(z) > 255 or len(z) == 0:
+                pol.active = 0
+                break
+            pol.zlen[li][i] = len(z)
+            memcpy(pol.zone[li][i], <const char*>PyBytes_AS_STRING(z), len(z))
+    return pol

@@ -194,5 +194,8 @@ def test_writers_killed_mid_insert_never_leave_a_torn_entry():
         rec = table.lookup(key_of(i), 0)
         assert rec is None or whole(i, rec[1])
     assert stuck == 0
-    assert sum(table.counts(0)) == table.count <= 96
-    assert _check_all(table) == table.count
+    # the counts are the live entries (a kill in the one instruction between a
+    # publish and its count may leave one over, never under)
+    live = _check_all(table)
+    assert live <= sum(table.counts(0)) == table.count <= live + 1
+    assert table.count <= 96
