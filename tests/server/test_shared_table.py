@@ -199,3 +199,55 @@ def test_writers_killed_mid_insert_never_leave_a_torn_entry():
     live = _check_all(table)
     assert live <= sum(table.counts(0)) == table.count <= live + 1
     assert table.count <= 96
+
+
+def _router(text: str):
+    from fastdns.corefile.config import parse_corefile
+    from fastdns.server.forwarding import BlockRouter
+
+    return BlockRouter(parse_corefile(text, "Corefile"))
+
+
+def test_workers_share_one_segment_and_a_reload_resizes_it(tmp_path, monkeypatch):
+    """Two workers' routers map one segment; a reloaded capacity moves both to a new one."""
+    import dns.message
+    import dns.rrset
+
+    from fastdns.codec import wire
+
+    monkeypatch.setattr(shm, "SHM_DIR", str(tmp_path))
+    core = ".:5300 {{\n forward . 127.0.0.1:9\n cache 30 {{\n  success {n}\n }}\n}}\n"
+    tables = [_udp.CacheTable(), _udp.CacheTable()]
+    routers = [_router(core.format(n=100)) for _ in tables]
+    for i, (r, t) in enumerate(zip(routers, tables, strict=True)):
+        r.attach_mirror(t, "rt", i)
+        assert r.c_cache
+    names = [n for n in shm.list_segments("rt") if cachetable.TAG in n]
+    assert len(names) == 1
+    first_buckets = tables[0].buckets
+    qm = dns.message.make_query("a.example.", "A")
+    resp = dns.message.make_response(qm)
+    resp.answer.append(dns.rrset.from_text("a.example.", 60, "IN", "A", "192.0.2.1"))
+    q = wire.parse_query(qm.to_wire())
+    a, b = (r.caches()[0] for r in routers)
+    assert a.put(resp.to_wire(), q)
+    entry, _ = b.lookup(q)  # worker B sees worker A's entry
+    assert entry is not None and entry.ttl == 30
+    assert a.entries("success") == b.entries("success") == 1
+    # a reload with another capacity: a new segment, the old one unlinked
+    for r in routers:
+        r.close()
+    for t in tables:
+        t.clear()
+    routers = [_router(core.format(n=5000)) for _ in tables]
+    for i, (r, t) in enumerate(zip(routers, tables, strict=True)):
+        r.attach_mirror(t, "rt", i)
+    names2 = [n for n in shm.list_segments("rt") if cachetable.TAG in n]
+    assert len(names2) == 1 and names2 != names
+    assert tables[0].buckets == tables[1].buckets > first_buckets
+    assert routers[1].caches()[0].lookup(q)[0] is None  # a new cache starts empty
+    for r in routers:
+        r.close()
+    for t in tables:
+        t.clear()
+    shm.sweep("rt")
