@@ -575,7 +575,8 @@ cdef class CacheTable:
         _freq(s, now, e.prefetch_ns)
         if self.w != NULL:
             self.w[W_CC_HITS_DENIAL if e.kind == K_DENIAL else W_CC_HITS_SUCCESS] += 1
-            self._count_entries()
+            if (self.w[W_CC_HITS_SUCCESS] & 255) == 0:
+                self._count_entries()  # other workers' inserts too, now and then
         return total
 
     # -- the C forwarder's store (policy in _udp_cache_policy.pxi) --------------------
