@@ -1,4 +1,4 @@
-"""The ``cache`` plugin: upstream answers kept per worker and served with aged TTLs.
+"""The ``cache`` plugin: upstream answers kept for every worker and served with aged TTLs.
 
 Semantics follow CoreDNS ``plugin/cache`` (``cache.go``, ``handler.go``,
 ``item.go``):
@@ -35,6 +35,18 @@ Stored form (``Entry``), chosen so a Cython fast path can serve it without
 Python objects: ``body`` = the answer bytes without its OPT (ID zero),
 ``offsets`` = ``array('H')`` of the 32-bit TTL fields in ``body``,
 ``stored``/``expires`` = clock seconds, ``ttl`` = original TTL.
+
+Where entries live: in the server, the host's one shared table
+(``attach``: server/_udp_cache.pxi ``CacheTable`` over the segment of
+ipc/cachetable.py), which every worker's UDP fast path, its TCP and Python
+paths and the C forwarder read and write, so a name is fetched once per TTL
+whatever the worker count, with one clock (CLOCK_MONOTONIC, the default
+``clock``) for every worker's remaining TTLs. What the table cannot hold
+(an entry larger than a slot, a bucket whose every slot a writer holds)
+stays in this worker's own ``_Store``, as does everything when no table is
+attached (pure mode, ``FASTDNS_NO_EXTENSIONS=1``, and listeners that serve
+different blocks: per-worker caches, the limit of those modes). Capacities
+bound each part: the table's counts are its header's (shared by all).
 """
 
 from __future__ import annotations
@@ -159,17 +171,30 @@ class CacheStats:
         self.served_stale = 0
 
 
-class CacheMirror(Protocol):
-    """What the cache needs of the fast path's C table (server/_udp_cache.pxi CacheTable):
+class SharedTable(Protocol):
+    """What the cache needs of the shared C table (server/_udp_cache.pxi CacheTable):
     declared here so this module types it without importing the data plane."""
 
-    def put(self, key: bytes, body: bytes, offsets: array, ttl: int, stored_ns: int,
-            until_ns: int, denial: bool, keepttl: bool = False,
-            prefetch_ns: int = 0) -> bool: ...
+    def lookup(self, key: bytes, cache: int) -> tuple | None: ...
 
-    def remove(self, key: bytes) -> bool: ...
+    def put(self, key: bytes, cache: int, denial: bool, body: bytes, offsets: array,
+            rcode: int, ttl: int, stored_ns: int, until_ns: int, expires_ns: int,
+            dead_ns: int, keepttl: bool = False, prefetch_ns: int = 0) -> int: ...
 
-    def hits(self, key: bytes) -> tuple[int, int] | None: ...
+    def remove(self, key: bytes, cache: int = -1) -> bool: ...
+
+    def touch(self, key: bytes, now_ns: int) -> int: ...
+
+    def counts(self, cache: int) -> tuple[int, int]: ...
+
+    def evictions(self, cache: int) -> tuple[int, int]: ...
+
+    def set_capacity(self, cache: int, success: int, denial: int) -> None: ...
+
+    def set_policy(self, cache: int, *args: object) -> None: ...
+
+
+SHARED = -2  # Entry.slot of an entry read from the shared table
 
 
 class ResponseCache:
@@ -183,38 +208,79 @@ class ResponseCache:
         self.zones = tuple(zone_key(z) for z in config.zones)
         self.disable_success = tuple(zone_key(z) for z in config.disable_success)
         self.disable_denial = tuple(zone_key(z) for z in config.disable_denial)
-        self._stores = {SUCCESS: _Store(config.success_capacity, rng, self._unmirror),
-                        DENIAL: _Store(config.denial_capacity, rng, self._unmirror)}
+        self._stores = {SUCCESS: _Store(config.success_capacity, rng),
+                        DENIAL: _Store(config.denial_capacity, rng)}
         self.stats = CacheStats()
-        # The fast path's C table (server/_udp_cache.pxi CacheTable), or None.
-        # Every stored entry a UDP answer can hold is mirrored there and every
-        # dropped one removed, so C never serves what this cache no longer has.
-        self.mirror: CacheMirror | None = None
+        # The host's shared table and this cache's number in it, or None (module
+        # docstring: where entries live).
+        self.shared: SharedTable | None = None
+        self.index = -1
 
-    def _unmirror(self, key: bytes) -> None:
-        if self.mirror is not None:
-            self.mirror.remove(key)
+    def attach(self, table: SharedTable, index: int) -> None:
+        """Keep entries in the shared ``table`` as its cache number ``index``."""
+        cfg = self.config
+        table.set_capacity(index, cfg.success_capacity, cfg.denial_capacity)
+        self.shared, self.index = table, index
 
-    def _mirror(self, mirror: CacheMirror, e: Entry) -> None:
-        """Put ``e`` in the C table, served there while fresh and before its prefetch window."""
+    def detach(self) -> None:
+        self.shared, self.index = None, -1
+
+    def c_policy(self) -> tuple:
+        """The arguments of ``CacheTable.set_policy`` after the index: this policy in C."""
+        cfg = self.config
+        return (self.zones, self.disable_success, self.disable_denial, cfg.success_ttl,
+                cfg.success_minttl, cfg.denial_ttl, cfg.denial_minttl, cfg.servfail_ttl,
+                cfg.serve_stale, cfg.prefetch, cfg.prefetch_duration,
+                cfg.prefetch_percentage, cfg.keepttl)
+
+    def _until(self, e: Entry) -> float:
+        """Until when the C path may serve ``e``: while fresh and before its prefetch window."""
         until = e.expires
         cfg = self.config
         if cfg.prefetch > 0 and e.rcode != _SERVFAIL:
             until = min(until, e.stored + e.ttl - math.ceil(cfg.prefetch_percentage / 100 * e.ttl))
-        if not mirror.put(e.key, e.body, e.offsets, e.ttl, int(e.stored * 1e9),
-                               int(until * 1e9), e.kind == DENIAL, cfg.keepttl,
-                               int(cfg.prefetch_duration * 1e9)):
-            mirror.remove(e.key)  # too large for a UDP slot, or the table is full
+        return until
+
+    def _share(self, table: SharedTable, e: Entry) -> int:
+        cfg = self.config
+        dead = e.expires
+        if cfg.serve_stale > 0 and e.rcode != _SERVFAIL:
+            dead += cfg.serve_stale
+        return table.put(e.key, self.index, e.kind == DENIAL, e.body, e.offsets, e.rcode,
+                         e.ttl, int(e.stored * 1e9), int(self._until(e) * 1e9),
+                         int(e.expires * 1e9), int(dead * 1e9), cfg.keepttl,
+                         int(cfg.prefetch_duration * 1e9))
+
+    def _shared_entry(self, key: bytes) -> Entry | None:
+        table = self.shared
+        rec = table.lookup(key, self.index) if table is not None else None
+        if rec is None:
+            return None
+        denial, body, offs, rcode, ttl, stored_ns, expires_ns, hits, last_ns = rec
+        offsets = array("H")
+        offsets.frombytes(offs)
+        e = Entry(key, DENIAL if denial else SUCCESS, body, offsets, rcode, stored_ns / 1e9,
+                  ttl, 0.0)
+        e.expires = expires_ns / 1e9
+        e.hits, e.last_hit, e.slot = hits, last_ns / 1e9, SHARED
+        return e
 
     # -- counters
 
-    def entries(self, kind: str) -> int:
-        """``coredns_cache_entries{type}``."""
-        return len(self._stores[kind])
+    def entries(self, kind: str, shared: bool = True) -> int:
+        """``coredns_cache_entries{type}`` (``shared``: with the shared table's, every
+        worker's)."""
+        n = len(self._stores[kind])
+        if shared and self.shared is not None:
+            n += self.shared.counts(self.index)[kind == DENIAL]
+        return n
 
-    def evictions(self, kind: str) -> int:
-        """``coredns_cache_evictions_total{type}``."""
-        return self._stores[kind].evictions
+    def evictions(self, kind: str, shared: bool = True) -> int:
+        """``coredns_cache_evictions_total{type}`` (``shared`` as for ``entries``)."""
+        n = self._stores[kind].evictions
+        if shared and self.shared is not None:
+            n += self.shared.evictions(self.index)[kind == DENIAL]
+        return n
 
     # -- keys
 
@@ -236,6 +302,16 @@ class ResponseCache:
         self.stats.requests += 1
         key = self.key(q)
         stale_for = self.config.serve_stale
+        e = self._shared_entry(key)
+        if e is not None:
+            if now < e.expires:
+                self.stats.hits[e.kind] += 1
+                return e, FRESH
+            if stale_for > 0 and now - e.expires < stale_for and e.rcode != _SERVFAIL:
+                self.stats.hits[e.kind] += 1
+                return e, STALE
+            if self.shared is not None:
+                self.shared.remove(key, self.index)  # past any use: free the slot now
         for kind in (DENIAL, SUCCESS):  # CoreDNS looks in ncache first
             store = self._stores[kind]
             e = store.get(key)
@@ -254,6 +330,9 @@ class ResponseCache:
     def peek(self, q, now: float) -> Entry | None:
         """The fresh entry for ``q`` without counting anything (a miss just stored)."""
         key = self.key(q)
+        e = self._shared_entry(key)
+        if e is not None and now < e.expires:
+            return e
         for kind in (DENIAL, SUCCESS):
             e = self._stores[kind].get(key)
             if e is not None and now < e.expires:
@@ -302,12 +381,14 @@ class ResponseCache:
     def hit(self, e: Entry, now: float) -> None:
         """Count a served hit for prefetch (CoreDNS ``freq.Update``).
 
-        Hits the C fast path served are taken over first, so prefetch sees them.
+        A shared entry counts in its slot, with every worker's and the C
+        path's hits, so prefetch sees them all.
         """
-        if self.mirror is not None:
-            c = self.mirror.hits(e.key)
-            if c is not None and c[0] and c[1] / 1e9 > e.last_hit:
-                e.hits, e.last_hit = c[0], c[1] / 1e9
+        if e.slot == SHARED and self.shared is not None:
+            hits = self.shared.touch(e.key, int(now * 1e9))
+            if hits >= 0:
+                e.hits, e.last_hit = hits, now
+                return
         if now - e.last_hit > self.config.prefetch_duration:
             e.hits = 1
         else:
@@ -379,7 +460,17 @@ class ResponseCache:
         old = self._stores[kind].get(key)
         if old is not None:  # a refresh keeps the hit history (CoreDNS doPrefetch)
             e.hits, e.last_hit = old.hits, old.last_hit
+        if self.shared is not None:
+            # the table keeps a refreshed key's hit history in its slot
+            stored = self._share(self.shared, e)
+            if stored == 1:
+                self._stores[kind].remove(key)
+                return True
+            self.shared.remove(key, self.index)  # an older copy must not outlive this one
+            if stored < 0:
+                # no room: its bucket's slots are being written, or its store is
+                # full with no entry of its own in reach to evict
+                return False
+            # larger than a slot: this worker keeps it (not shared)
         self._stores[kind].add(e)
-        if self.mirror is not None and e.slot >= 0:
-            self._mirror(self.mirror, e)
         return True

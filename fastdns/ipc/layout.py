@@ -262,6 +262,60 @@ LOOP_TEXT = LOOP.field("LOOP_TEXT", 2048, "the probes as lines ``qname zone list
 LOOP_SIZE = LOOP.end
 
 
+# -- the shared response cache ``fastdns-<instance>-cache-<tag>`` (octets) -------
+# One table for every worker of a host (fastdns/ipc/cachetable.py creates,
+# names and unlinks it; server/_udp_cache.pxi reads and writes it): a header,
+# then CT_NBUCKETS buckets of CT_WAYS fixed-size slots. Each slot is guarded
+# by its CS_SEQ word (a seqlock: low 32 bits the sequence, odd while a
+# writer holds the slot; high 32 bits that writer's pid, 0 when even).
+
+CT_MAGIC_VALUE = 0x46444E53_43430001  # "FDNSCC" + layout version 1
+CT_WAYS_N = 8  # slots per bucket: insert and evict look at one bucket only
+CT_SLOT_OCTETS = 1024  # one slot; an entry that does not fit stays per worker
+CT_MAX_CACHES = 16  # ``cache`` stanzas one table serves (one capacity pair each)
+
+CT = _region("cache segment", "octet", "``fastdns-<instance>-cache-<tag>``, created by "
+             "the first worker that needs it; fastdns/ipc/cachetable.py")
+CT_MAGIC = CT.field("CT_MAGIC", 8, "u64 CT_MAGIC_VALUE, stored last by the creator")
+CT_WAYS = CT.field("CT_WAYS", 4, "u32 slots per bucket (a layout check)")
+CT_SLOT_SIZE = CT.field("CT_SLOT_SIZE", 4, "u32 octets per slot (a layout check)")
+CT_NBUCKETS = CT.field("CT_NBUCKETS", 8, "u64 buckets")
+CT_TOOBIG = CT.field("CT_TOOBIG", 8, "u64 entries refused: larger than a slot")
+CT_CAPACITY = CT.field("CT_CAPACITY", 8 * 2 * CT_MAX_CACHES,
+                       "u64 [CT_MAX_CACHES][success, denial] capacities", align=64)
+CT_COUNT = CT.field("CT_COUNT", 8 * 2 * CT_MAX_CACHES,
+                    "u64 [CT_MAX_CACHES][success, denial] entries now (atomic adds)", align=64)
+CT_EVICTIONS = CT.field("CT_EVICTIONS", 8 * 2 * CT_MAX_CACHES,
+                        "u64 [CT_MAX_CACHES][success, denial] evictions (atomic adds)",
+                        align=64)
+CT_SLOTS = CT.field("CT_SLOTS", 0, "slot (b, w) at + (b*CT_WAYS + w)*CT_SLOT_SIZE",
+                    align=4096)
+
+CS = _region("cache slot", "octet", "one slot of the cache segment; every field but "
+             "CS_HITS and CS_LAST_HIT_NS is read under the CS_SEQ seqlock")
+CS_SEQ = CS.field("CS_SEQ", 8, "u64 seqlock word (see above)")
+CS_HASH = CS.field("CS_HASH", 8, "u64 FNV-1a of the key; 0 = empty")
+CS_KIND = CS.field("CS_KIND", 1, "u8 0 empty, 1 success, 2 denial")
+CS_CACHE = CS.field("CS_CACHE", 1, "u8 which ``cache`` stanza owns it (0..CT_MAX_CACHES-1)")
+CS_KEEPTTL = CS.field("CS_KEEPTTL", 1, "u8 1: serve the original TTL (keepttl)")
+CS_RCODE = CS.field("CS_RCODE", 2, "u16 the answer's rcode", align=2)
+CS_KEYLEN = CS.field("CS_KEYLEN", 2, "u16 octets of the key")
+CS_BODYLEN = CS.field("CS_BODYLEN", 2, "u16 octets of the stored message")
+CS_NOFFSETS = CS.field("CS_NOFFSETS", 2, "u16 TTL offsets after the message")
+CS_QEND = CS.field("CS_QEND", 2, "u16 offset just past the question in the message")
+CS_TTL = CS.field("CS_TTL", 4, "u32 the original TTL", align=4)
+CS_STORED_NS = CS.field("CS_STORED_NS", 8, "i64 CLOCK_MONOTONIC ns when stored", align=8)
+CS_UNTIL_NS = CS.field("CS_UNTIL_NS", 8, "i64 the C path serves it while now < this")
+CS_EXPIRES_NS = CS.field("CS_EXPIRES_NS", 8, "i64 fresh while now < this")
+CS_DEAD_NS = CS.field("CS_DEAD_NS", 8, "i64 of no use after this (expiry + serve_stale)")
+CS_PREFETCH_NS = CS.field("CS_PREFETCH_NS", 8, "i64 the prefetch frequency window")
+CS_HITS = CS.field("CS_HITS", 8, "u64 hits within the window (advisory, no seqlock)")
+CS_LAST_HIT_NS = CS.field("CS_LAST_HIT_NS", 8, "i64 the last hit (advisory, no seqlock)")
+CS_DATA = CS.field("CS_DATA", 0, "key, message, then u16 TTL offsets (native order), "
+                   "to the slot's end", align=8)
+CS_DATA_MAX = CT_SLOT_OCTETS - CS_DATA
+
+
 def _check() -> None:
     g = globals()
     for region in REGIONS:
@@ -270,6 +324,7 @@ def _check() -> None:
     assert W_END <= HOLD_ATTACHING_WORD < HOLD_LINGERING_WORD < W_FWD
     assert ROWS_END * 8 <= COUNTERS_SIZE
     assert STATS.end <= STATS_WORDS
+    assert CS_DATA_MAX >= 512 + 260
 
 
 _check()
@@ -278,9 +333,12 @@ _check()
 
 # The names the C fast path uses, besides every counters-block, row and
 # control-segment field.
-_C_SCALARS = ("W_END", "N_QTYPES", "QT_OTHER", "R_BADVERS", "R_DROPPED", "N_SIZE", "N_LAT",
+_C_SCALARS: tuple[str, ...] = (
+              "W_END", "N_QTYPES", "QT_OTHER", "R_BADVERS", "R_DROPPED", "N_SIZE", "N_LAT",
               "ROW_WORDS", "ROWS", "ROW_MAX", "ROWS_END", "LATENCY_FIRST_NS")
-_C_REGIONS = (CTL, CB, ROW)
+_C_REGIONS: tuple[Region, ...] = (CTL, CB, ROW)
+_C_REGIONS += (CT, CS)  # the shared response cache
+_C_SCALARS += ("CT_WAYS_N", "CT_SLOT_OCTETS", "CT_MAX_CACHES", "CS_DATA_MAX")
 # The sizes the tables of internals.md §4 list below the regions.
 _DOC_SCALARS = ("MAX_WORKERS", "NAME_MAX", "STATS_WORDS", "COUNTERS_SIZE", "W_END", "N_Q",
                 "N_SIZE", "N_LAT", "FWD_SLOTS", "FWD_SLOT_WORDS", "FWD_HIST", "FWD_END", "ROWS",

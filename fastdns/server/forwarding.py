@@ -8,11 +8,15 @@ dict, so they share the resolver, as CoreDNS shares the plugin chain).
 ``ServeDNS`` does: the image zone's block when the fast path named one,
 else the longest zone suffix among the blocks on the port.
 
-The fast path's C cache table holds one key space for the whole worker, so
-it is fed only when every listener serves the same blocks (the kubeadm and
-NodeLocal DNSCache Corefiles both do): then a key can only ever belong to
-one block's cache. Otherwise every cache hit is served by Python (still
-correct, slower); ``c_cache`` says which.
+The response cache is one shared table for every worker of the host
+(``attach_mirror``: ipc/cachetable.py's segment under server/_udp_cache.pxi's
+``CacheTable``), each block's cache a numbered store in it. The table has one
+key space, so it is used only when every listener serves the same blocks
+(the kubeadm and NodeLocal DNSCache Corefiles both do): then a key can only
+ever belong to one block's cache. Otherwise each worker keeps its own
+caches and every hit is served by Python (still correct, slower);
+``c_cache`` says which. The shared counts (entries, evictions) are every
+worker's, so only worker 0 exports them.
 
 ``export`` also writes the per-upstream forward region of the counters
 block (``layout.W_FWD``..): slot k = the k-th distinct ``to`` of the
@@ -32,8 +36,8 @@ from typing import Any
 
 from fastdns.forward.cache import DENIAL, SUCCESS
 from fastdns.forward.resolver import ForwardingResolver, from_plugins
+from fastdns.ipc import cachetable, layout, tables
 from fastdns.ipc import counters as ctr
-from fastdns.ipc import layout, tables
 from fastdns.names import forward_rcode_text
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,8 @@ class BlockRouter:
         self._by_plugins: dict[int, ForwardingResolver | None] = {}
         self._resolvers: list[ForwardingResolver] = []
         self.c_cache = False
+        self.segment: Any = None  # the shared table's mapping (kept open while in use)
+        self._export_shared = True
         self.table = tables.upstream_table(tables.config_upstreams(config))
         self._slot = {to: _SLOTS + k * layout.FWD_SLOT_WORDS for k, to in enumerate(self.table)}
         self._other = _SLOTS + layout.FWD_MAX_UPSTREAMS * layout.FWD_SLOT_WORDS
@@ -90,18 +96,36 @@ class BlockRouter:
         shapes = {tuple(sorted(id(b.plugins) for b in blocks)) for blocks in groups.values()}
         return len(shapes) <= 1
 
-    def attach_mirror(self, table: Any) -> None:
-        """Feed the fast path's C table (``_udp.CacheTable``) from every cache."""
+    def attach_mirror(self, table: Any, instance: str | None = None, index: int = 0) -> None:
+        """Keep every cache in the host's shared table (``_udp.CacheTable``).
+
+        ``instance``: the run's shm token (the segment is
+        ``fastdns-<instance>-cache-<tag>``, ipc/cachetable.py); None: a table
+        of this process alone (tests). ``index``: this worker's number.
+        """
         self.build_all()
         caches = self.caches()
+        self._export_shared = index == 0
         if not caches or not self.unambiguous():
             if caches:
                 log.info("listeners serve different blocks: cache hits are served by Python")
             return
-        table.configure(sum(c.config.success_capacity + c.config.denial_capacity
-                            for c in caches))
-        for c in caches:
-            c.mirror = table
+        shared = caches[:layout.CT_MAX_CACHES]  # any further one keeps its own store
+        capacity = sum(c.config.success_capacity + c.config.denial_capacity for c in shared)
+        if instance is None:
+            table.configure(capacity)
+        else:
+            nb = cachetable.nbuckets_for(capacity)
+            tag = cachetable.tag(nb, [c.config for c in shared])
+            name, self.segment, created = cachetable.open_segment(instance, nb, tag)
+            table.attach(self.segment)
+            if created:
+                cachetable.unlink_others(instance, name)
+        for i, c in enumerate(shared):
+            c.attach(table, i)
+        # the C forwarder stores for one cache only: the block whose key space it is
+        if len(shared) == 1:
+            table.set_policy(0, *shared[0].c_policy())
         self.c_cache = True
 
     def export(self, counters: ctr.Counters) -> None:
@@ -114,10 +138,11 @@ class BlockRouter:
         w[layout.W_CACHE_HITS_DENIAL] = sum(c.stats.hits[DENIAL] for c in caches)
         w[layout.W_CACHE_PREFETCH] = sum(c.stats.prefetch for c in caches)
         w[layout.W_CACHE_SERVED_STALE] = sum(c.stats.served_stale for c in caches)
-        w[layout.W_CACHE_ENTRIES_SUCCESS] = sum(c.entries(SUCCESS) for c in caches)
-        w[layout.W_CACHE_ENTRIES_DENIAL] = sum(c.entries(DENIAL) for c in caches)
-        w[layout.W_CACHE_EVICTIONS_SUCCESS] = sum(c.evictions(SUCCESS) for c in caches)
-        w[layout.W_CACHE_EVICTIONS_DENIAL] = sum(c.evictions(DENIAL) for c in caches)
+        shared = self._export_shared
+        w[layout.W_CACHE_ENTRIES_SUCCESS] = sum(c.entries(SUCCESS, shared) for c in caches)
+        w[layout.W_CACHE_ENTRIES_DENIAL] = sum(c.entries(DENIAL, shared) for c in caches)
+        w[layout.W_CACHE_EVICTIONS_SUCCESS] = sum(c.evictions(SUCCESS, shared) for c in caches)
+        w[layout.W_CACHE_EVICTIONS_DENIAL] = sum(c.evictions(DENIAL, shared) for c in caches)
         w[layout.W_FWD_MAX_CONCURRENT_REJECTS] = sum(
             r.forwarder.max_concurrent_rejects for r in self._resolvers)
         if counters.fwd is not None:
@@ -179,7 +204,8 @@ class BlockRouter:
                 pass
             self._exported_to = None
         for c in self.caches():
-            c.mirror = None
+            c.detach()
+        self.segment = None  # unmapped with the table's last view (the worker detaches it)
         for r in self._resolvers:
             r.close()
         self._resolvers.clear()

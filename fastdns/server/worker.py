@@ -274,7 +274,7 @@ class Worker:
 
         self.router = BlockRouter(config)
         if self.fast is not None:
-            self.router.attach_mirror(self.fast.cache)
+            self.router.attach_mirror(self.fast.cache, self.spec.instance, self.spec.index)
 
     def _route(self, block: int | None, qname: str, port: int) -> ForwardingResolver | None:
         return self.router.route(block, qname, port) if self.router is not None else None

@@ -50,6 +50,31 @@ def upstream_answer(up: TestUpstream, data: bytes) -> bytes:
     return up.answer(dns.message.from_wire(data)).to_wire(max_size=65535)
 
 
+try:
+    from fastdns.server import _udp
+except ImportError:  # pragma: no cover - no build
+    _udp = None
+
+
+@pytest.fixture(autouse=True, params=["local", "shared"])
+def store(request, monkeypatch):
+    """Every test twice: entries in the worker's own store, and in the shared C table
+    (server/_udp_cache.pxi), which must behave the same."""
+    if request.param == "shared":
+        if _udp is None:
+            pytest.skip("the _udp extension is not built")
+        init = ResponseCache.__init__
+
+        def shared_init(self, config, **kw):
+            init(self, config, **kw)
+            table = _udp.CacheTable()
+            table.configure(config.success_capacity + config.denial_capacity)
+            self.attach(table, 0)
+
+        monkeypatch.setattr(ResponseCache, "__init__", shared_init)
+    return request.param
+
+
 def cache_for(**kw) -> tuple[ResponseCache, Clock]:
     clock = Clock()
     kw.setdefault("zones", (".",))

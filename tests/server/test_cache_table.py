@@ -1,4 +1,4 @@
-"""The fast path's C cache table against the Python ResponseCache it mirrors.
+"""The shared C cache table against the Python ResponseCache that stores in it.
 
 ``ResponseCache.render`` is the oracle: for the same entry, query and clock
 the C table must produce the same octets, or miss (None) where it leaves
@@ -49,12 +49,12 @@ def upstream_answer(name: str, *, ttl: int = 300, n: int = 1, rcode: int = 0,
     return q.to_wire(), r.to_wire()
 
 
-def make(config: CacheConfig | None = None, clock: Clock | None = None):
+def make(config: CacheConfig | None = None, clock: Clock | None = None, size: int = 100):
     clock = clock or Clock()
     cache = ResponseCache(config or CacheConfig(zones=(".",)), clock=clock)
     table = _udp.CacheTable()
-    table.configure(100)
-    cache.mirror = table
+    table.configure(size)
+    cache.attach(table, 0)
     return cache, table, clock
 
 
@@ -124,12 +124,13 @@ def test_too_big_for_the_client_misses():
     assert table.serve(client("big.example.test."), int(clock.t * NS)) is not None
 
 
-def test_removed_with_the_python_entry():
+def test_capacity_is_kept_in_the_shared_table():
     cfg = CacheConfig(zones=(".",), success_capacity=2)
-    cache, table, clock = make(cfg)
+    cache, table, clock = make(cfg, size=4)
     for i in range(5):
         store(cache, f"n{i}.example.test.")
     assert table.count == cache.entries("success") == 2
+    assert cache.evictions("success") == 3
     served = [table.serve(client(f"n{i}.example.test."), int(clock.t * NS)) is not None
               for i in range(5)]
     assert sum(served) == 2
@@ -145,14 +146,15 @@ def test_hits_feed_prefetch_frequency():
     q = wire.parse_query(client("www.example.test."))
     entry, _ = cache.lookup(q, clock.t)
     cache.hit(entry, clock.t)
-    assert entry.hits == 4  # the three C hits were taken over
+    assert entry.hits == 4  # the three C hits counted in the slot
     assert cache.should_prefetch(entry, clock.t)
 
 
 def test_table_stays_consistent_under_churn():
-    """Backward-shift deletion keeps every remaining key findable."""
+    """Puts and removes in any order keep every remaining key findable."""
     table = _udp.CacheTable()
     table.configure(64)
+    table.set_capacity(0, 64, 64)
     cache = ResponseCache(CacheConfig(zones=(".",)), clock=Clock())
     live = {}
     for i in range(400):
@@ -166,8 +168,55 @@ def test_table_stays_consistent_under_churn():
             del live[victim]
         elif len(live) < 64:
             body = b"\x00\x00" + raw[2:]
-            assert table.put(key, body, [], 300, 0, 10**18, False)
-            live[key] = True
-    assert table.count == len(live)
+            if table.put(key, 0, False, body, [], 0, 300, 0, 10**18, 10**18, 10**18) == 1:
+                live[key] = True
+    assert table.count == len(live) == table.counts(0)[0]
     for key in live:
         assert table.hits(key) is not None
+
+
+@pytest.mark.parametrize("case", [
+    {}, {"ttl": 1}, {"ttl": 99999}, {"n": 3, "do": True}, {"edns": False},
+    {"rcode": dns.rcode.NXDOMAIN}, {"rcode": dns.rcode.SERVFAIL}, {"rcode": dns.rcode.REFUSED},
+])
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_c_insert_matches_python_put(case, prefetch):
+    """insert_response (the C forwarder's store) stores what ResponseCache.put would."""
+    cfg = CacheConfig(zones=(".",), prefetch=prefetch, prefetch_percentage=10,
+                      disable_denial=("off.test.",))
+    query, raw = upstream_answer("www.example.test.", **case)
+    q = wire.parse_query(query)
+    py, table_py, clock = make(cfg)
+    stored_py = py.put(raw, q)
+    c, table_c, _ = make(cfg, clock)
+    table_c.set_policy(0, *c.c_policy())
+    raw_id = b"\xbe\xef" + raw[2:]  # the upstream's ID is any
+    assert table_c.store_response(c.key(q), raw_id, int(clock.t * NS)) == 1
+    assert (table_c.count == 1) == stored_py
+    if stored_py:
+        assert table_c.lookup(c.key(q), 0) == table_py.lookup(py.key(q), 0)
+        for dt in (0.0, 0.5, 9.5, 29.0):
+            assert table_c.serve(client("www.example.test."), int((clock.t + dt) * NS)) == \
+                table_py.serve(client("www.example.test."), int((clock.t + dt) * NS))
+
+
+def test_c_insert_policy_edges():
+    cfg = CacheConfig(zones=("example.test.",), disable_denial=("off.example.test.",))
+    cache, table, clock = make(cfg)
+    table.set_policy(0, *cache.c_policy())
+    now = int(clock.t * NS)
+    for name, kw in (("www.other.test.", {}),  # outside the cache's zones
+                     ("x.off.example.test.", {"rcode": dns.rcode.NXDOMAIN})):  # disabled
+        query, raw = upstream_answer(name, **kw)
+        assert table.store_response(cache.key(wire.parse_query(query)), raw, now) == 1
+    tc = bytearray(upstream_answer("www.example.test.")[1])
+    tc[2] |= 0x02  # TC: never cached
+    q = wire.parse_query(upstream_answer("www.example.test.")[0])
+    assert table.store_response(cache.key(q), bytes(tc), now) == 1
+    assert table.count == 0
+    # a question that is not the key's: C does not decide
+    assert table.store_response(cache.key(q), upstream_answer("a.example.test.")[1], now) == 0
+    assert table.count == 0
+    noc = _udp.CacheTable()
+    noc.configure(10)
+    assert noc.store_response(cache.key(q), upstream_answer("www.example.test.")[1], now) == 0
