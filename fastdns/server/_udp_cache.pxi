@@ -319,6 +319,12 @@ cdef class CacheTable:
             self.w[W_CC_HITS_DENIAL if e.denial else W_CC_HITS_SUCCESS] += 1
         return total
 
+    # stub: replaced by the shared cache
+    cdef int insert_response(self, const unsigned char* key, Py_ssize_t klen,
+                             const unsigned char* resp, Py_ssize_t n,
+                             int64_t now) noexcept nogil:
+        return 0
+
 
 cdef inline void _store_u16(unsigned char* p, unsigned int v) noexcept nogil:
     p[0] = v & 0xFF
