@@ -484,18 +484,24 @@ cdef class FastPath:
             self.image_len = self._image.shape[0]
         self.generation = generation
         self.w[W_GENERATION] = generation
+        if self.cfwd is not None:
+            self.cfwd.set_image_zones(image)
 
     def set_forward(self, CForwarder cf, bint on=True):
         """Forward the misses ``cf`` serves from the batch (None: all go to ``slow``);
         ``on`` False keeps it but hands everything to Python (a query log, an
         armed loop probe: they must see each query)."""
-        if self.cfwd is not None and self.cfwd is not cf:
+        if self.cfwd is cf:
+            self.cfwd_on = cf is not None and on
+            return
+        if self.cfwd is not None:
             self.cfwd.close()
         self.cfwd = cf
         self.cfwd_on = cf is not None and on
         if cf is not None:
             cf.w = self.w
             cf.slow = self.slow
+            cf.set_image_zones(self._image if self.image != NULL else None)
 
     def set_prelookup(self, capsule):
         """Call a plugin's C hook for each query before the image lookup; None: no hook.
@@ -704,8 +710,9 @@ cdef class FastPath:
                         continue
                     if ans == -1:
                         w[W_CC_MISSES] += 1
-                    if self.cfwd_on and zone == -1:
-                        # a name no image zone holds: the C forwarder, if its block is one
+                    if self.cfwd_on and self.cfwd.routable(zone):
+                        # a name in no image zone or a forward-only one: the C
+                        # forwarder, if its block is one
                         fw = self.cfwd.take(fd, pkt, length, &self.addrs[i],
                                             self.rmsgs[i].msg_hdr.msg_namelen,
                                             self._reply_cmsg(i) if pktinfo else NULL,

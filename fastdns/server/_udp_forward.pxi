@@ -55,6 +55,7 @@ cdef enum:
     CF_ROUTE_ZONES = 16
     CF_SENDQ = 64
     CF_RAND = 512
+    CF_MAX_ZONES = 4096  # image zones whose kind it knows (more: those go to Python)
     CF_QR = 0x80  # in the first flags octet
     CF_TC = 0x02
     CF_KEEP = 0x86EF  # message._KEEP: all but opcode, RD, CD (0x7910)
@@ -182,6 +183,7 @@ cdef class CForwarder:
     cdef iovec* riov
     cdef unsigned char* inbuf
     cdef int* handed
+    cdef unsigned char zone_fwd[CF_MAX_ZONES]  # 1: image zone i is ZK_FORWARD
     cdef public bint timer_armed
     cdef readonly bint want_timer
     cdef object on_pending
@@ -215,6 +217,7 @@ cdef class CForwarder:
         memset(self.pend, 0, CF_MAX_PENDING * sizeof(CFPending))
         memset(self.by_id, 0xFF, 65536 * sizeof(int))
         memset(self.up_of_fd, 0xFF, sizeof(self.up_of_fd))
+        memset(self.zone_fwd, 0, sizeof(self.zone_fwd))
         memset(self.route_of_fd, 0xFF, sizeof(self.route_of_fd))
         memset(self.rmsgs, 0, VLEN * sizeof(mmsghdr))
         for i in range(CF_MAX_PENDING):
@@ -349,6 +352,25 @@ cdef class CForwarder:
         r.fd = fd
         self.route_of_fd[fd] = slot
         return True
+
+    def set_image_zones(self, image):
+        """Learn which zones of ``image`` are forward-only (image.ZK_FORWARD): a miss
+        there is routed by Config.select like a name in no zone (slowpath.py
+        _resolver), so the C side may take it; other zones' misses stay Python's."""
+        from fastdns.ipc import image as img
+
+        cdef int i
+        memset(self.zone_fwd, 0, sizeof(self.zone_fwd))
+        if image is None:
+            return
+        h = img.read_header(image)
+        for i in range(min(h.nzones, CF_MAX_ZONES)):
+            if img.zone_entry(image, i)[5] == img.ZK_FORWARD:
+                self.zone_fwd[i] = 1
+
+    cdef inline bint routable(self, int zone) noexcept nogil:
+        """May a miss the image reported in ``zone`` (-1: none) be forwarded here?"""
+        return zone == -1 or (0 <= zone < CF_MAX_ZONES and self.zone_fwd[zone])
 
     def set_healthy(self, int up, bint healthy):
         if 0 <= up < self.nups:
