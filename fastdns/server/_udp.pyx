@@ -31,7 +31,7 @@ packet touches the same few extra lines as every other packet of its zone.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
@@ -366,7 +366,9 @@ cdef class FastPath:
     wildcard socket it gets a fifth argument, the ancillary data its own
     ``sock.sendmsg`` of a later answer must carry (``_slow_one``).
     ``cache`` is the response cache's C table (``_udp_cache.pxi``): a packet
-    the image cannot answer is looked up there before it goes to ``slow``.
+    the image cannot answer is looked up there before it goes to ``slow``;
+    then ``cfwd`` (``_udp_forward.pxi``, ``set_forward``) forwards it if it
+    serves the name's block.
     """
 
     cdef const unsigned char[::1] _image

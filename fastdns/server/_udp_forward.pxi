@@ -192,7 +192,9 @@ cdef class CForwarder:
         self.blocks = <CFBlock*>PyMem_Malloc(CF_MAX_BLOCKS * sizeof(CFBlock))
         self.ups = <CFUp*>PyMem_Malloc(CF_MAX_UPS * sizeof(CFUp))
         self.routes = <CFRoute*>PyMem_Malloc(CF_ROUTES * sizeof(CFRoute))
-        self.pend = <CFPending*>PyMem_Malloc(CF_MAX_PENDING * sizeof(CFPending))
+        # calloc: a large zeroed block is mapped lazily, so the slots cost memory
+        # only once used
+        self.pend = <CFPending*>PyMem_Calloc(CF_MAX_PENDING, sizeof(CFPending))
         self.free_list = <int*>PyMem_Malloc(CF_MAX_PENDING * sizeof(int))
         self.active = <int*>PyMem_Malloc(CF_MAX_PENDING * sizeof(int))
         self.active_pos = <int*>PyMem_Malloc(CF_MAX_PENDING * sizeof(int))
@@ -214,7 +216,6 @@ cdef class CForwarder:
                 or self.inbuf == NULL or self.handed == NULL):
             raise MemoryError()
         cdef int i
-        memset(self.pend, 0, CF_MAX_PENDING * sizeof(CFPending))
         memset(self.by_id, 0xFF, 65536 * sizeof(int))
         memset(self.up_of_fd, 0xFF, sizeof(self.up_of_fd))
         memset(self.zone_fwd, 0, sizeof(self.zone_fwd))
@@ -675,7 +676,8 @@ cdef class CForwarder:
                 for i in range(n):
                     a = self.inbuf + i * SLOT
                     length = self.rmsgs[i].msg_len
-                    pi = self._match(up, a, length)
+                    pi = self._match(up, a, length,
+                                     self.rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC)
                     if pi < 0:
                         self.w[W_CFWD_MISMATCHED] += 1
                         continue
@@ -699,10 +701,12 @@ cdef class CForwarder:
                 break
         return 0
 
-    cdef int _match(self, int up, const unsigned char* a, Py_ssize_t n) noexcept nogil:
+    cdef int _match(self, int up, const unsigned char* a, Py_ssize_t n,
+                    bint truncated) noexcept nogil:
         """The pending slot answer ``a`` belongs to, or -1 (RFC 5452 §9.1,
         upstream.py _accept: our ID, on its upstream, QR, the question sent,
-        parseable)."""
+        parseable). A datagram larger than a slot (``truncated``) cannot be
+        parsed here: it matches on the rest and goes to Python."""
         cdef int pi, j
         cdef CFPending* p
         cdef unsigned char x, y
@@ -725,7 +729,7 @@ cdef class CForwarder:
                     y |= 0x20
                 if x != y:
                     return -1
-        if n <= SLOT and check_response_c(a, n) != E_OK:
+        if not truncated and check_response_c(a, n) != E_OK:
             return -1
         return pi
 

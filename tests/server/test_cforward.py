@@ -58,6 +58,10 @@ def env(tmp_path_factory):
     ups["tc"].tc_udp = True
     ups["spoof"].spoof = True
     ups["slow"].delay = 1.0
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    refused = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: the kernel answers ICMP port unreachable
     port, wport = free_port(), free_port(v6=HAS_IPV6)
     a = {k: u.addr for k, u in ups.items()}
     corefile = "".join([
@@ -69,6 +73,7 @@ def env(tmp_path_factory):
                f"{dead.addr} {a['retry']} {{\n        policy sequential\n"
                "        max_fails 0\n    }"),
         _block("dead.test", port, f"{dead.addr} {dead2.addr} {{\n        max_fails 0\n    }}"),
+        _block("refused.test", port, f"{refused} {{\n        max_fails 0\n    }}"),
         _block("slow.test", port, f"{a['slow']} {{\n        max_concurrent 2\n    }}"),
         _block("rr.test", port, f"{a['rr1']} {a['rr2']} {{\n        policy round_robin\n    }}"),
         _block("sq.test", port, f"{a['sq1']} {a['sq2']} {{\n        policy sequential\n    }}"),
@@ -182,6 +187,17 @@ def test_every_upstream_silent_is_servfail_within_the_deadline(env):
         after = cwords(srv)
         assert after["SERVFAIL"] == before["SERVFAIL"] + 1
         assert after["TIMEOUTS"] >= before["TIMEOUTS"] + 3  # 2 s, 2 s, the last 1 s
+
+
+def test_refused_upstream_fails_fast(env):
+    srv, _, _ = env
+    before = cwords(srv)
+    t0 = time.monotonic()
+    r = ask("www.refused.test.", port=srv.port, timeout=4)
+    assert r.rcode() == dns.rcode.SERVFAIL
+    assert time.monotonic() - t0 < 1.5  # ICMP, not the read timeout
+    if C_PATH:
+        assert cwords(srv)["SERVFAIL"] == before["SERVFAIL"] + 1
 
 
 def test_max_concurrent_refuses_the_third(env):
