@@ -91,8 +91,7 @@ ctypedef struct CFUp:
     int nsock
     int fds[CF_NSOCK]
     uint64_t sent[CF_NSOCK]  # queries sent on each socket (rotation, conn-cache counts)
-    int w_conn_hit  # region-relative words of its forward slot (cforward.py)
-    int w_conn_miss
+    int w_conn_miss  # region-relative words of its forward slot (cforward.py)
     int w_dur
     int64_t refused_ns  # an ECONNREFUSED seen at this time
 
@@ -187,6 +186,7 @@ cdef class CForwarder:
     cdef public bint timer_armed
     cdef readonly bint want_timer
     cdef object on_pending
+    cdef object on_refused
 
     def __cinit__(self):
         self.blocks = <CFBlock*>PyMem_Malloc(CF_MAX_BLOCKS * sizeof(CFBlock))
@@ -254,10 +254,14 @@ cdef class CForwarder:
         PyMem_Free(self.handed)
         PyMem_Free(self.counts)
 
-    def __init__(self, int count_words, int broken_word, int fwd_hist, on_pending):
+    def __init__(self, int count_words, int broken_word, int fwd_hist, on_pending,
+                 on_refused=None):
         """``count_words``: the forward region's size (counts are region-relative
         words, cforward.py adds them in BlockRouter.export); ``on_pending()``
-        is called when a query is pending and the expiry timer is not armed."""
+        is called when a query is pending and the expiry timer is not armed;
+        ``on_refused(fd)`` after an ECONNREFUSED on upstream socket ``fd``
+        (libuv stops polling a socket that reported an error: the caller
+        registers it again)."""
         self.counts = <uint64_t*>PyMem_Malloc(count_words * sizeof(uint64_t))
         if self.counts == NULL:
             raise MemoryError()
@@ -266,6 +270,7 @@ cdef class CForwarder:
         self.broken_word = broken_word
         self.fwd_hist = fwd_hist
         self.on_pending = on_pending
+        self.on_refused = on_refused
 
     # -- configuration (cforward.py) -----------------------------------------
 
@@ -297,7 +302,7 @@ cdef class CForwarder:
         self.nblocks += 1
         return self.nblocks - 1
 
-    def add_upstream(self, int block, list fds, int w_conn_hit, int w_conn_miss, int w_dur):
+    def add_upstream(self, int block, list fds, int w_conn_miss, int w_dur):
         """An upstream of ``block`` with its connected sockets; returns its index."""
         cdef CFUp* u
         cdef CFBlock* b
@@ -310,7 +315,7 @@ cdef class CForwarder:
         for fd in fds:
             if not 0 <= fd < MAX_FD:
                 return -1
-        for word in (w_conn_hit, w_conn_miss, w_dur, w_dur + 16 * self.fwd_hist - 1):
+        for word in (w_conn_miss, w_dur, w_dur + 16 * self.fwd_hist - 1):
             if not 0 <= word < self.count_words:
                 return -1
         u = &self.ups[self.nups]
@@ -321,7 +326,6 @@ cdef class CForwarder:
         for k, fd in enumerate(fds):
             u.fds[k] = fd
             self.up_of_fd[fd] = self.nups
-        u.w_conn_hit = w_conn_hit
         u.w_conn_miss = w_conn_miss
         u.w_dur = w_dur
         b.ups[b.nups] = self.nups
@@ -569,8 +573,9 @@ cdef class CForwarder:
         p.t_expire = now + (b.read_timeout_ns if b.read_timeout_ns < left else left)
         k = self._rand16() % u.nsock if u.nsock > 1 else 0
         u.sent[k] += 1
-        # CoreDNS proxy.Connect: a cached connection is a hit, a dial a miss
-        self.counts[u.w_conn_miss if u.sent[k] == 1 else u.w_conn_hit] += 1
+        # coredns_proxy_conn_cache_misses_total{proto="udp"}: each UDP exchange
+        # counts as a dial, as the Python forwarder counts it (forwarder.py udp_exchanges)
+        self.counts[u.w_conn_miss] += 1
         if self.nsendq == CF_SENDQ:
             self.flush()
         self.sendq_fd[self.nsendq] = u.fds[k]
@@ -665,6 +670,8 @@ cdef class CForwarder:
                 # attempts fail now (upstream.py: UpstreamError, next upstream)
                 self.ups[up].refused_ns = now_ns()
                 self._expire(now_ns())
+                if self.on_refused is not None:
+                    self.on_refused(fd)
                 batches += 1
                 continue
             if n <= 0:
@@ -917,3 +924,4 @@ cdef class CForwarder:
         self.w = NULL
         self.slow = None
         self.on_pending = None
+        self.on_refused = None

@@ -59,19 +59,24 @@ def eligible(resolver: Any) -> bool:
 class CForward:
     """One Corefile's C forwarder, for one worker (``attach`` builds it)."""
 
-    def __init__(self, module: Any, fast: Any, router: Any, config: Any,
-                 udp_by_fd: dict, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, module: Any, fast: Any, router: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.router = router
         self.fast = fast
         self.c = module.CForwarder(layout.FWD_END - layout.W_FWD,
                                    layout.W_FWD_BROKEN - layout.W_FWD, layout.FWD_HIST,
-                                   self._on_pending)
+                                   self._on_pending, self._on_refused)
         self.socks: dict[int, socket.socket] = {}  # fd -> socket, every one we read
         self.ups: list[tuple[Any, Any, list[int]]] = []  # C index -> (Forwarder, Upstream, fds)
         self._timer: asyncio.TimerHandle | None = None
         self._retiring: list[asyncio.TimerHandle] = []
         self._closed = False
+        self.blocks = 0
+
+    def build(self, config: Any, udp_by_fd: dict) -> None:
+        """Add the blocks, upstreams and listener routes of ``config``."""
+        router = self.router
         blocks: dict[int, int] = {}  # id(resolver) -> C block
         for b in config.servers:
             r = router.resolver_for(b)
@@ -106,7 +111,7 @@ class CForward:
         for up in f.upstreams:
             fds = [self._open(up) for _ in range(SOCKETS)]
             slot = self.router.slot_of(up.addr)
-            u = self.c.add_upstream(bid, fds, slot + layout.FS_CONN, slot + layout.FS_CONN + 1,
+            u = self.c.add_upstream(bid, fds, slot + layout.FS_CONN + 1,  # udp misses
                                     slot + layout.FS_DURATIONS)
             if u < 0:  # cannot happen within the limits eligible() checks
                 raise RuntimeError("C forwarder: upstream table full")
@@ -152,6 +157,16 @@ class CForward:
         for i, (f, u, _fds) in enumerate(self.ups):
             if u is up:
                 self.c.set_healthy(i, not u.down(f.max_fails))
+
+    def _on_refused(self, fd: int) -> None:
+        # libuv stops polling a socket whose poll reported an error (uv__poll_io,
+        # POLLERR): register it again once this callback has returned
+        self.loop.call_soon(self._rearm, fd)
+
+    def _rearm(self, fd: int) -> None:
+        if fd in self.socks and not self._closed:
+            self.loop.remove_reader(fd)
+            self.loop.add_reader(fd, self.c.drain, fd)
 
     def _on_pending(self) -> None:
         if self._timer is None and not self._closed:
@@ -226,10 +241,12 @@ def attach(module: Any, fast: Any, router: Any, config: Any, udp_by_fd: dict,
     """Build the C forwarder of ``config`` and hand it to ``fast``; None when no
     block qualifies or it cannot be built (everything then goes to Python, as
     before)."""
+    cf = CForward(module, fast, router, asyncio.get_running_loop())
     try:
-        cf = CForward(module, fast, router, config, udp_by_fd, asyncio.get_running_loop())
+        cf.build(config, udp_by_fd)
     except (OSError, RuntimeError):
         log.exception("the C forwarder is off")
+        cf.close()
         fast.set_forward(None)
         return None
     if not cf.blocks:
