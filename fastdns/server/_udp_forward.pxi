@@ -187,6 +187,7 @@ cdef class CForwarder:
     cdef readonly bint want_timer
     cdef object on_pending
     cdef object on_refused
+    cdef uint64_t failed  # bit u: an attempt on upstream u failed since take_failed
 
     def __cinit__(self):
         self.blocks = <CFBlock*>PyMem_Malloc(CF_MAX_BLOCKS * sizeof(CFBlock))
@@ -875,7 +876,14 @@ cdef class CForwarder:
         failed (bit u: cforward.py starts their health probes)."""
         if self.w == NULL:
             return 0
-        return self._expire(now_ns())
+        self._expire(now_ns())
+        return self.take_failed()
+
+    def take_failed(self):
+        """The upstreams whose attempts failed since the last call (bit u)."""
+        cdef uint64_t f = self.failed
+        self.failed = 0
+        return f
 
     cdef uint64_t _expire(self, int64_t now) noexcept nogil:
         cdef int k, pi, up
@@ -904,14 +912,15 @@ cdef class CForwarder:
             # every attempt failed (forwarder.py NoUpstream): SERVFAIL
             p.q[0] = p.cid >> 8
             p.q[1] = p.cid & 0xFF
+            self.w[W_CFWD_SERVFAIL] += 1  # counted before the client can see it
             if parse_query_c(p.q, p.qlen, &q) == E_OK:
                 n = build_error(p.q, &q, 2, True, q.edns, out)
                 self._send_one(p, out, n)
             else:
                 count_dropped(self.w, p.row)
-            self.w[W_CFWD_SERVFAIL] += 1
             self._release(pi)  # moves the last active into position k
         self.flush()
+        self.failed |= failed
         return failed
 
     def close(self):

@@ -162,6 +162,7 @@ class CForward:
         # libuv stops polling a socket whose poll reported an error (uv__poll_io,
         # POLLERR): register it again once this callback has returned
         self.loop.call_soon(self._rearm, fd)
+        self._failed(self.c.take_failed())
 
     def _rearm(self, fd: int) -> None:
         if fd in self.socks and not self._closed:
@@ -176,19 +177,23 @@ class CForward:
         self._timer = None
         if self._closed:
             return
-        failed = self.c.expire()
-        i = 0
-        while failed:
-            if failed & 1 and i < len(self.ups):
-                f, up, _fds = self.ups[i]
-                f.health.trigger(up)
-            failed >>= 1
-            i += 1
+        self._failed(self.c.expire())
         self._rotate()
         if self.c.pending:
             self._timer = self.loop.call_later(TICK, self._tick)
         else:
             self.c.timer_armed = False
+
+    def _failed(self, mask: int) -> None:
+        """Start the probes of the upstreams in ``mask`` (bit u: C upstream u), as a
+        failed Python exchange does (Forwarder._exchange: ``health.trigger``)."""
+        i = 0
+        while mask:
+            if mask & 1 and i < len(self.ups):
+                f, up, _fds = self.ups[i]
+                f.health.trigger(up)
+            mask >>= 1
+            i += 1
 
     def _rotate(self) -> None:
         for i, (f, up, fds) in enumerate(self.ups):
