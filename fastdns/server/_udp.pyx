@@ -350,7 +350,9 @@ cdef object sockaddr_tuple(const sockaddr_storage* sa):
             a6.sin6_scope_id)
 
 
+include "_udp_forward_types.pxi"
 include "_udp_forward.pxi"
+include "_udp_forward_io.pxi"
 
 
 @cython.final
