@@ -32,6 +32,11 @@
 # pending) or are refused (ICMP) move to the next upstream within 2 x
 # upstreams attempts and the 5 s deadline (README "Where fastdns differs");
 # then SERVFAIL. Beyond `max_concurrent` in flight: REFUSED.
+#
+# The structs are in _udp_forward_types.pxi, the upstream side (drain, match,
+# render, expire) in _udp_forward_io.pxi; this file holds the class, its
+# configuration and the batch side (take, attempt, flush).
+
 
 @cython.final
 cdef class CForwarder:
