@@ -88,3 +88,11 @@ cdef Py_ssize_t answer_packet(const unsigned char* image, Py_ssize_t image_len,
                               unsigned char* out, Py_ssize_t out_cap,
                               unsigned int counter, int* zone,
                               Py_ssize_t max_size=*) noexcept nogil
+
+# The UDP fast path's forwarder (server/_udp_forward.pxi): the checks
+# parse_response makes, and the error answers the wire core builds.
+cdef int check_response_c(const unsigned char* p, Py_ssize_t n) noexcept nogil
+
+cdef Py_ssize_t build_error(const unsigned char* pkt, const CQuery* q, uint32_t rcode,
+                            bint with_question, bint with_opt,
+                            unsigned char* out) noexcept nogil

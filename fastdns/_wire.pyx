@@ -968,6 +968,70 @@ cdef int _parse_response(const unsigned char* p, Py_ssize_t n, Response r) excep
     return E_OK
 
 
+cdef int check_response_c(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Would ``parse_response`` accept the message? Its walk without the
+    Python objects (the UDP fast path's forwarder checks answers with it);
+    returns a WireErr (0 = E_OK)."""
+    cdef Cursor c, sub
+    cdef uint32_t i, count, first_additional, v = 0
+    cdef uint32_t rtype = 0, rclass = 0, ttl = 0, rdlen = 0, an, ns
+    cdef Py_ssize_t name_start, name_end, rd_end
+    cdef bint seen_opt = False
+    cdef int err
+    if n < 12:
+        return E_SHORT
+    if be16(p + 4) != 1:
+        return E_QCOUNT
+    an = be16(p + 6)
+    ns = be16(p + 8)
+    cur_init(&c, p, n, 12)
+    err = cur_name(&c, NULL, NULL)
+    if err:
+        return err
+    if cur_u16(&c, &v) or cur_u16(&c, &v):
+        return E_SHORT
+    first_additional = an + ns
+    count = first_additional + be16(p + 10)
+    for i in range(count):
+        name_start = c.pos
+        err = cur_name(&c, NULL, NULL)
+        if err:
+            return err
+        name_end = c.pos
+        if not cur_has(&c, 10):
+            return E_SHORT
+        cur_u16(&c, &rtype)
+        cur_u16(&c, &rclass)
+        cur_u32(&c, &ttl)
+        cur_u16(&c, &rdlen)
+        if not cur_has(&c, rdlen):
+            return E_RDATA
+        rd_end = c.pos + rdlen
+        if rtype == T_OPT and i >= first_additional:
+            if seen_opt:
+                return E_DUP_OPT
+            if name_end != name_start + 1:
+                return E_BAD_OPT
+            err = walk_options(p, c.pos, rd_end)
+            if err:
+                return err
+            seen_opt = True
+        elif rtype == T_SOA and an <= i < first_additional:
+            cur_init(&sub, p, n, c.pos)
+            err = cur_name(&sub, NULL, NULL)
+            if err:
+                return err
+            err = cur_name(&sub, NULL, NULL)
+            if err:
+                return err
+            if sub.pos + 20 != rd_end:
+                return E_RDATA
+        c.pos = rd_end
+    if c.pos != c.len:
+        return E_TRAILING
+    return E_OK
+
+
 def parse_response(data):
     """Parse an upstream answer: question, TTL positions, SOA minimum (RFC 2308 §5)."""
     cdef bytes d = bytes(data)

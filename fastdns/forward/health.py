@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import struct
+from collections.abc import Callable
 
 from fastdns.codec import wire
 from fastdns.constants import Flag, Qclass, Qtype
@@ -38,6 +39,9 @@ class HealthChecker:
         self.timeout = timeout
         self._loops: dict[Upstream, asyncio.Task] = {}
         self.probes = 0
+        # called after each probe changed ``up.fails`` (the C forwarder's healthy
+        # set follows it: server/cforward.py)
+        self.on_change: Callable[[Upstream], None] | None = None
 
     def enabled(self) -> bool:
         return self.interval > 0
@@ -65,8 +69,12 @@ class HealthChecker:
         except UpstreamError:
             up.fails += 1
             up.healthcheck_failures += 1
+            if self.on_change is not None:
+                self.on_change(up)
             return False
         up.fails = 0
+        if self.on_change is not None:
+            self.on_change(up)
         return True
 
     async def _loop(self, up: Upstream) -> None:

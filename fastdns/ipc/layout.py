@@ -246,6 +246,23 @@ W_ROWS = CB.field("W_ROWS", ROWS * ROW_WORDS, "[ROWS] rows (cache-line aligned)"
 ROWS_END = CB.end
 ROWS_WORDS = ROWS_END - W_ROWS
 
+# the C forwarder (server/_udp_forward.pxi): misses it forwards from the fast
+# path itself; its per-upstream series go into the forward region above through
+# the worker's BlockRouter.export (server/cforward.py), these words it writes here
+W_CFWD_SENT = CB.field("W_CFWD_SENT", doc="queries the C forwarder sent upstream "
+                       "(retries included)", align=8)
+W_CFWD_ANSWERED = CB.field("W_CFWD_ANSWERED", doc="clients it answered with an upstream answer")
+W_CFWD_MISMATCHED = CB.field("W_CFWD_MISMATCHED", doc="upstream datagrams dropped: unknown "
+                             "ID, wrong question, not QR, unparsable")
+W_CFWD_TIMEOUTS = CB.field("W_CFWD_TIMEOUTS", doc="attempts that timed out or were refused")
+W_CFWD_SERVFAIL = CB.field("W_CFWD_SERVFAIL", doc="clients answered SERVFAIL: every attempt "
+                           "failed")
+W_CFWD_REFUSED = CB.field("W_CFWD_REFUSED", doc="clients answered REFUSED: max_concurrent")
+W_CFWD_HANDED = CB.field("W_CFWD_HANDED", doc="queries handed back to Python after an "
+                         "upstream answer (TC, next/failover rcode, oversize)")
+W_CFWD_PENDING = CB.field("W_CFWD_PENDING", doc="gauge: queries in flight now")
+CFWD_END = CB.end
+
 # -- the loop-detection segment ``fastdns-<instance>-loop`` (octets) ------------
 
 MAX_PROBES = 8
@@ -322,7 +339,7 @@ def _check() -> None:
         for f in region.fields:
             assert g[f.name] == f.offset, f.name
     assert W_END <= HOLD_ATTACHING_WORD < HOLD_LINGERING_WORD < W_FWD
-    assert ROWS_END * 8 <= COUNTERS_SIZE
+    assert CFWD_END * 8 <= COUNTERS_SIZE
     assert STATS.end <= STATS_WORDS
     assert CS_DATA_MAX >= 512 + 260
 

@@ -31,7 +31,7 @@ packet touches the same few extra lines as every other packet of its zone.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
@@ -350,6 +350,11 @@ cdef object sockaddr_tuple(const sockaddr_storage* sa):
             a6.sin6_scope_id)
 
 
+include "_udp_forward_types.pxi"
+include "_udp_forward.pxi"
+include "_udp_forward_io.pxi"
+
+
 @cython.final
 cdef class FastPath:
     """One worker's UDP engine: buffers, the mapped image, the counters block.
@@ -363,7 +368,9 @@ cdef class FastPath:
     wildcard socket it gets a fifth argument, the ancillary data its own
     ``sock.sendmsg`` of a later answer must carry (``_slow_one``).
     ``cache`` is the response cache's C table (``_udp_cache.pxi``): a packet
-    the image cannot answer is looked up there before it goes to ``slow``.
+    the image cannot answer is looked up there before it goes to ``slow``;
+    then ``cfwd`` (``_udp_forward.pxi``, ``set_forward``) forwards it if it
+    serves the name's block.
     """
 
     cdef const unsigned char[::1] _image
@@ -394,6 +401,8 @@ cdef class FastPath:
     cdef signed char fd_lz[MAX_FD]  # fd -> its table, -1 = none
     cdef bint has_rows  # the counters block holds the row region
     cdef readonly CacheTable cache
+    cdef readonly CForwarder cfwd  # misses forwarded from C (_udp_forward.pxi), or None
+    cdef bint cfwd_on
     cdef fastdns_prelookup prelookup  # fn NULL: no hook (one predictable branch a packet)
     cdef object _prelookup_capsule  # keeps the hook's owner alive
 
@@ -479,6 +488,24 @@ cdef class FastPath:
             self.image_len = self._image.shape[0]
         self.generation = generation
         self.w[W_GENERATION] = generation
+        if self.cfwd is not None:
+            self.cfwd.set_image_zones(image)
+
+    def set_forward(self, CForwarder cf, bint on=True):
+        """Forward the misses ``cf`` serves from the batch (None: all go to ``slow``);
+        ``on`` False keeps it but hands everything to Python (a query log, an
+        armed loop probe: they must see each query)."""
+        if self.cfwd is cf:
+            self.cfwd_on = cf is not None and on
+            return
+        if self.cfwd is not None:
+            self.cfwd.close()
+        self.cfwd = cf
+        self.cfwd_on = cf is not None and on
+        if cf is not None:
+            cf.w = self.w
+            cf.slow = self.slow
+            cf.set_image_zones(self._image if self.image != NULL else None)
 
     def set_prelookup(self, capsule):
         """Call a plugin's C hook for each query before the image lookup; None: no hook.
@@ -513,6 +540,7 @@ cdef class FastPath:
         self._counters = None
         self.w = NULL
         self.cache.w = NULL
+        self.set_forward(None)
         self.cache.clear()
 
     def clear_rows(self):
@@ -593,10 +621,12 @@ cdef class FastPath:
                 # another recvmmsg is cheaper than epoll_wait plus the
                 # loop's dispatch.
                 break
+        if self.cfwd is not None:
+            self.cfwd.arm_if_wanted()  # the expiry timer, once something is pending
         return total
 
     cdef int _batch(self, int fd, int family, bint pktinfo) except -2:
-        cdef int i, n, m = 0, nslow = 0, sent, r, zone, row, lb, pre
+        cdef int i, n, m = 0, nslow = 0, sent, r, zone, row, lb, pre, fw
         cdef Py_ssize_t length, ans
         cdef fastdns_prelookup hook = self.prelookup
         cdef uint64_t t0, ns
@@ -684,10 +714,27 @@ cdef class FastPath:
                         continue
                     if ans == -1:
                         w[W_CC_MISSES] += 1
+                    if self.cfwd_on and self.cfwd.routable(zone):
+                        # a name in no image zone or a forward-only one: the C
+                        # forwarder, if its block is one
+                        fw = self.cfwd.take(fd, pkt, length, &self.addrs[i],
+                                            self.rmsgs[i].msg_hdr.msg_namelen,
+                                            self._reply_cmsg(i) if pktinfo else NULL,
+                                            pktinfo, row, out, &ans, <int64_t>t0)
+                        if fw == TAKE_PENDING:
+                            continue
+                        if fw == TAKE_ANSWER:
+                            count_response(w, row, 0, out, ans)
+                            self._queue(m, i, out, ans)
+                            m += 1
+                            continue
                     w[W_SLOW] += 1
                     self.slow_idx[nslow] = i
                     self.slow_zone[nslow] = zone
                     nslow += 1
+        if self.cfwd_on:
+            with nogil:
+                self.cfwd.flush()  # the forwarded misses, one sendmmsg per upstream socket
         for r in range(nslow):
             m += self._slow_one(self.slow_idx[r], self.slow_zone[r], m, fd, pktinfo)
         sent = 0

@@ -63,6 +63,8 @@ class BlockRouter:
         self._other = _SLOTS + layout.FWD_MAX_UPSTREAMS * layout.FWD_SLOT_WORDS
         self._fwd_base: list[int] | None = None  # the region when this router took it
         self._exported_to: ctr.Counters | None = None
+        # the fast path's C forwarder (server/cforward.py): its counts add to ours
+        self.c_forward: Any = None
 
     def resolver_for(self, block: Any) -> ForwardingResolver | None:
         key = id(block.plugins)
@@ -86,6 +88,10 @@ class BlockRouter:
         if sel is None and len({b.port for b in servers}) == 1:
             sel = self.config.select(servers[0].port, qname)
         return self.resolver_for(sel[0]) if sel is not None else None
+
+    def slot_of(self, to: str) -> int:
+        """The region-relative word where ``to``'s forward slot starts."""
+        return self._slot.get(to, self._other)
 
     def caches(self) -> list:
         return [r.cache for r in self._resolvers if r.cache is not None]
@@ -144,7 +150,8 @@ class BlockRouter:
         w[layout.W_CACHE_EVICTIONS_SUCCESS] = sum(c.evictions(SUCCESS, shared) for c in caches)
         w[layout.W_CACHE_EVICTIONS_DENIAL] = sum(c.evictions(DENIAL, shared) for c in caches)
         w[layout.W_FWD_MAX_CONCURRENT_REJECTS] = sum(
-            r.forwarder.max_concurrent_rejects for r in self._resolvers)
+            r.forwarder.max_concurrent_rejects for r in self._resolvers) + (
+            self.c_forward.rejects() if self.c_forward is not None else 0)
         if counters.fwd is not None:
             self._export_forward(counters.fwd)
         self._exported_to = counters
@@ -187,6 +194,9 @@ class BlockRouter:
                 add(o + _CONN_TCP_MISS, up.tcp_opened)
             for to, n in f.udp_exchanges.items():
                 add(slot.get(to, other) + _CONN_UDP_MISS, n)
+        if self.c_forward is not None:
+            for word, n in self.c_forward.counted().items():
+                add(word, n)
         return live
 
     def _export_forward(self, fwd: memoryview) -> None:

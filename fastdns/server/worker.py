@@ -62,6 +62,7 @@ from fastdns.server.worker_plugins import WorkerPlugins
 
 if TYPE_CHECKING:
     from fastdns.server._udp import FastPath
+    from fastdns.server.cforward import CForward
     from fastdns.server.forwarding import BlockRouter, ForwardingResolver
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Worker:
         self.images = ImageMap(self.ctl, spec.index, self.counters)
         self.rotation = 0
         self.router: BlockRouter | None = None  # forward + cache (imported when used)
+        self.cforward: CForward | None = None  # the fast path's C forwarder (cforward.py)
         self.rows = QueryRows(self.counters, spec.index)  # the metrics' (server, zone)
         self.slow = SlowPath(self.images.buf, self.counters, route=self._route)
         self.listeners = Listeners(spec.index)  # sockets, servers, readers
@@ -262,6 +264,7 @@ class Worker:
     def configure_forward(self, config: Config | None) -> None:
         """(Re)build the forwarders and caches of ``config`` (a corefile Config)."""
         self.configure_rows(config)  # the Corefile's blocks: also the metrics' rows
+        self._drop_cforward()
         if self.router is not None:
             self.router.close()
             if self.fast is not None:
@@ -275,6 +278,25 @@ class Worker:
         self.router = BlockRouter(config)
         if self.fast is not None:
             self.router.attach_mirror(self.fast.cache, self.spec.instance, self.spec.index)
+            self._attach_cforward(config)
+
+    def _attach_cforward(self, config: Config) -> None:
+        """Let the fast path forward the misses of the blocks it can (cforward.py)."""
+        from fastdns.server import cforward
+
+        self.cforward = cforward.attach(_udp, self.fast, self.router, config,
+                                        self.listeners.udp_by_fd, self.plugins)
+
+    def _sync_cforward(self) -> None:
+        if self.cforward is not None:
+            self.cforward.sync(self.plugins)  # log, errors, a loop probe see each miss
+
+    def _drop_cforward(self) -> None:
+        if self.cforward is not None:
+            self.cforward.close()
+            self.cforward = None
+        if self.fast is not None:
+            self.fast.set_forward(None)
 
     def _route(self, block: int | None, qname: str, port: int) -> ForwardingResolver | None:
         return self.router.route(block, qname, port) if self.router is not None else None
@@ -348,14 +370,11 @@ class Worker:
         return True
 
     def use_plugins(self, config: Config | None) -> None:
-        """The per-query plugins (log, errors, whoami, loop counting) of ``config``.
-
-        One place for the start and every reload, so that a reload keeps what
-        the start had (it once dropped the loop counter's identity).
-        """
+        """The per-query plugins of ``config``: one place for the start and every reload."""
         self.plugins = WorkerPlugins(config, self.port_of_fd,
                                      loop=(self.spec.instance, self.spec.index))
         self.plugins.fast_path(self.fast)
+        self._sync_cforward()
 
     def _apply_listen(self, loop: asyncio.AbstractEventLoop,
                       listen: tuple[tuple[str, int], ...]) -> None:
@@ -431,11 +450,13 @@ class Worker:
             self.router.export(self.counters)
         self.reconfigure_if_changed(loop)  # a reloaded Corefile (control/reload.py)
         self.plugins.tick()
+        self._sync_cforward()  # a loop probe disarmed
         loop.call_later(GENERATION_POLL, self._poll_generation, loop)
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         await self.listeners.close(loop, self.tcp.close_all)
         self.slow.close()
+        self._drop_cforward()
         if self.router is not None:
             self.router.close()
             self.router = None
