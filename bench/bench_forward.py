@@ -13,10 +13,11 @@ Why it is built this way (issue 13, "Benchmarks"):
   knot's share is read the same way and reported beside it, and "with knot"
   is the sum (the issue's table).
 - Cases: (a) forwarded misses, no cache; (b) cache hits, fastdns with 1 and
-  2 workers against dnsdist's packet cache; (c) TCP to a TCP upstream,
-  clients on UDP; (d) NodeLocal DNSCache's Corefile (force_tcp toward knot)
-  through its cache, hits and misses, against dnsdist with a TCP-only
-  backend and a packet cache. Within a case the servers run side by side
+  2 workers against dnsdist's packet cache, and misses through both caches
+  (stored on arrival: fastdns's C forwarder inserts into the shared table);
+  (c) TCP to a TCP upstream, clients on UDP; (d) NodeLocal DNSCache's
+  Corefile (force_tcp toward knot) through its cache, hits and misses,
+  against dnsdist with a TCP-only backend and a packet cache. Within a case the servers run side by side
   and the rounds interleave (a burst of other load hits everybody a
   little); medians over the rounds are reported, ratios to dnsdist.
 - Hit rows are warmed right before each round (one pass over the mix);
@@ -96,7 +97,9 @@ def cases() -> dict[str, tuple[str, dict[str, Argv], list[Row]]]:
             "f2": lambda d, p, b: fp.fastdns_argv(d, p, b, cache=True, workers=2)}, [
             Row(DD_CACHE, "dd", "mix", None, warm=True),
             Row("fastdns `cache 30`, 1 worker", "f1", "mix", DD_CACHE, warm=True),
-            Row("fastdns `cache 30`, 2 workers", "f2", "mix", DD_CACHE, warm=True)]),
+            Row("fastdns `cache 30`, 2 workers", "f2", "mix", DD_CACHE, warm=True),
+            Row(DD_CACHE + ", misses", "dd", "miss", None),
+            Row("fastdns `cache 30`, 1 worker, misses", "f1", "miss", DD_CACHE + ", misses")]),
         "c": ("TCP to a TCP upstream (clients on UDP, no cache)", {
             "dd": lambda d, p, b: fp.dnsdist_argv(d, p, b, tcp_only=True),
             "fd": lambda d, p, b: fp.fastdns_argv(d, p, b, force_tcp=True)}, [

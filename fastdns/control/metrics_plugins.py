@@ -27,7 +27,8 @@ def cache_forward_metrics(c: dict, current: list[dict],
     ``c`` is the monotonic sum over workers (counters), ``current`` each
     worker's block now (the entries gauge). Hits served by the fast path's
     C table (``c_hits``) are requests and hits too, as in CoreDNS where every
-    query through the plugin is one. Like the dns metrics, everything is
+    query through the plugin is one, and the misses the C forwarder answered
+    through the cache (``c_forwarded``) are requests and misses. Like the dns metrics, everything is
     reported under the first block's server label and zones ".".
     """
     cache = c.get("cache")
@@ -39,10 +40,11 @@ def cache_forward_metrics(c: dict, current: list[dict],
     base = [server, ".", view]
     c_hits = cache["c_hits"]
     c_total = c_hits["success"] + c_hits["denial"]
+    c_missed = cache.get("c_forwarded", 0)
 
     fam = CounterMetricFamily("coredns_cache_requests_total",
                               "The count of cache requests.", labels=["server", "zones", "view"])
-    fam.add_metric(base, cache["requests"] + c_total)
+    fam.add_metric(base, cache["requests"] + c_total + c_missed)
     yield fam
     fam = CounterMetricFamily("coredns_cache_hits_total", "The count of cache hits.",
                               labels=["server", "type", "zones", "view"])
@@ -51,7 +53,7 @@ def cache_forward_metrics(c: dict, current: list[dict],
     yield fam
     fam = CounterMetricFamily("coredns_cache_misses_total", "The count of cache misses.",
                               labels=["server", "zones", "view"])
-    fam.add_metric(base, cache["misses"])
+    fam.add_metric(base, cache["misses"] + c_missed)
     yield fam
     for key, name, help_ in (
         ("prefetch", "coredns_cache_prefetch_total", "The number of times the cache has "

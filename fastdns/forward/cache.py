@@ -327,6 +327,11 @@ class ResponseCache:
         self.stats.misses += 1
         return None, MISS
 
+    def holds_private(self, q) -> bool:
+        """Does this worker's own store hold ``q`` (an entry too large for the table)?"""
+        key = self.key(q)
+        return any(store.get(key) is not None for store in self._stores.values())
+
     def peek(self, q, now: float) -> Entry | None:
         """The fresh entry for ``q`` without counting anything (a miss just stored)."""
         key = self.key(q)

@@ -173,6 +173,8 @@ W_CC_HITS_SUCCESS = CB.field("W_CC_HITS_SUCCESS", doc="C cache hits, success sto
 W_CC_HITS_DENIAL = CB.field("W_CC_HITS_DENIAL", doc="C cache hits, denial store")
 W_CC_MISSES = CB.field("W_CC_MISSES", doc="C cache lookups that missed")
 W_CC_ENTRIES = CB.field("W_CC_ENTRIES", doc="entries in the C cache table now")
+W_CC_FORWARDED = CB.field("W_CC_FORWARDED", doc="misses the C forwarder answered through "
+                          "the cache: its requests and misses (coredns_cache_*)")
 W_CACHE_REQUESTS = CB.field("W_CACHE_REQUESTS", doc="Python ResponseCache lookups")
 W_CACHE_MISSES = CB.field("W_CACHE_MISSES", doc="... that missed")
 W_CACHE_HITS_SUCCESS = CB.field("W_CACHE_HITS_SUCCESS", doc="... hits, success")
@@ -260,6 +262,8 @@ W_CFWD_SERVFAIL = CB.field("W_CFWD_SERVFAIL", doc="clients answered SERVFAIL: ev
 W_CFWD_REFUSED = CB.field("W_CFWD_REFUSED", doc="clients answered REFUSED: max_concurrent")
 W_CFWD_HANDED = CB.field("W_CFWD_HANDED", doc="queries handed back to Python after an "
                          "upstream answer (TC, next/failover rcode, oversize)")
+W_CFWD_JOINED = CB.field("W_CFWD_JOINED", doc="misses that joined a query in flight for "
+                         "the same cache key")
 W_CFWD_PENDING = CB.field("W_CFWD_PENDING", doc="gauge: queries in flight now")
 CFWD_END = CB.end
 

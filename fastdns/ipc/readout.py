@@ -55,6 +55,7 @@ from fastdns.ipc.layout import (
     W_CACHE_REQUESTS,
     W_CACHE_SERVED_STALE,
     W_CC_ENTRIES,
+    W_CC_FORWARDED,
     W_CC_HITS_DENIAL,
     W_CC_HITS_SUCCESS,
     W_CC_MISSES,
@@ -165,6 +166,7 @@ def read_counters(block: memoryview | bytes) -> dict:
         "cache": {
             "c_hits": {"success": words[W_CC_HITS_SUCCESS], "denial": words[W_CC_HITS_DENIAL]},
             "c_misses": words[W_CC_MISSES], "c_entries": words[W_CC_ENTRIES],
+            "c_forwarded": words[W_CC_FORWARDED],
             "requests": words[W_CACHE_REQUESTS], "misses": words[W_CACHE_MISSES],
             "hits": {"success": words[W_CACHE_HITS_SUCCESS],
                      "denial": words[W_CACHE_HITS_DENIAL]},

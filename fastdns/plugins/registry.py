@@ -1,4 +1,5 @@
-"""The one table of plugins, in CoreDNS's ``plugin.cfg`` order (coredns/coredns v1.14.7 ``plugin.cfg``).
+"""The one table of plugins, in CoreDNS's ``plugin.cfg`` order (coredns/coredns
+v1.14.7 ``plugin.cfg``).
 
 Every Corefile directive CoreDNS knows has a row: the ones fastdns runs
 declare their config, parser, stages and the rest (``spec.Plugin``); the

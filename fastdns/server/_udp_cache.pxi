@@ -51,6 +51,19 @@ include "_udp_cache_slots.pxi"
 include "_udp_cache_policy.pxi"
 
 
+cdef inline Py_ssize_t cc_key(const CQuery* q, unsigned char* key) noexcept nogil:
+    """ResponseCache.key in ``key`` (CC_KEY_MAX octets): the lowercased qname wire,
+    qtype, qclass and a DO|CD octet (CoreDNS cache.go hash); returns its length."""
+    cdef Py_ssize_t klen = q.qname_len
+    memcpy(key, q.key, klen)
+    key[klen] = q.qtype >> 8
+    key[klen + 1] = q.qtype & 0xFF
+    key[klen + 2] = q.qclass >> 8
+    key[klen + 3] = q.qclass & 0xFF
+    key[klen + 4] = (1 if q.do else 0) | (2 if q.flags & CC_CD else 0)
+    return klen + 5
+
+
 @cython.final
 cdef class CacheTable:
     """The shared response cache (see the top of this file).
@@ -503,6 +516,13 @@ cdef class CacheTable:
 
         Precondition: ``pkt`` holds ``n`` octets, a query answer_packet passed on.
         """
+        return self.render(pkt, n, out, now, True)
+
+    cdef Py_ssize_t render(self, const unsigned char* pkt, Py_ssize_t n, unsigned char* out,
+                           int64_t now, bint hit) noexcept nogil:
+        """``answer``; ``hit`` False renders the entry the C forwarder just stored for
+        a miss (ResponseCache.peek + render: the reply that filled the cache carries
+        the capped TTL, CoreDNS cache.go WriteMsg) without counting a hit."""
         cdef CQuery q
         cdef unsigned char key[CC_KEY_MAX]
         cdef Py_ssize_t klen, i, total, limit, off
@@ -519,14 +539,7 @@ cdef class CacheTable:
             return -2
         if q.edns_version != 0 or q.qname_len + 5 > CC_KEY_MAX:
             return -2
-        klen = q.qname_len
-        memcpy(key, q.key, klen)
-        key[klen] = q.qtype >> 8
-        key[klen + 1] = q.qtype & 0xFF
-        key[klen + 2] = q.qclass >> 8
-        key[klen + 3] = q.qclass & 0xFF
-        key[klen + 4] = (1 if q.do else 0) | (2 if q.flags & CC_CD else 0)
-        klen += 5
+        klen = cc_key(&q, key)
         if not self._find(key, klen, e, &s):
             return -1
         if now >= e.until_ns:
@@ -572,6 +585,8 @@ cdef class CacheTable:
                    CC_OPT_LEN)
             if q.do:
                 out[e.bodylen + 7] = 0x80
+        if not hit:
+            return total
         _freq(s, now, e.prefetch_ns)
         if self.w != NULL:
             self.w[W_CC_HITS_DENIAL if e.kind == K_DENIAL else W_CC_HITS_SUCCESS] += 1
@@ -606,6 +621,33 @@ cdef class CacheTable:
             return 0
         return self.insert_response(<const unsigned char*>PyBytes_AS_STRING(key), len(key),
                                     &p[0], p.shape[0], now_ns)
+
+    cdef int forward_key(self, const CQuery* q, unsigned char* key, Py_ssize_t* klen
+                         ) noexcept nogil:
+        """May the C forwarder take the miss ``q`` through the policy's cache?
+
+        1: yes, ``key[:klen]`` is its key (no entry of any state is stored);
+        0: the name is outside the cache's zones (CoreDNS passes it through,
+        uncached); -1: Python decides (no active policy, EDNS version != 0, or
+        an entry exists: stale, in its prefetch window, or too large for this
+        client, which ResponseCache serves, refreshes or truncates).
+        """
+        cdef CPolicy* pol = self.policy
+        if pol == NULL or not pol.active or self.base == NULL:
+            return -1
+        if q.edns_version != 0 or q.qname_len + 5 > CC_KEY_MAX:
+            return -1
+        klen[0] = cc_key(q, key)
+        if not zone_listed(pol, 0, key, q.qname_len):
+            return 0
+        if self._find(key, klen[0], &self.tmp, NULL):
+            return -1
+        return 1
+
+    @property
+    def c_policy_active(self):
+        """Does ``insert_response`` decide for a cache (set_policy, within its limits)?"""
+        return self.policy != NULL and self.policy.active != 0
 
     cdef int insert_response(self, const unsigned char* key, Py_ssize_t klen,
                              const unsigned char* resp, Py_ssize_t n, int64_t now

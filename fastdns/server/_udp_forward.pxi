@@ -82,6 +82,17 @@ cdef class CForwarder:
     cdef object on_pending
     cdef object on_refused
     cdef uint64_t failed  # bit u: an attempt on upstream u failed since take_failed
+    # cached blocks (set_cache): the shared table, Python's hand for what C
+    # cannot store or render, the in-flight keys, keys Python keeps privately
+    cdef CacheTable table
+    cdef object on_cached
+    cdef int* key_head  # CF_KEYB buckets: a leader pending slot, -1
+    cdef uint64_t* private_keys  # CF_PRIVATE hashes of keys Python's own store holds
+    cdef unsigned char* obuf  # VLEN replies rendered from the table
+    cdef int* fb  # [waiter, inbuf slot, store] a drain leaves to on_cached
+    cdef int nfb
+    cdef int* deferred  # leaders released after their fallbacks
+    cdef int ndeferred
 
     def __cinit__(self):
         self.blocks = <CFBlock*>PyMem_Malloc(CF_MAX_BLOCKS * sizeof(CFBlock))
@@ -103,7 +114,13 @@ cdef class CForwarder:
         self.riov = <iovec*>PyMem_Malloc(VLEN * sizeof(iovec))
         self.inbuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
         self.handed = <int*>PyMem_Malloc(VLEN * sizeof(int))
-        if (self.blocks == NULL or self.ups == NULL or self.routes == NULL
+        self.key_head = <int*>PyMem_Malloc(CF_KEYB * sizeof(int))
+        self.private_keys = <uint64_t*>PyMem_Calloc(CF_PRIVATE, sizeof(uint64_t))
+        self.obuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
+        self.fb = <int*>PyMem_Malloc(3 * CF_MAX_PENDING * sizeof(int))
+        self.deferred = <int*>PyMem_Malloc(VLEN * sizeof(int))
+        if (self.key_head == NULL or self.private_keys == NULL or self.obuf == NULL
+                or self.fb == NULL or self.deferred == NULL or self.blocks == NULL or self.ups == NULL or self.routes == NULL
                 or self.pend == NULL or self.free_list == NULL or self.active == NULL
                 or self.active_pos == NULL or self.by_id == NULL or self.smsgs == NULL
                 or self.siov == NULL or self.raddrs == NULL or self.rctl == NULL
@@ -112,6 +129,7 @@ cdef class CForwarder:
             raise MemoryError()
         cdef int i
         memset(self.by_id, 0xFF, 65536 * sizeof(int))
+        memset(self.key_head, 0xFF, CF_KEYB * sizeof(int))
         memset(self.up_of_fd, 0xFF, sizeof(self.up_of_fd))
         memset(self.zone_fwd, 0, sizeof(self.zone_fwd))
         memset(self.route_of_fd, 0xFF, sizeof(self.route_of_fd))
@@ -147,6 +165,11 @@ cdef class CForwarder:
         PyMem_Free(self.riov)
         PyMem_Free(self.inbuf)
         PyMem_Free(self.handed)
+        PyMem_Free(self.key_head)
+        PyMem_Free(self.private_keys)
+        PyMem_Free(self.obuf)
+        PyMem_Free(self.fb)
+        PyMem_Free(self.deferred)
         PyMem_Free(self.counts)
 
     def __init__(self, int count_words, int broken_word, int fwd_hist, on_pending,
@@ -170,8 +193,10 @@ cdef class CForwarder:
     # -- configuration (cforward.py) -----------------------------------------
 
     def add_block(self, bytes from_zone, list except_zones, int policy, int max_concurrent,
-                  bint failfast, unsigned int handover, double read_timeout, double timeout):
-        """A forward block; returns its index, or -1 when it cannot be held."""
+                  bint failfast, unsigned int handover, double read_timeout, double timeout,
+                  bint cached=False):
+        """A forward block; returns its index, or -1 when it cannot be held.
+        ``cached``: its ``cache`` is the one the table's policy serves (set_cache)."""
         cdef CFBlock* b
         cdef int k
         cdef bytes z
@@ -194,6 +219,7 @@ cdef class CForwarder:
             b.except_len[k] = len(z)
             memcpy(b.except_zone[k], PyBytes_AS_STRING(z), len(z))
         b.nexcept = len(except_zones)
+        b.cached = cached and self.table is not None
         self.nblocks += 1
         return self.nblocks - 1
 
@@ -227,6 +253,21 @@ cdef class CForwarder:
         b.nups += 1
         self.nups += 1
         return self.nups - 1
+
+    def set_cache(self, CacheTable table, on_cached):
+        """Store the answers of cached blocks in ``table`` (its policy: set_policy) and
+        render each waiter's reply from it. ``on_cached(block, query, answer,
+        store)`` returns the reply where C cannot (an answer the table does not
+        take, ``store`` True: Python's ResponseCache.put decides; one not stored
+        or too large for the client), or None."""
+        self.table = table
+        self.on_cached = on_cached
+
+    def note_private(self, bytes key):
+        """``key`` is in a worker's own store (larger than a table slot): its misses
+        go to Python, which serves it from there (a stale mark only costs speed)."""
+        cdef uint64_t h = cc_hash(<const unsigned char*>PyBytes_AS_STRING(key), len(key))
+        self.private_keys[h % CF_PRIVATE] = h
 
     def set_route(self, int fd, list zones):
         """Listener ``fd``'s port: [(lowercased zone wire, block or -1)], longest
@@ -340,7 +381,10 @@ cdef class CForwarder:
         cdef CFRoute* r
         cdef CFBlock* b
         cdef CFPending* p
-        cdef int k, bid = -1, pi, up, j, t
+        cdef int k, bid = -1, pi, up, j, t, li = -1, cached = 0
+        cdef unsigned char key[CC_KEY_MAX]
+        cdef Py_ssize_t klen = 0
+        cdef uint64_t h = 0
         if lfd < 0 or lfd >= MAX_FD or self.route_of_fd[lfd] < 0 or n > CF_QMAX:
             return TAKE_DECLINE
         if parse_query_c(pkt, n, &q) != E_OK or q.opcode != 0 or not q.has_question:
@@ -358,13 +402,38 @@ cdef class CForwarder:
         for k in range(b.nexcept):
             if cf_suffix(q.key, q.qname_len, q.starts, b.except_zone[k], b.except_len[k]):
                 return TAKE_DECLINE
+        if b.cached:
+            # ForwardingResolver.resolve: a name the cache covers and holds in no
+            # state is a miss; concurrent misses of one key share one query (_fetch)
+            cached = self.table.forward_key(&q, key, &klen)
+            if cached < 0:
+                return TAKE_DECLINE
+            if cached:
+                h = cc_hash(key, klen)
+                if self.private_keys[h % CF_PRIVATE] == h:
+                    return TAKE_DECLINE
+                li = self._leader(bid, key, klen, h)
+        if self.nfree == 0:
+            return TAKE_DECLINE
+        if li >= 0:  # a follower: no ID, no upstream, not counted by max_concurrent
+            pi = self.free_list[self.nfree - 1]
+            self.nfree -= 1
+            p = &self.pend[pi]
+            p.block = bid
+            p.used = 1
+            p.follower = 1
+            p.cached = 1
+            p.knext = -1
+            self._fill(p, pkt, n, &q, lfd, pktinfo, row, addr, alen, c)
+            p.fnext = self.pend[li].fnext
+            self.pend[li].fnext = pi
+            self.w[W_CFWD_JOINED] += 1
+            return TAKE_PENDING
         if b.max_concurrent and b.inflight >= b.max_concurrent:
             b.rejects += 1
             self.w[W_CFWD_REFUSED] += 1
             ans[0] = build_error(pkt, &q, 5, True, q.edns, out)  # REFUSED (ErrLimitExceeded)
             return TAKE_ANSWER
-        if self.nfree == 0:
-            return TAKE_DECLINE
         pi = self.free_list[self.nfree - 1]
         p = &self.pend[pi]
         p.block = bid
@@ -391,6 +460,33 @@ cdef class CForwarder:
             return TAKE_ANSWER
         self.nfree -= 1
         p.used = 1
+        p.follower = 0
+        p.cached = cached
+        p.fnext = -1
+        p.knext = -1
+        self._fill(p, pkt, n, &q, lfd, pktinfo, row, addr, alen, c)
+        p.t_deadline = now + b.timeout_ns
+        self.active_pos[pi] = self.nactive
+        self.active[self.nactive] = pi
+        self.nactive += 1
+        b.inflight += 1
+        self.w[W_CFWD_PENDING] = self.nactive
+        if not self._attempt(pi, up, now):
+            self._release(pi)
+            return TAKE_DECLINE
+        if cached:
+            memcpy(p.key, key, klen)
+            p.klen = klen
+            p.khash = h
+            p.knext = self.key_head[h % CF_KEYB]
+            self.key_head[h % CF_KEYB] = pi
+        return TAKE_PENDING
+
+    cdef inline void _fill(self, CFPending* p, const unsigned char* pkt, Py_ssize_t n,
+                           const CQuery* q, int lfd, int pktinfo, int row,
+                           const sockaddr_storage* addr, socklen_t alen,
+                           cmsghdr* c) noexcept nogil:
+        """The client's side of a pending slot: its query, limit, address, control."""
         memcpy(p.q, pkt, n)
         p.qlen = n
         p.qend = q.question_end
@@ -411,16 +507,19 @@ cdef class CForwarder:
         if c != NULL and c.cmsg_len <= CTL:
             memcpy(p.ctl, c, c.cmsg_len)
             p.ctllen = c.cmsg_len
-        p.t_deadline = now + b.timeout_ns
-        self.active_pos[pi] = self.nactive
-        self.active[self.nactive] = pi
-        self.nactive += 1
-        b.inflight += 1
-        self.w[W_CFWD_PENDING] = self.nactive
-        if not self._attempt(pi, up, now):
-            self._release(pi)
-            return TAKE_DECLINE
-        return TAKE_PENDING
+
+    cdef int _leader(self, int bid, const unsigned char* key, Py_ssize_t klen,
+                     uint64_t h) noexcept nogil:
+        """The pending slot already asking upstream for ``key`` in block ``bid``, or -1."""
+        cdef int pi = self.key_head[h % CF_KEYB]
+        cdef CFPending* p
+        while pi >= 0:
+            p = &self.pend[pi]
+            if (p.khash == h and p.block == bid and p.klen == klen
+                    and memcmp(p.key, key, klen) == 0):
+                return pi
+            pi = p.knext
+        return -1
 
     cdef int _next_up(self, CFPending* p, CFBlock* b) noexcept nogil:
         """forwarder.py _exchange's walk: the next upstream in the query's order
@@ -516,11 +615,30 @@ cdef class CForwarder:
         self.nsendq = 0
 
     cdef void _release(self, int pi) noexcept nogil:
-        """Free pending ``pi`` (its ID, its block's in-flight count)."""
+        """Free pending ``pi`` (its ID, its block's in-flight count, its key) and the
+        followers that shared it (their callers answered them first)."""
         cdef CFPending* p = &self.pend[pi]
-        cdef int pos, last
+        cdef int pos, last, f, nf
+        cdef int* link
         if not p.used:
             return
+        f = p.fnext
+        while f >= 0:
+            nf = self.pend[f].fnext
+            self.pend[f].used = 0
+            self.pend[f].fnext = -1
+            self.free_list[self.nfree] = f
+            self.nfree += 1
+            f = nf
+        p.fnext = -1
+        if p.cached:
+            link = &self.key_head[p.khash % CF_KEYB]
+            while link[0] >= 0:
+                if link[0] == pi:
+                    link[0] = p.knext
+                    break
+                link = &self.pend[link[0]].knext
+            p.cached = 0
         if self.by_id[p.qid] == pi:
             self.by_id[p.qid] = -1
         self.blocks[p.block].inflight -= 1
@@ -563,12 +681,19 @@ cdef class CForwarder:
 
     def close(self):
         """Forget every pending query (a reload or shutdown): they get no answer."""
+        cdef int f
         while self.nactive:
             if self.w != NULL:
                 count_dropped(self.w, self.pend[self.active[0]].row)
+                f = self.pend[self.active[0]].fnext
+                while f >= 0:
+                    count_dropped(self.w, self.pend[f].row)
+                    f = self.pend[f].fnext
             self._release(self.active[0])
         self.nsendq = 0
         self.w = NULL
         self.slow = None
         self.on_pending = None
         self.on_refused = None
+        self.on_cached = None
+        self.table = None

@@ -7,7 +7,7 @@
 
 cdef int cf_drain(CForwarder self, int fd) except -1:
     """Read the answers queued on upstream socket ``fd`` and send them on."""
-    cdef int n, i, up, pi, nrep = 0, nhand = 0, batches = 0
+    cdef int n, i, k, up, pi, nrep = 0, nhand = 0, batches = 0
     cdef Py_ssize_t length
     cdef unsigned char* a
     cdef CFPending* p
@@ -53,6 +53,9 @@ cdef int cf_drain(CForwarder self, int fd) except -1:
                     nhand += 1
                     continue
                 cf_observe(self, up, a[3] & 0xF, now - p.t_attempt)
+                if p.cached:
+                    nrep = cf_cached(self, pi, i, a, length, nrep, now)
+                    continue
                 length = cf_render(self, p, a, length)
                 cf_queue_reply(self, nrep, p, a, length)
                 nrep += 1
@@ -61,6 +64,12 @@ cdef int cf_drain(CForwarder self, int fd) except -1:
             cf_send_replies(self, nrep)
         for i in range(nhand):
             cf_hand_over(self, self.handed[i])
+        for k in range(self.nfb):
+            cf_fallback(self, self.fb[3 * k], self.fb[3 * k + 1], self.fb[3 * k + 2])
+        self.nfb = 0
+        for k in range(self.ndeferred):
+            self._release(self.deferred[k])
+        self.ndeferred = 0
         if n < RETRY_AT:
             break
     return 0
@@ -96,6 +105,69 @@ cdef int cf_match(CForwarder self, int up, const unsigned char* a, Py_ssize_t n,
     if not truncated and check_response_c(a, n) != E_OK:
         return -1
     return pi
+
+cdef int cf_cached(CForwarder self, int pi, int slot, unsigned char* a, Py_ssize_t n,
+                   int nrep, int64_t now) noexcept nogil:
+    """A cached block's answer (ForwardingResolver._upstream + _forward): stored in
+    the table by the cache's policy, then each waiter's reply rendered from the
+    entry as a hit is (its ID, question case, aged TTL, our OPT). What C cannot
+    store or render goes to ``on_cached`` after the batch (cf_fallback), and
+    the leader is released only then. Returns the replies queued."""
+    cdef CFPending* p = &self.pend[pi]
+    cdef CFPending* wt
+    cdef int j = pi, store
+    cdef Py_ssize_t m
+    cdef unsigned char* out
+    cdef bint deferred = False
+    store = self.table.insert_response(p.key, p.klen, a, n, now) == 0
+    p.q[0] = p.cid >> 8  # the leader's query again as its client sent it
+    p.q[1] = p.cid & 0xFF
+    while j >= 0:
+        wt = &self.pend[j]
+        if nrep == VLEN:
+            cf_send_replies(self, nrep)
+            nrep = 0
+        out = self.obuf + nrep * SLOT
+        m = -1 if store else self.table.render(wt.q, wt.qlen, out, now, False)
+        self.w[W_CC_FORWARDED] += 1
+        if m > 0:
+            cf_queue_reply(self, nrep, wt, out, m)
+            nrep += 1
+            self.w[W_CFWD_ANSWERED] += 1
+        else:
+            self.fb[3 * self.nfb] = j
+            self.fb[3 * self.nfb + 1] = slot
+            self.fb[3 * self.nfb + 2] = store
+            self.nfb += 1
+            store = 0  # the first fallback stores it; the others render what it stored
+            deferred = True
+        j = wt.fnext
+    if deferred:
+        self.deferred[self.ndeferred] = pi
+        self.ndeferred += 1
+    else:
+        self._release(pi)
+    return nrep
+
+cdef int cf_fallback(CForwarder self, int j, int slot, int store) except -1:
+    """Waiter ``j``'s reply from Python (``on_cached``) for the answer in inbuf ``slot``."""
+    cdef CFPending* wt = &self.pend[j]
+    cdef unsigned char buf[SLOT]
+    cdef Py_ssize_t n
+    query = PyBytes_FromStringAndSize(<char*>wt.q, wt.qlen)
+    raw = PyBytes_FromStringAndSize(<char*>(self.inbuf + slot * SLOT), self.rmsgs[slot].msg_len)
+    try:
+        resp = self.on_cached(wt.block, query, raw, store != 0) if self.on_cached else None
+    except Exception:
+        resp = None
+    if isinstance(resp, bytes) and 0 < PyBytes_GET_SIZE(resp) <= SLOT:
+        n = PyBytes_GET_SIZE(resp)
+        memcpy(buf, PyBytes_AS_STRING(resp), n)
+        cf_send_one(self, wt, buf, n)
+        self.w[W_CFWD_ANSWERED] += 1
+    else:
+        count_dropped(self.w, wt.row)
+    return 0
 
 cdef void cf_observe(CForwarder self, int up, int rcode, int64_t ns) noexcept nogil:
     """coredns_proxy_request_duration_seconds{to, rcode} (Forwarder._observe)."""
@@ -185,7 +257,19 @@ cdef void cf_send_replies(CForwarder self, int m) noexcept nogil:
 
 cdef int cf_hand_over(CForwarder self, int pi) except -1:
     """Give the client's original query to Python (FastPath.slow), as if the
-    fast path had never taken it; send its answer if one comes back now."""
+    fast path had never taken it, and its followers' queries too (Python's
+    resolver shares one upstream query among them again); send each answer
+    that comes back now."""
+    cdef int f = self.pend[pi].fnext
+    while f >= 0:
+        cf_give(self, f)
+        f = self.pend[f].fnext
+    cf_give(self, pi)
+    self._release(pi)
+    return 0
+
+cdef int cf_give(CForwarder self, int pi) except -1:
+    """One waiter of cf_hand_over to FastPath.slow."""
     cdef CFPending* p = &self.pend[pi]
     cdef cmsghdr* c
     cdef Py_ssize_t n
@@ -219,7 +303,6 @@ cdef int cf_hand_over(CForwarder self, int pi) except -1:
         cf_send_one(self, p, buf, n)
     elif resp is not None:
         count_dropped(self.w, row)
-    self._release(pi)
     return 0
 
 cdef void cf_send_one(CForwarder self, CFPending* p, unsigned char* a,
@@ -230,8 +313,9 @@ cdef void cf_send_one(CForwarder self, CFPending* p, unsigned char* a,
         self.w[W_SEND_ERRORS] += 1
 
 cdef uint64_t cf_expire(CForwarder self, int64_t now) noexcept nogil:
-    cdef int k, pi, up
+    cdef int k, pi, up, j
     cdef CFPending* p
+    cdef CFPending* w
     cdef CFBlock* b
     cdef uint64_t failed = 0
     cdef CQuery q
@@ -256,12 +340,18 @@ cdef uint64_t cf_expire(CForwarder self, int64_t now) noexcept nogil:
         # every attempt failed (forwarder.py NoUpstream): SERVFAIL
         p.q[0] = p.cid >> 8
         p.q[1] = p.cid & 0xFF
-        self.w[W_CFWD_SERVFAIL] += 1  # counted before the client can see it
-        if parse_query_c(p.q, p.qlen, &q) == E_OK:
-            n = build_error(p.q, &q, 2, True, q.edns, out)
-            cf_send_one(self, p, out, n)
-        else:
-            count_dropped(self.w, p.row)
+        j = pi
+        while j >= 0:  # the leader and its followers
+            self.w[W_CFWD_SERVFAIL] += 1  # counted before the client can see it
+            w = &self.pend[j]
+            if w.cached:
+                self.w[W_CC_FORWARDED] += 1
+            if parse_query_c(w.q, w.qlen, &q) == E_OK:
+                n = build_error(w.q, &q, 2, True, q.edns, out)
+                cf_send_one(self, w, out, n)
+            else:
+                count_dropped(self.w, w.row)
+            j = w.fnext
         self._release(pi)  # moves the last active into position k
     self.flush()
     self.failed |= failed

@@ -25,6 +25,8 @@ cdef enum:
     CF_SENDQ = 64
     CF_RAND = 512
     CF_MAX_ZONES = 4096  # image zones whose kind it knows (more: those go to Python)
+    CF_KEYB = 4096  # buckets of the in-flight key table (coalescing, cached blocks)
+    CF_PRIVATE = 1024  # remembered keys a worker's Python cache holds privately
     CF_QR = 0x80  # in the first flags octet
     CF_TC = 0x02
     CF_KEEP = 0x86EF  # message._KEEP: all but opcode, RD, CD (0x7910)
@@ -53,6 +55,7 @@ ctypedef struct CFBlock:
     unsigned char from_zone[256]
     unsigned char except_zone[CF_MAX_EXCEPT][256]
     uint64_t rejects
+    int cached  # 1: the block's `cache` is the table's policy (insert, render, coalesce)
 
 ctypedef struct CFUp:
     int block
@@ -97,6 +100,15 @@ ctypedef struct CFPending:
     size_t ctllen
     unsigned char ctl[CTL]
     unsigned char q[CF_QMAX]  # the query as sent (ID = qid)
+    # cached blocks: the cache key (ResponseCache.key), the in-flight key chain
+    # and the waiters sharing this query (a follower has no ID and no upstream)
+    int cached
+    int follower
+    int fnext  # next follower of this leader, -1
+    int knext  # next leader in its key bucket, -1
+    uint64_t khash
+    Py_ssize_t klen
+    unsigned char key[CC_KEY_MAX]
 
 
 cdef inline unsigned int cf_be16(const unsigned char* p) noexcept nogil:

@@ -3,10 +3,15 @@
 The C side forwards a UDP miss without a Python object; this side keeps
 every decision that is not per packet:
 
-- *which blocks*: a ``forward`` block without ``cache`` (the cache's misses
-  stay with ``ForwardingResolver``, which shares one upstream query among
-  concurrent misses) and without ``force_tcp``, with at most 16 upstreams
-  and 8 ``except`` zones. The C side serves a name only where
+- *which blocks*: a ``forward`` block without ``force_tcp``, with at most 16
+  upstreams and 8 ``except`` zones, and either no ``cache`` or the one cache
+  whose policy the host's table holds (``BlockRouter.c_policy``). For such a
+  block the C side stores each answer in the table and renders every
+  waiter's reply from it, and concurrent misses of one key share one
+  upstream query, as ``ForwardingResolver`` does; it takes only true misses
+  (no entry in any state: stale entries, prefetch windows and keys this
+  worker keeps privately stay with ``ForwardingResolver``), and what it
+  cannot store or render comes back here (``_on_cached``). The C side serves a name only where
   ``BlockRouter.route`` would pick that block: per listener socket, the
   zones of every block on its port, longest first, as ``Config.select``
   orders them (a name under a zone of a block C leaves alone goes to
@@ -34,6 +39,9 @@ import logging
 import socket
 from typing import Any
 
+from fastdns import errors
+from fastdns.codec import wire
+from fastdns.forward.message import fit, reopt
 from fastdns.ipc import layout
 from fastdns.names import zone_key
 
@@ -47,11 +55,13 @@ MAX_EXCEPT = 8
 _POLICY = {"random": 0, "round_robin": 1, "sequential": 2}
 
 
-def eligible(resolver: Any) -> bool:
-    """Can the C side take this block's UDP misses?"""
+def eligible(resolver: Any, c_policy: Any = None) -> bool:
+    """Can the C side take this block's UDP misses? ``c_policy``: the cache the
+    table's policy serves (BlockRouter.c_policy), the only one it can store for."""
     f = resolver.forwarder
     c = f.config
-    return (resolver.cache is None and not c.force_tcp and c.tls is None
+    cached = resolver.cache is None or resolver.cache is c_policy
+    return (cached and not c.force_tcp and c.tls is None
             and c.policy in _POLICY and 0 < len(f.upstreams) <= MAX_UPSTREAMS
             and len(f.except_zones) <= MAX_EXCEPT)
 
@@ -73,14 +83,20 @@ class CForward:
         self._retiring: list[asyncio.TimerHandle] = []
         self._closed = False
         self.blocks = 0
+        self.resolvers: dict[int, Any] = {}  # C block -> ForwardingResolver
 
     def build(self, config: Any, udp_by_fd: dict) -> None:
         """Add the blocks, upstreams and listener routes of ``config``."""
         router = self.router
+        c_policy = getattr(router, "c_policy", None)
+        if c_policy is not None and self.fast.cache.c_policy_active:
+            self.c.set_cache(self.fast.cache, self._on_cached)
+        else:
+            c_policy = None
         blocks: dict[int, int] = {}  # id(resolver) -> C block
         for b in config.servers:
             r = router.resolver_for(b)
-            if r is None or id(r) in blocks or not eligible(r):
+            if r is None or id(r) in blocks or not eligible(r, c_policy):
                 continue
             bid = self._add_block(r)
             if bid >= 0:
@@ -105,9 +121,10 @@ class CForward:
                 handover |= 1 << rc
         bid = self.c.add_block(f.from_zone, list(f.except_zones), _POLICY[c.policy],
                                c.max_concurrent, c.failfast_all_unhealthy_upstreams, handover,
-                               f.read_timeout, f.timeout)
+                               f.read_timeout, f.timeout, r.cache is not None)
         if bid < 0:
             return -1
+        self.resolvers[bid] = r
         for up in f.upstreams:
             fds = [self._open(up) for _ in range(SOCKETS)]
             slot = self.router.slot_of(up.addr)
@@ -152,6 +169,33 @@ class CForward:
         s.close()
 
     # -- callbacks --------------------------------------------------------------
+
+    def _on_cached(self, bid: int, query: bytes, raw: bytes, store: bool) -> bytes | None:
+        """A cached block's reply where C could not give it: ``store``, the answer
+        ``raw`` is one ``insert_response`` left undecided (ResponseCache.put
+        decides; one larger than a slot stays in this worker's store, and its
+        later misses come to Python); then the reply as
+        ForwardingResolver._forward renders it."""
+        r = self.resolvers.get(bid)
+        if r is None or r.cache is None:
+            return None
+        try:
+            q = wire.parse_query(query)
+        except errors.WireError:
+            return None
+        cache = r.cache
+        now = r.clock()
+        if store:
+            cache.put(raw, q, now)
+            if cache.holds_private(q):
+                self.c.note_private(cache.key(q))
+        peeked = cache.peek(q, now)
+        if peeked is not None:
+            return cache.render(peeked, query, q, now, False)
+        try:
+            return fit(reopt(raw, query, q), query, q, False)
+        except errors.WireError:
+            return None
 
     def _health_changed(self, up: Any) -> None:
         for i, (f, u, _fds) in enumerate(self.ups):
