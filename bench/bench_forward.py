@@ -17,9 +17,9 @@ Why it is built this way (issue 13, "Benchmarks"):
   (stored on arrival: fastdns's C forwarder inserts into the shared table);
   (c) TCP to a TCP upstream, clients on UDP; (d) NodeLocal DNSCache's
   Corefile (force_tcp toward knot) through its cache, hits and misses,
-  against dnsdist with a TCP-only backend and a packet cache. Within a case the servers run side by side
-  and the rounds interleave (a burst of other load hits everybody a
-  little); medians over the rounds are reported, ratios to dnsdist.
+  against dnsdist with a TCP-only backend and a packet cache. Within a
+  case the servers run side by side and the rounds interleave (a burst of
+  other load hits everybody a little); medians over the rounds are reported, ratios to dnsdist.
 - Hit rows are warmed right before each round (one pass over the mix);
   miss rows ask names nobody asked before (a fresh file per round and
   server, NXDOMAIN names knot answers from cluster.local).
