@@ -37,8 +37,10 @@ The ``coredns_dns_*`` series carry the ``server`` (listener) and ``zone``
 that handled each query, from the workers' per-(server, zone) rows
 (``counters.row_table``: at most ``counters.ROW_MAX`` pairs, the rest as
 ``server="other", zone="other"``; a name no zone on its listener matches is
-``zone="dropped"``). The ``coredns_cache_*`` series are still reported under
-the first block's server and ``zones="."``.
+``zone="dropped"``). The ``coredns_cache_*`` series carry each cache's own
+``server``, ``zones`` and ``view`` from the workers' cache rows
+(``tables.cache_table``: one row per cached block, at most
+``layout.CACHE_ROWS``).
 
 This module is the collector; beside it: ``metrics_labels`` (the label
 values a Corefile gives), ``metrics_values`` (what the control process
@@ -86,7 +88,8 @@ class DnsCollector(Collector):
 
     def __init__(self, blocks: Sequence[memoryview], labels: Sequence[BlockLabels],
                  values: ControlValues | None = None, stats: SharedStats | None = None,
-                 process_metrics: bool = True) -> None:
+                 process_metrics: bool = True,
+                 cache_table: tuple[tuple[str, str, str], ...] = ()) -> None:
         self.blocks = list(blocks)
         self.labels = list(labels) or [BlockLabels(servers=(server_label(53),), zones=(".",))]
         self.values = values if values is not None else ControlValues()
@@ -118,12 +121,20 @@ class DnsCollector(Collector):
                                          for k, v in listeners.items()})
         self.rows_hash = tables.rows_hash(self.rows_table)
         self._retired_rows: list[tuple[int, int]] = list(readout.ROWS_ZERO)
+        # The cache rows' (server, zones, view), derived as the workers derive
+        # theirs (tables.cache_table); () reports the caches' sum under the
+        # first block, as before the rows existed.
+        self.cache_table = tuple(cache_table)
+        self.cache_hash = tables.cache_hash(self.cache_table)
+        self._retired_cache: list[tuple[int, int]] = list(readout.CACHE_ZERO)
 
     @classmethod
     def for_segment(cls, ctl: shm.ControlSegment, labels: Sequence[BlockLabels],
                     values: ControlValues | None = None,
-                    stats: SharedStats | None = None) -> DnsCollector:
-        return cls([ctl.counters(i) for i in range(ctl.nworkers)], labels, values, stats)
+                    stats: SharedStats | None = None,
+                    cache_table: tuple[tuple[str, str, str], ...] = ()) -> DnsCollector:
+        return cls([ctl.counters(i) for i in range(ctl.nworkers)], labels, values, stats,
+                   cache_table=cache_table)
 
     # -- reading ------------------------------------------------------------
 
@@ -138,6 +149,7 @@ class DnsCollector(Collector):
         current = [readout.read_counters(b) for b in self.blocks]
         zero = list(readout.FWD_ZERO)
         zero_rows = list(readout.ROWS_ZERO)
+        zero_cache = list(readout.CACHE_ZERO)
         with self._lock:
             for i, cur in enumerate(current):
                 last = self._last[i]
@@ -145,10 +157,12 @@ class DnsCollector(Collector):
                     cur["forward"] = last["forward"] if last is not None else zero
                 if cur["rows_table"] != self.rows_hash:  # the same rule for the rows
                     cur["rows"] = last["rows"] if last is not None else zero_rows
+                if cur["cache_table"] != self.cache_hash:  # and for the cache rows
+                    cur["cache_rows"] = last["cache_rows"] if last is not None else zero_cache
                 if last is not None:
                     if _total_queries(cur) < _total_queries(last):
                         self._retired.append({**_strip(last), "forward": zero,
-                                              "rows": zero_rows})
+                                              "rows": zero_rows, "cache_rows": zero_cache})
                         self._retired = [readout.sum_counters(self._retired)]
                     if readout.forward_sum(cur["forward"]) < readout.forward_sum(last["forward"]):
                         self._retired_fwd = readout.sum_counters(
@@ -157,12 +171,18 @@ class DnsCollector(Collector):
                     if readout.forward_sum(cur["rows"]) < readout.forward_sum(last["rows"]):
                         self._retired_rows = readout.sum_counters(
                             [{"rows": self._retired_rows}, {"rows": last["rows"]}])["rows"]
+                    if readout.forward_sum(cur["cache_rows"]) < readout.forward_sum(
+                            last["cache_rows"]):
+                        self._retired_cache = readout.sum_counters(
+                            [{"r": self._retired_cache}, {"r": last["cache_rows"]}])["r"]
                 self._last[i] = cur
             total = readout.sum_counters([_strip(c) for c in current] + self._retired)
             total["forward"] = readout.sum_counters(
                 [{"forward": total["forward"]}, {"forward": self._retired_fwd}])["forward"]
             total["rows"] = readout.sum_counters(
                 [{"rows": total["rows"]}, {"rows": self._retired_rows}])["rows"]
+            total["cache_rows"] = readout.sum_counters(
+                [{"r": total["cache_rows"]}, {"r": self._retired_cache}])["r"]
         return total, current
 
     def series(self, c: dict, current: Sequence[dict] = ()) -> list[tuple[list[str], str, dict]]:
@@ -191,7 +211,9 @@ class DnsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         total, current = self.read()
         yield from self._dns_metrics(total, current)
-        yield from cache_forward_metrics(total, current, self.labels)
+        carried = any(cur.get("cache_table") == self.cache_hash for cur in current)
+        yield from cache_forward_metrics(total, current, self.labels,
+                                         self.cache_table if carried else ())
         yield from proxy_metrics(total, self.fwd_table)
         yield from self._process_level(total, current)
         if self.process_metrics:
@@ -397,7 +419,7 @@ class DnsCollector(Collector):
 
 def _strip(d: dict) -> dict:
     return {k: v for k, v in d.items()
-            if k not in ("pid", "generation", "forward_table", "rows_table")}
+            if k not in ("pid", "generation", "forward_table", "rows_table", "cache_table")}
 
 
 def _total_queries(d: dict) -> int:

@@ -20,40 +20,68 @@ from fastdns.ipc import layout, readout
 # -- forward and cache (issue 7): CoreDNS plugin/cache/metrics.go, plugin/forward ----
 
 
-def cache_forward_metrics(c: dict, current: list[dict],
-                          labels: Sequence[BlockLabels]) -> Iterator[Metric]:
+def cache_forward_metrics(c: dict, current: list[dict], labels: Sequence[BlockLabels],
+                          cache_table: tuple[tuple[str, str, str], ...] = ()
+                          ) -> Iterator[Metric]:
     """``coredns_cache_*`` and ``coredns_forward_max_concurrent_rejects_total``.
 
     ``c`` is the monotonic sum over workers (counters), ``current`` each
-    worker's block now (the entries gauge). Hits served by the fast path's
-    C table (``c_hits``) are requests and hits too, as in CoreDNS where every
-    query through the plugin is one, and the misses the C forwarder answered
-    through the cache (``c_forwarded``) are requests and misses. Like the dns metrics, everything is
-    reported under the first block's server label and zones ".".
+    worker's block now (the entries gauge). With ``cache_table`` (the
+    workers carry its rows) each cache is reported with its own server,
+    zones and view (CoreDNS plugin/cache/metrics.go; ipc/tables.py
+    cache_table). Without, every cache's sum goes under the first block's
+    server label and zones "." (workers that never took a Corefile with a
+    cache). Hits served by the fast path's C table are requests and hits
+    too, and the misses the C forwarder answered through the cache requests
+    and misses, as in CoreDNS where every query through the plugin is one.
     """
     cache = c.get("cache")
     if cache is None:
         return
-    first = labels[0] if labels else None
-    server = first.servers[0] if first else server_label(53)
-    view = first.view if first else ""
-    base = [server, ".", view]
-    c_hits = cache["c_hits"]
-    c_total = c_hits["success"] + c_hits["denial"]
-    c_missed = cache.get("c_forwarded", 0)
+    if cache_table:
+        rows = readout.decode_cache_rows(c["cache_rows"], len(cache_table))
+        now = [readout.decode_cache_rows(w.get("cache_rows", readout.CACHE_ZERO),
+                                         len(cache_table)) for w in current]
+        for k, row in enumerate(rows):
+            row["entries"] = {kind: sum(w[k]["entries"][kind] for w in now)
+                              for kind in ("success", "denial")}
+        series = [(list(lbl), row) for lbl, row in zip(cache_table, rows, strict=True)]
+    else:
+        first = labels[0] if labels else None
+        server = first.servers[0] if first else server_label(53)
+        view = first.view if first else ""
+        c_hits = cache["c_hits"]
+        c_missed = cache.get("c_forwarded", 0)
+        series = [([server, ".", view], {
+            "requests": cache["requests"] + c_hits["success"] + c_hits["denial"] + c_missed,
+            "misses": cache["misses"] + c_missed,
+            "hits": {k: cache["hits"][k] + c_hits[k] for k in ("success", "denial")},
+            "prefetch": cache["prefetch"], "served_stale": cache["served_stale"],
+            "evictions": cache["evictions"],
+            "entries": {kind: sum(w.get("cache", {}).get("entries", {}).get(kind, 0)
+                                  for w in current) for kind in ("success", "denial")},
+        })]
+    yield from _cache_families(series)
+    yield from _rejects(c)
 
+
+def _cache_families(series: list[tuple[list[str], dict]]) -> Iterator[Metric]:
+    """The coredns_cache_* families of ``[([server, zones, view], counts)]``."""
     fam = CounterMetricFamily("coredns_cache_requests_total",
                               "The count of cache requests.", labels=["server", "zones", "view"])
-    fam.add_metric(base, cache["requests"] + c_total + c_missed)
+    for lbl, row in series:
+        fam.add_metric(lbl, row["requests"])
     yield fam
     fam = CounterMetricFamily("coredns_cache_hits_total", "The count of cache hits.",
                               labels=["server", "type", "zones", "view"])
-    for kind in ("success", "denial"):
-        fam.add_metric([server, kind, ".", view], cache["hits"][kind] + c_hits[kind])
+    for (server, zones, view), row in series:
+        for kind in ("success", "denial"):
+            fam.add_metric([server, kind, zones, view], row["hits"][kind])
     yield fam
     fam = CounterMetricFamily("coredns_cache_misses_total", "The count of cache misses.",
                               labels=["server", "zones", "view"])
-    fam.add_metric(base, cache["misses"] + c_missed)
+    for lbl, row in series:
+        fam.add_metric(lbl, row["misses"])
     yield fam
     for key, name, help_ in (
         ("prefetch", "coredns_cache_prefetch_total", "The number of times the cache has "
@@ -62,20 +90,24 @@ def cache_forward_metrics(c: dict, current: list[dict],
          "from stale cache entries."),
     ):
         fam = CounterMetricFamily(name, help_, labels=["server", "zones", "view"])
-        fam.add_metric(base, cache[key])
+        for lbl, row in series:
+            fam.add_metric(lbl, row[key])
         yield fam
     fam = CounterMetricFamily("coredns_cache_evictions_total", "The count of cache evictions.",
                               labels=["server", "type", "zones", "view"])
-    for kind in ("success", "denial"):
-        fam.add_metric([server, kind, ".", view], cache["evictions"][kind])
+    for (server, zones, view), row in series:
+        for kind in ("success", "denial"):
+            fam.add_metric([server, kind, zones, view], row["evictions"][kind])
     yield fam
     gauge = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
                               labels=["server", "type", "zones", "view"])
-    for kind in ("success", "denial"):
-        gauge.add_metric([server, kind, ".", view],
-                         sum(w.get("cache", {}).get("entries", {}).get(kind, 0)
-                             for w in current))
+    for (server, zones, view), row in series:
+        for kind in ("success", "denial"):
+            gauge.add_metric([server, kind, zones, view], row["entries"][kind])
     yield gauge
+
+
+def _rejects(c: dict) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "coredns_forward_max_concurrent_rejects_total",
         "Counter of the number of queries rejected because the concurrent queries were at "

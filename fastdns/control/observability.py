@@ -13,7 +13,7 @@ import logging
 import os
 
 from fastdns.control.httpd import HttpEndpoints, ProbeState, http_config
-from fastdns.ipc import layout
+from fastdns.ipc import layout, tables
 from fastdns.ipc.stats import SharedStats
 
 log = logging.getLogger("fastdns.httpd")  # the logger name httpd.py has always used
@@ -89,7 +89,8 @@ class Observability:
         if corefile_text is not None:
             values.set_corefile(corefile_text)
         collector = metrics.DnsCollector.for_segment(
-            ctl, metrics_labels.blocks_from_config(config), values, stats)  # type: ignore[arg-type]
+            ctl, metrics_labels.blocks_from_config(config), values, stats,  # type: ignore[arg-type]
+            cache_table=tables.cache_table(config))
         nworkers = ctl.nworkers  # type: ignore[attr-defined]
 
         def workers_serving() -> bool:

@@ -26,6 +26,7 @@ The forward region and the per-(server, zone) rows are described in
 from __future__ import annotations
 
 from fastdns.ipc.layout import (
+    CACHE_END,
     FWD_END,
     LATENCY_BUCKETS,
     MAGIC,
@@ -45,6 +46,7 @@ from fastdns.ipc.layout import (
     ROW_WORDS,
     ROWS_END,
     SIZE_BUCKETS,
+    W_CACHE_TABLE,
     W_DO,
     W_END,
     W_FWD,
@@ -131,13 +133,13 @@ def latency_bucket(seconds: float) -> int:
 class Counters:
     """Writer used by the Python paths (TCP, slow path, the pure-Python UDP).
 
-    ``fwd`` views the forward region and ``rows`` the per-(server, zone)
-    region (None when the block is too small, as in unit tests with a bare
-    ``W_END`` block). ``row`` arguments are row indices (None: count the
-    totals only).
+    ``fwd`` views the forward region, ``rows`` the per-(server, zone)
+    region and ``caches`` the cache rows (None when the block is too small,
+    as in unit tests with a bare ``W_END`` block). ``row`` arguments are row
+    indices (None: count the totals only).
     """
 
-    __slots__ = ("w", "fwd", "rows")
+    __slots__ = ("w", "fwd", "rows", "caches")
 
     def __init__(self, block: memoryview) -> None:
         self.w = block[: W_END * 8].cast("Q")
@@ -145,6 +147,8 @@ class Counters:
             else None
         self.rows = block[W_ROWS_TABLE * 8 : ROWS_END * 8].cast("Q") \
             if len(block) >= ROWS_END * 8 else None
+        self.caches = block[W_CACHE_TABLE * 8 : CACHE_END * 8].cast("Q") \
+            if len(block) >= CACHE_END * 8 else None
 
     def take_rows(self, table: tuple[tuple[str, str], ...]) -> None:
         """Make the row region describe ``table``: kept when it already does

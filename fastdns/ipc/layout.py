@@ -267,6 +267,35 @@ W_CFWD_JOINED = CB.field("W_CFWD_JOINED", doc="misses that joined a query in fli
 W_CFWD_PENDING = CB.field("W_CFWD_PENDING", doc="gauge: queries in flight now")
 CFWD_END = CB.end
 
+# per ``cache`` stanza: row k holds the coredns_cache_* counts of the k-th cache
+# of tables.cache_table, so each is reported with its own server, zones and
+# view labels (CoreDNS plugin/cache/metrics.go). The worker's 0.5 s export
+# writes the Python ResponseCache's words; the C fast path adds its hits and
+# the C forwarder its misses live (CR_C_*). Row k is also cache number k of
+# the shared table (ResponseCache.attach), so a C hit knows its row.
+CACHE_ROWS = 16  # == CT_MAX_CACHES (checked below): one row per cache of the table
+CR = _region("cache row", "word", "at ``W_CACHE_ROWS + k*CR_WORDS``; the counts of the "
+             "k-th cache of tables.cache_table")
+CR_REQUESTS = CR.field("CR_REQUESTS", 1, "Python ResponseCache lookups (worker export)")
+CR_MISSES = CR.field("CR_MISSES", 1, "... that missed")
+CR_HITS_SUCCESS = CR.field("CR_HITS_SUCCESS", 1, "... hits, success")
+CR_HITS_DENIAL = CR.field("CR_HITS_DENIAL", 1, "... hits, denial")
+CR_PREFETCH = CR.field("CR_PREFETCH", 1, "prefetches")
+CR_SERVED_STALE = CR.field("CR_SERVED_STALE", 1, "stale answers served")
+CR_ENTRIES_SUCCESS = CR.field("CR_ENTRIES_SUCCESS", 1, "gauge (the shared table's: worker 0)")
+CR_ENTRIES_DENIAL = CR.field("CR_ENTRIES_DENIAL", 1, "gauge")
+CR_EVICTIONS_SUCCESS = CR.field("CR_EVICTIONS_SUCCESS", 1, "evictions, success")
+CR_EVICTIONS_DENIAL = CR.field("CR_EVICTIONS_DENIAL", 1, "evictions, denial")
+CR_C_HITS_SUCCESS = CR.field("CR_C_HITS_SUCCESS", 1, "C fast path hits, success (live)")
+CR_C_HITS_DENIAL = CR.field("CR_C_HITS_DENIAL", 1, "C fast path hits, denial (live)")
+CR_C_FORWARDED = CR.field("CR_C_FORWARDED", 1, "misses the C forwarder answered (live)")
+CR_WORDS = CR.end
+W_CACHE_TABLE = CB.field("W_CACHE_TABLE", doc="tables.table_hash of the cache table; "
+                         "0 = none / being rewritten", align=8)
+W_CACHE_ROWS = CB.field("W_CACHE_ROWS", CACHE_ROWS * CR_WORDS, "[CACHE_ROWS] cache rows")
+CACHE_END = CB.end
+CACHE_WORDS = CACHE_END - W_CACHE_ROWS
+
 # -- the loop-detection segment ``fastdns-<instance>-loop`` (octets) ------------
 
 MAX_PROBES = 8
@@ -343,7 +372,8 @@ def _check() -> None:
         for f in region.fields:
             assert g[f.name] == f.offset, f.name
     assert W_END <= HOLD_ATTACHING_WORD < HOLD_LINGERING_WORD < W_FWD
-    assert CFWD_END * 8 <= COUNTERS_SIZE
+    assert CACHE_END * 8 <= COUNTERS_SIZE
+    assert CACHE_ROWS == CT_MAX_CACHES
     assert STATS.end <= STATS_WORDS
     assert CS_DATA_MAX >= 512 + 260
 
@@ -357,13 +387,15 @@ _check()
 _C_SCALARS: tuple[str, ...] = (
               "W_END", "N_QTYPES", "QT_OTHER", "R_BADVERS", "R_DROPPED", "N_SIZE", "N_LAT",
               "ROW_WORDS", "ROWS", "ROW_MAX", "ROWS_END", "LATENCY_FIRST_NS")
-_C_REGIONS: tuple[Region, ...] = (CTL, CB, ROW)
+_C_REGIONS: tuple[Region, ...] = (CTL, CB, ROW, CR)
 _C_REGIONS += (CT, CS)  # the shared response cache
-_C_SCALARS += ("CT_WAYS_N", "CT_SLOT_OCTETS", "CT_MAX_CACHES", "CS_DATA_MAX")
+_C_SCALARS += ("CT_WAYS_N", "CT_SLOT_OCTETS", "CT_MAX_CACHES", "CS_DATA_MAX", "CR_WORDS",
+                "CACHE_ROWS")
 # The sizes the tables of internals.md §4 list below the regions.
 _DOC_SCALARS = ("MAX_WORKERS", "NAME_MAX", "STATS_WORDS", "COUNTERS_SIZE", "W_END", "N_Q",
                 "N_SIZE", "N_LAT", "FWD_SLOTS", "FWD_SLOT_WORDS", "FWD_HIST", "FWD_END", "ROWS",
-                "ROW_WORDS", "ROWS_END", "MAX_PROBES", "LOOP_SIZE")
+                "ROW_WORDS", "ROWS_END", "CR_WORDS", "CACHE_ROWS", "CACHE_END", "MAX_PROBES",
+                "LOOP_SIZE")
 
 
 def pxi() -> str:

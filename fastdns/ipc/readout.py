@@ -15,6 +15,23 @@ import operator
 import struct
 
 from fastdns.ipc.layout import (
+    CACHE_END,
+    CACHE_ROWS,
+    CACHE_WORDS,
+    CR_C_FORWARDED,
+    CR_C_HITS_DENIAL,
+    CR_C_HITS_SUCCESS,
+    CR_ENTRIES_DENIAL,
+    CR_ENTRIES_SUCCESS,
+    CR_EVICTIONS_DENIAL,
+    CR_EVICTIONS_SUCCESS,
+    CR_HITS_DENIAL,
+    CR_HITS_SUCCESS,
+    CR_MISSES,
+    CR_PREFETCH,
+    CR_REQUESTS,
+    CR_SERVED_STALE,
+    CR_WORDS,
     FAMILIES,
     FS_CONN,
     FS_DURATIONS,
@@ -53,7 +70,9 @@ from fastdns.ipc.layout import (
     W_CACHE_MISSES,
     W_CACHE_PREFETCH,
     W_CACHE_REQUESTS,
+    W_CACHE_ROWS,
     W_CACHE_SERVED_STALE,
+    W_CACHE_TABLE,
     W_CC_ENTRIES,
     W_CC_FORWARDED,
     W_CC_HITS_DENIAL,
@@ -95,6 +114,7 @@ from fastdns.ipc.tables import fwd_slot_labels, row_labels
 # shape sum_counters (and any walker of its dicts) already adds like buckets
 FWD_ZERO = tuple((i, 0) for i in range(FWD_WORDS))
 ROWS_ZERO = tuple((i, 0) for i in range(ROWS_WORDS))
+CACHE_ZERO = tuple((i, 0) for i in range(CACHE_WORDS))
 
 
 def _hist(words: list[int] | tuple[int, ...], start: int, bounds: tuple[float, ...],
@@ -148,6 +168,8 @@ def read_counters(block: memoryview | bytes) -> dict:
                              FWD_ZERO)
     rows_table, rows = _region(block, started, W_ROWS_TABLE, W_ROWS, ROWS_WORDS, ROWS_END,
                                ROWS_ZERO)
+    cache_table, cache_rows = _region(block, started, W_CACHE_TABLE, W_CACHE_ROWS, CACHE_WORDS,
+                                      CACHE_END, CACHE_ZERO)
     return {
         "pid": words[W_PID],
         "generation": words[W_GENERATION],
@@ -185,6 +207,10 @@ def read_counters(block: memoryview | bytes) -> dict:
         # is the rows_hash of the row table they describe
         "rows_table": rows_table,
         "rows": list(rows),
+        # the cache rows, raw (decode_cache_rows reads them); "cache_table" is the
+        # cache_hash of the tables.cache_table they describe
+        "cache_table": cache_table,
+        "cache_rows": list(cache_rows),
         "send_errors": words[W_SEND_ERRORS],
         "oversize": words[W_OVERSIZE],
         "queries": _queries(words, W_QUERIES),
@@ -202,7 +228,7 @@ def read_counters(block: memoryview | bytes) -> dict:
     }
 
 
-_NOT_SUMMED = ("pid", "generation", "forward_table", "rows_table")
+_NOT_SUMMED = ("pid", "generation", "forward_table", "rows_table", "cache_table")
 
 
 def sum_counters(blocks: list[dict]) -> dict:
@@ -274,6 +300,30 @@ def _row_dns(words: list[int]) -> dict:
                           for k, p in enumerate(PROTOS)},
         "latency": _latency(words, R_LATENCY, R_LATENCY_SUM_NS),
     }
+
+
+def decode_cache_rows(rows: list[tuple[int, int]], n: int) -> list[dict]:
+    """The first ``n`` cache rows of read_counters/sum_counters' ``cache_rows``, shaped
+    as the ``cache`` dict's CoreDNS counts: the C side's hits are hits and
+    requests, its forwarded misses misses and requests (as in CoreDNS, where
+    every query through the plugin is one)."""
+    words = list(map(_count, rows))
+    out = []
+    for k in range(min(n, CACHE_ROWS)):
+        w = words[k * CR_WORDS : (k + 1) * CR_WORDS]
+        c_hits = {"success": w[CR_C_HITS_SUCCESS], "denial": w[CR_C_HITS_DENIAL]}
+        out.append({
+            "requests": w[CR_REQUESTS] + c_hits["success"] + c_hits["denial"]
+            + w[CR_C_FORWARDED],
+            "misses": w[CR_MISSES] + w[CR_C_FORWARDED],
+            "hits": {"success": w[CR_HITS_SUCCESS] + c_hits["success"],
+                     "denial": w[CR_HITS_DENIAL] + c_hits["denial"]},
+            "prefetch": w[CR_PREFETCH], "served_stale": w[CR_SERVED_STALE],
+            "entries": {"success": w[CR_ENTRIES_SUCCESS], "denial": w[CR_ENTRIES_DENIAL]},
+            "evictions": {"success": w[CR_EVICTIONS_SUCCESS],
+                          "denial": w[CR_EVICTIONS_DENIAL]},
+        })
+    return out
 
 
 def decode_rows(rows: list[tuple[int, int]], table: tuple[tuple[str, str], ...]) -> dict:

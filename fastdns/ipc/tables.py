@@ -48,6 +48,7 @@ from collections.abc import Iterable, Iterator
 from typing import cast
 
 from fastdns.ipc.layout import (
+    CACHE_ROWS,
     FWD_MAX_UPSTREAMS,
     ROW_MAX,
 )
@@ -88,6 +89,53 @@ def table_hash(table: tuple[str, ...]) -> int:
 def fwd_slot_labels(table: tuple[str, ...]) -> tuple[str, ...]:
     """The ``to`` label of every slot: the table, unused slots "", then the catch-all."""
     return (*table, *[""] * (FWD_MAX_UPSTREAMS - len(table)), FWD_OTHER)
+
+
+# -- per-cache rows (coredns_cache_*) --------------------------------------------------
+
+
+def cache_blocks(config: object) -> list[object]:
+    """The server blocks whose ``cache`` fronts a ``forward``, one per Corefile block.
+
+    Blocks split per key share one plugin dict (one ForwardingResolver, one
+    cache, as CoreDNS shares one plugin instance per server block): the first
+    of them stands for it. Cache row k and the shared table's cache number k
+    are the k-th of these (server/forwarding.py BlockRouter.caches).
+    """
+    seen: set[int] = set()
+    out = []
+    for b in cast("Iterable[object]", getattr(config, "servers", config)):
+        plugins = getattr(b, "plugins", None)
+        if not isinstance(plugins, dict) or "forward" not in plugins or "cache" not in plugins:
+            continue
+        if id(plugins) not in seen:
+            seen.add(id(plugins))
+            out.append(b)
+    return out
+
+
+def cache_table(config: object) -> tuple[tuple[str, str, str], ...]:
+    """(server, zones, view) labels of each cache row, at most CACHE_ROWS.
+
+    CoreDNS labels a cache's series with the server that took the query, the
+    cache's zones joined by "," (its stanza's zones, else the block's:
+    plugin/cache/setup.go ``zonesMetricLabel``) and the block's view. A
+    block bound to several addresses reports under its first.
+    """
+    out = []
+    for b in cache_blocks(config)[:CACHE_ROWS]:
+        port = int(getattr(b, "port", 53) or 53)
+        transport = getattr(b, "transport", "dns") or "dns"
+        host = (tuple(getattr(b, "listen_hosts", ()) or ()) or ("",))[0]
+        cache = b.plugins["cache"]
+        zones = tuple(getattr(cache, "zones", ()) or getattr(b, "zones", (".",)))
+        out.append((server_label(port, host, transport), ",".join(str(z) for z in zones),
+                    str(getattr(b, "view", "") or "")))
+    return tuple(out)
+
+
+def cache_hash(table: tuple[tuple[str, str, str], ...]) -> int:
+    return table_hash(tuple("\t".join(row) for row in table))
 
 
 # -- per-(server, zone) rows ----------------------------------------------------------

@@ -590,6 +590,9 @@ cdef class CacheTable:
         _freq(s, now, e.prefetch_ns)
         if self.w != NULL:
             self.w[W_CC_HITS_DENIAL if e.kind == K_DENIAL else W_CC_HITS_SUCCESS] += 1
+            if e.cache < CACHE_ROWS:  # its cache's row (coredns_cache_* labels)
+                self.w[W_CACHE_ROWS + e.cache * CR_WORDS
+                       + (CR_C_HITS_DENIAL if e.kind == K_DENIAL else CR_C_HITS_SUCCESS)] += 1
             if (self.w[W_CC_HITS_SUCCESS] & 255) == 0:
                 self._count_entries()  # other workers' inserts too, now and then
         return total

@@ -93,6 +93,7 @@ cdef class CForwarder:
     cdef int nfb
     cdef int* deferred  # leaders released after their fallbacks
     cdef int ndeferred
+    cdef int c_row  # the counters word of the cache's row that counts its C misses
 
     def __cinit__(self):
         self.blocks = <CFBlock*>PyMem_Malloc(CF_MAX_BLOCKS * sizeof(CFBlock))
@@ -254,14 +255,18 @@ cdef class CForwarder:
         self.nups += 1
         return self.nups - 1
 
-    def set_cache(self, CacheTable table, on_cached):
+    def set_cache(self, CacheTable table, on_cached, int index=0):
         """Store the answers of cached blocks in ``table`` (its policy: set_policy) and
         render each waiter's reply from it. ``on_cached(block, query, answer,
         store)`` returns the reply where C cannot (an answer the table does not
         take, ``store`` True: Python's ResponseCache.put decides; one not stored
-        or too large for the client), or None."""
+        or too large for the client), or None. ``index``: the cache's number in
+        the table, also its cache row."""
+        if not 0 <= index < CACHE_ROWS:
+            raise ValueError("no such cache row")
         self.table = table
         self.on_cached = on_cached
+        self.c_row = W_CACHE_ROWS + index * CR_WORDS + CR_C_FORWARDED
 
     def note_private(self, bytes key):
         """``key`` is in a worker's own store (larger than a table slot): its misses

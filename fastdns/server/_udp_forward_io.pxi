@@ -130,6 +130,7 @@ cdef int cf_cached(CForwarder self, int pi, int slot, unsigned char* a, Py_ssize
         out = self.obuf + nrep * SLOT
         m = -1 if store else self.table.render(wt.q, wt.qlen, out, now, False)
         self.w[W_CC_FORWARDED] += 1
+        self.w[self.c_row] += 1
         if m > 0:
             cf_queue_reply(self, nrep, wt, out, m)
             nrep += 1
@@ -346,6 +347,7 @@ cdef uint64_t cf_expire(CForwarder self, int64_t now) noexcept nogil:
             w = &self.pend[j]
             if w.cached:
                 self.w[W_CC_FORWARDED] += 1
+                self.w[self.c_row] += 1
             if parse_query_c(w.q, w.qlen, &q) == E_OK:
                 n = build_error(w.q, &q, 2, True, q.edns, out)
                 cf_send_one(self, w, out, n)

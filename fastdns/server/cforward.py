@@ -90,7 +90,7 @@ class CForward:
         router = self.router
         c_policy = getattr(router, "c_policy", None)
         if c_policy is not None and self.fast.cache.c_policy_active:
-            self.c.set_cache(self.fast.cache, self._on_cached)
+            self.c.set_cache(self.fast.cache, self._on_cached, c_policy.index)
         else:
             c_policy = None
         blocks: dict[int, int] = {}  # id(resolver) -> C block

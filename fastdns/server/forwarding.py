@@ -64,6 +64,7 @@ class BlockRouter:
         self._slot = {to: _SLOTS + k * layout.FWD_SLOT_WORDS for k, to in enumerate(self.table)}
         self._other = _SLOTS + layout.FWD_MAX_UPSTREAMS * layout.FWD_SLOT_WORDS
         self._fwd_base: list[int] | None = None  # the region when this router took it
+        self._cache_base: list[int] | None = None  # the cache rows, likewise
         self._exported_to: ctr.Counters | None = None
         # the fast path's C forwarder (server/cforward.py): its counts add to ours
         self.c_forward: Any = None
@@ -96,7 +97,14 @@ class BlockRouter:
         return self._slot.get(to, self._other)
 
     def caches(self) -> list:
-        return [r.cache for r in self._resolvers if r.cache is not None]
+        """Every cache, in cache-row order (tables.cache_blocks): cache k counts in
+        row k and is number k of the shared table."""
+        out = []
+        for b in tables.cache_blocks(self.config):
+            r = self.resolver_for(b)
+            if r is not None and r.cache is not None:
+                out.append(r.cache)
+        return out
 
     def unambiguous(self) -> bool:
         """Does every listener serve the same blocks (so a key has one owner)?"""
@@ -157,7 +165,38 @@ class BlockRouter:
             self.c_forward.rejects() if self.c_forward is not None else 0)
         if counters.fwd is not None:
             self._export_forward(counters.fwd)
+        if counters.caches is not None:
+            self._export_caches(counters.caches, caches)
         self._exported_to = counters
+
+    def _export_caches(self, region: memoryview, caches: list) -> None:
+        """Each cache's row (layout.CR_*): its Python counts on top of the base the
+        region held when this router took it (the reload rule of the forward
+        region, keyed by tables.cache_table); the CR_C_* words are the C
+        side's, counted live. Gauges and the shared table's evictions (already
+        cumulative over workers and reloads) are written as they are."""
+        if self._cache_base is None:
+            thash = tables.cache_hash(tables.cache_table(self.config))
+            if region[0] != thash:
+                region[0] = 0  # readers ignore the region from here ...
+                region[1:] = memoryview(bytes(8 * (len(region) - 1))).cast("Q")
+                region[0] = thash  # ... to here
+            self._cache_base = list(region)
+        base = self._cache_base
+        shared = self._export_shared
+        for k, c in enumerate(caches[:layout.CACHE_ROWS]):
+            o = layout.W_CACHE_ROWS - layout.W_CACHE_TABLE + k * layout.CR_WORDS
+            st = c.stats
+            for word, n in ((layout.CR_REQUESTS, st.requests), (layout.CR_MISSES, st.misses),
+                            (layout.CR_HITS_SUCCESS, st.hits[SUCCESS]),
+                            (layout.CR_HITS_DENIAL, st.hits[DENIAL]),
+                            (layout.CR_PREFETCH, st.prefetch),
+                            (layout.CR_SERVED_STALE, st.served_stale)):
+                region[o + word] = base[o + word] + n
+            region[o + layout.CR_ENTRIES_SUCCESS] = c.entries(SUCCESS, shared)
+            region[o + layout.CR_ENTRIES_DENIAL] = c.entries(DENIAL, shared)
+            region[o + layout.CR_EVICTIONS_SUCCESS] = c.evictions(SUCCESS, shared)
+            region[o + layout.CR_EVICTIONS_DENIAL] = c.evictions(DENIAL, shared)
 
     def _take_region(self, fwd: memoryview) -> list[int]:
         """The base this router adds its counts to (see the module docstring)."""
