@@ -127,7 +127,7 @@ def cache_table(config: object) -> tuple[tuple[str, str, str], ...]:
         port = int(getattr(b, "port", 53) or 53)
         transport = getattr(b, "transport", "dns") or "dns"
         host = (tuple(getattr(b, "listen_hosts", ()) or ()) or ("",))[0]
-        cache = b.plugins["cache"]
+        cache = getattr(b, "plugins", {})["cache"]
         zones = tuple(getattr(cache, "zones", ()) or getattr(b, "zones", (".",)))
         out.append((server_label(port, host, transport), ",".join(str(z) for z in zones),
                     str(getattr(b, "view", "") or "")))
