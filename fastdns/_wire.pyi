@@ -2,7 +2,7 @@
 
 import mmap
 from array import array
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap | array[int]
 
@@ -15,60 +15,34 @@ MAX_POINTERS: int
 DEBUG_BUILD: bool  # built with FASTDNS_DEBUG=1 (invariant asserts, bounds checks)
 
 class Query:
-    @property
-    def id(self) -> int: ...
-    @property
-    def flags(self) -> int: ...
-    @property
-    def opcode(self) -> int: ...
-    @property
-    def qname(self) -> bytes: ...
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def qtype(self) -> int: ...
-    @property
-    def qclass(self) -> int: ...
-    @property
-    def question_end(self) -> int: ...
-    @property
-    def edns(self) -> bool: ...
-    @property
-    def edns_version(self) -> int: ...
-    @property
-    def payload(self) -> int: ...
-    @property
-    def do(self) -> bool: ...
+    id: Final[int]
+    flags: Final[int]
+    opcode: Final[int]
+    qname: Final[bytes]
+    key: Final[bytes]
+    qtype: Final[int]
+    qclass: Final[int]
+    question_end: Final[int]
+    edns: Final[bool]
+    edns_version: Final[int]
+    payload: Final[int]
+    do: Final[bool]
 
 class Response:
-    @property
-    def id(self) -> int: ...
-    @property
-    def flags(self) -> int: ...
-    @property
-    def rcode(self) -> int: ...
-    @property
-    def tc(self) -> bool: ...
-    @property
-    def qname(self) -> bytes: ...
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def qtype(self) -> int: ...
-    @property
-    def qclass(self) -> int: ...
-    @property
-    def ancount(self) -> int: ...
-    @property
-    def nscount(self) -> int: ...
-    @property
-    def arcount(self) -> int: ...
-    @property
-    def ttl_offsets(self) -> list[int]: ...
-    @property
-    def min_ttl(self) -> int: ...
-    @property
-    def soa_minimum(self) -> int: ...
+    id: Final[int]
+    flags: Final[int]
+    rcode: Final[int]
+    tc: Final[bool]
+    qname: Final[bytes]
+    key: Final[bytes]
+    qtype: Final[int]
+    qclass: Final[int]
+    ancount: Final[int]
+    nscount: Final[int]
+    arcount: Final[int]
+    ttl_offsets: Final[list[int]]
+    min_ttl: Final[int]
+    soa_minimum: Final[int]
 
 def crc32(data: Buffer, value: int = 0) -> int: ...
 def parse_query(data: Buffer) -> Query: ...

@@ -183,6 +183,106 @@ cdef int walk_options(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end) 
     return E_OK
 
 
+# ---------------------------------------------------------------- records
+
+# The records after the question (RFC 1035 §4.1), read one at a time by
+# parse_query_c, _parse_response and check_response_c; walk_next holds the
+# rules every record must keep, so that each is written once.
+ctypedef struct RRWalk:
+    Cursor c                  # at the next record
+    uint32_t i                # records read
+    uint32_t count            # records in all: AN + NS + AR
+    uint32_t ancount
+    uint32_t first_additional
+    bint seen_opt
+    bint soa                  # check (and read) the authority SOAs' rdata
+
+# One record as walk_next read it.
+ctypedef struct RR:
+    uint32_t rtype
+    uint32_t rclass
+    uint32_t ttl
+    Py_ssize_t ttl_at         # where its TTL lies (the forwarder's cache rewrites it)
+    bint opt                  # the message's OPT (the one of the additional section)
+    bint soa                  # an authority SOA whose rdata was read (walk.soa only)
+    uint32_t minimum          # that SOA's MINIMUM
+
+
+cdef inline void walk_init(RRWalk* w, const Cursor* c, uint32_t an, uint32_t ns,
+                           uint32_t ar, bint soa) noexcept nogil:
+    """Start a walk at c.pos, just past the question."""
+    w.c = c[0]
+    w.i = 0
+    w.count = an + ns + ar
+    w.ancount = an
+    w.first_additional = an + ns
+    w.seen_opt = False
+    w.soa = soa
+
+
+cdef inline int soa_rdata(const Cursor* c, Py_ssize_t rd_end, uint32_t* minimum) noexcept nogil:
+    """SOA rdata at c.pos: MNAME, RNAME and five u32 that end it exactly
+    (RFC 1035 §3.3.13); *minimum = the last of them."""
+    cdef Cursor sub = c[0]
+    cdef int err = cur_name(&sub, NULL, NULL)
+    if err:
+        return err
+    err = cur_name(&sub, NULL, NULL)
+    if err:
+        return err
+    if sub.pos + 20 != rd_end:
+        return E_RDATA
+    minimum[0] = be32(sub.buf + sub.pos + 16)
+    return E_OK
+
+
+cdef inline int walk_next(RRWalk* w, RR* rr) noexcept nogil:
+    """Read and check record w.i into `rr`, leaving w.c just past it; a WireErr."""
+    cdef Cursor* c = &w.c
+    cdef Py_ssize_t name_start = c.pos, name_end, rd_end
+    cdef const unsigned char* f
+    cdef uint32_t rdlen
+    cdef int err = cur_name(c, NULL, NULL)
+    if err:
+        return err
+    name_end = c.pos
+    if not cur_has(c, 10):
+        return E_SHORT
+    f = c.buf + c.pos  # TYPE, CLASS, TTL, RDLENGTH: all in the message
+    rr.rtype = be16(f)
+    rr.rclass = be16(f + 2)
+    rr.ttl_at = c.pos + 4
+    rr.ttl = be32(f + 4)
+    rdlen = be16(f + 8)
+    c.pos += 10
+    if not cur_has(c, rdlen):
+        return E_RDATA
+    rd_end = c.pos + rdlen
+    rr.opt = rr.rtype == T_OPT and w.i >= w.first_additional
+    rr.soa = w.soa and rr.rtype == T_SOA and w.ancount <= w.i < w.first_additional
+    if rr.opt:
+        if w.seen_opt:
+            return E_DUP_OPT  # RFC 6891 §6.1.1
+        if name_end != name_start + 1:
+            return E_BAD_OPT  # owner must be the root, written as one 0 octet
+        err = walk_options(c.buf, c.pos, rd_end)
+        if err:
+            return err
+        w.seen_opt = True
+    elif rr.soa:
+        err = soa_rdata(c, rd_end, &rr.minimum)
+        if err:
+            return err
+    c.pos = rd_end
+    w.i += 1
+    return E_OK
+
+
+cdef inline int walk_end(const RRWalk* w) noexcept nogil:
+    """After the last record: the message must end there."""
+    return E_TRAILING if w.c.pos != w.c.len else E_OK
+
+
 cdef int parse_query_c(const unsigned char* pkt, Py_ssize_t n, CQuery* q) noexcept nogil:
     """Parse a query into `q` (docs/internals.md §1); returns a WireErr.
 
@@ -190,11 +290,9 @@ cdef int parse_query_c(const unsigned char* pkt, Py_ssize_t n, CQuery* q) noexce
     FORMERR can echo it.
     """
     cdef Cursor c
-    cdef uint32_t i, count, first_additional
-    cdef uint32_t rtype = 0, rclass = 0, ttl = 0, rdlen = 0
-    cdef Py_ssize_t name_start, name_end
+    cdef RRWalk w
+    cdef RR rr
     cdef int err
-    cdef bint seen_opt = False
     q.has_question = 0
     q.edns = 0
     q.edns_version = 0
@@ -230,39 +328,17 @@ cdef int parse_query_c(const unsigned char* pkt, Py_ssize_t n, CQuery* q) noexce
     err = parse_question(&c, q)
     if err:
         return err
-    first_additional = q.ancount + q.nscount
-    count = first_additional + q.arcount
-    for i in range(count):
-        name_start = c.pos
-        err = cur_name(&c, NULL, NULL)
+    walk_init(&w, &c, q.ancount, q.nscount, q.arcount, False)
+    while w.i < w.count:
+        err = walk_next(&w, &rr)
         if err:
             return err
-        name_end = c.pos
-        if not cur_has(&c, 10):
-            return E_SHORT
-        cur_u16(&c, &rtype)
-        cur_u16(&c, &rclass)
-        cur_u32(&c, &ttl)
-        cur_u16(&c, &rdlen)
-        if not cur_has(&c, rdlen):
-            return E_RDATA
-        if rtype == T_OPT and i >= first_additional:
-            if seen_opt:
-                return E_DUP_OPT  # RFC 6891 §6.1.1
-            if name_end != name_start + 1:
-                return E_BAD_OPT  # owner must be the root, written as one 0 octet
-            err = walk_options(c.buf, c.pos, c.pos + rdlen)
-            if err:
-                return err
-            seen_opt = True
+        if rr.opt:
             q.edns = 1
-            q.edns_version = (ttl >> 16) & 0xFF
-            q.payload = rclass if rclass > MIN_PAYLOAD else MIN_PAYLOAD
-            q.do = (ttl >> 15) & 1
-        c.pos += rdlen
-    if c.pos != c.len:
-        return E_TRAILING
-    return E_OK
+            q.edns_version = (rr.ttl >> 16) & 0xFF
+            q.payload = rr.rclass if rr.rclass > MIN_PAYLOAD else MIN_PAYLOAD
+            q.do = (rr.ttl >> 15) & 1
+    return walk_end(&w)
 
 
 @cython.final
@@ -880,89 +956,64 @@ cdef class Response:
                 f"qtype={self.qtype} an={self.ancount} ns={self.nscount} ar={self.arcount}>")
 
 
-cdef int _parse_response(const unsigned char* p, Py_ssize_t n, Response r) except -1:
-    """Fill `r` from the message; returns a WireErr (0 = E_OK)."""
-    cdef Cursor c, sub
-    cdef unsigned char qbuf[256]
-    cdef Py_ssize_t qlen = 0, name_start, name_end, ttl_at, rd_end
-    cdef uint32_t qdcount, i, count, first_additional, v = 0
-    cdef uint32_t rtype = 0, rclass = 0, ttl = 0, rdlen = 0
-    cdef bint seen_opt = False
+cdef int response_start(const unsigned char* p, Py_ssize_t n, RRWalk* w, unsigned char* qbuf,
+                        Py_ssize_t* qlen, uint32_t* qtype, uint32_t* qclass) noexcept nogil:
+    """Check a response's header and question (name into `qbuf` as cur_name's
+    `out`) and start the walk over its records; returns a WireErr."""
+    cdef Cursor c
     cdef int err
     if n < 12:
         return E_SHORT
+    if be16(p + 4) != 1:
+        return E_QCOUNT
+    cur_init(&c, p, n, 12)
+    err = cur_name(&c, qbuf, qlen)
+    if err:
+        return err
+    if cur_u16(&c, qtype) or cur_u16(&c, qclass):
+        return E_SHORT
+    walk_init(w, &c, be16(p + 6), be16(p + 8), be16(p + 10), True)
+    return E_OK
+
+
+cdef int _parse_response(const unsigned char* p, Py_ssize_t n, Response r) except -1:
+    """Fill `r` from the message; returns a WireErr (0 = E_OK)."""
+    cdef RRWalk w
+    cdef RR rr
+    cdef unsigned char qbuf[256]
+    cdef Py_ssize_t qlen = 0
+    cdef uint32_t qtype = 0, qclass = 0
+    cdef int err = response_start(p, n, &w, qbuf, &qlen, &qtype, &qclass)
+    if err:
+        return err
     r.id = be16(p)
     r.flags = be16(p + 2)
     r.tc = (r.flags & TC) != 0
-    qdcount = be16(p + 4)
     r.ancount = be16(p + 6)
     r.nscount = be16(p + 8)
     r.arcount = be16(p + 10)
-    if qdcount != 1:
-        return E_QCOUNT
-    cur_init(&c, p, n, 12)
-    err = cur_name(&c, qbuf, &qlen)
-    if err:
-        return err
-    if cur_u16(&c, &v):
-        return E_SHORT
-    r.qtype = v
-    if cur_u16(&c, &v):
-        return E_SHORT
-    r.qclass = v
+    r.qtype = qtype
+    r.qclass = qclass
     r.rcode = r.flags & 0xF
     r.min_ttl = -1
     r.soa_minimum = -1
     r.ttl_offsets = []
-    first_additional = r.ancount + r.nscount
-    count = first_additional + r.arcount
-    for i in range(count):
-        name_start = c.pos
-        err = cur_name(&c, NULL, NULL)
+    while w.i < w.count:
+        err = walk_next(&w, &rr)
         if err:
             return err
-        name_end = c.pos
-        if not cur_has(&c, 10):
-            return E_SHORT
-        cur_u16(&c, &rtype)
-        cur_u16(&c, &rclass)
-        ttl_at = c.pos
-        cur_u32(&c, &ttl)
-        cur_u16(&c, &rdlen)
-        if not cur_has(&c, rdlen):
-            return E_RDATA
-        rd_end = c.pos + rdlen
-        if rtype == T_OPT and i >= first_additional:
-            if seen_opt:
-                return E_DUP_OPT
-            if name_end != name_start + 1:
-                return E_BAD_OPT
-            err = walk_options(p, c.pos, rd_end)
-            if err:
-                return err
-            seen_opt = True
-            r.rcode |= (ttl >> 24) << 4  # RFC 6891 §6.1.3: the upper 8 bits of the rcode
-        else:
-            r.ttl_offsets.append(ttl_at)
-            if r.min_ttl < 0 or ttl < r.min_ttl:
-                r.min_ttl = ttl
-            if rtype == T_SOA and r.ancount <= i < first_additional:
-                # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM).
-                cur_init(&sub, p, n, c.pos)
-                err = cur_name(&sub, NULL, NULL)
-                if err:
-                    return err
-                err = cur_name(&sub, NULL, NULL)
-                if err:
-                    return err
-                if sub.pos + 20 != rd_end:
-                    return E_RDATA
-                v = be32(p + sub.pos + 16)
-                if r.soa_minimum < 0:
-                    r.soa_minimum = ttl if ttl < v else v
-        c.pos = rd_end
-    if c.pos != c.len:
-        return E_TRAILING
+        if rr.opt:
+            r.rcode |= (rr.ttl >> 24) << 4  # RFC 6891 §6.1.3: the upper 8 bits of the rcode
+            continue
+        r.ttl_offsets.append(rr.ttl_at)
+        if r.min_ttl < 0 or rr.ttl < r.min_ttl:
+            r.min_ttl = rr.ttl
+        if rr.soa and r.soa_minimum < 0:
+            # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM).
+            r.soa_minimum = rr.ttl if rr.ttl < rr.minimum else rr.minimum
+    err = walk_end(&w)
+    if err:
+        return err
     r.qname = PyBytes_FromStringAndSize(<const char*>qbuf, qlen)
     r.key = _lower_bytes(r.qname)
     return E_OK
@@ -972,64 +1023,17 @@ cdef int check_response_c(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     """Would ``parse_response`` accept the message? Its walk without the
     Python objects (the UDP fast path's forwarder checks answers with it);
     returns a WireErr (0 = E_OK)."""
-    cdef Cursor c, sub
-    cdef uint32_t i, count, first_additional, v = 0
-    cdef uint32_t rtype = 0, rclass = 0, ttl = 0, rdlen = 0, an, ns
-    cdef Py_ssize_t name_start, name_end, rd_end
-    cdef bint seen_opt = False
-    cdef int err
-    if n < 12:
-        return E_SHORT
-    if be16(p + 4) != 1:
-        return E_QCOUNT
-    an = be16(p + 6)
-    ns = be16(p + 8)
-    cur_init(&c, p, n, 12)
-    err = cur_name(&c, NULL, NULL)
+    cdef RRWalk w
+    cdef RR rr
+    cdef uint32_t qtype = 0, qclass = 0
+    cdef int err = response_start(p, n, &w, NULL, NULL, &qtype, &qclass)
     if err:
         return err
-    if cur_u16(&c, &v) or cur_u16(&c, &v):
-        return E_SHORT
-    first_additional = an + ns
-    count = first_additional + be16(p + 10)
-    for i in range(count):
-        name_start = c.pos
-        err = cur_name(&c, NULL, NULL)
+    while w.i < w.count:
+        err = walk_next(&w, &rr)
         if err:
             return err
-        name_end = c.pos
-        if not cur_has(&c, 10):
-            return E_SHORT
-        cur_u16(&c, &rtype)
-        cur_u16(&c, &rclass)
-        cur_u32(&c, &ttl)
-        cur_u16(&c, &rdlen)
-        if not cur_has(&c, rdlen):
-            return E_RDATA
-        rd_end = c.pos + rdlen
-        if rtype == T_OPT and i >= first_additional:
-            if seen_opt:
-                return E_DUP_OPT
-            if name_end != name_start + 1:
-                return E_BAD_OPT
-            err = walk_options(p, c.pos, rd_end)
-            if err:
-                return err
-            seen_opt = True
-        elif rtype == T_SOA and an <= i < first_additional:
-            cur_init(&sub, p, n, c.pos)
-            err = cur_name(&sub, NULL, NULL)
-            if err:
-                return err
-            err = cur_name(&sub, NULL, NULL)
-            if err:
-                return err
-            if sub.pos + 20 != rd_end:
-                return E_RDATA
-        c.pos = rd_end
-    if c.pos != c.len:
-        return E_TRAILING
-    return E_OK
+    return walk_end(&w)
 
 
 def parse_response(data):

@@ -78,7 +78,16 @@ _IXFR, _AXFR = 251, 252
 _REFUSING_KINDS = (img.ZK_KUBERNETES, img.ZK_POD)
 
 
-class Query:
+class _ReadOnly:
+    """Base of the parsed messages: their slots are set once, by object.__setattr__."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__}.{name} is read-only")
+
+
+class Query(_ReadOnly):
     """A parsed query (read-only); see docs/internals.md §1 for each field."""
 
     __slots__ = ("id", "flags", "opcode", "qname", "key", "qtype", "qclass", "question_end",
@@ -96,9 +105,6 @@ class Query:
     edns_version: int
     payload: int
     do: bool
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Query.{name} is read-only")
 
     def __repr__(self) -> str:
         return (f"<Query id={self.id} opcode={self.opcode} qname={self.qname!r} "
@@ -370,7 +376,7 @@ def answer_batch(image, inbuf, inlens, outbuf, outlens, counter: int = 0) -> int
     return slow
 
 
-class Response:
+class Response(_ReadOnly):
     """A parsed upstream response (read-only), for the forwarder and its cache."""
 
     __slots__ = ("id", "flags", "rcode", "tc", "qname", "key", "qtype", "qclass", "ancount",
@@ -390,9 +396,6 @@ class Response:
     ttl_offsets: list[int]
     min_ttl: int
     soa_minimum: int
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Response.{name} is read-only")
 
     def __repr__(self) -> str:
         return (f"<Response id={self.id} rcode={self.rcode} qname={self.qname!r} "

@@ -67,7 +67,7 @@ import fastdns
 from fastdns.control.metrics_labels import SERVER_RCODES, BlockLabels, rcode_label, server_label
 from fastdns.control.metrics_plugins import cache_forward_metrics, proxy_metrics
 from fastdns.control.metrics_process import process_metrics
-from fastdns.control.metrics_values import ControlValues, hist_buckets
+from fastdns.control.metrics_values import ControlValues, Histogram, hist_buckets
 from fastdns.ipc import layout, readout, shm, tables
 from fastdns.ipc.stats import SharedStats
 
@@ -220,62 +220,51 @@ class DnsCollector(Collector):
             yield from process_metrics(self._pids(current))
 
     def _dns_metrics(self, c: dict, current: Sequence[dict] = ()) -> Iterator[Metric]:
-        series = self.series(c, current)
-
+        # One pass over the (server, zone) series fills every per-zone family;
+        # they are yielded in the order the exposition has always had.
+        zone = ["server", "zone", "view"]
         req = CounterMetricFamily(
             "coredns_dns_requests_total",
             "Counter of DNS requests made per zone, protocol and family.",
-            labels=["server", "zone", "view", "proto", "family", "type"])
-        for base, _plugin, s in series:
+            labels=[*zone, "proto", "family", "type"])
+        do = CounterMetricFamily(
+            "coredns_dns_do_requests_total",
+            "Counter of DNS requests with DO bit set per zone.", labels=zone)
+        resp = CounterMetricFamily(
+            "coredns_dns_responses_total", "Counter of response status codes.",
+            labels=[*zone, "rcode", "plugin"])
+        dur = HistogramMetricFamily(
+            "coredns_dns_request_duration_seconds",
+            "Histogram of the time (in seconds) each request took per zone.", labels=zone)
+        sizes = {
+            key: HistogramMetricFamily(name, help_, labels=[*zone, "proto"])
+            for key, name, help_ in (
+                ("request_size", "coredns_dns_request_size_bytes",
+                 "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol."),
+                ("response_size", "coredns_dns_response_size_bytes",
+                 "Size of the returned response in bytes."),
+            )
+        }
+        for base, answering, s in self.series(c, current):
             for (proto, family, qtype), n in s["queries"].items():
                 if n:
                     req.add_metric([*base, proto, str(family), qtype], n)
-        yield req
-
-        do = CounterMetricFamily(
-            "coredns_dns_do_requests_total",
-            "Counter of DNS requests with DO bit set per zone.",
-            labels=["server", "zone", "view"])
-        for base, _plugin, s in series:
             if s["do_requests"]:
                 do.add_metric(base, s["do_requests"])
-        yield do
-
-        resp = CounterMetricFamily(
-            "coredns_dns_responses_total", "Counter of response status codes.",
-            labels=["server", "zone", "view", "rcode", "plugin"])
-        for base, answering, s in series:
             for name, n in s["responses"].items():
                 if not n or name == "dropped":  # CoreDNS counts only responses written
                     continue
                 rc = rcode_label(name)
                 # a dropped-zone answer is the server core's (errorAndMetricsFunc)
                 resp.add_metric([*base, rc, "" if rc in SERVER_RCODES else answering], n)
-        yield resp
-
-        dur = HistogramMetricFamily(
-            "coredns_dns_request_duration_seconds",
-            "Histogram of the time (in seconds) each request took per zone.",
-            labels=["server", "zone", "view"])
-        for base, _plugin, s in series:
             lat = s["latency"]
             if lat["count"]:
                 dur.add_metric(base, hist_buckets(lat), lat["sum"])
-        yield dur
-
-        for key, name, help_ in (
-            ("request_size", "coredns_dns_request_size_bytes",
-             "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol."),
-            ("response_size", "coredns_dns_response_size_bytes",
-             "Size of the returned response in bytes."),
-        ):
-            fam = HistogramMetricFamily(name, help_,
-                                        labels=["server", "zone", "view", "proto"])
-            for base, _plugin, s in series:
+            for key, fam in sizes.items():
                 for proto, h in s[key].items():
                     if h["count"]:
                         fam.add_metric([*base, proto], hist_buckets(h), float(h["sum"]))
-            yield fam
+        yield from (req, do, resp, dur, *sizes.values())
 
         yield CounterMetricFamily(
             "coredns_panics_total", "A metrics that counts the number of panics.",
@@ -324,24 +313,22 @@ class DnsCollector(Collector):
         yield prog
 
         # plugin/health/overloaded.go; no server label: overload is process-wide.
-        health = HistogramMetricFamily("coredns_health_request_duration_seconds",
-                                       "Histogram of the time (in seconds) each request took.")
-        buckets, total = v.health_seconds.cumulative()
-        health.add_metric([], buckets, total)
-        yield health
+        yield _histogram("coredns_health_request_duration_seconds",
+                         "Histogram of the time (in seconds) each request took.",
+                         v.health_seconds)
         yield CounterMetricFamily("coredns_health_request_failures_total",
                                   "The number of times the health check failed.",
                                   value=v.health_failures)
 
-        yield GaugeMetricFamily("fastdns_snapshot_generation",
-                                "Generation of the snapshot image published last.",
-                                value=v.generation)
-        yield GaugeMetricFamily("fastdns_snapshot_image_bytes",
-                                "Size of the snapshot image published last.",
-                                value=v.image_bytes)
-        yield GaugeMetricFamily("fastdns_snapshot_published_timestamp_seconds",
-                                "Unix time the last snapshot was published.",
-                                value=v.published_at)
+        for name, help_, value in (
+            ("fastdns_snapshot_generation", "Generation of the snapshot image published last.",
+             v.generation),
+            ("fastdns_snapshot_image_bytes", "Size of the snapshot image published last.",
+             v.image_bytes),
+            ("fastdns_snapshot_published_timestamp_seconds",
+             "Unix time the last snapshot was published.", v.published_at),
+        ):
+            yield GaugeMetricFamily(name, help_, value=value)
         for name, help_, h in (
             ("fastdns_snapshot_compile_duration_seconds",
              "Time to compile cluster state into a snapshot image.", v.compile_seconds),
@@ -349,10 +336,7 @@ class DnsCollector(Collector):
              "Time to write a snapshot image to shared memory and announce it.",
              v.publish_seconds),
         ):
-            fam = HistogramMetricFamily(name, help_)
-            buckets, total = h.cumulative()
-            fam.add_metric([], buckets, total)
-            yield fam
+            yield _histogram(name, help_, h)
 
         src = v.state_source
         if src is not None:
@@ -415,6 +399,14 @@ class DnsCollector(Collector):
         pids.update(cur["pid"] for cur in current)
         pids.discard(0)
         return sorted(pids)
+
+
+def _histogram(name: str, help_: str, h: Histogram) -> HistogramMetricFamily:
+    """A family of one unlabelled series: what the control process timed itself."""
+    fam = HistogramMetricFamily(name, help_)
+    buckets, total = h.cumulative()
+    fam.add_metric([], buckets, total)
+    return fam
 
 
 def _strip(d: dict) -> dict:

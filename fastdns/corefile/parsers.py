@@ -47,10 +47,7 @@ from fastdns.corefile.model import (
     ReadyConfig,
     ReloadConfig,
 )
-from fastdns.corefile.zones import (
-    go_atoi,
-    normalize_name,
-)
+from fastdns.corefile.zones import go_atoi, normalize_name
 
 # -- plugins -------------------------------------------------------------------
 

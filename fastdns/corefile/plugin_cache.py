@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from fastdns.corefile.args import (
-    duration_arg,
-    int_arg,
-    zones_arg,
-)
+from fastdns.corefile.args import duration_arg, int_arg, zones_arg
 from fastdns.corefile.dispenser import Dispenser
-from fastdns.corefile.model import (
-    CacheConfig,
-)
-from fastdns.corefile.zones import (
-    go_atoi,
-    normalize_name,
-)
+from fastdns.corefile.model import CacheConfig
+from fastdns.corefile.zones import go_atoi, normalize_name
 
 
 def parse_cache(d: Dispenser, zones: tuple[str, ...]) -> CacheConfig:

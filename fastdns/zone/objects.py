@@ -34,8 +34,20 @@ class Namespace:
         return ("", self.name)
 
 
+class _Namespaced:
+    """A namespaced API object: the state indexes it by (namespace, name)."""
+
+    __slots__ = ()
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
 @dataclass(frozen=True, slots=True)
-class Service:
+class Service(_Namespaced):
     namespace: str
     name: str
     type: str  # ClusterIP, NodePort, LoadBalancer, ExternalName
@@ -43,10 +55,6 @@ class Service:
     headless: bool  # clusterIP: None
     external_name: str | None
     ports: tuple[ServicePort, ...]
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,7 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointSlice:
+class EndpointSlice(_Namespaced):
     namespace: str
     name: str
     service: str | None  # label kubernetes.io/service-name
@@ -67,21 +75,13 @@ class EndpointSlice:
     endpoints: tuple[Endpoint, ...]
     ports: tuple[ServicePort, ...]
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
 
 @dataclass(frozen=True, slots=True)
-class Pod:
+class Pod(_Namespaced):
     namespace: str
     name: str
     ips: tuple[str, ...]
     phase: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
 
 
 Obj = Namespace | Service | EndpointSlice | Pod
