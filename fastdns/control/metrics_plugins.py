@@ -65,46 +65,34 @@ def cache_forward_metrics(c: dict, current: list[dict], labels: Sequence[BlockLa
     yield from _rejects(c)
 
 
+# (key, family, help, per type): CoreDNS plugin/cache/metrics.go, in its order
+_CACHE_FAMILIES = (
+    ("requests", "coredns_cache_requests_total", "The count of cache requests.", False),
+    ("hits", "coredns_cache_hits_total", "The count of cache hits.", True),
+    ("misses", "coredns_cache_misses_total", "The count of cache misses.", False),
+    ("prefetch", "coredns_cache_prefetch_total",
+     "The number of times the cache has prefetched a cached item.", False),
+    ("served_stale", "coredns_cache_served_stale_total",
+     "The number of requests served from stale cache entries.", False),
+    ("evictions", "coredns_cache_evictions_total", "The count of cache evictions.", True),
+    ("entries", "coredns_cache_entries", "The number of elements in the cache.", True),
+)
+
+
 def _cache_families(series: list[tuple[list[str], dict]]) -> Iterator[Metric]:
     """The coredns_cache_* families of ``[([server, zones, view], counts)]``."""
-    fam = CounterMetricFamily("coredns_cache_requests_total",
-                              "The count of cache requests.", labels=["server", "zones", "view"])
-    for lbl, row in series:
-        fam.add_metric(lbl, row["requests"])
-    yield fam
-    fam = CounterMetricFamily("coredns_cache_hits_total", "The count of cache hits.",
-                              labels=["server", "type", "zones", "view"])
-    for (server, zones, view), row in series:
-        for kind in ("success", "denial"):
-            fam.add_metric([server, kind, zones, view], row["hits"][kind])
-    yield fam
-    fam = CounterMetricFamily("coredns_cache_misses_total", "The count of cache misses.",
-                              labels=["server", "zones", "view"])
-    for lbl, row in series:
-        fam.add_metric(lbl, row["misses"])
-    yield fam
-    for key, name, help_ in (
-        ("prefetch", "coredns_cache_prefetch_total", "The number of times the cache has "
-         "prefetched a cached item."),
-        ("served_stale", "coredns_cache_served_stale_total", "The number of requests served "
-         "from stale cache entries."),
-    ):
-        fam = CounterMetricFamily(name, help_, labels=["server", "zones", "view"])
-        for lbl, row in series:
-            fam.add_metric(lbl, row[key])
+    for key, name, help_, typed in _CACHE_FAMILIES:
+        kind = GaugeMetricFamily if key == "entries" else CounterMetricFamily
+        if not typed:
+            fam = kind(name, help_, labels=["server", "zones", "view"])
+            for lbl, row in series:
+                fam.add_metric(lbl, row[key])
+        else:
+            fam = kind(name, help_, labels=["server", "type", "zones", "view"])
+            for (server, zones, view), row in series:
+                for t in ("success", "denial"):
+                    fam.add_metric([server, t, zones, view], row[key][t])
         yield fam
-    fam = CounterMetricFamily("coredns_cache_evictions_total", "The count of cache evictions.",
-                              labels=["server", "type", "zones", "view"])
-    for (server, zones, view), row in series:
-        for kind in ("success", "denial"):
-            fam.add_metric([server, kind, zones, view], row["evictions"][kind])
-    yield fam
-    gauge = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
-                              labels=["server", "type", "zones", "view"])
-    for (server, zones, view), row in series:
-        for kind in ("success", "denial"):
-            gauge.add_metric([server, kind, zones, view], row["entries"][kind])
-    yield gauge
 
 
 def _rejects(c: dict) -> Iterator[Metric]:
