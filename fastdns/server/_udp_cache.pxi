@@ -30,7 +30,7 @@
 # the one instruction between a CS_KIND store and its add leaves one count
 # over (never under: the capacity stays a bound).
 #
-# Stored form = docs/internals.md section 7 (Entry): the upstream message
+# Stored form = docs/internals.md section 12 (Entry): the upstream message
 # without its OPT and with ID 0, the offsets of its TTL fields, the clock ns
 # it was stored at (CLOCK_MONOTONIC: one clock for every worker, so each
 # answers with the same remaining TTL) and its TTL. A hit is rendered
