@@ -45,8 +45,9 @@ whatever the worker count, with one clock (CLOCK_MONOTONIC, the default
 slot stays in this worker's own ``_Store`` (one the table has no room for
 at that moment, every slot of its bucket held by writers or its store full
 with nothing of its own in reach to evict, is not stored), and so does
-everything when no table is attached (pure mode, ``FASTDNS_NO_EXTENSIONS=1``, and listeners that serve
-different blocks: per-worker caches, the limit of those modes). Capacities
+everything when no table is attached (pure mode, ``FASTDNS_NO_EXTENSIONS=1``,
+and listeners that serve different blocks: per-worker caches, the limit of
+those modes). Capacities
 bound each part: the table's counts are its header's (shared by all).
 """
 
