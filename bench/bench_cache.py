@@ -165,11 +165,15 @@ def run(args: argparse.Namespace) -> str:
     # per adjacent pair of rounds, so a burst of other load hits both sides alike
     pairs = [h.qps / c.qps for c, h in zip(rows["cluster"], rows["cache"], strict=True)]
     cpu = med("cache", "cpu_us_per_q") / med("cluster", "cpu_us_per_q")
+    cpu_pairs = [h.cpu_us_per_q / c.cpu_us_per_q
+                 for c, h in zip(rows["cluster"], rows["cache"], strict=True)]
     lines += ["", f"Cache hits / cluster names, QPS: **{statistics.median(pairs):.2f}×** "
               f"(median of the {len(pairs)} round pairs: "
               f"{', '.join(f'{x:.2f}' for x in pairs)}; ratio of medians {hq / cq:.2f}×; "
               "target ≥ 0.9×). Server CPU per query, cache hit / cluster name: "
-              f"{cpu:.2f}×."]
+              f"**{statistics.median(cpu_pairs):.2f}×** (median of the round pairs: "
+              f"{', '.join(f'{x:.2f}' for x in cpu_pairs)}; ratio of medians {cpu:.2f}×; "
+              "target ≤ 1.05×)."]
     if flags:
         lines += [""] + [f"- warning: {f}" for f in flags]
     lines += ["", "Other load = CPU used by neither the server nor dnsperf (the test "
