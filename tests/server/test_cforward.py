@@ -275,3 +275,44 @@ def _table(srv) -> tuple[str, ...]:
 
     cfg = parse_corefile((srv.tmp / "Corefile").read_text())
     return tables.upstream_table(tables.config_upstreams(cfg))
+
+
+
+@pytest.mark.skipif(not C_PATH, reason="the Python forwarder dials a fresh socket per query")
+def test_upstream_sockets_rotate_to_fresh_source_ports(env):
+    """RFC 5452 §10: the C forwarder's connected sockets are replaced after
+    cforward.ROTATE_AFTER queries each, so the source ports change (the old
+    sockets stay open a while to read late answers, so a port is never
+    reused at once)."""
+    from fastdns.server import cforward
+
+    srv, ups, _ = env
+    up = ups["main"]
+    first = _ports(up, srv.port, 200)
+    assert 0 < len(first) <= cforward.SOCKETS
+    # more than ROTATE_AFTER per socket (each query picks one of them at random)
+    _ports(up, srv.port, cforward.SOCKETS * cforward.ROTATE_AFTER * 5 // 4)
+    time.sleep(3 * cforward.TICK)  # the expiry tick replaces what sent enough
+    last = _ports(up, srv.port, 400)
+    assert last and not last & first, (first, last)
+
+
+def _ports(up, port: int, n: int, window: int = 64) -> set[int]:
+    """Send ``n`` queries for www.fwd.test. from one socket, ``window`` in
+    flight; the source ports the upstream saw for the last (at most 1000)."""
+    q = dns.message.make_query("www.fwd.test.", "A")
+    up.queries.clear()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        sent = got = 0
+        while got < n:
+            while sent < n and sent - got < window:
+                q.id = sent & 0xFFFF
+                s.sendto(q.to_wire(), ("127.0.0.1", port))
+                sent += 1
+            try:
+                s.recv(512)
+                got += 1
+            except TimeoutError:
+                got = sent  # lost ones must not stall the loop
+    return {src[1] for _p, _n, _t, _id, src in list(up.queries)}
