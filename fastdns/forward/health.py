@@ -65,7 +65,7 @@ class HealthChecker:
         q = wire.parse_query(msg)
         self.probes += 1
         try:
-            await up.exchange(msg, q.id, q, self.tcp, self.timeout)
+            await up.probe(msg, q.id, q, self.tcp, self.timeout)
         except UpstreamError:
             up.fails += 1
             up.healthcheck_failures += 1

@@ -77,6 +77,33 @@ class Upstream:
         self.sent_udp += 1
         return await self._udp(msg, qid, q, timeout)
 
+    async def probe(self, msg: bytes, qid: int, q, tcp: bool, timeout: float) -> bytes:
+        """A health probe's exchange: over UDP as any other; over TCP on a connection
+        of its own, closed after. CoreDNS's checker (plugin/pkg/proxy/health.go
+        ``dnsHc.send``) has its own ``dns.Client``, outside the connection cache,
+        so a probe neither takes nor counts a pooled connection
+        (coredns_proxy_conn_cache_*)."""
+        if not tcp:
+            return await self._udp(msg, qid, q, timeout)
+        writer = None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.write(len(msg).to_bytes(2, "big") + msg)
+                while True:
+                    n = int.from_bytes(await reader.readexactly(2), "big")
+                    data = await reader.readexactly(n)
+                    if self._answers(data, q, qid):
+                        return data
+        except TimeoutError:
+            raise UpstreamTimeout(f"{self.addr}: no probe answer over TCP in {timeout:g}s") \
+                from None
+        except (OSError, asyncio.IncompleteReadError) as e:
+            raise UpstreamError(f"{self.addr}: TCP probe: {e!r}") from e
+        finally:
+            if writer is not None:
+                writer.close()
+
     @property
     def mismatched(self) -> int:
         """Answers dropped, both transports: wrong ID or question, or unparsable."""

@@ -298,6 +298,26 @@ def test_health_probes_use_tcp_with_force_tcp():
     run(main())
 
 
+def test_health_probes_take_no_pooled_connection():
+    """CoreDNS's checker dials its own connection per probe (plugin/pkg/proxy/health.go):
+    probes neither use nor count the connection cache."""
+    async def main():
+        async with TestUpstream(RECORDS) as up:
+            fwd = Forwarder(config(up, force_tcp=True, health_check=0.05), **FAST)
+            u = fwd.upstreams[0]
+            data, q = make_query()
+            await fwd.forward(data, q)  # one pooled connection
+            opened, reused, conns = u.tcp_opened, u.tcp_reused, up.tcp_connections
+            for _ in range(3):
+                assert await fwd.health.check(u)
+            assert (u.tcp_opened, u.tcp_reused) == (opened, reused)
+            assert up.tcp_connections == conns + 3
+            await fwd.forward(data, q)
+            assert (u.tcp_opened, u.tcp_reused) == (opened, reused + 1)
+            fwd.close()
+    run(main())
+
+
 def test_ipv6_upstream():
     async def main():
         try:
