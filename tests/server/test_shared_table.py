@@ -194,10 +194,13 @@ def test_writers_killed_mid_insert_never_leave_a_torn_entry():
         rec = table.lookup(key_of(i), 0)
         assert rec is None or whole(i, rec[1])
     assert stuck == 0
-    # the counts are the live entries (a kill in the one instruction between a
-    # publish and its count may leave one over, never under)
+    # the counts are never under the live entries; a kill inside an insert's
+    # count window (between a count and its publish, or an unpublish and its
+    # uncount) leaves one over: at most one per kill. Seen: 0 to 4 over in 200
+    # kills (a signal arriving during the atomic add is taken right after it,
+    # inside the window); a leak on every kill would be far past a tenth.
     live = _check_all(table)
-    assert live <= sum(table.counts(0)) == table.count <= live + 1
+    assert live <= sum(table.counts(0)) == table.count <= live + kills // 10
     assert table.count <= 96
 
 
