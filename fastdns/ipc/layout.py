@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,24 @@ R_RESP_SIZE = ROW.field("R_RESP_SIZE", SIZE_HIST, "response sizes")
 R_LATENCY = ROW.field("R_LATENCY", N_LAT, "latency buckets")
 R_LATENCY_SUM_NS = ROW.field("R_LATENCY_SUM_NS", 1, "latency sum in ns")
 ROW_WORDS = ROW.pad(8)  # whole 64-octet lines, so a row shares none with the next
+
+
+class DnsWords(NamedTuple):
+    """Where the DNS words start: a counters block and a row lay them out alike."""
+
+    queries: int
+    responses: int
+    do: int
+    req_size: int
+    resp_size: int
+    latency: int
+    latency_sum_ns: int
+
+
+BLOCK_DNS = DnsWords(W_QUERIES, W_RESPONSES, W_DO, W_REQ_SIZE, W_RESP_SIZE, W_LATENCY,
+                     W_LATENCY_SUM_NS)
+ROW_DNS = DnsWords(R_QUERIES, R_RESPONSES, R_DO, R_REQ_SIZE, R_RESP_SIZE, R_LATENCY,
+                   R_LATENCY_SUM_NS)
 
 W_ROWS_TABLE = CB.field("W_ROWS_TABLE", doc="tables.rows_hash of the row table; 0 = none",
                         align=8)
