@@ -87,6 +87,14 @@ class Dispenser(TokenCursor):
     def arg_err(self) -> CorefileError:
         return self.err(f"wrong argument count or unexpected line ending after '{self.val()}'")
 
+    def one_arg(self) -> Token:
+        """The only argument of the current (sub-)directive: the rest of its line
+        must be exactly one token (else ``arg_err``)."""
+        args = self.remaining_args()
+        if len(args) != 1:
+            raise self.arg_err()
+        return args[0]
+
     def unknown_property(self) -> CorefileError:
         return self.err(f"unknown property '{self.val()}'")
 

@@ -96,12 +96,10 @@ def parse_health(d: Dispenser, zones: tuple[str, ...]) -> HealthConfig:
     while d.next_block():
         if d.val() != "lameduck":
             raise d.unknown_property()
-        a = d.remaining_args()
-        if len(a) != 1:
-            raise d.arg_err()
-        lameduck = duration_arg(d, a[0], "unable to parse lameduck duration value")
+        arg = d.one_arg()
+        lameduck = duration_arg(d, arg, "unable to parse lameduck duration value")
         if lameduck < 0:
-            raise d.err("lameduck can't be negative", a[0])
+            raise d.err("lameduck can't be negative", arg)
     return HealthConfig(addr, lameduck)
 
 

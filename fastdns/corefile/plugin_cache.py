@@ -78,15 +78,13 @@ def parse_cache(d: Dispenser, zones: tuple[str, ...]) -> CacheConfig:
                     raise d.err(f"invalid value for serve_stale refresh mode: {mode}", a[1])
                 o["serve_stale_verify"] = mode == "verify"
         elif key == "servfail":
-            a = d.remaining_args()
-            if len(a) != 1:
-                raise d.arg_err()
-            dur = duration_arg(d, a[0], "servfail")
+            arg = d.one_arg()
+            dur = duration_arg(d, arg, "servfail")
             if dur < 0:
-                raise d.err("invalid negative ttl for servfail", a[0])
+                raise d.err("invalid negative ttl for servfail", arg)
             if dur > 300:
                 # RFC 2308 §7.1: SERVFAIL must not be cached longer than 5 minutes.
-                raise d.err("caching SERVFAIL responses over 5 minutes is not permitted", a[0])
+                raise d.err("caching SERVFAIL responses over 5 minutes is not permitted", arg)
             o["servfail_ttl"] = dur
         elif key == "disable":
             a = d.remaining_args()

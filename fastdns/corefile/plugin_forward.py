@@ -114,12 +114,10 @@ def parse_forward(d: Dispenser, zones: tuple[str, ...]) -> ForwardConfig:
             d.no_args()
             o[key] = True
         elif key in ("max_fails", "max_connect_attempts", "max_concurrent", "max_idle_conns"):
-            a = d.remaining_args()
-            if len(a) != 1:
-                raise d.arg_err()
-            n = int_arg(d, a[0], key)
+            arg = d.one_arg()
+            n = int_arg(d, arg, key)
             if n < 0:
-                raise d.err(f"{key} can't be negative: {n}", a[0])
+                raise d.err(f"{key} can't be negative: {n}", arg)
             o[key] = n
         elif key in ("expire", "health_check"):
             a = d.remaining_args()
@@ -150,17 +148,13 @@ def parse_forward(d: Dispenser, zones: tuple[str, ...]) -> ForwardConfig:
                 raise d.err("tls takes at most CERT KEY CA", a[3])
             o["tls"] = tuple(t.text for t in a)
         elif key == "tls_servername":
-            a = d.remaining_args()
-            if len(a) != 1:
-                raise d.arg_err()
-            o["tls_servername"] = a[0].text
+            arg = d.one_arg()
+            o["tls_servername"] = arg.text
         elif key == "policy":
-            a = d.remaining_args()
-            if len(a) != 1:
-                raise d.arg_err()
-            if a[0].text not in ("random", "round_robin", "sequential"):
-                raise d.err(f"unknown policy '{a[0].text}'", a[0])
-            o["policy"] = a[0].text
+            arg = d.one_arg()
+            if arg.text not in ("random", "round_robin", "sequential"):
+                raise d.err(f"unknown policy '{arg.text}'", arg)
+            o["policy"] = arg.text
         elif key in ("next", "failover"):
             a = d.remaining_args()
             if not a:

@@ -83,12 +83,10 @@ def parse_kubernetes(d: Dispenser, zones: tuple[str, ...]) -> KubernetesConfig:
         elif key == "fallthrough":
             opts["fallthrough"] = fallthrough_arg(d, d.remaining_args())
         elif key == "ttl":
-            a = d.remaining_args()
-            if len(a) != 1:
-                raise d.arg_err()
-            t = int_arg(d, a[0], "ttl")
+            arg = d.one_arg()
+            t = int_arg(d, arg, "ttl")
             if not 0 <= t <= 3600:
-                raise d.err(f"ttl must be in range [0, 3600]: {t}", a[0])
+                raise d.err(f"ttl must be in range [0, 3600]: {t}", arg)
             opts["ttl"] = t
         elif key == "ignore":
             a = d.remaining_args()
@@ -102,10 +100,8 @@ def parse_kubernetes(d: Dispenser, zones: tuple[str, ...]) -> KubernetesConfig:
                 raise d.err("kubeconfig needs KUBECONFIG [CONTEXT]", sub)
             opts["kubeconfig"] = (a[0].text, a[1].text if len(a) == 2 else "")
         elif key == "startup_timeout":
-            a = d.remaining_args()
-            if len(a) != 1:
-                raise d.arg_err()
-            opts["startup_timeout"] = duration_arg(d, a[0], "startup_timeout")
+            arg = d.one_arg()
+            opts["startup_timeout"] = duration_arg(d, arg, "startup_timeout")
         elif key == "upstream":
             opts["upstream"] = tuple(t.text for t in d.remaining_args())
         else:

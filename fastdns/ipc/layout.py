@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Field:
 
 
 class Region:
-    """Consecutive fields of one segment or block; ``field`` returns the offset.
+    """Consecutive fields of one segment or block; ``field`` returns the offset
+    (``words`` and ``integers`` the offsets of a run of fields, from a table).
 
     ``unit`` is ``"octet"`` or ``"word"`` (u64). A field starts where the
     previous one ended, rounded up to ``align`` units, or at ``at`` (a
@@ -61,6 +63,17 @@ class Region:
         self.fields.append(Field(name, start, size, doc))
         self.end = start + size
         return start
+
+    def words(self, *table: tuple[str, str], align: int = 1) -> tuple[int, ...]:
+        """Fields of one unit each, one after the other, from a table of
+        ``(name, doc)`` rows (the first rounded up to ``align``); their offsets."""
+        return tuple(self.field(name, 1, doc, align=align if k == 0 else 1)
+                     for k, (name, doc) in enumerate(table))
+
+    def integers(self, *table: tuple[str, int, str]) -> tuple[int, ...]:
+        """Integer fields from a table of ``(name, octets, doc)`` rows, each
+        naturally aligned (at a multiple of its size); their offsets."""
+        return tuple(self.field(name, size, doc, align=size) for name, size, doc in table)
 
     def pad(self, align: int) -> int:
         """Round the region's end up to ``align`` units; returns the new end."""
@@ -129,20 +142,19 @@ COUNTERS_OFFSET = CTL.field("COUNTERS_OFFSET", 0,
 
 STATS = _region("stats words", "word", "at ``STATS_OFFSET``; each word has one writing "
                 "process; they outlive a control-process restart")
-S_WORKER_RESTARTS = STATS.field("S_WORKER_RESTARTS", doc="writer: supervisor (a worker "
-                                "was respawned)")
-S_CONTROL_RESTARTS = STATS.field("S_CONTROL_RESTARTS", doc="writer: supervisor (the "
-                                 "control process was respawned)")
-S_RELOAD_FAILED = STATS.field("S_RELOAD_FAILED", doc="writer: the process that validates "
-                              "a reloaded Corefile (coredns_reload_failed_total)")
-S_SUPERVISOR_PID = STATS.field("S_SUPERVISOR_PID", doc="writer: supervisor (process_* "
-                               "metrics)")
-S_CONTROL_PID = STATS.field("S_CONTROL_PID", doc="writer: control process (process_* "
-                            "metrics)")
-S_LAMEDUCK = STATS.field("S_LAMEDUCK", doc="writer: supervisor; non-zero from SIGTERM "
-                         "until it stops the children (/ready answers 503)")
-S_CONFIG_VERSION = STATS.field("S_CONFIG_VERSION", doc="writer: supervisor; the version "
-                               "of the Corefile in force (workers re-read it when it moves)")
+(S_WORKER_RESTARTS, S_CONTROL_RESTARTS, S_RELOAD_FAILED, S_SUPERVISOR_PID, S_CONTROL_PID,
+ S_LAMEDUCK, S_CONFIG_VERSION) = STATS.words(
+    ("S_WORKER_RESTARTS", "writer: supervisor (a worker was respawned)"),
+    ("S_CONTROL_RESTARTS", "writer: supervisor (the control process was respawned)"),
+    ("S_RELOAD_FAILED", "writer: the process that validates a reloaded Corefile "
+                        "(coredns_reload_failed_total)"),
+    ("S_SUPERVISOR_PID", "writer: supervisor (process_* metrics)"),
+    ("S_CONTROL_PID", "writer: control process (process_* metrics)"),
+    ("S_LAMEDUCK", "writer: supervisor; non-zero from SIGTERM until it stops the children "
+                   "(/ready answers 503)"),
+    ("S_CONFIG_VERSION", "writer: supervisor; the version of the Corefile in force (workers "
+                         "re-read it when it moves)"),
+)
 
 # -- one worker's counters block (u64 word indices) ------------------------------
 
@@ -150,43 +162,51 @@ MAGIC = 0x46444E53_43540001  # "FDNSCT" + layout version 1: the block was starte
 
 CB = _region("counters block", "word", "worker i's, at ``COUNTERS_OFFSET + "
              "i*COUNTERS_SIZE``; written by that worker only (C fast path and Python)")
-W_MAGIC = CB.field("W_MAGIC", doc="MAGIC once the worker started the block")
-W_PID = CB.field("W_PID", doc="the worker's pid")
-W_GENERATION = CB.field("W_GENERATION", doc="generation this worker serves")
-W_BATCHES = CB.field("W_BATCHES", doc="UDP recvmmsg batches that returned packets")
-W_REMAPS = CB.field("W_REMAPS", doc="image remaps after a publish")
-W_DO = CB.field("W_DO", doc="queries with the EDNS DO bit")
-W_SLOW = CB.field("W_SLOW", doc="packets handed to the Python slow path")
-W_SLOW_POD = CB.field("W_SLOW_POD", doc="... answered by pod synthesis")
-W_SLOW_REFUSED = CB.field("W_SLOW_REFUSED", doc="... REFUSED (outside every zone)")
-W_SLOW_SERVFAIL = CB.field("W_SLOW_SERVFAIL", doc="... SERVFAIL after an internal error")
-W_SLOW_OTHER = CB.field("W_SLOW_OTHER", doc="... any other slow answer")
-W_TCP_ACCEPTED = CB.field("W_TCP_ACCEPTED", doc="TCP connections accepted")
-W_TCP_REJECTED = CB.field("W_TCP_REJECTED", doc="closed at once: over the connection cap")
-W_TCP_IDLE_CLOSED = CB.field("W_TCP_IDLE_CLOSED", doc="closed for idleness")
-W_SEND_ERRORS = CB.field("W_SEND_ERRORS", doc="answers the kernel refused (also dropped)")
-W_OVERSIZE = CB.field("W_OVERSIZE", doc="datagrams larger than a receive slot (dropped)")
+(W_MAGIC, W_PID, W_GENERATION, W_BATCHES, W_REMAPS, W_DO, W_SLOW, W_SLOW_POD, W_SLOW_REFUSED,
+ W_SLOW_SERVFAIL, W_SLOW_OTHER, W_TCP_ACCEPTED, W_TCP_REJECTED, W_TCP_IDLE_CLOSED, W_SEND_ERRORS,
+ W_OVERSIZE) = CB.words(
+    ("W_MAGIC", "MAGIC once the worker started the block"),
+    ("W_PID", "the worker's pid"),
+    ("W_GENERATION", "generation this worker serves"),
+    ("W_BATCHES", "UDP recvmmsg batches that returned packets"),
+    ("W_REMAPS", "image remaps after a publish"),
+    ("W_DO", "queries with the EDNS DO bit"),
+    ("W_SLOW", "packets handed to the Python slow path"),
+    ("W_SLOW_POD", "... answered by pod synthesis"),
+    ("W_SLOW_REFUSED", "... REFUSED (outside every zone)"),
+    ("W_SLOW_SERVFAIL", "... SERVFAIL after an internal error"),
+    ("W_SLOW_OTHER", "... any other slow answer"),
+    ("W_TCP_ACCEPTED", "TCP connections accepted"),
+    ("W_TCP_REJECTED", "closed at once: over the connection cap"),
+    ("W_TCP_IDLE_CLOSED", "closed for idleness"),
+    ("W_SEND_ERRORS", "answers the kernel refused (also dropped)"),
+    ("W_OVERSIZE", "datagrams larger than a receive slot (dropped)"),
+)
 # forward + cache: the C fast path writes W_CC_* (its cache table); the worker
 # copies the Python objects' counters into the others on its 0.5 s timer
-W_SLOW_FORWARDED = CB.field("W_SLOW_FORWARDED", doc="slow packets a forwarder answered")
-W_CC_HITS_SUCCESS = CB.field("W_CC_HITS_SUCCESS", doc="C cache hits, success store")
-W_CC_HITS_DENIAL = CB.field("W_CC_HITS_DENIAL", doc="C cache hits, denial store")
-W_CC_MISSES = CB.field("W_CC_MISSES", doc="C cache lookups that missed")
-W_CC_ENTRIES = CB.field("W_CC_ENTRIES", doc="entries in the C cache table now")
-W_CC_FORWARDED = CB.field("W_CC_FORWARDED", doc="misses the C forwarder answered through "
-                          "the cache: its requests and misses (coredns_cache_*)")
-W_CACHE_REQUESTS = CB.field("W_CACHE_REQUESTS", doc="Python ResponseCache lookups")
-W_CACHE_MISSES = CB.field("W_CACHE_MISSES", doc="... that missed")
-W_CACHE_HITS_SUCCESS = CB.field("W_CACHE_HITS_SUCCESS", doc="... hits, success")
-W_CACHE_HITS_DENIAL = CB.field("W_CACHE_HITS_DENIAL", doc="... hits, denial")
-W_CACHE_PREFETCH = CB.field("W_CACHE_PREFETCH", doc="prefetches")
-W_CACHE_SERVED_STALE = CB.field("W_CACHE_SERVED_STALE", doc="stale answers served")
-W_CACHE_ENTRIES_SUCCESS = CB.field("W_CACHE_ENTRIES_SUCCESS", doc="gauge")
-W_CACHE_ENTRIES_DENIAL = CB.field("W_CACHE_ENTRIES_DENIAL", doc="gauge")
-W_CACHE_EVICTIONS_SUCCESS = CB.field("W_CACHE_EVICTIONS_SUCCESS", doc="evictions, success")
-W_CACHE_EVICTIONS_DENIAL = CB.field("W_CACHE_EVICTIONS_DENIAL", doc="evictions, denial")
-W_FWD_MAX_CONCURRENT_REJECTS = CB.field("W_FWD_MAX_CONCURRENT_REJECTS",
-                                        doc="forward queries refused over max_concurrent")
+(W_SLOW_FORWARDED, W_CC_HITS_SUCCESS, W_CC_HITS_DENIAL, W_CC_MISSES, W_CC_ENTRIES, W_CC_FORWARDED,
+ W_CACHE_REQUESTS, W_CACHE_MISSES, W_CACHE_HITS_SUCCESS, W_CACHE_HITS_DENIAL, W_CACHE_PREFETCH,
+ W_CACHE_SERVED_STALE, W_CACHE_ENTRIES_SUCCESS, W_CACHE_ENTRIES_DENIAL, W_CACHE_EVICTIONS_SUCCESS,
+ W_CACHE_EVICTIONS_DENIAL, W_FWD_MAX_CONCURRENT_REJECTS) = CB.words(
+    ("W_SLOW_FORWARDED", "slow packets a forwarder answered"),
+    ("W_CC_HITS_SUCCESS", "C cache hits, success store"),
+    ("W_CC_HITS_DENIAL", "C cache hits, denial store"),
+    ("W_CC_MISSES", "C cache lookups that missed"),
+    ("W_CC_ENTRIES", "entries in the C cache table now"),
+    ("W_CC_FORWARDED", "misses the C forwarder answered through the cache: its requests and "
+                       "misses (coredns_cache_*)"),
+    ("W_CACHE_REQUESTS", "Python ResponseCache lookups"),
+    ("W_CACHE_MISSES", "... that missed"),
+    ("W_CACHE_HITS_SUCCESS", "... hits, success"),
+    ("W_CACHE_HITS_DENIAL", "... hits, denial"),
+    ("W_CACHE_PREFETCH", "prefetches"),
+    ("W_CACHE_SERVED_STALE", "stale answers served"),
+    ("W_CACHE_ENTRIES_SUCCESS", "gauge"),
+    ("W_CACHE_ENTRIES_DENIAL", "gauge"),
+    ("W_CACHE_EVICTIONS_SUCCESS", "evictions, success"),
+    ("W_CACHE_EVICTIONS_DENIAL", "evictions, denial"),
+    ("W_FWD_MAX_CONCURRENT_REJECTS", "forward queries refused over max_concurrent"),
+)
 # the DNS words (the row layout below repeats them per (server, zone))
 W_QUERIES = CB.field("W_QUERIES", N_Q, "requests [proto][family][qtype]")
 W_RESPONSES = CB.field("W_RESPONSES", len(RCODE_NAMES),
@@ -242,6 +262,24 @@ R_LATENCY = ROW.field("R_LATENCY", N_LAT, "latency buckets")
 R_LATENCY_SUM_NS = ROW.field("R_LATENCY_SUM_NS", 1, "latency sum in ns")
 ROW_WORDS = ROW.pad(8)  # whole 64-octet lines, so a row shares none with the next
 
+
+class DnsWords(NamedTuple):
+    """Where the DNS words start: a counters block and a row lay them out alike."""
+
+    queries: int
+    responses: int
+    do: int
+    req_size: int
+    resp_size: int
+    latency: int
+    latency_sum_ns: int
+
+
+BLOCK_DNS = DnsWords(W_QUERIES, W_RESPONSES, W_DO, W_REQ_SIZE, W_RESP_SIZE, W_LATENCY,
+                     W_LATENCY_SUM_NS)
+ROW_DNS = DnsWords(R_QUERIES, R_RESPONSES, R_DO, R_REQ_SIZE, R_RESP_SIZE, R_LATENCY,
+                   R_LATENCY_SUM_NS)
+
 W_ROWS_TABLE = CB.field("W_ROWS_TABLE", doc="tables.rows_hash of the row table; 0 = none",
                         align=8)
 W_ROWS = CB.field("W_ROWS", ROWS * ROW_WORDS, "[ROWS] rows (cache-line aligned)", align=8)
@@ -251,20 +289,21 @@ ROWS_WORDS = ROWS_END - W_ROWS
 # the C forwarder (server/_udp_forward.pxi): misses it forwards from the fast
 # path itself; its per-upstream series go into the forward region above through
 # the worker's BlockRouter.export (server/cforward.py), these words it writes here
-W_CFWD_SENT = CB.field("W_CFWD_SENT", doc="queries the C forwarder sent upstream "
-                       "(retries included)", align=8)
-W_CFWD_ANSWERED = CB.field("W_CFWD_ANSWERED", doc="clients it answered with an upstream answer")
-W_CFWD_MISMATCHED = CB.field("W_CFWD_MISMATCHED", doc="upstream datagrams dropped: unknown "
-                             "ID, wrong question, not QR, unparsable")
-W_CFWD_TIMEOUTS = CB.field("W_CFWD_TIMEOUTS", doc="attempts that timed out or were refused")
-W_CFWD_SERVFAIL = CB.field("W_CFWD_SERVFAIL", doc="clients answered SERVFAIL: every attempt "
-                           "failed")
-W_CFWD_REFUSED = CB.field("W_CFWD_REFUSED", doc="clients answered REFUSED: max_concurrent")
-W_CFWD_HANDED = CB.field("W_CFWD_HANDED", doc="queries handed back to Python after an "
-                         "upstream answer (TC, next/failover rcode, oversize)")
-W_CFWD_JOINED = CB.field("W_CFWD_JOINED", doc="misses that joined a query in flight for "
-                         "the same cache key")
-W_CFWD_PENDING = CB.field("W_CFWD_PENDING", doc="gauge: queries in flight now")
+(W_CFWD_SENT, W_CFWD_ANSWERED, W_CFWD_MISMATCHED, W_CFWD_TIMEOUTS, W_CFWD_SERVFAIL, W_CFWD_REFUSED,
+ W_CFWD_HANDED, W_CFWD_JOINED, W_CFWD_PENDING) = CB.words(
+    ("W_CFWD_SENT", "queries the C forwarder sent upstream (retries included)"),
+    ("W_CFWD_ANSWERED", "clients it answered with an upstream answer"),
+    ("W_CFWD_MISMATCHED", "upstream datagrams dropped: unknown ID, wrong question, not QR, "
+                          "unparsable"),
+    ("W_CFWD_TIMEOUTS", "attempts that timed out or were refused"),
+    ("W_CFWD_SERVFAIL", "clients answered SERVFAIL: every attempt failed"),
+    ("W_CFWD_REFUSED", "clients answered REFUSED: max_concurrent"),
+    ("W_CFWD_HANDED", "queries handed back to Python after an upstream answer "
+                      "(TC, next/failover rcode, oversize)"),
+    ("W_CFWD_JOINED", "misses that joined a query in flight for the same cache key"),
+    ("W_CFWD_PENDING", "gauge: queries in flight now"),
+    align=8,
+)
 CFWD_END = CB.end
 
 # per ``cache`` stanza: row k holds the coredns_cache_* counts of the k-th cache
@@ -276,19 +315,23 @@ CFWD_END = CB.end
 CACHE_ROWS = 16  # == CT_MAX_CACHES (checked below): one row per cache of the table
 CR = _region("cache row", "word", "at ``W_CACHE_ROWS + k*CR_WORDS``; the counts of the "
              "k-th cache of tables.cache_table")
-CR_REQUESTS = CR.field("CR_REQUESTS", 1, "Python ResponseCache lookups (worker export)")
-CR_MISSES = CR.field("CR_MISSES", 1, "... that missed")
-CR_HITS_SUCCESS = CR.field("CR_HITS_SUCCESS", 1, "... hits, success")
-CR_HITS_DENIAL = CR.field("CR_HITS_DENIAL", 1, "... hits, denial")
-CR_PREFETCH = CR.field("CR_PREFETCH", 1, "prefetches")
-CR_SERVED_STALE = CR.field("CR_SERVED_STALE", 1, "stale answers served")
-CR_ENTRIES_SUCCESS = CR.field("CR_ENTRIES_SUCCESS", 1, "gauge (the shared table's: worker 0)")
-CR_ENTRIES_DENIAL = CR.field("CR_ENTRIES_DENIAL", 1, "gauge")
-CR_EVICTIONS_SUCCESS = CR.field("CR_EVICTIONS_SUCCESS", 1, "evictions, success")
-CR_EVICTIONS_DENIAL = CR.field("CR_EVICTIONS_DENIAL", 1, "evictions, denial")
-CR_C_HITS_SUCCESS = CR.field("CR_C_HITS_SUCCESS", 1, "C fast path hits, success (live)")
-CR_C_HITS_DENIAL = CR.field("CR_C_HITS_DENIAL", 1, "C fast path hits, denial (live)")
-CR_C_FORWARDED = CR.field("CR_C_FORWARDED", 1, "misses the C forwarder answered (live)")
+(CR_REQUESTS, CR_MISSES, CR_HITS_SUCCESS, CR_HITS_DENIAL, CR_PREFETCH, CR_SERVED_STALE,
+ CR_ENTRIES_SUCCESS, CR_ENTRIES_DENIAL, CR_EVICTIONS_SUCCESS, CR_EVICTIONS_DENIAL,
+ CR_C_HITS_SUCCESS, CR_C_HITS_DENIAL, CR_C_FORWARDED) = CR.words(
+    ("CR_REQUESTS", "Python ResponseCache lookups (worker export)"),
+    ("CR_MISSES", "... that missed"),
+    ("CR_HITS_SUCCESS", "... hits, success"),
+    ("CR_HITS_DENIAL", "... hits, denial"),
+    ("CR_PREFETCH", "prefetches"),
+    ("CR_SERVED_STALE", "stale answers served"),
+    ("CR_ENTRIES_SUCCESS", "gauge (the shared table's: worker 0)"),
+    ("CR_ENTRIES_DENIAL", "gauge"),
+    ("CR_EVICTIONS_SUCCESS", "evictions, success"),
+    ("CR_EVICTIONS_DENIAL", "evictions, denial"),
+    ("CR_C_HITS_SUCCESS", "C fast path hits, success (live)"),
+    ("CR_C_HITS_DENIAL", "C fast path hits, denial (live)"),
+    ("CR_C_FORWARDED", "misses the C forwarder answered (live)"),
+)
 CR_WORDS = CR.end
 W_CACHE_TABLE = CB.field("W_CACHE_TABLE", doc="tables.table_hash of the cache table; "
                          "0 = none / being rewritten", align=8)
@@ -343,24 +386,28 @@ CT_SLOTS = CT.field("CT_SLOTS", 0, "slot (b, w) at + (b*CT_WAYS + w)*CT_SLOT_SIZ
 
 CS = _region("cache slot", "octet", "one slot of the cache segment; every field but "
              "CS_HITS and CS_LAST_HIT_NS is read under the CS_SEQ seqlock")
-CS_SEQ = CS.field("CS_SEQ", 8, "u64 seqlock word (see above)")
-CS_HASH = CS.field("CS_HASH", 8, "u64 FNV-1a of the key; 0 = empty")
-CS_KIND = CS.field("CS_KIND", 1, "u8 0 empty, 1 success, 2 denial")
-CS_CACHE = CS.field("CS_CACHE", 1, "u8 which ``cache`` stanza owns it (0..CT_MAX_CACHES-1)")
-CS_KEEPTTL = CS.field("CS_KEEPTTL", 1, "u8 1: serve the original TTL (keepttl)")
-CS_RCODE = CS.field("CS_RCODE", 2, "u16 the answer's rcode", align=2)
-CS_KEYLEN = CS.field("CS_KEYLEN", 2, "u16 octets of the key")
-CS_BODYLEN = CS.field("CS_BODYLEN", 2, "u16 octets of the stored message")
-CS_NOFFSETS = CS.field("CS_NOFFSETS", 2, "u16 TTL offsets after the message")
-CS_QEND = CS.field("CS_QEND", 2, "u16 offset just past the question in the message")
-CS_TTL = CS.field("CS_TTL", 4, "u32 the original TTL", align=4)
-CS_STORED_NS = CS.field("CS_STORED_NS", 8, "i64 CLOCK_MONOTONIC ns when stored", align=8)
-CS_UNTIL_NS = CS.field("CS_UNTIL_NS", 8, "i64 the C path serves it while now < this")
-CS_EXPIRES_NS = CS.field("CS_EXPIRES_NS", 8, "i64 fresh while now < this")
-CS_DEAD_NS = CS.field("CS_DEAD_NS", 8, "i64 of no use after this (expiry + serve_stale)")
-CS_PREFETCH_NS = CS.field("CS_PREFETCH_NS", 8, "i64 the prefetch frequency window")
-CS_HITS = CS.field("CS_HITS", 8, "u64 hits within the window (advisory, no seqlock)")
-CS_LAST_HIT_NS = CS.field("CS_LAST_HIT_NS", 8, "i64 the last hit (advisory, no seqlock)")
+(CS_SEQ, CS_HASH, CS_KIND, CS_CACHE, CS_KEEPTTL, CS_RCODE, CS_KEYLEN, CS_BODYLEN, CS_NOFFSETS,
+ CS_QEND, CS_TTL, CS_STORED_NS, CS_UNTIL_NS, CS_EXPIRES_NS, CS_DEAD_NS, CS_PREFETCH_NS, CS_HITS,
+ CS_LAST_HIT_NS) = CS.integers(
+    ("CS_SEQ", 8, "u64 seqlock word (see above)"),
+    ("CS_HASH", 8, "u64 FNV-1a of the key; 0 = empty"),
+    ("CS_KIND", 1, "u8 0 empty, 1 success, 2 denial"),
+    ("CS_CACHE", 1, "u8 which ``cache`` stanza owns it (0..CT_MAX_CACHES-1)"),
+    ("CS_KEEPTTL", 1, "u8 1: serve the original TTL (keepttl)"),
+    ("CS_RCODE", 2, "u16 the answer's rcode"),
+    ("CS_KEYLEN", 2, "u16 octets of the key"),
+    ("CS_BODYLEN", 2, "u16 octets of the stored message"),
+    ("CS_NOFFSETS", 2, "u16 TTL offsets after the message"),
+    ("CS_QEND", 2, "u16 offset just past the question in the message"),
+    ("CS_TTL", 4, "u32 the original TTL"),
+    ("CS_STORED_NS", 8, "i64 CLOCK_MONOTONIC ns when stored"),
+    ("CS_UNTIL_NS", 8, "i64 the C path serves it while now < this"),
+    ("CS_EXPIRES_NS", 8, "i64 fresh while now < this"),
+    ("CS_DEAD_NS", 8, "i64 of no use after this (expiry + serve_stale)"),
+    ("CS_PREFETCH_NS", 8, "i64 the prefetch frequency window"),
+    ("CS_HITS", 8, "u64 hits within the window (advisory, no seqlock)"),
+    ("CS_LAST_HIT_NS", 8, "i64 the last hit (advisory, no seqlock)"),
+)
 CS_DATA = CS.field("CS_DATA", 0, "key, message, then u16 TTL offsets (native order), "
                    "to the slot's end", align=8)
 CS_DATA_MAX = CT_SLOT_OCTETS - CS_DATA

@@ -15,6 +15,7 @@ import operator
 import struct
 
 from fastdns.ipc.layout import (
+    BLOCK_DNS,
     CACHE_END,
     CACHE_ROWS,
     CACHE_WORDS,
@@ -48,14 +49,8 @@ from fastdns.ipc.layout import (
     N_SIZE,
     PROTOS,
     QTYPE_BUCKETS,
-    R_DO,
-    R_LATENCY,
-    R_LATENCY_SUM_NS,
-    R_QUERIES,
-    R_REQ_SIZE,
-    R_RESP_SIZE,
-    R_RESPONSES,
     RCODE_NAMES,
+    ROW_DNS,
     ROW_WORDS,
     ROWS_END,
     ROWS_WORDS,
@@ -78,23 +73,16 @@ from fastdns.ipc.layout import (
     W_CC_HITS_DENIAL,
     W_CC_HITS_SUCCESS,
     W_CC_MISSES,
-    W_DO,
     W_END,
     W_FWD_BROKEN,
     W_FWD_MAX_CONCURRENT_REJECTS,
     W_FWD_SLOTS,
     W_FWD_TABLE,
     W_GENERATION,
-    W_LATENCY,
-    W_LATENCY_SUM_NS,
     W_MAGIC,
     W_OVERSIZE,
     W_PID,
-    W_QUERIES,
     W_REMAPS,
-    W_REQ_SIZE,
-    W_RESP_SIZE,
-    W_RESPONSES,
     W_ROWS,
     W_ROWS_TABLE,
     W_SEND_ERRORS,
@@ -107,6 +95,7 @@ from fastdns.ipc.layout import (
     W_TCP_ACCEPTED,
     W_TCP_IDLE_CLOSED,
     W_TCP_REJECTED,
+    DnsWords,
 )
 from fastdns.ipc.tables import fwd_slot_labels, row_labels
 
@@ -175,7 +164,6 @@ def read_counters(block: memoryview | bytes) -> dict:
         "generation": words[W_GENERATION],
         "batches": words[W_BATCHES],
         "remaps": words[W_REMAPS],
-        "do_requests": words[W_DO],
         "slow": {
             "total": words[W_SLOW], "pod": words[W_SLOW_POD], "refused": words[W_SLOW_REFUSED],
             "servfail": words[W_SLOW_SERVFAIL], "other": words[W_SLOW_OTHER],
@@ -213,18 +201,7 @@ def read_counters(block: memoryview | bytes) -> dict:
         "cache_rows": list(cache_rows),
         "send_errors": words[W_SEND_ERRORS],
         "oversize": words[W_OVERSIZE],
-        "queries": _queries(words, W_QUERIES),
-        "responses": dict(zip(RCODE_NAMES, words[W_RESPONSES : W_RESPONSES + len(RCODE_NAMES)],
-                              strict=True)),
-        "request_size": {
-            p: _hist(words, W_REQ_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
-            for k, p in enumerate(PROTOS)
-        },
-        "response_size": {
-            p: _hist(words, W_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
-            for k, p in enumerate(PROTOS)
-        },
-        "latency": _latency(words, W_LATENCY, W_LATENCY_SUM_NS),
+        **_dns(words, BLOCK_DNS),
     }
 
 
@@ -287,18 +264,19 @@ def decode_forward(fwd: list[tuple[int, int]], table: tuple[str, ...]) -> dict:
     return {"healthcheck_broken": words[0], "upstreams": ups}
 
 
-def _row_dns(words: list[int]) -> dict:
-    """One row's words shaped like read_counters' DNS keys."""
+def _dns(words: list[int], at: DnsWords) -> dict:
+    """The DNS words of a block (``BLOCK_DNS``) or of a row (``ROW_DNS``)."""
     return {
-        "queries": _queries(words, R_QUERIES),
-        "responses": dict(zip(RCODE_NAMES, words[R_RESPONSES : R_RESPONSES + len(RCODE_NAMES)],
+        "queries": _queries(words, at.queries),
+        "responses": dict(zip(RCODE_NAMES,
+                              words[at.responses : at.responses + len(RCODE_NAMES)],
                               strict=True)),
-        "do_requests": words[R_DO],
-        "request_size": {p: _hist(words, R_REQ_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+        "do_requests": words[at.do],
+        "request_size": {p: _hist(words, at.req_size + k * (N_SIZE + 1), SIZE_BUCKETS)
                          for k, p in enumerate(PROTOS)},
-        "response_size": {p: _hist(words, R_RESP_SIZE + k * (N_SIZE + 1), SIZE_BUCKETS)
+        "response_size": {p: _hist(words, at.resp_size + k * (N_SIZE + 1), SIZE_BUCKETS)
                           for k, p in enumerate(PROTOS)},
-        "latency": _latency(words, R_LATENCY, R_LATENCY_SUM_NS),
+        "latency": _latency(words, at.latency, at.latency_sum_ns),
     }
 
 
@@ -338,5 +316,5 @@ def decode_rows(rows: list[tuple[int, int]], table: tuple[tuple[str, str], ...])
     for k, label in enumerate(row_labels(table)):
         w = words[k * ROW_WORDS : (k + 1) * ROW_WORDS]
         if label[0] and any(w):
-            out[label] = _row_dns(w)
+            out[label] = _dns(w, ROW_DNS)
     return out
