@@ -16,7 +16,7 @@ where fastdns itself is not importable). The tables of docs/internals.md §4
 are ``markdown()``'s output::
 
     python3 -m fastdns.ipc.layout --pxi        # what setup.py generates
-    python3 -m fastdns.ipc.layout --markdown   # the tables of internals.md §4
+    python3 -m fastdns.ipc.layout --markdown   # the tables of internals.md §4 (layout_doc)
 
 All integers are native-endian and naturally aligned; counters are u64
 words with a single writer each (plain increments, no atomics).
@@ -438,11 +438,6 @@ _C_REGIONS: tuple[Region, ...] = (CTL, CB, ROW, CR)
 _C_REGIONS += (CT, CS)  # the shared response cache
 _C_SCALARS += ("CT_WAYS_N", "CT_SLOT_OCTETS", "CT_MAX_CACHES", "CS_DATA_MAX", "CR_WORDS",
                 "CACHE_ROWS")
-# The sizes the tables of internals.md §4 list below the regions.
-_DOC_SCALARS = ("MAX_WORKERS", "NAME_MAX", "STATS_WORDS", "COUNTERS_SIZE", "W_END", "N_Q",
-                "N_SIZE", "N_LAT", "FWD_SLOTS", "FWD_SLOT_WORDS", "FWD_HIST", "FWD_END", "ROWS",
-                "ROW_WORDS", "ROWS_END", "CR_WORDS", "CACHE_ROWS", "CACHE_END", "MAX_PROBES",
-                "LOOP_SIZE")
 
 
 def pxi() -> str:
@@ -478,26 +473,6 @@ def pxi() -> str:
     return "\n".join(out)
 
 
-def markdown() -> str:
-    """The layout tables of docs/internals.md §4 (between its layout markers)."""
-    out = []
-    for region in REGIONS:  # the docs are Python-docstring text: ``x`` becomes `x`
-        unit = "octet" if region.unit == "octet" else "word (u64)"
-        out += [f"**{region.name}** ({region.doc.replace('``', '`')}):", "",
-                f"| {unit} | size | name | meaning |", "|---:|---:|---|---|"]
-        for f in region.fields:
-            size = "rest" if f.size == 0 else str(f.size)
-            out.append(f"| {f.offset} | {size} | `{f.name}` | {f.doc.replace('``', '`')} |")
-        out.append("")
-    g = globals()
-    out += ["**sizes**:", "", "| name | value |", "|---|---:|"]
-    out += [f"| `{name}` | {g[name]} |" for name in _DOC_SCALARS]
-    out += ["", "**buckets** (word order): qtype " + ", ".join(QTYPE_BUCKETS)
-            + "; rcode " + ", ".join(RCODE_NAMES) + "; proto " + ", ".join(PROTOS)
-            + "; family " + ", ".join(map(str, FAMILIES)) + ".", ""]
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m fastdns.ipc.layout",
                                  description="Print what is generated from the layout.")
@@ -505,7 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--pxi", action="store_true", help="the Cython include")
     what.add_argument("--markdown", action="store_true", help="the tables of internals.md §4")
     args = ap.parse_args(argv)
-    sys.stdout.write(pxi() if args.pxi else markdown())
+    if args.pxi:
+        sys.stdout.write(pxi())
+    else:
+        from fastdns.ipc.layout_doc import markdown
+
+        sys.stdout.write(markdown())
     return 0
 
 
