@@ -13,10 +13,10 @@ module by file path at build time and writes ``fastdns/server/_layout.pxi``
 (``pxi()``), which ``_udp.pyx`` includes. This module therefore imports
 nothing but the standard library (it runs in an isolated build environment
 where fastdns itself is not importable). The tables of docs/internals.md §4
-are ``markdown()``'s output::
+are ``layout_doc.markdown()``'s output::
 
     python3 -m fastdns.ipc.layout --pxi        # what setup.py generates
-    python3 -m fastdns.ipc.layout --markdown   # the tables of internals.md §4 (layout_doc)
+    python3 -m fastdns.ipc.layout_doc          # the tables of internals.md §4
 
 All integers are native-endian and naturally aligned; counters are u64
 words with a single writer each (plain increments, no atomics).
@@ -475,17 +475,11 @@ def pxi() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m fastdns.ipc.layout",
-                                 description="Print what is generated from the layout.")
-    what = ap.add_mutually_exclusive_group(required=True)
-    what.add_argument("--pxi", action="store_true", help="the Cython include")
-    what.add_argument("--markdown", action="store_true", help="the tables of internals.md §4")
-    args = ap.parse_args(argv)
-    if args.pxi:
-        sys.stdout.write(pxi())
-    else:
-        from fastdns.ipc.layout_doc import markdown
-
-        sys.stdout.write(markdown())
+                                 description="Print the Cython include generated from the "
+                                 "layout (the docs' tables: python3 -m fastdns.ipc.layout_doc).")
+    ap.add_argument("--pxi", action="store_true", required=True, help="the Cython include")
+    ap.parse_args(argv)
+    sys.stdout.write(pxi())
     return 0
 
 

@@ -1,11 +1,13 @@
 """The layout tables of docs/internals.md §4, generated from ``fastdns.ipc.layout``.
 
-``python3 -m fastdns.ipc.layout --markdown`` prints them. Kept out of the
+``python3 -m fastdns.ipc.layout_doc`` prints them. Kept out of the
 declaration, which setup.py loads by file path at build time: only the docs
 need this.
 """
 
 from __future__ import annotations
+
+import sys
 
 from fastdns.ipc import layout
 
@@ -34,3 +36,7 @@ def markdown() -> str:
             + "; rcode " + ", ".join(layout.RCODE_NAMES) + "; proto " + ", ".join(layout.PROTOS)
             + "; family " + ", ".join(map(str, layout.FAMILIES)) + ".", ""]
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())
