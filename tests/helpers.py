@@ -14,6 +14,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dns.exception
@@ -218,3 +220,28 @@ def service_answered_after(api, port: int, name: str = "made-later", ip: str = "
     while time.monotonic() - t0 < timeout and not a_records(ask(qname, port=port, where=where)):
         time.sleep(0.01)
     return time.monotonic() - t0
+
+
+@contextmanager
+def serving_corefile(tmp: Path, corefile: str, port: int, workers: int = 1) -> Iterator[Server]:
+    """`fastdns serve` of ``corefile`` (written to ``tmp``) on the demo state,
+    answering on ``port``; stopped and swept on the way out."""
+    (tmp / "Corefile").write_text(corefile)
+    srv = Server(tmp, ["--corefile", str(tmp / "Corefile"), "--state", str(DEMO),
+                       "--workers", str(workers)], port)
+    try:
+        srv.wait_answering()
+        yield srv
+    finally:
+        srv.stop_and_sweep(signal.SIGTERM)
+
+
+def scrape_metrics(mport: int) -> dict[tuple[str, frozenset], float]:
+    """The /metrics of 127.0.0.1:``mport``: {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+

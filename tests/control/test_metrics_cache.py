@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fastdns.codec import NO_EXTENSIONS
 from fastdns.corefile.config import parse_corefile
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import layout, readout, tables
 from fastdns.server.forwarding import BlockRouter
-from tests.helpers import DEMO, Server, ask, free_port, wait_for
+from tests.helpers import DEMO, Server, ask, free_port, scrape_metrics, wait_for
 from tests.upstreams import UpstreamThread
 
 NODELOCAL = Path(__file__).resolve().parents[1] / "corefiles" / "nodelocaldns.Corefile"
@@ -71,11 +69,7 @@ def test_each_cache_exports_into_its_row_and_survives_a_reload():
     r2.close()
 
 
-def _metrics(mport: int) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2) as r:
-        text = r.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+_metrics = scrape_metrics
 
 
 def _get(got: dict, name: str, **labels: str) -> float:

@@ -12,7 +12,6 @@ comes from ForwardingResolver and those words stay 0.
 from __future__ import annotations
 
 import concurrent.futures
-import signal
 import socket
 import time
 
@@ -23,7 +22,7 @@ import pytest
 
 from fastdns.codec import NO_EXTENSIONS
 from fastdns.ipc import layout, readout, shm
-from tests.helpers import DEMO, Server, a_records, ask, free_port
+from tests.helpers import a_records, ask, free_port, serving_corefile
 from tests.upstreams import UpstreamThread
 
 pytestmark = pytest.mark.slow
@@ -43,17 +42,14 @@ def env(tmp_path_factory):
     slow = th.start({"www.slow.test.": [("A", "192.0.2.201")]}, zone="slow.test.", ttl=300)
     slow.delay = 0.5
     port = free_port()
-    (tmp / "Corefile").write_text(
+    corefile = (
         f"cluster.local:{port} {{\n    bind 127.0.0.1\n    kubernetes cluster.local\n}}\n"
         f".:{port} {{\n    bind 127.0.0.1\n    forward . {up.addr}\n    cache 30\n}}\n"
         f"slow.test:{port} {{\n    bind 127.0.0.1\n    forward . {slow.addr}\n}}\n")
-    srv = Server(tmp, ["--corefile", str(tmp / "Corefile"), "--state", str(DEMO),
-                       "--workers", "1"], port)
     try:
-        srv.wait_answering()
-        yield srv, up, slow
+        with serving_corefile(tmp, corefile, port) as srv:
+            yield srv, up, slow
     finally:
-        srv.stop_and_sweep(signal.SIGTERM)
         th.close()
 
 
