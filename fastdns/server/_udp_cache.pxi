@@ -82,17 +82,23 @@ cdef class CacheTable:
     cdef uint64_t nbuckets
     cdef uint64_t* w  # the worker's counters block, or NULL
     cdef uint32_t pid
-    cdef CPolicy* policy  # the one cache insert_response serves, or NULL
+    cdef CPolicy* policies[CT_MAX_CACHES]  # cache k's policy in C (set_policy), or NULL
     cdef CSlot tmp  # a reader's copy (one thread per process reads)
 
     def __cinit__(self):
         self.base = NULL
         self.nbuckets = 0
         self.w = NULL
-        self.policy = NULL
+        memset(self.policies, 0, sizeof(self.policies))
 
     def __dealloc__(self):
-        free(self.policy)
+        self._free_policies()
+
+    cdef void _free_policies(self) noexcept:
+        cdef int i
+        for i in range(CT_MAX_CACHES):
+            free(self.policies[i])
+            self.policies[i] = NULL
 
     # -- attaching ---------------------------------------------------------------
 
@@ -129,8 +135,7 @@ cdef class CacheTable:
         self._owner = None
         self.base = NULL
         self.nbuckets = 0
-        free(self.policy)
-        self.policy = NULL
+        self._free_policies()
         self._count_entries()
 
     @property
@@ -620,31 +625,42 @@ cdef class CacheTable:
                    int success_ttl, int success_minttl, int denial_ttl, int denial_minttl,
                    double servfail_ttl, double serve_stale, int prefetch,
                    double prefetch_duration, double prefetch_percentage, bint keepttl):
-        """The one cache ``insert_response`` stores for (None: none, it then returns 0).
+        """Cache number ``cache``'s policy, for ``insert_response`` (-1: forget every
+        policy; a cache without one: C leaves its answers to Python).
 
         Zones are lowercased wire names; more than CC_MAX_ZONES in a list, or a
         name over 255 octets, leaves the decision to Python.
         """
-        free(self.policy)
-        self.policy = NULL
-        if cache >= 0:
-            self._check(cache)
-            self.policy = make_policy(
-                cache, zones, disable_success, disable_denial, success_ttl, success_minttl,
-                denial_ttl, denial_minttl, servfail_ttl, serve_stale, prefetch,
-                prefetch_duration, prefetch_percentage, keepttl)
+        if cache < 0:
+            self._free_policies()
+            return
+        self._check(cache)
+        free(self.policies[cache])
+        self.policies[cache] = NULL
+        self.policies[cache] = make_policy(
+            cache, zones, disable_success, disable_denial, success_ttl, success_minttl,
+            denial_ttl, denial_minttl, servfail_ttl, serve_stale, prefetch,
+            prefetch_duration, prefetch_percentage, keepttl)
 
-    def store_response(self, bytes key, resp, long long now_ns):
+    def store_response(self, bytes key, resp, long long now_ns, int cache=0):
         """``insert_response`` from Python (tests): 1 handled, 0 left to Python."""
         cdef const unsigned char[::1] p = resp
         if p.shape[0] == 0:
             return 0
         return self.insert_response(<const unsigned char*>PyBytes_AS_STRING(key), len(key),
-                                    &p[0], p.shape[0], now_ns)
+                                    &p[0], p.shape[0], now_ns, cache)
 
-    cdef int forward_key(self, const CQuery* q, unsigned char* key, Py_ssize_t* klen
-                         ) noexcept nogil:
-        """May the C forwarder take the miss ``q`` through the policy's cache?
+    cdef inline CPolicy* _policy(self, int cache) noexcept nogil:
+        """Cache ``cache``'s active policy, or NULL."""
+        cdef CPolicy* pol
+        if cache < 0 or cache >= CT_MAX_CACHES or self.base == NULL:
+            return NULL
+        pol = self.policies[cache]
+        return pol if pol != NULL and pol.active else NULL
+
+    cdef int forward_key(self, const CQuery* q, unsigned char* key, Py_ssize_t* klen,
+                         int cache) noexcept nogil:
+        """May the C forwarder take the miss ``q`` through cache ``cache``?
 
         1: yes, ``key[:klen]`` is its key (no entry of any state is stored);
         0: the name is outside the cache's zones (CoreDNS passes it through,
@@ -652,8 +668,8 @@ cdef class CacheTable:
         an entry exists: stale, in its prefetch window, or too large for this
         client, which ResponseCache serves, refreshes or truncates).
         """
-        cdef CPolicy* pol = self.policy
-        if pol == NULL or not pol.active or self.base == NULL:
+        cdef CPolicy* pol = self._policy(cache)
+        if pol == NULL:
             return -1
         if q.edns_version != 0 or q.qname_len + 5 > CC_KEY_MAX:
             return -1
@@ -664,25 +680,25 @@ cdef class CacheTable:
             return -1
         return 1
 
-    @property
-    def c_policy_active(self):
-        """Does ``insert_response`` decide for a cache (set_policy, within its limits)?"""
-        return self.policy != NULL and self.policy.active != 0
+    def policy_active(self, int cache):
+        """Does ``insert_response`` decide for cache ``cache`` (set_policy, within its
+        limits)?"""
+        return self._policy(cache) != NULL
 
     cdef int insert_response(self, const unsigned char* key, Py_ssize_t klen,
-                             const unsigned char* resp, Py_ssize_t n, int64_t now
-                             ) noexcept nogil:
+                             const unsigned char* resp, Py_ssize_t n, int64_t now,
+                             int cache) noexcept nogil:
         """Classify and store the upstream answer ``resp`` to the query keyed ``key``.
 
         1: handled (stored, or not cacheable by the policy); 0: C cannot
-        decide (no single-cache policy, a message it does not parse, an entry
+        decide (no policy for ``cache``, a message it does not parse, an entry
         larger than a slot): the caller hands it to ResponseCache.put.
         """
         cdef CScan sc
-        cdef CPolicy* pol = self.policy
+        cdef CPolicy* pol = self._policy(cache)
         cdef int kind, r
         cdef int64_t ttl, lifetime_ns, until, thr
-        if pol == NULL or not pol.active or self.base == NULL or klen < 6:
+        if pol == NULL or klen < 6:
             return 0
         if scan_response(resp, n, key, klen, &sc) != 0:
             return 0

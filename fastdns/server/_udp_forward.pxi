@@ -93,7 +93,6 @@ cdef class CForwarder:
     cdef int nfb
     cdef int* deferred  # leaders released after their fallbacks
     cdef int ndeferred
-    cdef int c_row  # the counters word of the cache's row that counts its C misses
 
     def __cinit__(self):
         self.blocks = <CFBlock*>PyMem_Malloc(CF_MAX_BLOCKS * sizeof(CFBlock))
@@ -195,9 +194,10 @@ cdef class CForwarder:
 
     def add_block(self, bytes from_zone, list except_zones, int policy, int max_concurrent,
                   bint failfast, unsigned int handover, double read_timeout, double timeout,
-                  bint cached=False):
+                  int cache=-1):
         """A forward block; returns its index, or -1 when it cannot be held.
-        ``cached``: its ``cache`` is the one the table's policy serves (set_cache)."""
+        ``cache``: its ``cache``'s number in the table (set_cache), whose policy
+        ``CacheTable.set_policy`` holds; -1: none, or one C does not store for."""
         cdef CFBlock* b
         cdef int k
         cdef bytes z
@@ -220,7 +220,10 @@ cdef class CForwarder:
             b.except_len[k] = len(z)
             memcpy(b.except_zone[k], PyBytes_AS_STRING(z), len(z))
         b.nexcept = len(except_zones)
-        b.cached = cached and self.table is not None
+        if cache >= CACHE_ROWS or self.table is None or not self.table.policy_active(cache):
+            cache = -1
+        b.cache = cache
+        b.c_row = W_CACHE_ROWS + cache * CR_WORDS + CR_C_FORWARDED if cache >= 0 else 0
         self.nblocks += 1
         return self.nblocks - 1
 
@@ -255,18 +258,14 @@ cdef class CForwarder:
         self.nups += 1
         return self.nups - 1
 
-    def set_cache(self, CacheTable table, on_cached, int index=0):
+    def set_cache(self, CacheTable table, on_cached):
         """Store the answers of cached blocks in ``table`` (its policy: set_policy) and
         render each waiter's reply from it. ``on_cached(block, query, answer,
         store)`` returns the reply where C cannot (an answer the table does not
         take, ``store`` True: Python's ResponseCache.put decides; one not stored
-        or too large for the client), or None. ``index``: the cache's number in
-        the table, also its cache row."""
-        if not 0 <= index < CACHE_ROWS:
-            raise ValueError("no such cache row")
+        or too large for the client), or None. Call it before add_block."""
         self.table = table
         self.on_cached = on_cached
-        self.c_row = W_CACHE_ROWS + index * CR_WORDS + CR_C_FORWARDED
 
     def note_private(self, bytes key):
         """``key`` is in a worker's own store (larger than a table slot): its misses
@@ -407,10 +406,10 @@ cdef class CForwarder:
         for k in range(b.nexcept):
             if cf_suffix(q.key, q.qname_len, q.starts, b.except_zone[k], b.except_len[k]):
                 return TAKE_DECLINE
-        if b.cached:
+        if b.cache >= 0:
             # ForwardingResolver.resolve: a name the cache covers and holds in no
             # state is a miss; concurrent misses of one key share one query (_fetch)
-            cached = self.table.forward_key(&q, key, &klen)
+            cached = self.table.forward_key(&q, key, &klen, b.cache)
             if cached < 0:
                 return TAKE_DECLINE
             if cached:

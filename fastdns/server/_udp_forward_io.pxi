@@ -119,7 +119,8 @@ cdef int cf_cached(CForwarder self, int pi, int slot, unsigned char* a, Py_ssize
     cdef Py_ssize_t m
     cdef unsigned char* out
     cdef bint deferred = False
-    store = self.table.insert_response(p.key, p.klen, a, n, now) == 0
+    cdef CFBlock* b = &self.blocks[p.block]
+    store = self.table.insert_response(p.key, p.klen, a, n, now, b.cache) == 0
     p.q[0] = p.cid >> 8  # the leader's query again as its client sent it
     p.q[1] = p.cid & 0xFF
     while j >= 0:
@@ -130,7 +131,7 @@ cdef int cf_cached(CForwarder self, int pi, int slot, unsigned char* a, Py_ssize
         out = self.obuf + nrep * SLOT
         m = -1 if store else self.table.render(wt.q, wt.qlen, out, now, False)
         self.w[W_CC_FORWARDED] += 1
-        self.w[self.c_row] += 1
+        self.w[b.c_row] += 1
         if m > 0:
             cf_queue_reply(self, nrep, wt, out, m)
             nrep += 1
@@ -347,7 +348,7 @@ cdef uint64_t cf_expire(CForwarder self, int64_t now) noexcept nogil:
             w = &self.pend[j]
             if w.cached:
                 self.w[W_CC_FORWARDED] += 1
-                self.w[self.c_row] += 1
+                self.w[self.blocks[w.block].c_row] += 1
             if parse_query_c(w.q, w.qlen, &q) == E_OK:
                 n = build_error(w.q, &q, 2, True, q.edns, out)
                 cf_send_one(self, w, out, n)

@@ -55,7 +55,8 @@ ctypedef struct CFBlock:
     unsigned char from_zone[256]
     unsigned char except_zone[CF_MAX_EXCEPT][256]
     uint64_t rejects
-    int cached  # 1: the block's `cache` is the table's policy (insert, render, coalesce)
+    int cache  # its `cache`'s number in the table (insert, render, coalesce), -1: none
+    int c_row  # the counters word of that cache's row that counts its C misses
 
 ctypedef struct CFUp:
     int block

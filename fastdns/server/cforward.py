@@ -4,14 +4,16 @@ The C side forwards a UDP miss without a Python object; this side keeps
 every decision that is not per packet:
 
 - *which blocks*: a ``forward`` block without ``force_tcp``, with at most 16
-  upstreams and 8 ``except`` zones, and either no ``cache`` or the one cache
-  whose policy the host's table holds (``BlockRouter.c_policy``). For such a
+  upstreams and 8 ``except`` zones, and either no ``cache`` or one kept in
+  the host's shared table with its policy in C (``CacheTable.set_policy``,
+  ``BlockRouter.attach_mirror``; every cache of NodeLocal's four). For such a
   block the C side stores each answer in the table and renders every
   waiter's reply from it, and concurrent misses of one key share one
   upstream query, as ``ForwardingResolver`` does; it takes only true misses
   (no entry in any state: stale entries, prefetch windows and keys this
   worker keeps privately stay with ``ForwardingResolver``), and what it
-  cannot store or render comes back here (``_on_cached``). The C side serves a name only where
+  cannot store or render comes back here (``_on_cached``). The C side
+  serves a name only where
   ``BlockRouter.route`` would pick that block: per listener socket, the
   zones of every block on its port, longest first, as ``Config.select``
   orders them (a name under a zone of a block C leaves alone goes to
@@ -55,12 +57,14 @@ MAX_EXCEPT = 8
 _POLICY = {"random": 0, "round_robin": 1, "sequential": 2}
 
 
-def eligible(resolver: Any, c_policy: Any = None) -> bool:
-    """Can the C side take this block's UDP misses? ``c_policy``: the cache the
-    table's policy serves (BlockRouter.c_policy), the only one it can store for."""
+def eligible(resolver: Any, table: Any = None) -> bool:
+    """Can the C side take this block's UDP misses? ``table``: the shared
+    CacheTable, whose caches with a policy in C it can store for."""
     f = resolver.forwarder
     c = f.config
-    cached = resolver.cache is None or resolver.cache is c_policy
+    cache = resolver.cache
+    cached = cache is None or (table is not None and cache.shared is table
+                               and table.policy_active(cache.index))
     return (cached and not c.force_tcp and c.tls is None
             and c.policy in _POLICY and 0 < len(f.upstreams) <= MAX_UPSTREAMS
             and len(f.except_zones) <= MAX_EXCEPT)
@@ -88,15 +92,13 @@ class CForward:
     def build(self, config: Any, udp_by_fd: dict) -> None:
         """Add the blocks, upstreams and listener routes of ``config``."""
         router = self.router
-        c_policy = getattr(router, "c_policy", None)
-        if c_policy is not None and self.fast.cache.c_policy_active:
-            self.c.set_cache(self.fast.cache, self._on_cached, c_policy.index)
-        else:
-            c_policy = None
+        table = self.fast.cache if getattr(router, "c_cache", False) else None
+        if table is not None:
+            self.c.set_cache(table, self._on_cached)
         blocks: dict[int, int] = {}  # id(resolver) -> C block
         for b in config.servers:
             r = router.resolver_for(b)
-            if r is None or id(r) in blocks or not eligible(r, c_policy):
+            if r is None or id(r) in blocks or not eligible(r, table):
                 continue
             bid = self._add_block(r)
             if bid >= 0:
@@ -121,7 +123,8 @@ class CForward:
                 handover |= 1 << rc
         bid = self.c.add_block(f.from_zone, list(f.except_zones), _POLICY[c.policy],
                                c.max_concurrent, c.failfast_all_unhealthy_upstreams, handover,
-                               f.read_timeout, f.timeout, r.cache is not None)
+                               f.read_timeout, f.timeout,
+                               r.cache.index if r.cache is not None else -1)
         if bid < 0:
             return -1
         self.resolvers[bid] = r

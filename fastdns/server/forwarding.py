@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastdns.forward.cache import DENIAL, SUCCESS, ResponseCache
+from fastdns.forward.cache import DENIAL, SUCCESS
 from fastdns.forward.resolver import ForwardingResolver, from_plugins
 from fastdns.ipc import cachetable, layout, tables
 from fastdns.ipc import counters as ctr
@@ -56,8 +56,6 @@ class BlockRouter:
         self._by_plugins: dict[int, ForwardingResolver | None] = {}
         self._resolvers: list[ForwardingResolver] = []
         self.c_cache = False
-        # the cache whose policy the C table holds: the C forwarder stores for it
-        self.c_policy: ResponseCache | None = None
         self.segment: Any = None  # the shared table's mapping (kept open while in use)
         self._export_shared = True
         self.table = tables.upstream_table(tables.config_upstreams(config))
@@ -137,12 +135,11 @@ class BlockRouter:
             table.attach(self.segment)
             if created:
                 cachetable.unlink_others(instance, name)
+        # each cache's policy in C too: the C forwarder stores its answers (a key
+        # has one owner, the block its name routes to, so one key space serves all)
         for i, c in enumerate(shared):
             c.attach(table, i)
-        # the C forwarder stores for one cache only: the block whose key space it is
-        if len(shared) == 1:
-            table.set_policy(0, *shared[0].c_policy())
-            self.c_policy = shared[0]
+            table.set_policy(i, *c.c_policy())
         self.c_cache = True
 
     def export(self, counters: ctr.Counters) -> None:
