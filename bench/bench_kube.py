@@ -62,9 +62,11 @@ sys.path.insert(0, str(ROOT))
 
 import dns.message  # noqa: E402
 import dns.rdatatype  # noqa: E402
+import memcg  # noqa: E402
 from gen_cluster import generate  # noqa: E402
 
 SECTION = "## Kubernetes control plane (bench/bench_kube.py)"
+SECTION_MEMCG = "## Memory under a pod's limit (bench/bench_kube.py --memory-limit)"
 TARGET_P99 = 0.100
 TARGET_RELIST = 3.0
 TARGET_RSS_MB = 400.0
@@ -364,6 +366,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     api_proc, url = start_api(state, work / "api.log")
     serve = None
+    mg: memcg.MemoryGroup | None = None
     try:
         api = Api(url)
         kubeconfig = work / "kubeconfig"
@@ -376,16 +379,25 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         (work / "Corefile").write_text(corefile(port, mport))
         log_path = work / "serve.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed below
+        cmd = [sys.executable, "-m", "fastdns", "serve", "--kubeconfig", str(kubeconfig),
+               "--corefile", str(work / "Corefile"), "--workers", str(args.workers)]
+        if args.memory_limit is not None:  # the whole tree and its /dev/shm, as a pod
+            mg = memcg.MemoryGroup(args.memory_limit or None)
+            cmd = mg.argv(cmd)
+            mg.sample()
         t_launch = time.perf_counter()
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "fastdns", "serve", "--kubeconfig", str(kubeconfig),
-             "--corefile", str(work / "Corefile"), "--workers", "1"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        serve = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         # first answer: a headless Service's current first address
         name0, sl0 = changer.slices[0]
         ready_ip = next(e["addresses"][0] for e in sl0["endpoints"]
                         if (e.get("conditions") or {}).get("ready", True))
         took = wait_answer(port, name0, ready_ip, args.startup_limit)
+        if mg is not None:
+            res["mem_startup_peak"] = max((u for _t, u in mg.samples), default=0.0)
+        if (took is None or serve.poll() is not None) and mg is not None:
+            res["startup"] = None  # under the limit it may never answer: report why
+            res["restarts"] = restarts(log_path.read_text(), args.workers)
+            return res
         if took is None or serve.poll() is not None:
             raise SystemExit(f"server not answering:\n{log_path.read_text()[-3000:]}")
         res["startup"] = time.perf_counter() - t_launch
@@ -472,6 +484,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         print(f"relist: answer after {took}s (client retry delay {res['relist_backoff']}s); "
               f"RSS {mem}", flush=True)
         res["log_tail"] = after[-1500:]
+        if mg is not None:  # idle after the churn and the relist
+            quiet = time.monotonic()
+            time.sleep(3.0)
+            res["mem_steady"] = mg.steady_mib(quiet)
+        res["restarts"] = restarts(log_path.read_text(), args.workers)
         stop(serve)
         serve = None
         log.close()
@@ -479,7 +496,16 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         if serve is not None:
             stop(serve)
         stop(api_proc)
+        if mg is not None:
+            res["memcg"] = mg.report()
+            mg.close()
     return res
+
+
+def restarts(log: str, workers: int) -> int:
+    """Respawns the supervisor logged: control and worker starts beyond the first."""
+    return (len(re.findall(r"supervisor: control started", log)) - 1
+            + len(re.findall(r"supervisor: worker \d+ started", log)) - workers)
 
 
 def machine() -> str:
@@ -493,6 +519,36 @@ def machine() -> str:
     return (f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
             f"Python {platform.python_version()}; "
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC")
+
+
+def memory_table(res: dict, args: argparse.Namespace) -> str:
+    """The cgroup's figures: what an operator's pod would see under its limit."""
+    cg = res.get("memcg", {})
+    limit = f"{args.memory_limit:g} MiB" if args.memory_limit else "none"
+    oom = cg.get("oom_kills", -1)
+    rows = [
+        ("limit (memory.limit_in_bytes)", limit),
+        ("first answer (launch -> synced answer)",
+         f"none within {args.startup_limit:g} s" if res.get("startup") is None
+         else f"{res['startup']:.1f} s"),
+        ("working set peak through startup (sampled every 50 ms)",
+         f"{res.get('mem_startup_peak', 0):.0f} MiB"),
+        ("working set peak over the run", f"{cg.get('ws_peak_mib', 0):.0f} MiB"),
+        ("usage peak, page cache included (memory.max_usage_in_bytes)",
+         f"{cg.get('peak_mib', 0):.0f} MiB"),
+        ("working set steady, idle after churn and relist (median)",
+         "n/a" if "mem_steady" not in res else f"{res['mem_steady']:.0f} MiB"),
+        ("OOM kills (memory.oom_control oom_kill)", "not reported" if oom < 0 else str(oom)),
+        ("limit hits (memory.failcnt)", str(cg.get("failcnt", 0))),
+        ("restarts (control and worker respawns)", str(res.get("restarts", 0))),
+    ]
+    lines = [f"Machine: {machine()}", "",
+             f"Cluster: {res['cluster']}; `fastdns serve --workers {args.workers}` in a cgroup "
+             "v1 memory group (the process tree and the /dev/shm pages it writes, as a pod "
+             "with a memory-backed emptyDir); the fake API server outside it.", "",
+             "| measure | value |", "|---|--:|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)
 
 
 def table(res: dict, args: argparse.Namespace) -> str:
@@ -552,11 +608,11 @@ def table(res: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, body: str, command: str) -> None:
+def write_results(path: Path, body: str, command: str, heading: str = SECTION) -> None:
     """Replace this benchmark's section in RESULTS.md, keeping the other sections."""
     text = path.read_text() if path.exists() else "# fastdns benchmark results\n"
-    section = f"{SECTION}\n\nCommand: `{command}`\n\n{body}\n"
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{heading}\n\nCommand: `{command}`\n\n{body}\n"
+    pat = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pat.search(text):
         text = pat.sub(lambda _: section + "\n", text)
     else:
@@ -578,14 +634,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep its logs")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--memory-limit", type=float, default=None, metavar="MIB",
+                   help="run the server in a cgroup v1 memory group with this limit, as a "
+                   "pod's limits.memory (0: a group without a limit, to measure)")
     args = p.parse_args(argv)
+    if args.memory_limit is not None and memcg.available():
+        p.error(f"--memory-limit: {memcg.available()}")
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         res = run(args, Path(args.keep))
     else:
         with tempfile.TemporaryDirectory(prefix="bench_kube-") as tmp:
             res = run(args, Path(tmp))
-    body = table(res, args)
+    body = table(res, args) if res.get("startup") is not None else ""
+    if args.memory_limit is not None:
+        body = memory_table(res, args) + ("\n\n" + body if body else "")
     print()
     print(body)
     if not args.no_write:
@@ -594,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             i = argv.index("--keep")
             del argv[i:i + 2]
         command = " ".join(["python3 bench/bench_kube.py", *argv])
-        write_results(Path(args.results), body, command)
+        write_results(Path(args.results), body, command,
+                      SECTION if args.memory_limit is None else SECTION_MEMCG)
         print(f"\nwritten to {args.results}")
     return 0
 
