@@ -396,7 +396,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             res["mem_startup_peak"] = max((u for _t, u in mg.samples), default=0.0)
         if (took is None or serve.poll() is not None) and mg is not None:
             res["startup"] = None  # under the limit it may never answer: report why
-            res["restarts"] = restarts(log_path.read_text(), args.workers)
+            text = log_path.read_text(errors="replace")
+            res["restarts"] = restarts(text, args.workers)
+            res["deaths"] = len(re.findall(r"supervisor: \S+ \(pid \d+\) died", text))
+            res["supervisor_exit"] = serve.poll()
+            res["log_tail"] = text[-1500:]
             return res
         if took is None or serve.poll() is not None:
             raise SystemExit(f"server not answering:\n{log_path.read_text()[-3000:]}")
@@ -542,6 +546,11 @@ def memory_table(res: dict, args: argparse.Namespace) -> str:
         ("limit hits (memory.failcnt)", str(cg.get("failcnt", 0))),
         ("restarts (control and worker respawns)", str(res.get("restarts", 0))),
     ]
+    if res.get("startup") is None:
+        code = res.get("supervisor_exit")
+        rows += [("children the supervisor saw die", str(res.get("deaths", 0))),
+                 ("supervisor at the end", "running" if code is None
+                  else f"exited ({code}: {'killed' if code < 0 else 'exit code'})")]
     lines = [f"Machine: {machine()}", "",
              f"Cluster: {res['cluster']}; `fastdns serve --workers {args.workers}` in a cgroup "
              "v1 memory group (the process tree and the /dev/shm pages it writes, as a pod "
