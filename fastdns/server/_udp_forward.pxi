@@ -93,6 +93,14 @@ cdef class CForwarder:
     cdef int nfb
     cdef int* deferred  # leaders released after their fallbacks
     cdef int ndeferred
+    # the errors plugin (report_errors): the SERVFAILs this side sent, for
+    # take_reports (the query and its listener), at most CF_REPORTS per tick
+    cdef public bint report_errors
+    cdef unsigned char* rep_q
+    cdef int rep_len[CF_REPORTS]
+    cdef int rep_lfd[CF_REPORTS]
+    cdef int nreports
+    cdef readonly uint64_t reports_dropped
 
     def __cinit__(self):
         self.blocks = <CFBlock*>PyMem_Malloc(CF_MAX_BLOCKS * sizeof(CFBlock))
@@ -119,7 +127,8 @@ cdef class CForwarder:
         self.obuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
         self.fb = <int*>PyMem_Malloc(3 * CF_MAX_PENDING * sizeof(int))
         self.deferred = <int*>PyMem_Malloc(VLEN * sizeof(int))
-        if (self.key_head == NULL or self.private_keys == NULL or self.obuf == NULL
+        self.rep_q = <unsigned char*>PyMem_Malloc(CF_REPORTS * CF_QMAX)
+        if (self.rep_q == NULL or self.key_head == NULL or self.private_keys == NULL or self.obuf == NULL
                 or self.fb == NULL or self.deferred == NULL or self.blocks == NULL or self.ups == NULL or self.routes == NULL
                 or self.pend == NULL or self.free_list == NULL or self.active == NULL
                 or self.active_pos == NULL or self.by_id == NULL or self.smsgs == NULL
@@ -170,6 +179,7 @@ cdef class CForwarder:
         PyMem_Free(self.obuf)
         PyMem_Free(self.fb)
         PyMem_Free(self.deferred)
+        PyMem_Free(self.rep_q)
         PyMem_Free(self.counts)
 
     def __init__(self, int count_words, int broken_word, int fwd_hist, on_pending,
@@ -461,6 +471,7 @@ cdef class CForwarder:
         if up < 0:  # failfast_all_unhealthy_upstreams
             self.w[W_CFWD_SERVFAIL] += 1
             ans[0] = build_error(pkt, &q, 2, True, q.edns, out)
+            self.report(pkt, n, lfd)
             return TAKE_ANSWER
         self.nfree -= 1
         p.used = 1
@@ -656,6 +667,34 @@ cdef class CForwarder:
         self.nfree += 1
         if self.w != NULL:
             self.w[W_CFWD_PENDING] = self.nactive
+
+    cdef void report(self, const unsigned char* q, Py_ssize_t n, int lfd) noexcept nogil:
+        """Keep a SERVFAIL this side answered for the errors plugin (WorkerPlugins.
+        report_servfail, from cforward.py's tick), as the Python path reports each
+        SERVFAIL answer it sends."""
+        if not self.report_errors:
+            return
+        if self.nreports == CF_REPORTS or n > CF_QMAX:
+            self.reports_dropped += 1
+            return
+        memcpy(self.rep_q + self.nreports * CF_QMAX, q, n)
+        self.rep_len[self.nreports] = n
+        self.rep_lfd[self.nreports] = lfd
+        self.nreports += 1
+        if not self.timer_armed:
+            self.want_timer = True
+
+    def take_reports(self):
+        """[(query, listener fd)] of the SERVFAILs kept since the last call."""
+        cdef int i
+        out = [(PyBytes_FromStringAndSize(<char*>(self.rep_q + i * CF_QMAX), self.rep_len[i]),
+                self.rep_lfd[i]) for i in range(self.nreports)]
+        self.nreports = 0
+        return out
+
+    @property
+    def reports(self):
+        return self.nreports
 
     cdef void arm_if_wanted(self) except *:
         if self.want_timer and not self.timer_armed:

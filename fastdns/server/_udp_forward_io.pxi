@@ -58,6 +58,7 @@ cdef int cf_drain(CForwarder self, int fd) except -1:
                     continue
                 length = cf_render(self, p, a, length)
                 cf_queue_reply(self, nrep, p, a, length)
+                cf_heard(self, p, a, length)
                 nrep += 1
                 self.w[W_CFWD_ANSWERED] += 1
                 self._release(pi)
@@ -134,6 +135,7 @@ cdef int cf_cached(CForwarder self, int pi, int slot, unsigned char* a, Py_ssize
         self.w[b.c_row] += 1
         if m > 0:
             cf_queue_reply(self, nrep, wt, out, m)
+            cf_heard(self, wt, out, m)
             nrep += 1
             self.w[W_CFWD_ANSWERED] += 1
         else:
@@ -166,6 +168,7 @@ cdef int cf_fallback(CForwarder self, int j, int slot, int store) except -1:
         n = PyBytes_GET_SIZE(resp)
         memcpy(buf, PyBytes_AS_STRING(resp), n)
         cf_send_one(self, wt, buf, n)
+        cf_heard(self, wt, buf, n)
         self.w[W_CFWD_ANSWERED] += 1
     else:
         count_dropped(self.w, wt.row)
@@ -222,6 +225,14 @@ cdef void cf_queue_reply(CForwarder self, int j, CFPending* p, unsigned char* a,
         self.smsgs[j].msg_hdr.msg_controllen = CMSG_SPACE(p.ctllen - CMSG_LEN(0))
     self.rfd[j] = p.lfd
     count_response(self.w, p.row, 0, a, n)
+
+
+cdef inline void cf_heard(CForwarder self, CFPending* p, const unsigned char* a,
+                          Py_ssize_t n) noexcept nogil:
+    """A reply this side gave (not a hand-over: Python reports its own): a SERVFAIL
+    goes to the errors plugin, as WorkerPlugins.answered reports the slow path's."""
+    if n > 3 and a[3] & 0xF == 2:
+        self.report(p.q, p.qlen, p.lfd)
 
 cdef void cf_send_replies(CForwarder self, int m) noexcept nogil:
     """sendmmsg the queued replies, grouped by listener socket (order kept per socket)."""
@@ -352,6 +363,7 @@ cdef uint64_t cf_expire(CForwarder self, int64_t now) noexcept nogil:
             if parse_query_c(w.q, w.qlen, &q) == E_OK:
                 n = build_error(w.q, &q, 2, True, q.edns, out)
                 cf_send_one(self, w, out, n)
+                cf_heard(self, w, out, n)
             else:
                 count_dropped(self.w, w.row)
             j = w.fnext

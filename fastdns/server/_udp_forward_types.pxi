@@ -27,6 +27,7 @@ cdef enum:
     CF_MAX_ZONES = 4096  # image zones whose kind it knows (more: those go to Python)
     CF_KEYB = 4096  # buckets of the in-flight key table (coalescing, cached blocks)
     CF_PRIVATE = 1024  # remembered keys a worker's Python cache holds privately
+    CF_REPORTS = 64  # SERVFAILs kept for the errors plugin between two ticks (more: dropped)
     CF_QR = 0x80  # in the first flags octet
     CF_TC = 0x02
     CF_KEEP = 0x86EF  # message._KEEP: all but opcode, RD, CD (0x7910)

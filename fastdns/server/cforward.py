@@ -88,6 +88,8 @@ class CForward:
         self._closed = False
         self.blocks = 0
         self.resolvers: dict[int, Any] = {}  # C block -> ForwardingResolver
+        self.port_of: dict[int, int] = {}  # listener fd -> its port (the errors reports)
+        self.plugins: Any = None  # WorkerPlugins (sync)
 
     def build(self, config: Any, udp_by_fd: dict) -> None:
         """Add the blocks, upstreams and listener routes of ``config``."""
@@ -108,6 +110,7 @@ class CForward:
             return
         ports: dict[int, list[tuple[bytes, int]]] = {}
         for fd, (_sock, port) in udp_by_fd.items():
+            self.port_of[fd] = port
             if port not in ports:
                 ports[port] = self._routes(config, router, port, blocks)
             if not self.c.set_route(fd, ports[port]):
@@ -225,6 +228,7 @@ class CForward:
         if self._closed:
             return
         self._failed(self.c.expire())
+        self._report()
         self._rotate()
         if self.c.pending:
             self._timer = self.loop.call_later(TICK, self._tick)
@@ -241,6 +245,14 @@ class CForward:
                 f.health.trigger(up)
             mask >>= 1
             i += 1
+
+    def _report(self) -> None:
+        """The SERVFAILs the C side answered, to the errors plugin (at most
+        CF_REPORTS per tick; the rest are counted in ``reports_dropped``)."""
+        if self.plugins is None or not self.c.reports:
+            return
+        for query, fd in self.c.take_reports():
+            self.plugins.report_servfail(query, self.port_of.get(fd, 0))
 
     def _rotate(self) -> None:
         for i, (f, up, fds) in enumerate(self.ups):
@@ -262,6 +274,8 @@ class CForward:
     def sync(self, plugins: Any) -> None:
         """Turn the C path on or off for what the plugins need now (``wanted``)."""
         if not self._closed:
+            self.plugins = plugins
+            self.c.report_errors = plugins.reports_errors
             self.fast.set_forward(self.c, wanted(plugins))
 
     def close(self) -> None:
@@ -283,9 +297,10 @@ class CForward:
 
 
 def wanted(plugins: Any) -> bool:
-    """Plugins that must see each slow query (log, errors, whoami, an armed loop
-    probe) keep every miss in Python."""
-    return not plugins.intercepts and not plugins.wants_peer
+    """Plugins that must see each slow query (log, whoami, an armed loop probe)
+    keep every miss in Python; ``errors`` hears of the SERVFAILs the C side
+    answers from its reports (``_report``), so it does not."""
+    return not plugins.intercepts and plugins.qlog is None
 
 
 def attach(module: Any, fast: Any, router: Any, config: Any, udp_by_fd: dict,

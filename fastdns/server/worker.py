@@ -289,7 +289,7 @@ class Worker:
 
     def _sync_cforward(self) -> None:
         if self.cforward is not None:
-            self.cforward.sync(self.plugins)  # log, errors, a loop probe see each miss
+            self.cforward.sync(self.plugins)  # log, a loop probe see each miss
 
     def _drop_cforward(self) -> None:
         if self.cforward is not None:

@@ -211,10 +211,20 @@ class WorkerPlugins:
                     return resp
         return None
 
+    @property
+    def reports_errors(self) -> bool:
+        """Does a block have ``errors`` (SERVFAIL answers must be reported)?"""
+        return bool(self._errors)
+
     def answered(self, query: bytes, resp: bytes | None, port: int) -> None:
         """errors: report a SERVFAIL answer of a block that has the plugin."""
         if not self._errors or resp is None or len(resp) < 4 or resp[3] & 0xF != 2:
             return
+        self.report_servfail(query, port)
+
+    def report_servfail(self, query: bytes, port: int) -> None:
+        """errors: ``query`` was answered SERVFAIL on ``port`` (the slow path's
+        answers through ``answered``, the C forwarder's from its reports)."""
         q, qname, block = self._query_block(query, port)
         if block is None:
             return

@@ -24,6 +24,8 @@ import dns.rcode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fastdns.codec import NO_EXTENSIONS
+from fastdns.ipc import readout, shm
 from fastdns.testing.upstream import TestUpstream
 from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, free_port
 
@@ -120,6 +122,30 @@ def test_kubeadm_corefile_forwards_and_caches(kubeadm):
         assert a_records(ask("www.example.test.", port=kubeadm.port)) == {"192.0.2.1"}
     # `cache 30`: answered from the cache, the upstream asked at most once per worker
     assert up.count("www.example.test.") - before <= 1
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the C forwarder is the Cython build's")
+def test_kubeadm_corefile_misses_are_forwarded_and_stored_by_c(kubeadm):
+    """kubeadm's Corefile has `errors`, `loop` and `cache 30` (no `log`): once
+    the loop probe is done its UDP misses go upstream from the C path and are
+    stored in the shared cache, the same for every later ask."""
+    def forwarded() -> int:
+        with shm.ControlSegment.attach(kubeadm.instance) as ctl:
+            return sum(readout.read_counters(ctl.counters(i))["cache"]["c_forwarded"]
+                       for i in range(ctl.nworkers))
+
+    before, deadline, i = forwarded(), time.monotonic() + 10, 0
+    while forwarded() == before and time.monotonic() < deadline:  # the probe may be armed
+        i += 1
+        assert ask(f"c{i}.example.test.", port=kubeadm.port, timeout=3).rcode() == \
+            dns.rcode.NXDOMAIN
+        time.sleep(0.1)
+    assert forwarded() > before, kubeadm.log()[-2000:]
+    name = f"c{i}.example.test."
+    asked = kubeadm.up.count(name)
+    for _ in range(4):  # a denial of the cache now, in every worker
+        assert ask(name, port=kubeadm.port).rcode() == dns.rcode.NXDOMAIN
+    assert kubeadm.up.count(name) == asked
 
 
 def test_kubeadm_corefile_reverse_fallthrough_goes_upstream(kubeadm):

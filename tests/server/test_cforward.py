@@ -316,3 +316,34 @@ def _ports(up, port: int, n: int, window: int = 64) -> set[int]:
             except TimeoutError:
                 got = sent  # lost ones must not stall the loop
     return {src[1] for _p, _n, _t, _id, src in list(up.queries)}
+
+
+def test_errors_plugin_hears_of_the_c_forwarders_servfail(tmp_path):
+    """`errors` (in kubeadm's and NodeLocal's Corefiles) no longer turns the C
+    forwarder off: the SERVFAILs it answers are reported from its tick, one
+    [ERROR] line each, as the Python path reports its own."""
+    from tests.helpers import serving_corefile
+
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    refused = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    port = free_port()
+    corefile = (f"cluster.local:{port} {{\n    bind 127.0.0.1\n    kubernetes cluster.local\n}}\n"
+                f".:{port} {{\n    bind 127.0.0.1\n    errors\n"
+                f"    forward . {refused} {{\n        max_fails 0\n    }}\n}}\n")
+    with serving_corefile(tmp_path, corefile, port) as srv:
+        before = cwords(srv)
+        for name in ("a.refused.test.", "b.refused.test."):
+            assert ask(name, port=srv.port, timeout=4).rcode() == dns.rcode.SERVFAIL
+        want = ("[ERROR] plugin/errors: 2 a.refused.test. A: plugin/forward: "
+                "no upstream answered")
+        deadline = time.monotonic() + 3
+        while want not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert want in srv.log(), srv.log()[-2000:]
+        assert "2 b.refused.test. A:" in srv.log()
+        if C_PATH:
+            after = cwords(srv)
+            assert after["SERVFAIL"] == before["SERVFAIL"] + 2, (before, after)
+            assert srv.log().count("2 a.refused.test. A:") == 1  # reported once
