@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from fastdns import errors
 from fastdns.codec import wire
 from fastdns.constants import Rcode
 from fastdns.forward.cache import FRESH, STALE, ResponseCache
@@ -91,20 +90,29 @@ class ForwardingResolver:
             if cache is None:  # the client's own exchange: passed through as is
                 raw = await self.forwarder.exchange(query, q, tcp)
             else:
-                raw = reopt(await self._fetch(query, q), query, q)
+                raw = await self._fetch(query, q)
         except ForwardError as e:
             return wire.error_response(query, q, e.rcode)
         nxt = self.forwarder.config.next_rcodes
         if nxt and raw[3] & 0xF in nxt:
             return None
         if cache is not None:
-            # CoreDNS cache.go WriteMsg: the reply that filled the cache already
-            # carries the capped TTL ("avoid jarring TTL experience 1799 -> 8")
+            return self.cached_reply(raw, query, q, tcp)
+        return fit(raw, query, q, tcp)
+
+    def cached_reply(self, raw: bytes, query: bytes, q, tcp: bool = False) -> bytes:
+        """The reply to ``query`` once the upstream answer ``raw`` went through the
+        cache (stored or not): as a hit renders the entry, since CoreDNS cache.go
+        WriteMsg gives the reply that filled the cache the capped TTL ("avoid
+        jarring TTL experience 1799 -> 8"); not stored, the answer with our OPT.
+        Also the C forwarder's (server/cforward.py) where C could not render it."""
+        cache = self.cache
+        if cache is not None:
             now = self.clock()
             peeked = cache.peek(q, now)
             if peeked is not None:
                 return cache.render(peeked, query, q, now, tcp)
-        return fit(raw, query, q, tcp)
+        return fit(reopt(raw, query, q), query, q, tcp)
 
     @staticmethod
     def _flight_key(q) -> bytes:
@@ -130,12 +138,7 @@ class ForwardingResolver:
             # answer is whole and cacheable and all waiters can share it.
             raw = await self.forwarder.exchange(query, q)
             if self.cache is not None:
-                try:
-                    resp = wire.parse_response(raw)
-                except errors.WireError:
-                    resp = None
-                if resp is not None:
-                    self.cache.put(raw, q, self.clock(), resp)
+                self.cache.put(raw, q, self.clock())  # one that does not parse is not stored
             return raw
         finally:
             del self.inflight[key]

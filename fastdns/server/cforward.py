@@ -43,7 +43,6 @@ from typing import Any
 
 from fastdns import errors
 from fastdns.codec import wire
-from fastdns.forward.message import fit, reopt
 from fastdns.ipc import layout
 from fastdns.names import zone_key
 
@@ -189,17 +188,12 @@ class CForward:
             q = wire.parse_query(query)
         except errors.WireError:
             return None
-        cache = r.cache
-        now = r.clock()
         if store:
-            cache.put(raw, q, now)
-            if cache.holds_private(q):
-                self.c.note_private(cache.key(q))
-        peeked = cache.peek(q, now)
-        if peeked is not None:
-            return cache.render(peeked, query, q, now, False)
+            r.cache.put(raw, q, r.clock())
+            if r.cache.holds_private(q):
+                self.c.note_private(r.cache.key(q))
         try:
-            return fit(reopt(raw, query, q), query, q, False)
+            return r.cached_reply(raw, query, q)
         except errors.WireError:
             return None
 

@@ -173,12 +173,8 @@ class BlockRouter:
         side's, counted live. Gauges and the shared table's evictions (already
         cumulative over workers and reloads) are written as they are."""
         if self._cache_base is None:
-            thash = tables.cache_hash(tables.cache_table(self.config))
-            if region[0] != thash:
-                region[0] = 0  # readers ignore the region from here ...
-                region[1:] = memoryview(bytes(8 * (len(region) - 1))).cast("Q")
-                region[0] = thash  # ... to here
-            self._cache_base = list(region)
+            self._cache_base = _take_region(
+                region, tables.cache_hash(tables.cache_table(self.config)))
         base = self._cache_base
         shared = self._export_shared
         for k, c in enumerate(caches[:layout.CACHE_ROWS]):
@@ -194,16 +190,6 @@ class BlockRouter:
             region[o + layout.CR_ENTRIES_DENIAL] = c.entries(DENIAL, shared)
             region[o + layout.CR_EVICTIONS_SUCCESS] = c.evictions(SUCCESS, shared)
             region[o + layout.CR_EVICTIONS_DENIAL] = c.evictions(DENIAL, shared)
-
-    def _take_region(self, fwd: memoryview) -> list[int]:
-        """The base this router adds its counts to (see the module docstring)."""
-        thash = tables.table_hash(self.table)
-        if fwd[0] == thash:
-            return list(fwd)
-        fwd[0] = 0  # readers ignore the region from here ...
-        fwd[1:] = memoryview(bytes(8 * (len(fwd) - 1))).cast("Q")
-        fwd[0] = thash  # ... to here
-        return [0] * len(fwd)
 
     def forward_counts(self) -> dict[int, int]:
         """Region-relative word -> this router's count (summed over its forwarders)."""
@@ -240,7 +226,7 @@ class BlockRouter:
 
     def _export_forward(self, fwd: memoryview) -> None:
         if self._fwd_base is None:
-            self._fwd_base = self._take_region(fwd)
+            self._fwd_base = _take_region(fwd, tables.table_hash(self.table))
         base = self._fwd_base
         for word, n in self.forward_counts().items():
             fwd[word] = base[word] + n
@@ -259,3 +245,15 @@ class BlockRouter:
             r.close()
         self._resolvers.clear()
         self._by_plugins.clear()
+
+
+def _take_region(region: memoryview, thash: int) -> list[int]:
+    """The base a new router adds its counts to (see the module docstring): the
+    region as it is when word 0 already says ``thash`` (the same table), else
+    zeroed first and then marked ``thash``."""
+    if region[0] == thash:
+        return list(region)
+    region[0] = 0  # readers ignore the region from here ...
+    region[1:] = memoryview(bytes(8 * (len(region) - 1))).cast("Q")
+    region[0] = thash  # ... to here
+    return [0] * len(region)
