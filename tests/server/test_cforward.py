@@ -337,12 +337,11 @@ def test_errors_plugin_hears_of_the_c_forwarders_servfail(tmp_path):
         for name in ("a.refused.test.", "b.refused.test."):
             assert ask(name, port=srv.port, timeout=4).rcode() == dns.rcode.SERVFAIL
         want = ("[ERROR] plugin/errors: 2 a.refused.test. A: plugin/forward: "
-                "no upstream answered")
-        deadline = time.monotonic() + 3
-        while want not in srv.log() and time.monotonic() < deadline:
+                "no upstream answered", "[ERROR] plugin/errors: 2 b.refused.test. A:")
+        deadline = time.monotonic() + 5
+        while not all(w in srv.log() for w in want) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert want in srv.log(), srv.log()[-2000:]
-        assert "2 b.refused.test. A:" in srv.log()
+        assert all(w in srv.log() for w in want), srv.log()[-2000:]
         if C_PATH:
             after = cwords(srv)
             assert after["SERVFAIL"] == before["SERVFAIL"] + 2, (before, after)
