@@ -58,6 +58,10 @@ class ControlLoop:
             # each image is published (copied out) before the next compile:
             # one buffer, its pages faulted in once (Compiler.reuse_buffer)
             compiler.reuse_buffer = True
+        if getattr(publisher, "in_place", False) and hasattr(compiler, "out_buffer"):
+            # better still: each image assembled in its own shared-memory
+            # segment, no copy on the heap (Publisher.buffer)
+            compiler.out_buffer = publisher.buffer
         self.publisher = publisher
         self.coalesce = coalesce
         self.state = state
@@ -155,7 +159,13 @@ class ControlLoop:
         # the GIL for its whole run and every step of the publish (CRC, pwrite,
         # rename) must win the GIL back in between.
         t1 = time.perf_counter()
-        gen = self.publisher.publish(image)
+        before = self.publisher.generation
+        try:
+            gen = self.publisher.publish(image)
+        finally:
+            if self.publisher.generation != before and getattr(self.compiler, "out_buffer", None):
+                # in force now: the compiler's fragments may live in it (Compiler.placed)
+                self.compiler.placed(image)
         t2 = time.perf_counter()
         if self.on_publish is not None:  # an unchanged image is the one in force
             self.on_publish(gen if gen is not None else self.publisher.generation,

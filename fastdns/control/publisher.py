@@ -17,6 +17,15 @@ instead of ~30 ms to create, fault in and fill a fresh segment, plus ~8 ms
 per unlink (bench/bench_kube.py). Workers never see a spare's name, so the
 publish protocol is unchanged.
 
+In the control process the image is not even written: the compiler
+assembles it in the next segment itself (``buffer``, given to
+``Compiler.out_buffer``: the spare, mapped), so the control process holds
+no copy of the image on its heap; ``publish`` of that view stamps the
+generation and renames the segment. How many spares are kept depends on the
+image's size (``spares_for``): a spare costs as much of the pod's memory as
+the image, so large images keep one (a publish needs the old image and the
+new one at once anyway) and very large ones none.
+
 Where ``shm.RECYCLE`` holds, a retired image is not unlinked but renamed
 to a spare and written over by a later publish: the pages of the whole
 image are neither released nor allocated and zeroed again, which was half
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import queue
 import struct
@@ -48,6 +58,11 @@ SPARE_WAIT = 0.02  # seconds a publish waits for a spare being preallocated
 # unlink (~5 ms) per publish kept a single spare late for one publish in ten
 # at 10k Services and 50 changes/s, by 11-16 ms (bench/bench_kube.py).
 SPARES = 2
+# ... but spares are memory-backed pages charged to the pod like the image
+# itself: beyond SPARE_BYTES of them, fewer (spares_for). 10k Services with
+# 150k endpoints is a 57 MB image: three copies of it were 170 MB, all of
+# kubeadm's 170Mi limit (issue 14).
+SPARE_BYTES = 64 << 20
 _CHUNK = 1 << 20  # octets compared at a time with the image in force
 SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
 
@@ -55,6 +70,12 @@ SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
 def _spare_slack(size: int) -> int:
     """Room a spare leaves for the next image to grow (1/64, at least 64 KiB)."""
     return max(1 << 16, size >> 6)
+
+
+def spares_for(size: int) -> int:
+    """Spares worth their memory for images of ``size`` octets: SPARES while
+    they fit in SPARE_BYTES together, then fewer, down to none."""
+    return max(0, min(SPARES, SPARE_BYTES // max(1, size + _spare_slack(size))))
 
 
 class Publisher:
@@ -75,16 +96,66 @@ class Publisher:
         self.spare_hits = 0  # publishes that found a preallocated segment ready
         self.spare_misses = 0
         self.spare_wait = 0.0  # seconds the last publish waited for its spare
+        self.spares_wanted = SPARES  # spares_for the last image published
+        # the segment `buffer` gave out and is not yet published: (file name,
+        # fd, its view); and the last image published through it, kept mapped
+        self._staged: tuple[str, int, memoryview] | None = None
+        self._mapped: memoryview | None = None
 
     def close(self) -> None:
         """Stop the background thread and remove the spare segments."""
         if self._bg is not None:
             self._bg.close()
             self._bg = None
+        self._unstage()
+        self._mapped = None
         with self._spare_lock:
             ready, self._ready = self._ready, []
         for spare in ready:
             _drop_spare(spare)
+
+    @property
+    def in_place(self) -> bool:
+        """Whether images can be assembled in their segment (``buffer``)."""
+        return self._bg is not None
+
+    def buffer(self, size: int) -> memoryview:
+        """A writable view of ``size`` octets: the segment the next image is
+        assembled in (a spare when one is ready). ``publish`` of this view
+        publishes it without a copy; another ``buffer`` call drops it."""
+        if self._bg is None:
+            raise RuntimeError("in-place images need a background publisher")
+        self._unstage()
+        sname, fd = self._take_spare(shm.image_name(self.instance, self.generation + 1), size)
+        try:
+            os.ftruncate(fd, size)  # the slack of a spare given back, or a fresh file sized
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            shm.ImageSegment.unlink(sname)
+            raise
+        view = memoryview(mm)
+        self._staged = (sname, fd, view)
+        return view
+
+    def _unstage(self) -> None:
+        """Give a segment `buffer` gave out and nobody published back as a spare."""
+        staged, self._staged = self._staged, None
+        if staged is None:
+            return
+        sname, fd, _view = staged
+        if SPARE_TAG not in sname:  # a fresh file under the next generation's name
+            self._spares += 1
+            spare = f"{shm.PREFIX}{self.instance}{SPARE_TAG}{self._spares}"
+            try:
+                self._rename(sname, spare)
+            except OSError:
+                os.close(fd)
+                shm.ImageSegment.unlink(sname)
+                return
+            sname = spare
+        with self._spare_lock:
+            self._ready.append((sname, fd, os.fstat(fd).st_size))
 
     def recover(self) -> list[str]:
         """Adopt what a crashed control process left: keep the published image.
@@ -121,15 +192,26 @@ class Publisher:
         The generation in the image header is set to the published one (the
         compiler does not know it), in the segment, before it is announced.
         """
-        if isinstance(image, memoryview):
-            image = image.tobytes()
         gen = self.generation + 1
-        if not force and self.generation > 0 and self._unchanged(image):
-            return None
-        name = self._write(gen, image)
+        staged = self._staged
+        if staged is not None and image is staged[2]:
+            self._staged = None
+            if not force and self.generation > 0 and self._unchanged(image):
+                self._staged = staged
+                self._unstage()
+                return None
+            name = self._finish_staged(gen, staged)
+            self._mapped = staged[2]
+        else:
+            if isinstance(image, memoryview):
+                image = image.tobytes()
+            if not force and self.generation > 0 and self._unchanged(image):
+                return None
+            name = self._write(gen, image)
         self.ctl.publish(name, gen)
         self.generation = gen
         self._live[gen] = name
+        self.spares_wanted = spares_for(len(image))
         if self._bg is not None and shm.RECYCLE:
             # retired images become the next spares: recycle before asking for more
             self.collect()
@@ -142,7 +224,7 @@ class Publisher:
             self.collect()
         return gen
 
-    def _unchanged(self, image: bytes | bytearray) -> bool:
+    def _unchanged(self, image: bytes | bytearray | memoryview) -> bool:
         """Whether ``image`` equals the image in force, generation aside.
 
         Compared with the published segment itself, read in chunks that stop
@@ -181,6 +263,21 @@ class Publisher:
         finally:
             mv.release()
             os.close(fd)
+
+    def _finish_staged(self, gen: int, staged: tuple[str, int, memoryview]) -> str:
+        """Stamp the generation into an image assembled in place; its segment's name."""
+        sname, fd, view = staged
+        name = shm.image_name(self.instance, gen)
+        try:
+            if len(view) >= _GEN_OFFSET + 8:
+                _GEN.pack_into(view, _GEN_OFFSET, gen)
+            self._rename(sname, name)
+        except BaseException:
+            shm.ImageSegment.unlink(sname)
+            raise
+        finally:
+            os.close(fd)  # the mapping stays; workers map the file by name
+        return name
 
     def _write(self, gen: int, image: bytes | bytearray) -> str:
         """The image, generation stamped, in segment ``image_name(gen)``; its name."""
@@ -244,10 +341,15 @@ class Publisher:
             return
         with self._spare_lock:
             names = []
-            while len(self._ready) + self._spare_pending < SPARES:
+            excess = []
+            while self._ready and len(self._ready) + self._spare_pending > self.spares_wanted:
+                excess.append(self._ready.pop())
+            while len(self._ready) + self._spare_pending < self.spares_wanted:
                 self._spare_pending += 1
                 self._spares += 1
                 names.append(f"{shm.PREFIX}{self.instance}{SPARE_TAG}{self._spares}")
+        for spare in excess:
+            self._bg.submit(_drop_spare, spare)
         for name in names:
             self._bg.submit(self._make_spare, name, size + _spare_slack(size))
 
@@ -297,9 +399,9 @@ class Publisher:
         return removed
 
     def _take_for_spare(self) -> bool:
-        """Count one more spare on its way if fewer than SPARES are ready or coming."""
+        """Count one more spare on its way if fewer than wanted are ready or coming."""
         with self._spare_lock:
-            if len(self._ready) + self._spare_pending >= SPARES:
+            if len(self._ready) + self._spare_pending >= self.spares_wanted:
                 return False
             self._spare_pending += 1
             self._spares += 1

@@ -1,6 +1,9 @@
 """Stub of the Cython build of ``fastdns.zone.fragments.assemble_py`` (same signature)."""
 
-from fastdns.zone.fragments import Fragment
+from collections.abc import Callable
+
+from fastdns.zone.fragments import Buffer, Fragment
 
 def assemble(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragment],
-             shared_base: int, out: bytearray | None = None) -> bytes | bytearray: ...
+             shared_base: int, out: bytearray | None = None,
+             into: Callable[[int], Buffer] | None = None) -> Buffer: ...

@@ -7,6 +7,7 @@ each entry into the open-addressing table (linear probing,
 docs/internals.md §2). No Python object is touched per entry.
 """
 
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
@@ -84,6 +85,7 @@ ctypedef struct Frag:
     Py_ssize_t blen
     Py_ssize_t nent
     Py_ssize_t nrel
+    uint32_t placed  # the offset its relocations already hold (a placed blob), else 0
 
 
 cdef extern from *:
@@ -117,11 +119,12 @@ cdef inline const unsigned char* bytes_of(object o, Py_ssize_t* size) except NUL
 
 
 def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
-             Py_ssize_t shared_base, bytearray out=None):
+             Py_ssize_t shared_base, bytearray out=None, object into=None, object prev=None):
     """Lay out header (its size field is filled in), slots, zone table and fragments
     (tuples blob, ents, relocs); a new bytes, or ``out`` resized to the image
     and overwritten whole (every octet is written: nothing of its old
-    contents survives).
+    contents survives), or ``into(size)``: a writable buffer of exactly the
+    image's size (the publisher's next segment, mapped), filled and returned.
 
     ``out`` is the control loop's reused buffer: its pages are already
     faulted in, where a fresh 40 MB object cost ~2 ms more per image at 10k
@@ -136,7 +139,26 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
     heap, and touching each one's header was a cache (and TLB) miss in
     turn: a third of the assembly. They are read once, prefetched a few
     fragments ahead, into a C table the passes use.
+
+    A fragment whose ``at`` (tuple item 3) is not negative has its blob in
+    ``prev``, the image in force, at ``at`` for ``length`` (item 4) octets,
+    relocated by ``at`` already (`Compiler.placed`): it is copied from there
+    and its relocations moved by the difference.
     """
+    cdef Py_buffer pb
+    if prev is None:
+        return _assemble(header, zone_table, nslots, frags, shared_base, out, into, NULL, 0)
+    PyObject_GetBuffer(prev, &pb, 0)
+    try:
+        return _assemble(header, zone_table, nslots, frags, shared_base, out, into,
+                         <const unsigned char*>pb.buf, pb.len)
+    finally:
+        PyBuffer_Release(&pb)
+
+
+cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
+                      Py_ssize_t shared_base, bytearray out, object into,
+                      const unsigned char* prev, Py_ssize_t prev_len):
     cdef Py_ssize_t slots_off = HEADER_SIZE
     cdef Py_ssize_t base = slots_off + nslots * SLOT_SIZE + PyBytes_GET_SIZE(zone_table)
     cdef Py_ssize_t total = base
@@ -144,6 +166,7 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
     cdef Py_ssize_t i
     cdef PyObject* f
     cdef PyObject* g
+    cdef Py_ssize_t at
     if nslots <= 0 or nslots & (nslots - 1):
         raise ValueError("nslots must be a power of two")
     if PyBytes_GET_SIZE(header) != HEADER_SIZE:
@@ -162,7 +185,16 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
         f = PyList_GET_ITEM(frags, i)
         if not PyTuple_Check(<object>f) or PyTuple_GET_SIZE(<object>f) < 3:
             raise TypeError("a fragment is a tuple (blob, ents, relocs)")
-        fr[i].blob = bytes_of(<object>PyTuple_GET_ITEM(<object>f, 0), &fr[i].blen)
+        fr[i].placed = 0
+        if PyTuple_GET_SIZE(<object>f) >= 5 and <object>PyTuple_GET_ITEM(<object>f, 3) >= 0:
+            at = <object>PyTuple_GET_ITEM(<object>f, 3)
+            fr[i].blen = <object>PyTuple_GET_ITEM(<object>f, 4)
+            if prev == NULL or at + fr[i].blen > prev_len or at > 0xFFFFFFFF:
+                raise ValueError("a placed fragment outside the image it was placed in")
+            fr[i].blob = prev + at
+            fr[i].placed = <uint32_t>at
+        else:
+            fr[i].blob = bytes_of(<object>PyTuple_GET_ITEM(<object>f, 0), &fr[i].blen)
         fr[i].ents = bytes_of(<object>PyTuple_GET_ITEM(<object>f, 1), &fr[i].nent)
         fr[i].relocs = bytes_of(<object>PyTuple_GET_ITEM(<object>f, 2), &fr[i].nrel)
         fr[i].nent >>= 4
@@ -173,7 +205,27 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
         raise ValueError("more entries than slots")
     if total > 0xFFFFFFFF:
         raise ValueError("image larger than 4 GiB")
+    cdef uint32_t mask = <uint32_t>(nslots - 1)
+    cdef int shift = block_shift(nslots)
+    cdef uint32_t nblocks = <uint32_t>(nslots >> shift)
     cdef unsigned char* data
+    cdef Py_buffer pb
+    cdef unsigned char* tmp
+    if into is not None:
+        image = into(total)
+        PyObject_GetBuffer(image, &pb, PyBUF_WRITABLE)
+        try:
+            if pb.len != total:
+                raise ValueError(f"into({total}) gave a buffer of {pb.len} octets")
+            data = <unsigned char*>pb.buf
+            tmp = scratch(nent * 16 + (nblocks + 1) * 4)
+            fill_header(data, header, zone_table, slots_off, nslots, total)
+            if not fill_image(data, slots_off, nslots, base, fr, nf, nent, tmp,
+                              <uint32_t>shared_base, mask, shift, nblocks):
+                raise ValueError("relocation outside its fragment")
+        finally:
+            PyBuffer_Release(&pb)
+        return image
     if out is None:
         image = PyBytes_FromStringAndSize(NULL, total)
         data = <unsigned char*>PyBytes_AS_STRING(image)
@@ -185,15 +237,9 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
         PyByteArray_Resize(out, total)  # a smaller size keeps the allocation
         image = out
         data = <unsigned char*>PyByteArray_AS_STRING(out)
-    cdef uint32_t mask = <uint32_t>(nslots - 1)
-    cdef int shift = block_shift(nslots)
-    cdef uint32_t nblocks = <uint32_t>(nslots >> shift)
-    cdef unsigned char* tmp = scratch(nent * 16 + (nblocks + 1) * 4)
+    tmp = scratch(nent * 16 + (nblocks + 1) * 4)
     advise_huge(data, total)
-    memcpy(data, PyBytes_AS_STRING(header), HEADER_SIZE)
-    wr32(data + 24, <uint32_t>total)  # header: total size
-    memcpy(data + slots_off + nslots * SLOT_SIZE, PyBytes_AS_STRING(zone_table),
-           PyBytes_GET_SIZE(zone_table))
+    fill_header(data, header, zone_table, slots_off, nslots, total)
     # The passes keep the GIL (the scratch tables are module state): released,
     # the watch thread got to queue events mid-compile and batches shrank, for
     # ~30 % more control CPU and no better p99 (bench/bench_kube.py).
@@ -201,6 +247,14 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
                       mask, shift, nblocks):
         raise ValueError("relocation outside its fragment")
     return image
+
+
+cdef void fill_header(unsigned char* data, bytes header, bytes zone_table,
+                      Py_ssize_t slots_off, Py_ssize_t nslots, Py_ssize_t total) noexcept:
+    memcpy(data, PyBytes_AS_STRING(header), HEADER_SIZE)
+    wr32(data + 24, <uint32_t>total)  # header: total size
+    memcpy(data + slots_off + nslots * SLOT_SIZE, PyBytes_AS_STRING(zone_table),
+           PyBytes_GET_SIZE(zone_table))
 
 
 cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslots,
@@ -246,7 +300,7 @@ cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslot
             pos = rd32(r + 4 * k)
             if pos + 4 > blen:
                 return False
-            wr32(data + cur + pos, rd32(data + cur + pos) + <uint32_t>cur)
+            wr32(data + cur + pos, rd32(data + cur + pos) + <uint32_t>cur - fr[i].placed)
         e = fr[i].ents
         for _k in range(fr[i].nent):
             h = rd32(e)

@@ -26,14 +26,46 @@ from typing import NamedTuple
 
 from fastdns.ipc import image as img
 
+# an assembled image: bytes, the compiler's reused bytearray, or a writable
+# view of the segment it was assembled in (`Compiler.out_buffer`)
+Buffer = bytes | bytearray | memoryview
+
 SHARED = 0x80000000
 REC1 = struct.Struct("<HHII")  # nvariants=1, reserved, variant offset, template length
 
 
 class Fragment(NamedTuple):
+    """A fragment's blob is its bytes (``at`` = -1) until the compiler places it
+    (`Compiler.placed`): then the blob is the ``length`` octets at ``at`` of
+    the image in force, relocated by ``at`` already, and ``blob`` is empty;
+    ``crc`` is the CRC-32 of the blob as it was compiled, so that a
+    recompiled fragment can be told equal to its placed self."""
+
     blob: bytes
     ents: bytes
     relocs: bytes
+    at: int = -1
+    length: int = 0
+    crc: int = 0
+
+    @property
+    def size(self) -> int:
+        """Octets of the blob, wherever it lies."""
+        return self.length if self.at >= 0 else len(self.blob)
+
+    def same(self, other: Fragment) -> bool:
+        """The same compiled fragment, placed or not."""
+        if self.at < 0 and other.at < 0:
+            return self == other
+        if self.ents != other.ents or self.relocs != other.relocs or self.size != other.size:
+            return False
+        return _crc(self) == _crc(other)
+
+    def place(self, at: int) -> Fragment:
+        """This fragment as laid out at ``at`` of an image that stays mapped."""
+        if self.at >= 0:
+            return Fragment(b"", self.ents, self.relocs, at, self.length, self.crc)
+        return Fragment(b"", self.ents, self.relocs, at, len(self.blob), zlib.crc32(self.blob))
 
     @property  # shadows tuple.count on purpose: a Fragment is never searched
     def count(self) -> int:  # type: ignore[override]
@@ -41,6 +73,10 @@ class Fragment(NamedTuple):
 
 
 EMPTY = Fragment(b"", b"", b"")
+
+
+def _crc(f: Fragment) -> int:
+    return f.crc if f.at >= 0 else zlib.crc32(f.blob)
 
 
 class FragmentWriter:
@@ -115,11 +151,16 @@ def block_shift(nslots: int) -> int:
 
 
 def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragment],
-                shared_base: int, out: bytearray | None = None) -> bytes | bytearray:
+                shared_base: int, out: bytearray | None = None,
+                into: Callable[[int], Buffer] | None = None,
+                prev: Buffer | None = None) -> Buffer:
     """Reference assembly: header (size filled in), slots, zone table, then the fragments.
 
     A new bytes, or ``out`` replaced by the image (the Cython build reuses
-    its allocation: the control loop's buffer, see `_index.assemble`).
+    its allocation: the control loop's buffer, see `_index.assemble`), or
+    the writable buffer of the image's size that ``into(size)`` gives, filled
+    (the publisher's next segment: `Compiler.out_buffer`). Placed fragments
+    (``at`` >= 0) are read from ``prev``, the image they were placed in.
 
     Slot insertion order: entries sorted (stably, fragment order within) by
     the block of 2^BLOCK_BITS their home slot falls in, so the C build fills
@@ -131,7 +172,8 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
         raise ValueError("more entries than slots")
     slots_off = img.HEADER.size
     base = slots_off + nslots * img.SLOT.size + len(zone_table)
-    total = base + sum(len(f.blob) for f in frags)
+    total = base + sum(f.size for f in frags)
+    old = memoryview(prev).cast("B") if prev is not None else None
     data = bytearray(total)
     data[0 : len(header)] = header
     struct.pack_into("<I", data, 24, total)  # header: total size
@@ -142,14 +184,23 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
     pending: list[tuple[int, int, int, int]] = []
     cur = base
     for f in frags:
-        data[cur : cur + len(f.blob)] = f.blob
+        placed = 0
+        if f.at >= 0:
+            if old is None or f.at + f.length > len(old):
+                raise ValueError("a placed fragment outside the image it was placed in")
+            data[cur : cur + f.length] = old[f.at : f.at + f.length]
+            placed = f.at
+        else:
+            data[cur : cur + len(f.blob)] = f.blob
         for (r,) in struct.iter_unpack("<I", f.relocs):
+            if r + 4 > f.size:
+                raise ValueError("relocation outside its fragment")
             (v,) = struct.unpack_from("<I", data, cur + r)
-            struct.pack_into("<I", data, cur + r, v + cur)
+            struct.pack_into("<I", data, cur + r, (v + cur - placed) & 0xFFFFFFFF)
         for h, koff, aoff, qk in struct.iter_unpack("<IIII", f.ents):
             aoff = shared_base + (aoff & ~SHARED) if aoff & SHARED else aoff + cur
             pending.append((h, koff + cur, aoff, qk))
-        cur += len(f.blob)
+        cur += f.size
     pending.sort(key=lambda e: (e[0] & mask) >> shift)  # stable
     occupied = bytearray(nslots)
     for h, koff, aoff, qk in pending:
@@ -158,13 +209,20 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
             i = (i + 1) & mask
         occupied[i] = 1
         struct.pack_into("<IIII", data, slots_off + i * 16, h, koff, aoff, qk)
+    if into is not None:
+        target = into(total)
+        with memoryview(target) as mv:
+            if mv.nbytes != total:
+                raise ValueError(f"into({total}) gave a buffer of {mv.nbytes} octets")
+            mv.cast("B")[:] = data
+        return target
     if out is not None:
         out[:] = data
         return out
     return bytes(data)
 
 
-assemble_c: Callable[..., bytes | bytearray] | None
+assemble_c: Callable[..., Buffer] | None
 if os.environ.get("FASTDNS_NO_EXTENSIONS", "") in ("", "0"):
     try:  # the Cython build of the same function (fastdns/zone/_index.pyx)
         from fastdns.zone._index import assemble as assemble_c

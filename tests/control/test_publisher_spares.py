@@ -56,17 +56,75 @@ def test_spares_are_kept_ready_and_used(instance):
     ctl.close()
 
 
-def test_control_loop_reuses_one_image_buffer(instance):
-    """The compiler reuses one buffer that the publisher pwrite()s."""
+def test_control_loop_assembles_images_in_their_segment(instance):
+    """The control process's compiler writes each image straight into the next
+    segment (a spare when one is ready): no copy of it on the heap, the same
+    octets a heap assembly gives, and an unchanged image gives its segment
+    back as a spare instead of publishing it."""
     from fastdns.control.loop import ControlLoop
     from fastdns.zone.compiler import Compiler
     from fastdns.zone.options import KubernetesOptions
+    from fastdns.zone.state import demo_path, load_state
 
     ctl = shm.ControlSegment.create(instance, 1)
     pub = Publisher(ctl, background=True)
     try:
-        compiler = Compiler(KubernetesOptions(zones=("cluster.local",)))
-        ControlLoop(compiler, pub)
-        assert compiler.reuse_buffer is True
+        compiler = Compiler(KubernetesOptions(zones=("cluster.local", "in-addr.arpa")))
+        loop = ControlLoop(compiler, pub)
+        assert compiler.out_buffer is not None
+        state = load_state(demo_path())
+        for gen in (1, 2):  # the first into a fresh file, the second into a spare
+            if gen == 2:
+                state.apply("DELETED", ("Service", ("default", "kubernetes")))
+            assert loop.publish_full(state, "test") == gen
+            assert len(compiler._buf) == 0  # nothing assembled on the heap
+            cur = ctl.current()
+            assert cur is not None
+            published = bytes(cur.buf)
+            cur.close()
+            compiler.out_buffer = None
+            compiler.generation -= 1  # the same image again, on the heap this time
+            heap = bytes(compiler.assemble())
+            compiler.out_buffer = pub.buffer
+            assert struct.unpack_from("<Q", published, 16)[0] == gen
+            assert published[:16] + published[24:] == heap[:16] + heap[24:]
+            _wait_spares(instance, publisher_mod.SPARES)
+        assert pub.spare_hits == 1 and pub.spare_misses == 1
+        spares = _spares(instance)
+        # unchanged (the serial of a full compile is the time: reassemble instead)
+        assert pub.publish(compiler.assemble()) is None
+        assert ctl.generation == 2 and [g for g, _ in shm.list_images(instance)][-1] == 2
+        assert sorted(_spares(instance)) == sorted(spares)  # the segment went back
+    finally:
+        pub.close()
+    assert _spares(instance) == []
+
+
+def test_spares_are_bounded_by_the_memory_they_cost(instance, monkeypatch):
+    """A spare is as large as the image and charged to the pod like it: past
+    SPARE_BYTES fewer are kept, down to none, and retired images are then
+    unlinked rather than recycled."""
+    size = 1 << 16
+    one = size + publisher_mod._spare_slack(size)
+    assert publisher_mod.spares_for(size) == publisher_mod.SPARES
+    monkeypatch.setattr(publisher_mod, "SPARE_BYTES", one)
+    assert publisher_mod.spares_for(size) == 1
+    ctl = shm.ControlSegment.create(instance, 1)
+    pub = Publisher(ctl, background=True)
+    try:
+        for gen, tag in enumerate(b"abcd", start=1):
+            assert pub.publish(_image(bytes([tag]), size)) == gen
+            assert len(_wait_spares(instance, 1)) == 1
+            time.sleep(0.05)  # a second spare would be made by now
+            assert len(_spares(instance)) == 1
+        monkeypatch.setattr(publisher_mod, "SPARE_BYTES", one - 1)
+        assert publisher_mod.spares_for(size) == 0
+        assert pub.publish(_image(b"e", size)) == 5
+        deadline = time.monotonic() + 5
+        while (_spares(instance) or len(shm.list_images(instance)) > 1) \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert _spares(instance) == []
+        assert [g for g, _ in shm.list_images(instance)] == [5]
     finally:
         pub.close()

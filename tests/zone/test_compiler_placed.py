@@ -1,0 +1,93 @@
+"""Fragments placed in the published image (Compiler.placed) assemble the same images.
+
+The control process assembles each image in its shared-memory segment and
+then lets every cached fragment's blob be its bytes there instead of a copy
+on the heap; the next assembly copies them from that image. These tests run
+a compiler that does so beside one that keeps every blob on the heap, over
+changes, unpublished images and a relist, and compare every image octet.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import mmap
+import os
+import random
+
+import pytest
+
+from fastdns.zone import objects
+from fastdns.zone.compiler import Compiler
+from fastdns.zone.fragments import Fragment
+from fastdns.zone.options import KubernetesOptions
+from fastdns.zone.state import ClusterState
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _generate():
+    path = os.path.join(HERE, os.pardir, os.pardir, "bench", "gen_cluster.py")
+    spec = importlib.util.spec_from_file_location("gen_cluster", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.generate(120, 6, 0.3, 0.2, pods=False)
+
+
+class Segments:
+    """Stand-in for Publisher.buffer: each image in a mapping of its own."""
+
+    def __init__(self) -> None:
+        self.views: list[memoryview] = []
+
+    def __call__(self, size: int) -> memoryview:
+        view = memoryview(mmap.mmap(-1, size))
+        self.views.append(view)
+        return view
+
+
+@pytest.mark.parametrize("loadbalance", [False, True])
+def test_placed_fragments_give_the_images_a_heap_compile_gives(loadbalance):
+    doc = _generate()
+    opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), ttl=30,
+                             loadbalance=loadbalance)
+    state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
+    heap, placed = Compiler(opts), Compiler(opts)
+    placed.out_buffer = segments = Segments()
+    first = placed.full(state, now=1)
+    assert bytes(first) == bytes(heap.full(state, now=1))
+    placed.placed(first)
+    frags = list(placed._frags.values())
+    assert all(f.at >= 0 and f.blob == b"" for f in frags if f.size)  # nothing left on the heap
+    slices = [o for o in doc["items"] if o["kind"] == "EndpointSlice"]
+    rnd = random.Random(7)
+    for i in range(40):
+        raw = rnd.choice(slices)
+        key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+        if i % 9 == 4:
+            affected = state.apply("DELETED", ("EndpointSlice", key))
+        else:
+            ep = rnd.choice(raw["endpoints"])
+            if raw["addressType"] == "IPv4":
+                ep["addresses"] = [f"10.250.{i}.{rnd.randrange(1, 250)}"]
+            ep["conditions"]["ready"] = not ep["conditions"]["ready"] if i % 4 == 0 else True
+            affected = state.apply("MODIFIED", objects.strip("EndpointSlice", raw))
+        want = bytes(heap.update(state, affected, now=2 + i))
+        got = placed.update(state, affected, now=2 + i)
+        assert bytes(got) == want, f"change {i}"
+        if i % 6 != 5:  # every sixth not published: its fragments stay in the image before
+            placed.placed(got)
+        del segments.views[:-3]
+    # a relist compiles everything afresh, then places it again
+    assert bytes(placed.full(state, now=99)) == bytes(heap.full(state, now=99))
+
+
+def test_a_recompiled_fragment_equal_to_its_placed_self_is_no_change():
+    """An unchanged Service recompiled keeps its placed fragment and the serial
+    (the image, and so the publish, stays the same)."""
+    frag = Fragment(b"blob-bytes", b"\x01" * 16, b"")
+    p = frag.place(1000)
+    assert p.size == len(b"blob-bytes") and p.blob == b"" and p.at == 1000
+    assert p.same(frag) and frag.same(p) and p.place(2000).same(frag)
+    assert not p.same(Fragment(b"blob-byteX", b"\x01" * 16, b""))
+    assert not p.same(Fragment(b"blob-bytes", b"\x02" * 16, b""))
