@@ -218,6 +218,8 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
             if pb.len != total:
                 raise ValueError(f"into({total}) gave a buffer of {pb.len} octets")
             data = <unsigned char*>pb.buf
+            if prev != NULL and data < prev + prev_len and prev < data + total:
+                raise ValueError("into() gave the image the placed fragments are read from")
             tmp = scratch(nent * 16 + (nblocks + 1) * 4)
             fill_header(data, header, zone_table, slots_off, nslots, total)
             if not fill_image(data, slots_off, nslots, base, fr, nf, nent, tmp,

@@ -39,6 +39,7 @@ from fastdns.zone.fragments import (
     Fragment,
     FragmentWriter,
     assemble,
+    place,
     slot_count,
 )
 from fastdns.zone.imagebuilder import ZoneSpec
@@ -502,13 +503,13 @@ class Compiler:
         if self._layout is None or self._layout[0] != self.generation:
             return  # not the last assembly: leave every fragment as it is
         cur = self._layout[1]
-        frags, keys = self._list, self._keys
+        frags, keys, by_key = self._list, self._keys, self._frags
         for i, f in enumerate(frags):
-            n = f.size
+            n = f[4] if f[3] >= 0 else len(f[0])  # f.size, inlined (14k per image)
             if n:
-                p = f.place(cur)
+                p = place(f, cur)
                 frags[i] = p
-                self._frags[keys[i]] = p
+                by_key[keys[i]] = p
             cur += n
         self._placed_in = image
         self._layout = None

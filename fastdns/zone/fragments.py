@@ -63,9 +63,7 @@ class Fragment(NamedTuple):
 
     def place(self, at: int) -> Fragment:
         """This fragment as laid out at ``at`` of an image that stays mapped."""
-        if self.at >= 0:
-            return Fragment(b"", self.ents, self.relocs, at, self.length, self.crc)
-        return Fragment(b"", self.ents, self.relocs, at, len(self.blob), zlib.crc32(self.blob))
+        return place(self, at)
 
     @property  # shadows tuple.count on purpose: a Fragment is never searched
     def count(self) -> int:  # type: ignore[override]
@@ -73,6 +71,18 @@ class Fragment(NamedTuple):
 
 
 EMPTY = Fragment(b"", b"", b"")
+
+
+_new = tuple.__new__
+
+
+def place(f: Fragment, at: int) -> Fragment:
+    """`Fragment.place`, as the compiler calls it for every fragment of every
+    image (tuple.__new__ and indexing: a quarter of the cost of the class's
+    own constructor and attribute access, 4 ms instead of 17 at 14k)."""
+    if f[3] >= 0:
+        return _new(Fragment, (b"", f[1], f[2], at, f[4], f[5]))
+    return _new(Fragment, (b"", f[1], f[2], at, len(f[0]), zlib.crc32(f[0])))
 
 
 def _crc(f: Fragment) -> int:
@@ -214,6 +224,8 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
         with memoryview(target) as mv:
             if mv.nbytes != total:
                 raise ValueError(f"into({total}) gave a buffer of {mv.nbytes} octets")
+            if old is not None and mv.obj is old.obj:  # one mapping: where the fragments lie
+                raise ValueError("into() gave the image the placed fragments are read from")
             mv.cast("B")[:] = data
         return target
     if out is not None:

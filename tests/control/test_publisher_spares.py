@@ -128,3 +128,36 @@ def test_spares_are_bounded_by_the_memory_they_cost(instance, monkeypatch):
         assert [g for g, _ in shm.list_images(instance)] == [5]
     finally:
         pub.close()
+
+
+def test_in_place_images_rotate_through_the_one_the_workers_left(instance, monkeypatch):
+    """Assembled in place, each image goes into the segment of the image before
+    the last (the workers have left it: recycled, its mapping reused), so a
+    57 MB image costs two segments, never a fresh file preallocated while
+    another is unlinked."""
+    size = 1 << 16
+    # one spare's worth, as for the 57 MB image of 10k Services and 150k endpoints
+    monkeypatch.setattr(publisher_mod, "SPARE_BYTES", size + publisher_mod._spare_slack(size))
+    ctl = shm.ControlSegment.create(instance, 1)
+    pub = Publisher(ctl, background=True)
+    try:
+        for gen, tag in enumerate(b"abcdefg", start=1):
+            view = pub.buffer(size)
+            view[:] = _image(bytes([tag]), size)
+            assert pub.publish(view) == gen
+            cur = ctl.current()
+            assert cur is not None and bytes(cur.buf[24:]) == bytes(_image(bytes([tag]), size)[24:])
+            cur.close()
+            del view
+            ctl.set_mapped(0, gen)  # the worker moves on after the publish, as workers do
+            deadline = time.monotonic() + 5
+            while len(shm.list_segments(instance)) > 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            # the control segment, the image in force and the one the worker
+            # just left (the next image's segment): no third image-sized file
+            assert len(shm.list_segments(instance)) <= 3, shm.list_segments(instance)
+        assert pub.spare_misses <= 2  # a fresh file only before anything was retired
+        assert pub.recycled >= 4
+    finally:
+        pub.close()
+    ctl.close()

@@ -91,3 +91,17 @@ def test_a_recompiled_fragment_equal_to_its_placed_self_is_no_change():
     assert p.same(frag) and frag.same(p) and p.place(2000).same(frag)
     assert not p.same(Fragment(b"blob-byteX", b"\x01" * 16, b""))
     assert not p.same(Fragment(b"blob-bytes", b"\x02" * 16, b""))
+
+
+def test_assembling_over_the_image_the_fragments_lie_in_is_refused():
+    """A segment handed out for the next image that is the one the placed
+    fragments are read from (a bug in spare rotation) must not be written:
+    the image would be copied onto itself, half overwritten."""
+    doc = _generate()
+    state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
+    compiler = Compiler(KubernetesOptions(zones=("cluster.local", "in-addr.arpa")))
+    mm = mmap.mmap(-1, 1 << 22)
+    compiler.out_buffer = lambda size: memoryview(mm)[:size]
+    compiler.placed(compiler.full(state, now=1))
+    with pytest.raises(ValueError, match="placed fragments are read from"):
+        compiler.assemble()
