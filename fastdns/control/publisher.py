@@ -152,9 +152,14 @@ class Publisher:
             os.ftruncate(spare.fd, size)  # a spare's slack given back, or a fresh file sized
             if mm is None or len(mm) < size:
                 # MAP_POPULATE: the page table filled in one call, ~5 ms for a 57 MB
-                # image, where faulting it in while assembling cost 20-35 ms
-                mm = mmap.mmap(spare.fd, size, mmap.MAP_SHARED | _POPULATE,
+                # image, where faulting it in while assembling cost 20-35 ms. The
+                # mapping has the spare's slack beyond the end of the file (never
+                # touched there), so the next image, a few octets larger, fits it.
+                length = -(-(size + _spare_slack(size)) // mmap.PAGESIZE) * mmap.PAGESIZE
+                os.ftruncate(spare.fd, length)  # Python maps no further than the file
+                mm = mmap.mmap(spare.fd, length, mmap.MAP_SHARED | _POPULATE,
                                mmap.PROT_READ | mmap.PROT_WRITE)
+                os.ftruncate(spare.fd, size)
         except BaseException:
             os.close(spare.fd)
             shm.ImageSegment.unlink(spare.name)

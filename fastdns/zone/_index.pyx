@@ -7,7 +7,7 @@ each entry into the open-addressing table (linear probing,
 docs/internals.md §2). No Python object is touched per entry.
 """
 
-from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
@@ -18,7 +18,7 @@ from cpython.bytes cimport (
 from cpython.list cimport PyList_GET_ITEM
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport uint32_t
+from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport realloc
 from libc.string cimport memcpy, memset
 
@@ -119,7 +119,8 @@ cdef inline const unsigned char* bytes_of(object o, Py_ssize_t* size) except NUL
 
 
 def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
-             Py_ssize_t shared_base, bytearray out=None, object into=None, object prev=None):
+             Py_ssize_t shared_base, bytearray out=None, object into=None, object prev=None,
+             object at=None):
     """Lay out header (its size field is filled in), slots, zone table and fragments
     (tuples blob, ents, relocs); a new bytes, or ``out`` resized to the image
     and overwritten whole (every octet is written: nothing of its old
@@ -140,25 +141,40 @@ def assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
     turn: a third of the assembly. They are read once, prefetched a few
     fragments ahead, into a C table the passes use.
 
-    A fragment whose ``at`` (tuple item 3) is not negative has its blob in
-    ``prev``, the image in force, at ``at`` for ``length`` (item 4) octets,
-    relocated by ``at`` already (`Compiler.placed`): it is copied from there
-    and its relocations moved by the difference.
+    A placed fragment (tuple item 3 true: `Compiler.placed`) has its blob
+    in ``prev``, the image in force, at ``at[i]`` for ``length`` (item 4)
+    octets, relocated there already: it is copied from there and its
+    relocations moved by the difference. ``at`` (an array("q"), one entry
+    per fragment) is then overwritten with where each fragment lies now.
     """
     cdef Py_buffer pb
-    if prev is None:
-        return _assemble(header, zone_table, nslots, frags, shared_base, out, into, NULL, 0)
-    PyObject_GetBuffer(prev, &pb, 0)
+    cdef Py_buffer ab
+    cdef int64_t* pos = NULL
+    cdef bint have_at = at is not None
+    if have_at:
+        PyObject_GetBuffer(at, &ab, PyBUF_WRITABLE | PyBUF_FORMAT)
+        if ab.itemsize != 8 or ab.len != 8 * len(frags) or ab.format[0] != b"q":
+            PyBuffer_Release(&ab)
+            raise ValueError("at: an array('q') with one position per fragment")
+        pos = <int64_t*>ab.buf
     try:
-        return _assemble(header, zone_table, nslots, frags, shared_base, out, into,
-                         <const unsigned char*>pb.buf, pb.len)
+        if prev is None:
+            return _assemble(header, zone_table, nslots, frags, shared_base, out, into,
+                             NULL, 0, pos)
+        PyObject_GetBuffer(prev, &pb, 0)
+        try:
+            return _assemble(header, zone_table, nslots, frags, shared_base, out, into,
+                             <const unsigned char*>pb.buf, pb.len, pos)
+        finally:
+            PyBuffer_Release(&pb)
     finally:
-        PyBuffer_Release(&pb)
+        if have_at:
+            PyBuffer_Release(&ab)
 
 
 cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list frags,
                       Py_ssize_t shared_base, bytearray out, object into,
-                      const unsigned char* prev, Py_ssize_t prev_len):
+                      const unsigned char* prev, Py_ssize_t prev_len, int64_t* pos):
     cdef Py_ssize_t slots_off = HEADER_SIZE
     cdef Py_ssize_t base = slots_off + nslots * SLOT_SIZE + PyBytes_GET_SIZE(zone_table)
     cdef Py_ssize_t total = base
@@ -186,10 +202,10 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
         if not PyTuple_Check(<object>f) or PyTuple_GET_SIZE(<object>f) < 3:
             raise TypeError("a fragment is a tuple (blob, ents, relocs)")
         fr[i].placed = 0
-        if PyTuple_GET_SIZE(<object>f) >= 5 and <object>PyTuple_GET_ITEM(<object>f, 3) >= 0:
-            at = <object>PyTuple_GET_ITEM(<object>f, 3)
+        if PyTuple_GET_SIZE(<object>f) >= 5 and <object>PyTuple_GET_ITEM(<object>f, 3):
+            at = pos[i] if pos != NULL else -1
             fr[i].blen = <object>PyTuple_GET_ITEM(<object>f, 4)
-            if prev == NULL or at + fr[i].blen > prev_len or at > 0xFFFFFFFF:
+            if prev == NULL or at < 0 or at + fr[i].blen > prev_len or at > 0xFFFFFFFF:
                 raise ValueError("a placed fragment outside the image it was placed in")
             fr[i].blob = prev + at
             fr[i].placed = <uint32_t>at
@@ -223,7 +239,7 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
             tmp = scratch(nent * 16 + (nblocks + 1) * 4)
             fill_header(data, header, zone_table, slots_off, nslots, total)
             if not fill_image(data, slots_off, nslots, base, fr, nf, nent, tmp,
-                              <uint32_t>shared_base, mask, shift, nblocks):
+                              <uint32_t>shared_base, mask, shift, nblocks, pos):
                 raise ValueError("relocation outside its fragment")
         finally:
             PyBuffer_Release(&pb)
@@ -246,7 +262,7 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
     # the watch thread got to queue events mid-compile and batches shrank, for
     # ~30 % more control CPU and no better p99 (bench/bench_kube.py).
     if not fill_image(data, slots_off, nslots, base, fr, nf, nent, tmp, <uint32_t>shared_base,
-                      mask, shift, nblocks):
+                      mask, shift, nblocks, pos):
         raise ValueError("relocation outside its fragment")
     return image
 
@@ -262,7 +278,7 @@ cdef void fill_header(unsigned char* data, bytes header, bytes zone_table,
 cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslots,
                      Py_ssize_t base, const Frag* fr, Py_ssize_t nf, Py_ssize_t nent,
                      unsigned char* tmp, uint32_t shared_base, uint32_t mask, int shift,
-                     uint32_t nblocks) noexcept nogil:
+                     uint32_t nblocks, int64_t* at) noexcept nogil:
     """The passes over the fragments: blobs, relocations and the slot table.
     False when a relocation points outside its fragment."""
     cdef unsigned char* slots = data + slots_off
@@ -295,6 +311,8 @@ cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslot
             prefetch(fr[i + 4].relocs)
             prefetch(fr[i + 4].ents)
         blen = fr[i].blen
+        if at != NULL:
+            at[i] = cur
         if blen:
             memcpy(data + cur, fr[i].blob, blen)
         r = fr[i].relocs

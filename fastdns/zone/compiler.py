@@ -130,9 +130,9 @@ class Compiler:
         self.out_buffer: Callable[[int], Buffer] | None = None
         self._buf = bytearray()
         # the published image the placed fragments lie in (`placed`), and the
-        # layout of the last assembly: (generation, offset of its first fragment)
+        # layout of the last assembly: (generation, where each fragment went)
         self._placed_in: Buffer | None = None
-        self._layout: tuple[int, int] | None = None
+        self._layout: tuple[int, array] | None = None
         extra = [z for c in self.contributors for z in c.zones()]
         self.zones = zone_table(options, [*extra, *zones_config])
         self._kzones = [z for z in self.zones if z.kube]
@@ -160,6 +160,10 @@ class Compiler:
         self._order_dirty = True  # _keys/_list not built yet (full() sorts once)
         self._keys: list[tuple] = []
         self._list: list[Fragment] = []  # the fragments in _keys order
+        # where each placed fragment of _list lies in the image in force (-1:
+        # not placed), and the keys of those not placed yet (Compiler.placed)
+        self._at = array("q")
+        self._fresh: set[tuple] = set()
         self._nent = 0
         self._ptrs = PtrTable(self._rev_zones, self.options.ttl if self.options else 5)
         self._deps: dict[Key, set[Key]] = {}  # target service -> ExternalNames chasing it
@@ -203,22 +207,27 @@ class Compiler:
                 return False
             del self._frags[key]
             self._nent -= old.count
+            self._fresh.discard(key)
             if not self._order_dirty:
                 i = bisect.bisect_left(self._keys, key)
                 del self._keys[i]
                 del self._list[i]
+                del self._at[i]
             return True
-        if old is not None and old.at >= 0 and old.same(frag):
+        if old is not None and old.placed and old.same(frag):
             return False  # keep it placed: its bytes are in the image in force
         self._frags[key] = frag
+        self._fresh.add(key)
         self._nent += frag.count - (old.count if old is not None else 0)
         if not self._order_dirty:
             i = bisect.bisect_left(self._keys, key)
             if old is None:
                 self._keys.insert(i, key)
                 self._list.insert(i, frag)
+                self._at.insert(i, -1)
             else:
                 self._list[i] = frag
+                self._at[i] = -1
         return old is None or not old.same(frag)
 
     def _names_fragment(self, names: NameSet) -> Fragment:
@@ -455,6 +464,8 @@ class Compiler:
         if self._order_dirty:
             self._keys = sorted(self._frags)
             self._list = [self._frags[k] for k in self._keys]
+            # only after a reset (full): nothing is placed then
+            self._at = array("q", [-1]) * len(self._list)
             self._order_dirty = False
         pre, shared_off, where = self._pre()
         n = pre.count + self._nent
@@ -473,20 +484,25 @@ class Compiler:
                                  nslots, slots_off, len(self.zones), zones_off, self.serial)
         frags = [pre, *self._list]
         if self.out_buffer is not None:
+            at = array("q", [-1])
+            at.extend(self._at)  # in: where placed ones lie; out: where all now do
             image = assemble(header, zone_table, nslots, frags, base + shared_off,
-                             into=self.out_buffer, prev=self._placed_in)
-            self._layout = (self.generation, base + len(pre.blob))
+                             into=self.out_buffer, prev=self._placed_in, at=at)
+            self._layout = (self.generation, at)
             return image
         prev = self._placed_in
+        at = array("q", [-1])
+        at.extend(self._at)
         if not self.reuse_buffer:
-            return assemble(header, zone_table, nslots, frags, base + shared_off, prev=prev)
+            return assemble(header, zone_table, nslots, frags, base + shared_off,
+                            prev=prev, at=at)
         try:
             return assemble(header, zone_table, nslots, frags, base + shared_off, self._buf,
-                            prev=prev)
+                            prev=prev, at=at)
         except BufferError:  # a view of the last image is still alive: let it have that one
             self._buf = bytearray()
             return assemble(header, zone_table, nslots, frags, base + shared_off, self._buf,
-                            prev=prev)
+                            prev=prev, at=at)
 
     def placed(self, image: Buffer) -> None:
         """``image``, the last one assembled, is published and stays mapped: let
@@ -502,17 +518,17 @@ class Compiler:
         """
         if self._layout is None or self._layout[0] != self.generation:
             return  # not the last assembly: leave every fragment as it is
-        cur = self._layout[1]
-        frags, keys, by_key = self._list, self._keys, self._frags
-        for i, f in enumerate(frags):
-            n = f[4] if f[3] >= 0 else len(f[0])  # f.size, inlined (14k per image)
-            if n:
-                p = place(f, cur)
-                frags[i] = p
-                by_key[keys[i]] = p
-            cur += n
-        self._placed_in = image
+        at = self._layout[1]
         self._layout = None
+        self._at = at[1:]  # the assembler wrote where each fragment went
+        keys, frags, by_key = self._keys, self._list, self._frags
+        for key in self._fresh:  # only those compiled since: a few per change
+            i = bisect.bisect_left(keys, key)
+            f = frags[i]
+            if f[0]:
+                frags[i] = by_key[key] = place(f)
+        self._fresh.clear()
+        self._placed_in = image
 
     def stats(self) -> dict[str, int]:
         return {"fragments": len(self._frags),

@@ -35,35 +35,36 @@ REC1 = struct.Struct("<HHII")  # nvariants=1, reserved, variant offset, template
 
 
 class Fragment(NamedTuple):
-    """A fragment's blob is its bytes (``at`` = -1) until the compiler places it
-    (`Compiler.placed`): then the blob is the ``length`` octets at ``at`` of
-    the image in force, relocated by ``at`` already, and ``blob`` is empty;
+    """A fragment's blob is its bytes until the compiler places it
+    (`Compiler.placed`): then ``blob`` is empty and the blob is the
+    ``length`` octets the image in force holds it in, relocated there already
+    (where: the compiler's array of positions, which the assembler writes);
     ``crc`` is the CRC-32 of the blob as it was compiled, so that a
     recompiled fragment can be told equal to its placed self."""
 
     blob: bytes
     ents: bytes
     relocs: bytes
-    at: int = -1
+    placed: bool = False
     length: int = 0
     crc: int = 0
 
     @property
     def size(self) -> int:
         """Octets of the blob, wherever it lies."""
-        return self.length if self.at >= 0 else len(self.blob)
+        return self.length if self.placed else len(self.blob)
 
     def same(self, other: Fragment) -> bool:
         """The same compiled fragment, placed or not."""
-        if self.at < 0 and other.at < 0:
+        if not self.placed and not other.placed:
             return self == other
         if self.ents != other.ents or self.relocs != other.relocs or self.size != other.size:
             return False
         return _crc(self) == _crc(other)
 
-    def place(self, at: int) -> Fragment:
-        """This fragment as laid out at ``at`` of an image that stays mapped."""
-        return place(self, at)
+    def place(self) -> Fragment:
+        """This fragment, its blob left in the image it was laid out in."""
+        return place(self)
 
     @property  # shadows tuple.count on purpose: a Fragment is never searched
     def count(self) -> int:  # type: ignore[override]
@@ -76,17 +77,15 @@ EMPTY = Fragment(b"", b"", b"")
 _new = tuple.__new__
 
 
-def place(f: Fragment, at: int) -> Fragment:
-    """`Fragment.place`, as the compiler calls it for every fragment of every
-    image (tuple.__new__ and indexing: a quarter of the cost of the class's
-    own constructor and attribute access, 4 ms instead of 17 at 14k)."""
-    if f[3] >= 0:
-        return _new(Fragment, (b"", f[1], f[2], at, f[4], f[5]))
-    return _new(Fragment, (b"", f[1], f[2], at, len(f[0]), zlib.crc32(f[0])))
+def place(f: Fragment) -> Fragment:
+    """`Fragment.place` (tuple.__new__: a full compile places ~14k at once)."""
+    if f[3]:
+        return f
+    return _new(Fragment, (b"", f[1], f[2], True, len(f[0]), zlib.crc32(f[0])))
 
 
 def _crc(f: Fragment) -> int:
-    return f.crc if f.at >= 0 else zlib.crc32(f.blob)
+    return f.crc if f.placed else zlib.crc32(f.blob)
 
 
 class FragmentWriter:
@@ -163,14 +162,16 @@ def block_shift(nslots: int) -> int:
 def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragment],
                 shared_base: int, out: bytearray | None = None,
                 into: Callable[[int], Buffer] | None = None,
-                prev: Buffer | None = None) -> Buffer:
+                prev: Buffer | None = None, at: array | None = None) -> Buffer:
     """Reference assembly: header (size filled in), slots, zone table, then the fragments.
 
     A new bytes, or ``out`` replaced by the image (the Cython build reuses
     its allocation: the control loop's buffer, see `_index.assemble`), or
     the writable buffer of the image's size that ``into(size)`` gives, filled
     (the publisher's next segment: `Compiler.out_buffer`). Placed fragments
-    (``at`` >= 0) are read from ``prev``, the image they were placed in.
+    are read from ``prev``, the image they were placed in, at ``at[i]`` for
+    fragment i; ``at`` (an array("q") with one entry per fragment) is then
+    overwritten with where each fragment lies in the new image.
 
     Slot insertion order: entries sorted (stably, fragment order within) by
     the block of 2^BLOCK_BITS their home slot falls in, so the C build fills
@@ -193,13 +194,15 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
     shift = block_shift(nslots)
     pending: list[tuple[int, int, int, int]] = []
     cur = base
-    for f in frags:
+    if at is not None and len(at) != len(frags):
+        raise ValueError("one position per fragment")
+    for i, f in enumerate(frags):
         placed = 0
-        if f.at >= 0:
-            if old is None or f.at + f.length > len(old):
+        if f.placed:
+            placed = at[i] if at is not None else -1
+            if old is None or placed < 0 or placed + f.length > len(old):
                 raise ValueError("a placed fragment outside the image it was placed in")
-            data[cur : cur + f.length] = old[f.at : f.at + f.length]
-            placed = f.at
+            data[cur : cur + f.length] = old[placed : placed + f.length]
         else:
             data[cur : cur + len(f.blob)] = f.blob
         for (r,) in struct.iter_unpack("<I", f.relocs):
@@ -210,6 +213,8 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
         for h, koff, aoff, qk in struct.iter_unpack("<IIII", f.ents):
             aoff = shared_base + (aoff & ~SHARED) if aoff & SHARED else aoff + cur
             pending.append((h, koff + cur, aoff, qk))
+        if at is not None:
+            at[i] = cur
         cur += f.size
     pending.sort(key=lambda e: (e[0] & mask) >> shift)  # stable
     occupied = bytearray(nslots)
