@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fastdns.control import heap
 from fastdns.control.publisher import Publisher
 from fastdns.control.statefile import describe_error
 
@@ -44,6 +45,7 @@ PYGC_IDLE = 0.5
 # ...and at the latest this often under steady load (one stall a minute).
 PYGC_MAX_INTERVAL = 60.0
 MAX_BATCH = 100_000  # items per compile: a relist's diff fits in one
+TRIM_BATCH = 1000  # a batch this large (a relist) has its freed heap given back
 
 _STOP = object()
 
@@ -254,6 +256,8 @@ class ControlLoop:
             # full collection, which stalls the loop for hundreds of ms at
             # 100k endpoints (CPython gc.freeze, meant for exactly this).
             gc.freeze()
+        if full or len(batch) >= TRIM_BATCH:
+            heap.trim()  # what the compile or a relist's pages freed goes back (heap.py)
 
     def _programmed(self, visible: list[tuple[float, Any]]) -> list[tuple[float, str]]:
         """(arrival, service_kind) of the DNS-visible Service/EndpointSlice events,
