@@ -596,8 +596,7 @@ cdef Py_ssize_t respond_c(const unsigned char* pkt, const CQuery* q, const unsig
 cdef int find_c(const unsigned char* im, Py_ssize_t n, uint32_t nslots, uint32_t soff,
                 const CQuery* q, uint32_t qtype, uint32_t h, uint32_t* ans) noexcept nogil:
     """Linear probe for (q.key, qtype) with hash h; *ans = answer offset or 0."""
-    cdef uint32_t mask = nslots - 1
-    cdef uint32_t i = h & mask
+    cdef uint32_t i = <uint32_t>((<uint64_t>h * nslots) >> 32)  # image.home_slot
     cdef uint32_t _k, sh = 0, sqt = 0, koff = 0
     cdef Py_ssize_t sp
     ans[0] = 0
@@ -613,7 +612,9 @@ cdef int find_c(const unsigned char* im, Py_ssize_t n, uint32_t nslots, uint32_t
                     and memcmp(im + koff, q.key, q.qname_len) == 0):
                 img_u32(im, n, sp + 8, ans)
                 return E_OK
-        i = (i + 1) & mask
+        i += 1
+        if i == nslots:
+            i = 0
     return E_OK
 
 
@@ -801,15 +802,15 @@ cdef int _check_image(const unsigned char[::1] im) except -1:
         raise ImageError("image shorter than its header")
     p = &im[0]
     img_u32(p, n, 8, &v)
-    if memcmp(p, b"FDNSIMG1", 8) != 0 or v != 1:
-        raise ImageError("not a fastdns image of format version 1")
+    if memcmp(p, b"FDNSIMG1", 8) != 0 or v != 2:
+        raise ImageError("not a fastdns image of format version 2")
     img_u32(p, n, 24, &v)
     size = v
     img_u32(p, n, 28, &v)
     nslots = v
     img_u32(p, n, 32, &v)
     soff = v
-    if size > <uint64_t>n or nslots & (nslots - 1) or soff + nslots * IMG_SLOT > size:
+    if size > <uint64_t>n or nslots == 0 or soff + nslots * IMG_SLOT > size:
         raise ImageError("image header inconsistent with its size")
     return 0
 

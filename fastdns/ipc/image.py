@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fastdns.constants import QT_NAME
 
 MAGIC = b"FDNSIMG1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: any slot count, home slot by multiply-shift (issue 14)
 HEADER = struct.Struct("<8sIIQIIIIII16x")  # 64 octets
 SLOT = struct.Struct("<IIIHH")  # 16 octets
 ZONE = struct.Struct("<IHHIIHH12x")  # 32 octets
@@ -59,6 +59,13 @@ def key_hash(key: bytes, qtype: int) -> int:
     return zlib.crc32(key + qtype.to_bytes(2, "big")) | 1
 
 
+def home_slot(h: int, nslots: int) -> int:
+    """The slot a hash starts probing at: its place in [0, nslots) by
+    multiply-shift, so that any slot count works (a power of two wasted up
+    to half the table: 16 MB where 11 do at 10k Services and 150k endpoints)."""
+    return (h * nslots) >> 32
+
+
 def make_template(flags: int, ancount: int, nscount: int, arcount: int, body: bytes,
                   relocs: Sequence[int] = ()) -> bytes:
     """Template bytes as `wire.respond` consumes them (docs/internals.md §1)."""
@@ -87,8 +94,8 @@ def read_header(image: bytes | memoryview) -> ImageHeader:
         raise ImageError("image shorter than its header")
     magic, version, flags, gen, size, nslots, soff, nz, zoff, serial = HEADER.unpack_from(image)
     if magic != MAGIC or version != FORMAT_VERSION:
-        raise ImageError("not a fastdns image of format version 1")
-    if size > len(image) or nslots & (nslots - 1) or soff + nslots * SLOT.size > size:
+        raise ImageError(f"not a fastdns image of format version {FORMAT_VERSION}")
+    if size > len(image) or nslots <= 0 or soff + nslots * SLOT.size > size:
         raise ImageError("image header inconsistent with its size")
     return ImageHeader(flags, gen, size, nslots, soff, nz, zoff, serial)
 
@@ -114,15 +121,15 @@ def zone_entry(image: bytes | memoryview, index: int) -> tuple[bytes, int, int, 
 def find(image: bytes | memoryview, h: ImageHeader, key: bytes, qtype: int) -> int:
     """The answer offset of the exact entry (key, qtype); 0 when there is none."""
     hv = key_hash(key, qtype)
-    mask = h.nslots - 1
-    i = hv & mask
-    for _ in range(h.nslots):
+    n = h.nslots
+    i = home_slot(hv, n)
+    for _ in range(n):
         sh, koff, aoff, sqt, klen = SLOT.unpack_from(image, h.slots_off + i * SLOT.size)
         if sh == 0:
             return 0
         if sh == hv and sqt == qtype and klen == len(key) and image[koff : koff + klen] == key:
             return aoff
-        i = (i + 1) & mask
+        i = i + 1 if i + 1 < n else 0
     return 0
 
 

@@ -18,7 +18,7 @@ from cpython.bytes cimport (
 from cpython.list cimport PyList_GET_ITEM
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport realloc
 from libc.string cimport memcpy, memset
 
@@ -183,8 +183,8 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
     cdef PyObject* f
     cdef PyObject* g
     cdef Py_ssize_t at
-    if nslots <= 0 or nslots & (nslots - 1):
-        raise ValueError("nslots must be a power of two")
+    if nslots <= 0 or nslots > 0xFFFFFFFF:
+        raise ValueError("nslots must be positive")
     if PyBytes_GET_SIZE(header) != HEADER_SIZE:
         raise ValueError("header must be 64 octets")
     cdef Frag* fr = frag_table(nf + 1)
@@ -221,9 +221,9 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
         raise ValueError("more entries than slots")
     if total > 0xFFFFFFFF:
         raise ValueError("image larger than 4 GiB")
-    cdef uint32_t mask = <uint32_t>(nslots - 1)
+    cdef uint32_t n32 = <uint32_t>nslots
     cdef int shift = block_shift(nslots)
-    cdef uint32_t nblocks = <uint32_t>(nslots >> shift)
+    cdef uint32_t nblocks = <uint32_t>(((nslots - 1) >> shift) + 1)
     cdef unsigned char* data
     cdef Py_buffer pb
     cdef unsigned char* tmp
@@ -239,7 +239,7 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
             tmp = scratch(nent * 16 + (nblocks + 1) * 4)
             fill_header(data, header, zone_table, slots_off, nslots, total)
             if not fill_image(data, slots_off, nslots, base, fr, nf, nent, tmp,
-                              <uint32_t>shared_base, mask, shift, nblocks, pos):
+                              <uint32_t>shared_base, n32, shift, nblocks, pos):
                 raise ValueError("relocation outside its fragment")
         finally:
             PyBuffer_Release(&pb)
@@ -262,7 +262,7 @@ cdef object _assemble(bytes header, bytes zone_table, Py_ssize_t nslots, list fr
     # the watch thread got to queue events mid-compile and batches shrank, for
     # ~30 % more control CPU and no better p99 (bench/bench_kube.py).
     if not fill_image(data, slots_off, nslots, base, fr, nf, nent, tmp, <uint32_t>shared_base,
-                      mask, shift, nblocks, pos):
+                      n32, shift, nblocks, pos):
         raise ValueError("relocation outside its fragment")
     return image
 
@@ -277,7 +277,7 @@ cdef void fill_header(unsigned char* data, bytes header, bytes zone_table,
 
 cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslots,
                      Py_ssize_t base, const Frag* fr, Py_ssize_t nf, Py_ssize_t nent,
-                     unsigned char* tmp, uint32_t shared_base, uint32_t mask, int shift,
+                     unsigned char* tmp, uint32_t shared_base, uint32_t n32, int shift,
                      uint32_t nblocks, int64_t* at) noexcept nogil:
     """The passes over the fragments: blobs, relocations and the slot table.
     False when a relocation points outside its fragment."""
@@ -297,7 +297,7 @@ cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslot
             prefetch(fr[i + 4].ents)
         e = fr[i].ents
         for _k in range(fr[i].nent):
-            fill[((rd32(e) & mask) >> shift) + 1] += 1
+            fill[(home(rd32(e), n32) >> shift) + 1] += 1
             e += 16
     acc = 0
     for blk in range(nblocks + 1):
@@ -329,7 +329,7 @@ cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslot
                 aoff = shared_base + (aoff & ~SHARED)
             else:
                 aoff += <uint32_t>cur
-            blk = (h & mask) >> shift
+            blk = home(h, n32) >> shift
             t = tmp + 16 * fill[blk + 1]
             fill[blk + 1] += 1
             wr32(t, h)
@@ -341,17 +341,24 @@ cdef bint fill_image(unsigned char* data, Py_ssize_t slots_off, Py_ssize_t nslot
     # pass 3: insert in block order (linear probing)
     t = tmp
     for _k in range(nent):
-        idx = rd32(t) & mask
+        idx = home(rd32(t), n32)
         while rd32(slots + idx * SLOT_SIZE) != 0:
-            idx = (idx + 1) & mask
+            idx += 1
+            if idx == n32:
+                idx = 0
         memcpy(slots + idx * SLOT_SIZE, t, SLOT_SIZE)
         t += 16
     return True
 
 
 cdef int block_shift(Py_ssize_t nslots) noexcept:
-    """log2(nslots) - log2(BLOCKS), at least 0 (fragments.block_shift)."""
+    """floor(log2(nslots)) - log2(BLOCKS), at least 0 (fragments.block_shift)."""
     cdef int bits = 0
-    while (<Py_ssize_t>1 << bits) < nslots:
+    while (<Py_ssize_t>1 << (bits + 1)) <= nslots:
         bits += 1
     return bits - BLOCK_BITS if bits > BLOCK_BITS else 0
+
+
+cdef inline uint32_t home(uint32_t h, uint32_t nslots) noexcept nogil:
+    """image.home_slot: multiply-shift onto [0, nslots)."""
+    return <uint32_t>((<uint64_t>h * nslots) >> 32)

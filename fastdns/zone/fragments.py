@@ -144,11 +144,10 @@ class FragmentWriter:
 
 
 def slot_count(n: int) -> int:
-    """Power of two with a load factor <= 0.75 (short linear-probe chains, compact index)."""
-    size = 8
-    while size * 3 < n * 4:
-        size <<= 1
-    return size
+    """Slots for n entries: a load factor <= 0.75 (short linear-probe chains),
+    a multiple of 8, at least 8 (any count works: `image.home_slot`)."""
+    need = (n * 4 + 2) // 3  # ceil(4n / 3): more slots than entries for any n >= 1
+    return max(8, (need + 7) // 8 * 8)
 
 
 BLOCK_BITS = 12
@@ -177,8 +176,8 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
     the block of 2^BLOCK_BITS their home slot falls in, so the C build fills
     the table almost sequentially; linear probing from the home slot.
     """
-    if nslots <= 0 or nslots & (nslots - 1):
-        raise ValueError("nslots must be a power of two")
+    if nslots <= 0:
+        raise ValueError("nslots must be positive")
     if sum(f.count for f in frags) >= nslots:
         raise ValueError("more entries than slots")
     slots_off = img.HEADER.size
@@ -190,7 +189,6 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
     struct.pack_into("<I", data, 24, total)  # header: total size
     zt = slots_off + nslots * img.SLOT.size
     data[zt : zt + len(zone_table)] = zone_table
-    mask = nslots - 1
     shift = block_shift(nslots)
     pending: list[tuple[int, int, int, int]] = []
     cur = base
@@ -216,12 +214,12 @@ def assemble_py(header: bytes, zone_table: bytes, nslots: int, frags: list[Fragm
         if at is not None:
             at[i] = cur
         cur += f.size
-    pending.sort(key=lambda e: (e[0] & mask) >> shift)  # stable
+    pending.sort(key=lambda e: img.home_slot(e[0], nslots) >> shift)  # stable
     occupied = bytearray(nslots)
     for h, koff, aoff, qk in pending:
-        i = h & mask
+        i = img.home_slot(h, nslots)
         while occupied[i]:
-            i = (i + 1) & mask
+            i = i + 1 if i + 1 < nslots else 0
         occupied[i] = 1
         struct.pack_into("<IIII", data, slots_off + i * 16, h, koff, aoff, qk)
     if into is not None:

@@ -19,6 +19,7 @@ from fastdns.ipc.image import (
     SLOT,
     ZK_KUBERNETES,
     ZONE,
+    home_slot,
     key_hash,
 )
 
@@ -78,9 +79,9 @@ def build_image(entries: Iterable[Entry], zones: Sequence[ZoneSpec], generation:
         data.extend(key)
         ans_off = put_answer(variants)
         h = key_hash(key, qtype)
-        i = h & (nslots - 1)
+        i = home_slot(h, nslots)
         while slots[i] is not None:
-            i = (i + 1) & (nslots - 1)
+            i = i + 1 if i + 1 < nslots else 0
         slots[i] = (h, key_off, ans_off, qtype, len(key))
     for i, s in enumerate(slots):
         if s is not None:
