@@ -20,7 +20,8 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from fastdns import procsignals
 from fastdns.ipc import shm
@@ -70,29 +71,36 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_entry(spec: WorkerSpec, log_level: str, parent_pid: int) -> None:
+def worker_entry(spec: WorkerSpec | Mapping[str, Any], log_level: str,
+                 parent_pid: int) -> None:
+    """A worker's first code; ``spec`` is its ``WorkerSpec`` or the fields of one
+    (what the supervisor sends: it does not import the worker's code)."""
     procsignals.supervised(parent_pid)  # a group SIGTERM is the supervisor's to judge
     setup_logging(log_level)
     die_with_parent(parent_pid)
-    from fastdns.server.worker import worker_main
+    from fastdns.server.worker import WorkerSpec, worker_main
 
-    worker_main(spec)
+    worker_main(spec if isinstance(spec, WorkerSpec) else WorkerSpec(**spec))
 
 
-def control_entry(spec: ControlSpec, log_level: str, parent_pid: int) -> None:
+def control_entry(spec: ControlSpec | Mapping[str, Any], log_level: str,
+                  parent_pid: int) -> None:
+    """The control process's first code; ``spec`` is its ``ControlSpec`` or the
+    fields of one (what the supervisor sends)."""
     # Until control_main installs its own handlers, a stop (the supervisor's
     # STOP, or PR_SET_PDEATHSIG's SIGTERM) must still unwind through the sweep:
     # procsignals' default raises SystemExit(0).
     procsignals.supervised(parent_pid)
     setup_logging(log_level)
     code = 0
+    instance = spec.instance if not isinstance(spec, Mapping) else spec["instance"]
     try:
         die_with_parent(parent_pid)
-        from fastdns.control.process import control_main
+        from fastdns.control.process import ControlSpec, control_main
 
-        code = control_main(spec)
+        code = control_main(spec if isinstance(spec, ControlSpec) else ControlSpec(**spec))
     finally:
         if os.getppid() != parent_pid:
             # the supervisor is gone: nobody else will remove this run's segments
-            shm.sweep(spec.instance)
+            shm.sweep(instance)
     sys.exit(code)

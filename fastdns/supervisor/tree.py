@@ -38,14 +38,12 @@ from typing import Any
 
 from fastdns import procsignals
 from fastdns.control.loopdetect import EXIT_LOOP, LoopProbe, create_segment, plan_probes
-from fastdns.control.process import EXIT_CONTROL_FATAL, ControlSpec
 from fastdns.coredns_cli import package_version
 from fastdns.ipc import layout, reclaim, shm
 from fastdns.ipc.stats import SharedStats
 from fastdns.names import host_port
 from fastdns.server.childproc import ChildProcess, set_comm
 from fastdns.server.childproc import wait as wait_objects
-from fastdns.server.worker import WorkerSpec
 from fastdns.supervisor.children import control_entry, worker_entry
 from fastdns.supervisor.plan import ServePlan, parse_config
 from fastdns.supervisor.relay import ReloadRelay
@@ -105,17 +103,18 @@ class Supervisor:
 
     # children --------------------------------------------------------------
 
-    def _child_args(self, index: int) -> tuple[Any, str, int]:
+    def _child_args(self, index: int) -> tuple[dict[str, Any], str, int]:
+        """``(spec fields, log level, supervisor pid)``: the child makes its
+        ``ControlSpec`` or ``WorkerSpec`` of the fields (``children.py``), so the
+        supervisor never imports the control process's or the worker's code."""
         p = self.plan
         pid = os.getpid()
         if index < 0:
-            cspec = ControlSpec(
-                instance=self.instance, corefile_text=p.corefile_text,
-                corefile_name=p.corefile_name, source=p.source, source_path=p.source_path,
-                nworkers=p.nworkers, supervisor_pid=pid)
-            return (cspec, p.log_level, pid)
-        wspec = WorkerSpec(index=index, instance=self.instance, listen=p.listen)
-        return (wspec, p.log_level, pid)
+            return (dict(instance=self.instance, corefile_text=p.corefile_text,
+                         corefile_name=p.corefile_name, source=p.source,
+                         source_path=p.source_path, nworkers=p.nworkers,
+                         supervisor_pid=pid), p.log_level, pid)
+        return (dict(index=index, instance=self.instance, listen=p.listen), p.log_level, pid)
 
     def _make_children(self) -> None:
         p = self.plan
@@ -179,7 +178,7 @@ class Supervisor:
             self.exit_code = EXIT_CONFIG
             self.stopping = True
             return
-        if child.index < 0 and code == EXIT_CONTROL_FATAL and not self._announced:
+        if child.index < 0 and not self._announced and code == _exit_control_fatal():
             # configuration or state error at startup: the control process said why
             self.exit_code = EXIT_CONFIG
             self.stopping = True
@@ -338,6 +337,17 @@ class Supervisor:
                 self._announce()
                 if self.loop_probe is not None:
                     self.loop_probe.start()
+
+
+def _exit_control_fatal() -> int:
+    """The control process's "do not restart me" status (``control/process.py``).
+
+    Imported only when the control process died before the server served:
+    the supervisor otherwise never loads the control process's code.
+    """
+    from fastdns.control.process import EXIT_CONTROL_FATAL
+
+    return EXIT_CONTROL_FATAL
 
 
 def _signal(proc: ChildProcess, signum: int) -> None:
