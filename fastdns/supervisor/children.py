@@ -1,10 +1,12 @@
 """The first code each child process runs, and the logging every process shares.
 
-``childproc`` starts each child in a fresh interpreter and pickles its entry
-point by name, so a child imports this module and nothing else of the
+``childproc`` starts the control process in a fresh interpreter and pickles
+its entry point by name, so it imports this module and nothing else of the
 supervisor: the worker's and the control process's mains are imported
 inside their entry points, so a worker never loads the control process's
-code (nor the other way round).
+code (nor the other way round). Workers are forked from the supervisor
+after ``preload_worker`` imported their code there (``tree.py``), or, with
+``FASTDNS_FORK_WORKERS=0``, started like the control process.
 
 Each entry point first takes the supervisor's signal rules
 (``procsignals.supervised``: a group SIGTERM is the supervisor's to judge),
@@ -69,6 +71,27 @@ def die_with_parent(parent_pid: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def preload_worker(forward: bool) -> None:
+    """Import what each worker runs into the supervisor, which then forks them
+    (``tree.py``): the pages of these modules are shared by the supervisor and
+    every worker instead of being each worker's own (issue 14). ``forward``:
+    the Corefile forwards, so the workers load the forwarders too.
+
+    Best effort: a module that cannot be imported here fails in each worker
+    as it would have without this (a worker that fails before serving stops
+    the server), not in the supervisor.
+    """
+    try:
+        import uvloop  # noqa: F401
+
+        from fastdns.server import worker  # noqa: F401
+
+        if forward:
+            from fastdns.server import cforward, forwarding  # noqa: F401
+    except ImportError as e:
+        logging.getLogger("supervisor").debug("workers import their own modules: %s", e)
 
 
 def worker_entry(spec: WorkerSpec | Mapping[str, Any], log_level: str,

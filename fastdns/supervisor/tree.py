@@ -16,6 +16,15 @@ segments of every dead instance in the directory (``reclaim.reclaim``), so a
 SIGKILL of the whole tree (an OOM kill of the pod) leaks only until the
 next start.
 
+Workers are forked from the supervisor (``childproc``'s ``fork=True``), which
+imported their modules first (``children.preload_worker``): the pages of the
+interpreter and of those modules are then shared by the supervisor and every
+worker, about 12 MB less private memory per worker (issue 14), while
+``childproc`` still undoes what a fresh interpreter would not inherit (fds,
+signal handlers). ``FASTDNS_FORK_WORKERS=0`` starts each worker in a fresh
+interpreter instead, as the control process always is: its code is not the
+workers', and it is restarted on every reload.
+
 A child that fails before the server ever served (a port in use, a bad
 Corefile the control process refuses, a detected loop) would fail again:
 then the whole server stops with exit 1, as CoreDNS does, instead of
@@ -44,7 +53,7 @@ from fastdns.ipc.stats import SharedStats
 from fastdns.names import host_port
 from fastdns.server.childproc import ChildProcess, set_comm
 from fastdns.server.childproc import wait as wait_objects
-from fastdns.supervisor.children import control_entry, worker_entry
+from fastdns.supervisor.children import control_entry, preload_worker, worker_entry
 from fastdns.supervisor.plan import ServePlan, parse_config
 from fastdns.supervisor.relay import ReloadRelay
 from fastdns.supervisor.signals import Signals
@@ -59,6 +68,12 @@ BACKOFF_FIRST = 0.1  # seconds before the first restart of a child
 BACKOFF_MAX = 10.0
 BACKOFF_RESET = 10.0  # a child that stayed up this long restarts fast again
 STOP_GRACE = 5.0  # SIGTERM, then SIGKILL after this many seconds
+FORK_ENV = "FASTDNS_FORK_WORKERS"  # "0": each worker in a fresh interpreter
+
+
+def fork_workers() -> bool:
+    """Whether workers are forked from the supervisor (``FORK_ENV``, default yes)."""
+    return os.environ.get(FORK_ENV, "1").strip().lower() not in ("0", "", "no", "false")
 
 
 @dataclass
@@ -95,6 +110,7 @@ class Supervisor:
         self.lock: reclaim.InstanceLock | None = None
         self.relay: ReloadRelay | None = None
         self.loop_probe: LoopProbe | None = None
+        self.fork = fork_workers()
 
     def _on_stop(self, name: str) -> None:
         if not self.stopping:
@@ -140,6 +156,12 @@ class Supervisor:
         create_segment(self.instance, probes)
         self.loop_probe = LoopProbe(self.instance, probes)
 
+    def _preload_workers(self) -> None:
+        """The workers' modules, imported here before they are forked (``preload_worker``)."""
+        if self.fork:
+            config = parse_config(self.plan.corefile_text, self.plan.corefile_name)
+            preload_worker(any("forward" in b.plugins for b in config.servers))
+
     def _start(self, child: Child) -> None:
         if child.index >= 0 and self.ctl is not None:
             # The new worker maps the current image itself; its old slot must
@@ -147,7 +169,7 @@ class Supervisor:
             self.ctl.release_worker(child.index)
         comm = "fastdns-ctl" if child.index < 0 else f"fastdns-w{child.index}"
         proc = ChildProcess(child.target, child.args, name=f"fastdns {child.name}", comm=comm,
-                            hold_signals=procsignals.HELD)
+                            hold_signals=procsignals.HELD, fork=self.fork and child.index >= 0)
         proc.start()
         if child.restarts and self.stats is not None:
             if child.index >= 0:
@@ -263,6 +285,7 @@ class Supervisor:
             self._attach_stats()
             self.relay = ReloadRelay(self.instance, self.plan, self.stats, self._on_plan)
             self._setup_loop()
+            self._preload_workers()
             self._make_children()
             if not self.quiet:
                 log.info("fastdns-%s, python %s, %s/%s", package_version(),

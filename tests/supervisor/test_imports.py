@@ -8,12 +8,20 @@ that writes ``sys.modules`` to a file when each process exits (keyed by its
 ``comm``: fastdns, fastdns-ctl, fastdns-w0), then checks what each one had
 loaded. The workers' lists prove the hook sees the imports: they must hold
 the worker's own modules.
+
+Workers forked from the supervisor (the default, ``tree.py``) share its
+modules by design: the supervisor then holds the workers' modules, but still
+never the control plane's, and the workers hold the supervisor's. A forked
+process leaves by ``os._exit``, which runs no ``atexit`` handler, so the hook
+also dumps from ``os._exit`` in a forked child.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+
+import pytest
 
 from tests.helpers import Server, free_port
 
@@ -26,8 +34,18 @@ def _dump():
     with open(path, "w") as f:
         f.write(" ".join(sys.argv) + "\\n" + "\\n".join(sorted(sys.modules)))
 
+def _in_forked_child():
+    real = os._exit
+
+    def _exit(code):
+        _dump()
+        real(code)
+
+    os._exit = _exit
+
 if os.environ.get("FASTDNS_TEST_MODULES_DIR"):
     atexit.register(_dump)
+    os.register_at_fork(after_in_child=_in_forked_child)
 '''
 
 #: Modules (and everything under them) that only a worker or the control
@@ -40,12 +58,11 @@ NOT_IN_SUPERVISOR = (
     "fastdns.control.kube", "fastdns.control.kubeclient", "fastdns.control.observability",
     "fastdns.control.httpd", "fastdns.control.metrics", "fastdns.zone.compiler",
 )
-#: The control plane, which a worker never runs.
-NOT_IN_WORKER = (
+#: The control plane, which neither a worker nor the supervisor runs.
+CONTROL_PLANE = (
     "kubernetes", "urllib3", "fastdns.control.process", "fastdns.control.publisher",
     "fastdns.control.statefile", "fastdns.control.kube", "fastdns.control.kubeclient",
     "fastdns.control.observability", "fastdns.control.httpd", "fastdns.zone.compiler",
-    "fastdns.supervisor.tree", "fastdns.supervisor.plan",
 )
 
 
@@ -53,7 +70,9 @@ def _loaded(mods: set[str], roots: tuple[str, ...]) -> list[str]:
     return sorted(m for m in mods if any(m == r or m.startswith(r + ".") for r in roots))
 
 
-def test_supervisor_and_workers_import_only_their_own_code(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "fresh"])
+def test_supervisor_and_workers_import_only_their_own_code(tmp_path, monkeypatch, fork):
+    monkeypatch.setenv("FASTDNS_FORK_WORKERS", "1" if fork else "0")
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_HOOK)
@@ -86,10 +105,16 @@ def test_supervisor_and_workers_import_only_their_own_code(tmp_path, monkeypatch
         sorted(dumps), srv.log())
     sup = dumps["fastdns"]
     assert "fastdns.supervisor.tree" in sup
-    assert _loaded(sup, NOT_IN_SUPERVISOR) == []
+    assert _loaded(sup, CONTROL_PLANE) == []
+    if fork:  # what the workers run, loaded once for all of them
+        assert {"fastdns.server.worker", "fastdns.server.forwarding", "uvloop"} <= sup
+    else:
+        assert _loaded(sup, NOT_IN_SUPERVISOR) == []
     for w in ("fastdns-w0", "fastdns-w1"):
         # the hook sees a worker's real imports ...
         assert {"fastdns.server.worker", "fastdns.server.forwarding", "uvloop"} <= dumps[w]
+        # ... forked (the supervisor's modules came along) or not ...
+        assert ("fastdns.supervisor.tree" in dumps[w]) == fork
         # ... and none of the control plane
-        assert _loaded(dumps[w], NOT_IN_WORKER) == []
+        assert _loaded(dumps[w], CONTROL_PLANE) == []
     assert "fastdns.control.process" in dumps["fastdns-ctl"]
