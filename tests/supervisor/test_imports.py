@@ -66,6 +66,13 @@ CONTROL_PLANE = (
 )
 
 
+def _rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup in KiB."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        lines = f.read().splitlines()[1:]
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)}
+
+
 def _loaded(mods: set[str], roots: tuple[str, ...]) -> list[str]:
     return sorted(m for m in mods if any(m == r or m.startswith(r + ".") for r in roots))
 
@@ -95,8 +102,15 @@ def test_supervisor_and_workers_import_only_their_own_code(tmp_path, monkeypatch
                             "--workers", "2"], port)
     try:
         srv.wait_answering()
+        shared = {i: _rollup(srv.pids(f"worker {i}")[-1]) for i in (0, 1)}
     finally:
         assert srv.stop_and_sweep(signal.SIGTERM) == 0, srv.log()
+    if fork:
+        # the supervisor's pages (interpreter, modules) are the workers' too:
+        # most of a worker's written memory is shared (~13 of ~20 MB here)
+        for i, m in shared.items():
+            assert m["Shared_Dirty"] >= 4 * 1024, (i, m)
+            assert m["Shared_Dirty"] > m["Private_Dirty"], (i, m)
     dumps: dict[str, set[str]] = {}
     for f in out.iterdir():
         comm = f.name.split("-", 1)[1].rsplit("-", 1)[0]
