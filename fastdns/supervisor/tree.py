@@ -2,10 +2,10 @@
 
 The supervisor owns nothing but processes and the control segment. It
 creates the shared control segment (so that it outlives a crash of the
-control process), starts one control process and N workers, each in a
-fresh interpreter (no state inherited through ``fork``; ``childproc.py``
-rather than ``multiprocessing``, whose ``spawn`` adds a resource-tracker
-process), restarts any child that dies with exponential backoff, and on
+control process), starts one control process in a fresh interpreter and
+N workers forked from itself (below; ``childproc.py`` rather than
+``multiprocessing``, whose ``spawn`` adds a resource-tracker process),
+restarts any child that dies with exponential backoff, and on
 SIGTERM/SIGINT (``signals.py``) stops the children, sweeps this run's
 ``/dev/shm/fastdns-<instance>-*`` segments and exits 0.
 
@@ -21,9 +21,12 @@ imported their modules first (``children.preload_worker``): the pages of the
 interpreter and of those modules are then shared by the supervisor and every
 worker, about 12 MB less private memory per worker (issue 14), while
 ``childproc`` still undoes what a fresh interpreter would not inherit (fds,
-signal handlers). ``FASTDNS_FORK_WORKERS=0`` starts each worker in a fresh
-interpreter instead, as the control process always is: its code is not the
-workers', and it is restarted on every reload.
+signal handlers, stdio streams). No worker inherits state it acts on: it
+gets its spec, attaches the segments itself and builds everything else
+after the fork. A restart while another thread runs (the loop plugin's
+probes, for their first seconds) gets a fresh interpreter, as does every
+worker with ``FASTDNS_FORK_WORKERS=0``, and the control process always: its
+code is not the workers', and it is restarted on every reload.
 
 A child that fails before the server ever served (a port in use, a bad
 Corefile the control process refuses, a detected loop) would fail again:
