@@ -288,12 +288,7 @@ def _forked_child(target: Callable[..., Any], args: tuple, name: str, comm: str,
                                   if signum == signal.SIGINT else signal.SIG_DFL)
         # every fd but stdin/stdout/stderr (and the liveness pipe): the parent's
         # lock, pipes, pidfds and sockets are not the child's
-        keep = sorted(fd for fd in (alive_fd,) if fd > 2)
-        low = 3
-        for fd in keep:
-            os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, _max_fd())
+        _close_fds(keep={0, 1, 2, alive_fd})
         if alive_fd >= 0:
             os.set_inheritable(alive_fd, False)
         null = os.open(os.devnull, os.O_RDONLY)  # stdin, as Popen(stdin=DEVNULL) gives
@@ -335,11 +330,29 @@ def _exit_status(e: SystemExit) -> int:
     return 1
 
 
-def _max_fd() -> int:
+def _close_fds(keep: set[int]) -> None:
+    """Close every open fd not in ``keep``: those /proc/self/fd lists (a
+    close_range(2) up to RLIMIT_NOFILE is one close(2) per number on older
+    kernels), else every number up to the limit (``os.closerange``)."""
     try:
-        return max(int(os.sysconf("SC_OPEN_MAX")), 256)
-    except (OSError, ValueError):
-        return 65536
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        try:
+            limit = max(int(os.sysconf("SC_OPEN_MAX")), 256)
+        except (OSError, ValueError):
+            limit = 65536
+        low = 0
+        for fd in sorted(k for k in keep if k >= 0):
+            if low < fd:  # an empty range: closerange(0, 0) closes every fd (3.11)
+                os.closerange(low, fd)
+            low = fd + 1
+        if low < limit:
+            os.closerange(low, limit)
+        return
+    for fd in fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):  # the listing's own fd is gone already
+                os.close(fd)
 
 
 def _pidfd_works() -> bool:
