@@ -235,6 +235,39 @@ def test_forked_child_environment(procs, tmp_path, sentinel_kind):
     assert signal.SIGUSR2 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # ours again
 
 
+def _close_without_proc(out: str) -> None:
+    """``_close_fds`` as where /proc/self/fd cannot be read: by number."""
+    gone, keep = os.pipe()
+    real = os.listdir
+
+    def unreadable(path):
+        raise OSError("no /proc")
+
+    os.listdir = unreadable
+    try:
+        childproc._close_fds({0, 1, 2, keep})
+    finally:
+        os.listdir = real
+    def is_open(fd: int) -> bool:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    Path(out).write_text(json.dumps({"keep": is_open(keep), "gone": not is_open(gone),
+                                     "stdio": all(map(is_open, (0, 1, 2)))}))
+
+
+def test_close_fds_without_proc(procs, tmp_path):
+    """In a child (forked, so the test's own fds are not at stake)."""
+    out = tmp_path / "report.json"
+    p = _start(procs, _close_without_proc, (str(out),), fork=True)
+    p.join(20)
+    assert p.exitcode == 0
+    assert json.loads(out.read_text()) == {"keep": True, "gone": True, "stdio": True}
+
+
 def test_fork_with_another_thread_starts_a_fresh_interpreter(procs, tmp_path):
     """A thread could hold a lock the forked child would inherit held."""
     import threading
