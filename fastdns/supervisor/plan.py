@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastdns.control import apiaccess
-from fastdns.control.process import FatalConfig, build_compiler
 from fastdns.corefile import config as corefile_config
 from fastdns.corefile import model as corefile
 from fastdns.corefile import verdict
@@ -169,7 +168,11 @@ def reload_plan(plan: ServePlan, text: str) -> tuple[corefile.Config, ServePlan]
     config = parse_config(text, filename)
     for warning in check_plugins(config, filename):
         log.warning("%s", warning)
-    try:  # what the control process would refuse at its start
+    # what the control process would refuse at its start; imported only on a
+    # reload, so that the supervisor starts without the control process's code
+    from fastdns.control.process import FatalConfig, build_compiler
+
+    try:
         build_compiler(config)
     except FatalConfig as e:
         raise ServeError(str(e)) from e

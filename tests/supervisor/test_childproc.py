@@ -44,10 +44,17 @@ def procs():
         p.close()
 
 
-def _start(procs, target, args=(), name="test child") -> ChildProcess:
-    p = ChildProcess(target, args, name=name)
+@pytest.fixture(params=[False, True], ids=["exec", "fork"])
+def fork(request) -> bool:
+    """Both ways to start a child: a fresh interpreter, and fork(2) alone."""
+    return request.param
+
+
+def _start(procs, target, args=(), name="test child", fork=False) -> ChildProcess:
+    p = ChildProcess(target, args, name=name, fork=fork)
     p.start()
     procs.append(p)
+    assert p.forked == fork
     return p
 
 
@@ -70,11 +77,16 @@ def _report(spec: _Spec) -> None:
             fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:  # the directory listing's own fd, closed by now
             pass
+    status = Path("/proc/self/status").read_text()
     Path(spec.out).write_text(json.dumps({
         "word": spec.word, "fds": fds, "sys_path": sys.path,
         "comm": Path("/proc/self/comm").read_text().strip(),
         "cmdline": Path("/proc/self/cmdline").read_text().split("\0"),
-        "ppid": os.getppid()}))
+        "ppid": os.getppid(),
+        "handlers": {int(s): str(signal.getsignal(s)) for s in
+                     (signal.SIGUSR1, signal.SIGHUP, signal.SIGINT, signal.SIGTERM)},
+        "wakeup_fd": signal.set_wakeup_fd(-1),
+        "sigblk": int(status.split("SigBlk:")[1].split()[0], 16)}))
 
 
 def _sleep_forever() -> None:
@@ -84,10 +96,10 @@ def _sleep_forever() -> None:
 # -- exit status -----------------------------------------------------------------
 
 
-def test_exit_codes(procs, sentinel_kind):
+def test_exit_codes(procs, fork, sentinel_kind):
     cases = [(os._exit, (7,), 7), (sys.exit, (4,), 4), (sys.exit, (None,), 0),
              (len, ("returns",), 0)]
-    started = [(_start(procs, fn, args), want) for fn, args, want in cases]
+    started = [(_start(procs, fn, args, fork=fork), want) for fn, args, want in cases]
     for p, want in started:
         p.join(20)
         assert not p.is_alive()
@@ -96,8 +108,8 @@ def test_exit_codes(procs, sentinel_kind):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_signal_exit_code_is_negative(procs, sig):
-    p = _start(procs, _sleep_forever)
+def test_signal_exit_code_is_negative(procs, fork, sig):
+    p = _start(procs, _sleep_forever, fork=fork)
     assert p.is_alive() and p.exitcode is None
     os.kill(p.pid, sig)
     p.join(20)
@@ -105,8 +117,8 @@ def test_signal_exit_code_is_negative(procs, sig):
     assert _gone(p.pid)
 
 
-def test_sentinel_readable_only_after_exit(procs, sentinel_kind):
-    p = _start(procs, _sleep_forever)
+def test_sentinel_readable_only_after_exit(procs, fork, sentinel_kind):
+    p = _start(procs, _sleep_forever, fork=fork)
     assert childproc.wait([p.sentinel], 0.3) == []
     t0 = time.monotonic()
     os.kill(p.pid, signal.SIGKILL)
@@ -123,8 +135,8 @@ def test_sentinel_readable_only_after_exit(procs, sentinel_kind):
         p.sentinel  # noqa: B018
 
 
-def test_join_timeout(procs, sentinel_kind):
-    p = _start(procs, _sleep_forever)
+def test_join_timeout(procs, fork, sentinel_kind):
+    p = _start(procs, _sleep_forever, fork=fork)
     t0 = time.monotonic()
     p.join(0.4)
     waited = time.monotonic() - t0
@@ -137,8 +149,8 @@ def test_join_timeout(procs, sentinel_kind):
     assert p.exitcode == -signal.SIGTERM
 
 
-def test_raising_target_prints_traceback_and_exits_1(procs, capfd):
-    p = _start(procs, int, ("not a number",), name="fastdns crasher")
+def test_raising_target_prints_traceback_and_exits_1(procs, fork, capfd):
+    p = _start(procs, int, ("not a number",), name="fastdns crasher", fork=fork)
     p.join(20)
     assert p.exitcode == 1
     err = capfd.readouterr().err
@@ -147,8 +159,8 @@ def test_raising_target_prints_traceback_and_exits_1(procs, capfd):
     assert "ValueError: invalid literal for int()" in err
 
 
-def test_system_exit_message_exits_1(procs, capfd):
-    p = _start(procs, sys.exit, ("fatal: told so",))
+def test_system_exit_message_exits_1(procs, fork, capfd):
+    p = _start(procs, sys.exit, ("fatal: told so",), fork=fork)
     p.join(20)
     assert p.exitcode == 1
     assert "fatal: told so" in capfd.readouterr().err
@@ -179,6 +191,101 @@ def test_child_environment(procs, tmp_path, sentinel_kind):
     argv = got["cmdline"]
     at = argv.index("fastdns.server.childproc")
     assert argv[at - 1] == "-m" and argv[at + 1:at + 3] == ["fastdns worker 3", "fastdns-w3"]
+
+
+def test_forked_child_environment(procs, tmp_path, sentinel_kind):
+    """fork=True: what a fresh interpreter would not inherit is undone. Only
+    stdio (and the liveness pipe) is open, stdin is /dev/null, the parent's
+    Python signal handlers and wakeup fd are gone (an ignored signal stays
+    ignored, as across execve), the held signals are blocked; the name is in
+    comm (argv stays the parent's)."""
+    out = tmp_path / "report.json"
+    kept = open(tmp_path / "parent-file", "w")  # noqa: SIM115 - an fd the child must not get
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    old_usr1 = signal.signal(signal.SIGUSR1, lambda *_: None)
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    old_wake = signal.set_wakeup_fd(w)
+    try:
+        p = ChildProcess(_report, (_Spec(str(out), "forked"),), name="fastdns worker 4",
+                         comm="fastdns-w4", hold_signals={signal.SIGUSR2}, fork=True)
+        p.start()
+        procs.append(p)
+        p.join(20)
+    finally:
+        signal.set_wakeup_fd(old_wake)
+        signal.signal(signal.SIGUSR1, old_usr1)
+        signal.signal(signal.SIGHUP, old_hup)
+        kept.close()
+        os.close(r)
+        os.close(w)
+    assert p.forked and p.exitcode == 0
+    got = json.loads(out.read_text())
+    assert got["word"] == "forked" and got["ppid"] == os.getpid()
+    assert got["fds"]["0"] == "/dev/null"
+    extra = set(got["fds"]) - {"0", "1", "2"}
+    assert len(extra) == (0 if sentinel_kind == "pidfd" else 1), got["fds"]
+    assert got["comm"] == "fastdns-w4"
+    h = got["handlers"]
+    assert h[str(int(signal.SIGUSR1))] == str(signal.SIG_DFL)
+    assert h[str(int(signal.SIGHUP))] == str(signal.SIG_IGN)
+    assert h[str(int(signal.SIGINT))] == str(signal.default_int_handler)
+    assert got["wakeup_fd"] == -1
+    assert got["sigblk"] & (1 << (signal.SIGUSR2 - 1))
+    assert signal.SIGUSR2 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # ours again
+
+
+def _close_without_proc(out: str) -> None:
+    """``_close_fds`` as where /proc/self/fd cannot be read: by number."""
+    gone, keep = os.pipe()
+    real = os.listdir
+
+    def unreadable(path):
+        raise OSError("no /proc")
+
+    os.listdir = unreadable
+    try:
+        childproc._close_fds({0, 1, 2, keep})
+    finally:
+        os.listdir = real
+    def is_open(fd: int) -> bool:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    Path(out).write_text(json.dumps({"keep": is_open(keep), "gone": not is_open(gone),
+                                     "stdio": all(map(is_open, (0, 1, 2)))}))
+
+
+def test_close_fds_without_proc(procs, tmp_path):
+    """In a child (forked, so the test's own fds are not at stake)."""
+    out = tmp_path / "report.json"
+    p = _start(procs, _close_without_proc, (str(out),), fork=True)
+    p.join(20)
+    assert p.exitcode == 0
+    assert json.loads(out.read_text()) == {"keep": True, "gone": True, "stdio": True}
+
+
+def test_fork_with_another_thread_starts_a_fresh_interpreter(procs, tmp_path):
+    """A thread could hold a lock the forked child would inherit held."""
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, daemon=True)
+    t.start()
+    try:
+        out = tmp_path / "report.json"
+        p = ChildProcess(_report, (_Spec(str(out), "spawned"),), fork=True)
+        p.start()
+        procs.append(p)
+        p.join(20)
+    finally:
+        stop.set()
+        t.join()
+    assert not p.forked and p.exitcode == 0
+    assert "fastdns.server.childproc" in json.loads(out.read_text())["cmdline"]
 
 
 def test_starts_from_another_directory(procs, tmp_path, monkeypatch):
