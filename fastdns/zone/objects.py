@@ -148,7 +148,8 @@ class Endpoints(Sequence[Endpoint]):
         counts = self._counts
         addrs = _uncol(self._addrs, n if counts is None else sum(counts))
         targets = _uncol(self._targets, n)
-        hosts = targets if self._hosts is True else _uncol(self._hosts or None, n)
+        h = self._hosts
+        hosts = targets if h is True else _uncol(h, n)  # type: ignore[arg-type]  # not bool
         return addrs, hosts, targets  # type: ignore[return-value]  # addresses are never None
 
     def ready_rows(self) -> list[tuple[list[str], str | None, str | None]]:
@@ -265,11 +266,14 @@ def _meta(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
         _label(f"{kind} metadata.name", meta["name"])
     if kind != "Namespace":
         _label(f"{kind} {meta['name']}: metadata.namespace", ns)
-    return _intern(ns) or ns, meta["name"]  # "" stays "" (a Namespace has none)
+    name = meta["name"]
+    if kind == "Service":  # its slices name it too: one copy (see _strip_slice)
+        name = sys.intern(name)
+    return _intern(ns) or ns, name  # "" stays "" (a Namespace has none)
 
 
 def _intern(s: Any) -> str | None:
-    """One copy of a string that repeats across objects (namespace, node name).
+    """One copy of a string that repeats across objects (namespace, node name, Service name).
 
     A JSON decoder makes a new string per occurrence; at 100k endpoints the
     copies of a few hundred node names alone were ~6 MB of the control
@@ -373,6 +377,7 @@ def _strip_slice(obj: dict[str, Any]) -> EndpointSlice:
     service = labels.get(SERVICE_NAME_LABEL)
     if service is not None:
         _label(f"EndpointSlice {ident}: label {SERVICE_NAME_LABEL}", service)
+        service = sys.intern(service)  # the Service's own name string, not a copy per slice
     return EndpointSlice(ns, name, service, atype, Endpoints(eps),
                          _ports("EndpointSlice", ident, obj.get("ports")))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 import zlib
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from operator import itemgetter
 
 from fastdns.zone.fragments import EMPTY, REC1, Fragment
@@ -28,10 +28,15 @@ _MASK = PTR_BUCKETS - 1
 
 Key = tuple[str, str]  # (namespace, Service name)
 PtrRec = tuple[bytes, bytes, bool]  # (packed address, target name wire, from a ClusterIP)
-# One Service's claims as PtrTable keeps them: (records, target suffix, record offsets
-# ordered by bucket, their buckets). A record is 0x80 (a ClusterIP) | len(address),
-# the address, and for an endpoint its host label (self-delimiting wire).
-Packed = tuple[bytes, bytes, array, array]
+# One Service's claims as PtrTable keeps them: (records, target suffix, index). A record
+# is 0x80 (a ClusterIP) | len(address), the address, and for an endpoint its host label
+# (self-delimiting wire); the index holds bucket << shift | record offset, sorted: array
+# "I" with shift 20 while the records fit in 1 MiB, else "Q" with 32 (_shift).
+Packed = tuple[bytes, bytes, array]
+
+
+def _shift(index: array) -> int:
+    return 20 if index.itemsize == 4 else 32
 
 
 class _Claims:
@@ -113,14 +118,18 @@ class PtrTable:
             self.by_service.pop(key, None)
             return True
         crc, mask = zlib.crc32, _MASK
-        buckets = [crc(packed) & mask for packed, _hl in ptrs.items]
-        order = sorted(range(len(offs)), key=buckets.__getitem__)  # stable: claim order kept
-        bk = array("H", [buckets[i] for i in order])
-        self.by_service[key] = (blob, ptrs.base, array("I", [offs[i] for i in order]), bk)
+        small = size <= 1 << 20
+        shift = 20 if small else 32
+        # by bucket, then by offset: a bucket's claims stay in claim order
+        index = array("I" if small else "Q",
+                      sorted([(crc(packed) & mask) << shift | o
+                              for (packed, _hl), o in zip(ptrs.items, offs, strict=True)]))
+        self.by_service[key] = (blob, ptrs.base, index)
         last = -1
         bkeys = self._bucket_keys
         touched = self._bulk_buckets if bulk else self._dirty
-        for b in bk:
+        for v in index:
+            b = v >> shift
             if b != last:
                 last = b
                 got = bkeys.get(b)
@@ -135,7 +144,10 @@ class PtrTable:
     def _unindex(self, key: Key, old: Packed) -> None:
         last = -1
         bkeys = self._bucket_keys
-        for b in old[3]:
+        index = old[2]
+        shift = _shift(index)
+        for v in index:
+            b = v >> shift
             if b != last:
                 last = b
                 got = bkeys[b]
@@ -165,10 +177,12 @@ class PtrTable:
         app = recs.append
         by_service = self.by_service
         for key in sorted(keys):
-            blob, base, offs, bk = by_service[key]
-            i = bisect_left(bk, b)
-            for k in range(i, bisect_right(bk, b, i)):
-                o = offs[k]
+            blob, base, index = by_service[key]
+            shift = _shift(index)
+            omask = (1 << shift) - 1
+            i = bisect_left(index, b << shift)
+            for v in index[i:bisect_left(index, (b + 1) << shift, i)]:
+                o = v & omask
                 flag = blob[o]
                 end = o + 1 + (flag & 0x7F)
                 if flag & 0x80:
