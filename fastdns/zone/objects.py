@@ -8,6 +8,7 @@ right after JSON/YAML parsing: nothing downstream ever sees an API dict.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,24 @@ def _col(values: list[str | None]) -> _Col:
     return tuple(values)
 
 
+def _v4_packed(addrs: list[str | None]) -> bytes | None:
+    """The addresses as 4 octets each when every one is IPv4 written the canonical
+    way (text -> octets -> the same text): a third of their size as text."""
+    if not addrs:
+        return None
+    pton, ntop, af = socket.inet_pton, socket.inet_ntop, socket.AF_INET
+    out = []
+    try:
+        for a in addrs:
+            p = pton(af, a)  # type: ignore[arg-type]  # a TypeError if not a str
+            if ntop(af, p) != a:
+                return None
+            out.append(p)
+    except (OSError, TypeError, ValueError):
+        return None
+    return b"".join(out)
+
+
 def _uncol(col: _Col, n: int) -> list[str | None]:
     if col is None:
         return [None] * n
@@ -100,10 +119,11 @@ class Endpoints(Sequence[Endpoint]):
     A slice's endpoints were an Endpoint object, an address tuple and two or
     three strings each: ~270 octets an endpoint, ~40 MB of the control
     process at 10k Services / 160k endpoints. Here a slice keeps its
-    addresses and pod names as one joined string each, its node names as one
-    tuple of interned strings and its ready flags as bytes (~40 octets an
-    endpoint). It reads as a tuple of Endpoint (built on access); the record
-    builder reads the columns (``ready_rows``). Equality and hash follow the
+    addresses (4 octets each when all are IPv4) and pod names as one bytes or
+    string each, its node names as one tuple of interned strings and its
+    ready flags as bytes (~30 octets an endpoint). It reads as a tuple of
+    Endpoint (built on access); the record builder reads the columns
+    (``ready_rows``). Equality and hash follow the
     endpoints', and a tuple of equal Endpoints compares equal.
     """
 
@@ -129,7 +149,7 @@ class Endpoints(Sequence[Endpoint]):
             targets.append(t)
             nodes.append(nd)
         self._n = len(counts)
-        self._addrs = _col(addrs)
+        self._addrs: _Col | bytes = _v4_packed(addrs) or _col(addrs)
         self._counts = None if all(c == 1 for c in counts) else tuple(counts)
         self._ready = None if all(ready) else bytes(ready)
         self._targets = _col(targets)
@@ -142,21 +162,36 @@ class Endpoints(Sequence[Endpoint]):
         return (self._n, self._addrs, self._counts, self._ready, self._hosts, self._targets,
                 self._nodes)
 
-    def _columns(self) -> tuple[list[str], list[str | None], list[str | None]]:
-        """(flat addresses, hostnames, target pods) as lists."""
+    def _columns(self, packed: bool = False
+                 ) -> tuple[list[str | bytes], list[str | None], list[str | None]]:
+        """(flat addresses, hostnames, target pods) as lists; with ``packed``, the
+        addresses of an all-IPv4 slice as their 4 octets."""
         n = self._n
         counts = self._counts
-        addrs = _uncol(self._addrs, n if counts is None else sum(counts))
+        col = self._addrs
+        addrs: list[str | bytes]
+        if isinstance(col, bytes):
+            addrs = [col[i:i + 4] for i in range(0, len(col), 4)]
+            if not packed:
+                ntop, af = socket.inet_ntop, socket.AF_INET
+                addrs = [ntop(af, a) for a in addrs]  # type: ignore[arg-type]  # bytes
+        else:
+            addrs = _uncol(col, n if counts is None else sum(counts))  # type: ignore[assignment]
         targets = _uncol(self._targets, n)
         h = self._hosts
         hosts = targets if h is True else _uncol(h, n)  # type: ignore[arg-type]  # not bool
         return addrs, hosts, targets  # type: ignore[return-value]  # addresses are never None
 
-    def ready_rows(self) -> list[tuple[list[str], str | None, str | None]]:
-        """(addresses, hostname, target pod) of the ready endpoints, in slice order."""
+    def ready_rows(self, packed: bool = False
+                   ) -> list[tuple[list[str | bytes], str | None, str | None]]:
+        """(addresses, hostname, target pod) of the ready endpoints, in slice order.
+
+        With ``packed``, an address may come as its 4 octets instead (an
+        IPv4 address whose text is the canonical one, ``naming.ip_text``).
+        """
         if not self._n:
             return []
-        addrs, hosts, targets = self._columns()
+        addrs, hosts, targets = self._columns(packed)
         counts, ready = self._counts, self._ready
         if counts is None and ready is None:  # the common case: one address each, all ready
             return [([a], h, t) for a, h, t in zip(addrs, hosts, targets, strict=True)]
@@ -179,7 +214,8 @@ class Endpoints(Sequence[Endpoint]):
         pos = 0
         for i in range(self._n):
             c = 1 if counts is None else counts[i]
-            out.append(Endpoint(tuple(addrs[pos:pos + c]), ready is None or bool(ready[i]),
+            out.append(Endpoint(tuple(addrs[pos:pos + c]),  # type: ignore[arg-type]  # str
+                                ready is None or bool(ready[i]),
                                 hosts[i], targets[i], nodes[i]))
             pos += c
         return tuple(out)

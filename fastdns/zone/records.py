@@ -36,6 +36,7 @@ from fastdns.constants import Qtype
 from fastdns.names import ip_from_podname, ip_packed, is_subdomain, pod_name_address, wire_labels
 from fastdns.zone.naming import (
     dashed,
+    ip_text,
     label,
     name_wire,
     split_zones,
@@ -146,20 +147,25 @@ def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: 
             continue  # FQDN slices carry no addresses DNS can serve
         ports = tuple((p.name, p.protocol, p.port) for p in sl.ports) or _NO_PORTS
         eps = sl.endpoints
-        rows = eps.ready_rows() if isinstance(eps, Endpoints) else [
+        rows: list[tuple[list[str | bytes], str | None, str | None]]
+        rows = eps.ready_rows(packed=True) if isinstance(eps, Endpoints) else [
             (list(e.addresses), e.hostname, e.target_pod) for e in eps if e.ready]
         for addresses, hostname, target_pod in rows:
             for a in addresses:
-                packed = ip_packed(a)
-                if packed is None:
-                    continue
+                if isinstance(a, bytes):  # IPv4, its text the canonical one
+                    packed = a
+                else:
+                    got = ip_packed(a)
+                    if got is None:
+                        continue
+                    packed = got
                 # kubernetes.go endpointHostname; object/endpoint.go drops pod names of 64+
                 if hostname:
                     host = hostname
                 elif pod_names and target_pod and len(target_pod) < 64:
                     host = target_pod
                 else:
-                    host = dashed(a)
+                    host = dashed(a if isinstance(a, str) else ip_text(a))
                 if host:
                     out.append((packed, host, ports, label(host)))
     return out

@@ -14,13 +14,16 @@ import zlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastdns.zone.naming import ip_text
 from fastdns.zone.objects import Endpoint, Endpoints, EndpointSlice, ServicePort, strip
 from fastdns.zone.ptrs import PTR_BUCKETS, PtrTable
 from fastdns.zone.records import PtrClaims
 
 TEXT = st.sampled_from(["", "a", "web-0", "web-1", "x\x00y", "10.1.0.1", "fd00::1"])
 OPT = st.none() | TEXT
-ENDPOINT = st.builds(Endpoint, st.lists(TEXT, max_size=3).map(tuple), st.booleans(), OPT, OPT,
+# all-IPv4 slices keep their addresses packed: only when the text is the canonical one
+ADDR = st.sampled_from(["10.1.0.1", "10.1.0.2", "10.1.0.01", "010.1.0.3", "10.1.0.1\x00"]) | TEXT
+ENDPOINT = st.builds(Endpoint, st.lists(ADDR, max_size=3).map(tuple), st.booleans(), OPT, OPT,
                      OPT)
 
 
@@ -46,6 +49,9 @@ def test_endpoints_read_compare_and_hash_like_their_tuple(a, b):
     assert pickle.loads(pickle.dumps(ea)) == ea
     assert ea.ready_rows() == [(list(e.addresses), e.hostname, e.target_pod) for e in a
                                if e.ready]
+    packed = [([ip_text(x) if isinstance(x, bytes) else x for x in addrs], h, t)
+              for addrs, h, t in ea.ready_rows(packed=True)]
+    assert packed == ea.ready_rows()
 
 
 def test_endpoint_slice_keeps_its_endpoints_compact_whatever_it_was_given():
@@ -76,6 +82,7 @@ def test_stripped_slices_share_port_lists_and_the_service_name():
                             "spec": {"clusterIP": "10.0.0.1"}})
     assert svc.name is a.service
     assert a.endpoints == (Endpoint(("10.1.0.1",), True, "web-0", "web-0", None),)
+    assert a.endpoints.ready_rows(packed=True) == [([b"\x0a\x01\x00\x01"], "web-0", "web-0")]
 
 
 # -- PtrTable -------------------------------------------------------------------
