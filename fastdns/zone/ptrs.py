@@ -16,6 +16,7 @@ import struct
 import zlib
 from array import array
 from bisect import bisect_left
+from itertools import accumulate
 from operator import itemgetter
 
 from fastdns.zone.fragments import EMPTY, REC1, Fragment
@@ -99,31 +100,25 @@ class PtrTable:
         old = self.by_service.get(key)
         if not (self.rev_zones or old):  # no reverse zone: no PTR to track
             return False
-        parts: list[bytes] = []
-        offs: list[int] = []
-        app = parts.append
-        size = 0
-        for packed, hl in ptrs.items:
-            offs.append(size)
-            app(_FLAG[len(packed) | (0 if hl else 0x80)])
-            app(packed)
-            app(hl)
-            size += 1 + len(packed) + len(hl)
-        blob = b"".join(parts)
+        flag = _FLAG
+        recs = [flag[len(packed) | (0 if hl else 0x80)] + packed + hl
+                for packed, hl in ptrs.items]
+        blob = b"".join(recs)
         if (old[0] if old is not None else b"") == blob and (old is None or old[1] == ptrs.base):
             return False
         if old is not None:
             self._unindex(key, old)
-        if not offs:
+        if not recs:
             self.by_service.pop(key, None)
             return True
+        offs = list(accumulate(map(len, recs), initial=0))  # one more: the end
         crc, mask = zlib.crc32, _MASK
-        small = size <= 1 << 20
+        small = len(blob) <= 1 << 20
         shift = 20 if small else 32
         # by bucket, then by offset: a bucket's claims stay in claim order
         index = array("I" if small else "Q",
                       sorted([(crc(packed) & mask) << shift | o
-                              for (packed, _hl), o in zip(ptrs.items, offs, strict=True)]))
+                              for (packed, _hl), o in zip(ptrs.items, offs, strict=False)]))
         self.by_service[key] = (blob, ptrs.base, index)
         last = -1
         bkeys = self._bucket_keys
@@ -178,7 +173,7 @@ class PtrTable:
         by_service = self.by_service
         for key in sorted(keys):
             blob, base, index = by_service[key]
-            shift = _shift(index)
+            shift = 20 if index.itemsize == 4 else 32  # _shift
             omask = (1 << shift) - 1
             i = bisect_left(index, b << shift)
             for v in index[i:bisect_left(index, (b + 1) << shift, i)]:
