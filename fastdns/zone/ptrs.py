@@ -28,7 +28,6 @@ PTR_BUCKETS = 4096
 _MASK = PTR_BUCKETS - 1
 
 Key = tuple[str, str]  # (namespace, Service name)
-PtrRec = tuple[bytes, bytes, bool]  # (packed address, target name wire, from a ClusterIP)
 # One Service's claims as PtrTable keeps them: (records, target suffix, index). A record
 # is 0x80 (a ClusterIP) | len(address), the address, and for an endpoint its host label
 # (self-delimiting wire); the index holds bucket << shift | record offset, sorted: array
