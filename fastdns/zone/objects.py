@@ -204,9 +204,11 @@ class Endpoints(Sequence[Endpoint]):
             pos += c
         return out
 
-    def _all(self) -> tuple[Endpoint, ...]:
+    def rows(self) -> list[EndpointRow]:
+        """Every endpoint as a plain EndpointRow tuple, in order (``Endpoints(rows)``
+        takes them back): cheaper than Endpoint objects when copying a slice."""
         if not self._n:
-            return ()
+            return []
         addrs, hosts, targets = self._columns()
         counts, ready = self._counts, self._ready
         nodes = self._nodes or (None,) * self._n
@@ -214,11 +216,17 @@ class Endpoints(Sequence[Endpoint]):
         pos = 0
         for i in range(self._n):
             c = 1 if counts is None else counts[i]
-            out.append(Endpoint(tuple(addrs[pos:pos + c]),  # type: ignore[arg-type]  # str
-                                ready is None or bool(ready[i]),
-                                hosts[i], targets[i], nodes[i]))
+            out.append((tuple(addrs[pos:pos + c]), ready is None or bool(ready[i]),
+                        hosts[i], targets[i], nodes[i]))
             pos += c
-        return tuple(out)
+        return out  # type: ignore[return-value]  # the addresses are str here
+
+    def address_count(self) -> int:
+        """How many addresses the endpoints hold, ready or not."""
+        return self._n if self._counts is None else sum(self._counts)
+
+    def _all(self) -> tuple[Endpoint, ...]:
+        return tuple(Endpoint(*r) for r in self.rows())  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return self._n

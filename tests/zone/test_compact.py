@@ -47,6 +47,8 @@ def test_endpoints_read_compare_and_hash_like_their_tuple(a, b):
     assert Endpoints((e.addresses, e.ready, e.hostname, e.target_pod, e.node_name)
                      for e in a) == ea
     assert pickle.loads(pickle.dumps(ea)) == ea
+    assert Endpoints(ea.rows()) == ea and [Endpoint(*r) for r in ea.rows()] == a
+    assert ea.address_count() == sum(len(e.addresses) for e in a)
     assert ea.ready_rows() == [(list(e.addresses), e.hostname, e.target_pod) for e in a
                                if e.ready]
     packed = [([ip_text(x) if isinstance(x, bytes) else x for x in addrs], h, t)
