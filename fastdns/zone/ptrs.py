@@ -110,46 +110,39 @@ class PtrTable:
         if not recs:
             self.by_service.pop(key, None)
             return True
-        offs = list(accumulate(map(len, recs), initial=0))  # one more: the end
+        offs = accumulate(map(len, recs), initial=0)  # one more: the end
         crc, mask = zlib.crc32, _MASK
+        buckets = [crc(packed) & mask for packed, _hl in ptrs.items]
         small = len(blob) <= 1 << 20
         shift = 20 if small else 32
         # by bucket, then by offset: a bucket's claims stay in claim order
         index = array("I" if small else "Q",
-                      sorted([(crc(packed) & mask) << shift | o
-                              for (packed, _hl), o in zip(ptrs.items, offs, strict=False)]))
+                      sorted([b << shift | o for b, o in zip(buckets, offs, strict=False)]))
         self.by_service[key] = (blob, ptrs.base, index)
-        last = -1
         bkeys = self._bucket_keys
-        touched = self._bulk_buckets if bulk else self._dirty
-        for v in index:
-            b = v >> shift
-            if b != last:
-                last = b
-                got = bkeys.get(b)
-                if got is None:
-                    bkeys[b] = [key]
-                else:
-                    got.append(key)
-                touched.add(b)
-                self._stale.add(b)
+        distinct = set(buckets)
+        for b in distinct:
+            got = bkeys.get(b)
+            if got is None:
+                bkeys[b] = [key]
+            else:
+                got.append(key)
+        (self._bulk_buckets if bulk else self._dirty).update(distinct)
+        self._stale.update(distinct)
         return True
 
     def _unindex(self, key: Key, old: Packed) -> None:
-        last = -1
-        bkeys = self._bucket_keys
         index = old[2]
         shift = _shift(index)
-        for v in index:
-            b = v >> shift
-            if b != last:
-                last = b
-                got = bkeys[b]
-                got.remove(key)
-                if not got:
-                    del bkeys[b]
-                self._dirty.add(b)
-                self._stale.add(b)
+        bkeys = self._bucket_keys
+        distinct = {v >> shift for v in index}
+        for b in distinct:
+            got = bkeys[b]
+            got.remove(key)
+            if not got:
+                del bkeys[b]
+        self._dirty.update(distinct)
+        self._stale.update(distinct)
 
     def index_all(self) -> None:
         """Mark the buckets a bulk fill put claims in."""
