@@ -123,8 +123,9 @@ class Endpoints(Sequence[Endpoint]):
     string each, its node names as one tuple of interned strings and its
     ready flags as bytes (~30 octets an endpoint). It reads as a tuple of
     Endpoint (built on access); the record builder reads the columns
-    (``ready_rows``). Equality and hash follow the
-    endpoints', and a tuple of equal Endpoints compares equal.
+    (``ready_rows``). Equality and hash follow the endpoints'; a tuple of
+    equal Endpoint objects compares equal but hashes apart (an EndpointSlice
+    always holds an Endpoints, so its own hash is sound).
     """
 
     __slots__ = ("_n", "_addrs", "_counts", "_ready", "_hosts", "_targets", "_nodes")
@@ -256,7 +257,7 @@ class Endpoints(Sequence[Endpoint]):
         return f"Endpoints({list(self._all())!r})"
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (Endpoints, (self._all(),))
+        return (Endpoints, (self.rows(),))
 
 
 @dataclass(frozen=True, slots=True)
