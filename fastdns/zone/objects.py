@@ -8,10 +8,11 @@ right after JSON/YAML parsing: nothing downstream ever sees an API dict.
 
 from __future__ import annotations
 
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 
 class StateError(ValueError):
@@ -59,11 +60,204 @@ class Service(_Namespaced):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One endpoint of a slice, as callers build and read it (a view: see Endpoints)."""
+
     addresses: tuple[str, ...]
     ready: bool  # conditions.ready true or absent (CoreDNS: endpoint.go)
     hostname: str | None
     target_pod: str | None  # targetRef.name when targetRef.kind == Pod
     node_name: str | None
+
+
+# Endpoint's fields as a plain tuple: (addresses, ready, hostname, target_pod, node_name)
+EndpointRow = tuple[Sequence[str], bool, str | None, str | None, str | None]
+_SEP = "\x00"
+_Col = str | tuple[str | None, ...] | None
+
+
+def _col(values: list[str | None]) -> _Col:
+    """A column of optional strings, compactly: None (all None), one joined string
+    (all strings, none holding the separator) or, failing both, the tuple itself.
+    The form is a function of the values, so equal columns compare equal."""
+    if all(v is None for v in values):
+        return None
+    strs = [v for v in values if isinstance(v, str) and _SEP not in v]
+    if len(strs) == len(values):
+        return _SEP.join(strs)
+    return tuple(values)
+
+
+def _v4_packed(addrs: list[str | None]) -> bytes | None:
+    """The addresses as 4 octets each when every one is IPv4 written the canonical
+    way (text -> octets -> the same text): a third of their size as text."""
+    if not addrs:
+        return None
+    pton, ntop, af = socket.inet_pton, socket.inet_ntop, socket.AF_INET
+    out = []
+    try:
+        for a in addrs:
+            p = pton(af, a)  # type: ignore[arg-type]  # a TypeError if not a str
+            if ntop(af, p) != a:
+                return None
+            out.append(p)
+    except (OSError, TypeError, ValueError):
+        return None
+    return b"".join(out)
+
+
+def _uncol(col: _Col, n: int) -> list[str | None]:
+    if col is None:
+        return [None] * n
+    if isinstance(col, str):
+        return list(col.split(_SEP))
+    return list(col)
+
+
+class Endpoints(Sequence[Endpoint]):
+    """The endpoints of one EndpointSlice, stored by column.
+
+    A slice's endpoints were an Endpoint object, an address tuple and two or
+    three strings each: ~270 octets an endpoint, ~40 MB of the control
+    process at 10k Services / 160k endpoints. Here a slice keeps its
+    addresses (4 octets each when all are IPv4) and pod names as one bytes or
+    string each, its node names as one tuple of interned strings and its
+    ready flags as bytes (~30 octets an endpoint). It reads as a tuple of
+    Endpoint (built on access); the record builder reads the columns
+    (``ready_rows``). Equality and hash follow the endpoints'; a tuple of
+    equal Endpoint objects compares equal but hashes apart (an EndpointSlice
+    always holds an Endpoints, so its own hash is sound).
+    """
+
+    __slots__ = ("_n", "_addrs", "_counts", "_ready", "_hosts", "_targets", "_nodes")
+
+    def __init__(self, rows: Iterable[EndpointRow | Endpoint] = ()) -> None:
+        addrs: list[str | None] = []
+        counts: list[int] = []
+        ready = bytearray()
+        hosts: list[str | None] = []
+        targets: list[str | None] = []
+        nodes: list[str | None] = []
+        a: Sequence[str]
+        for r in rows:
+            if isinstance(r, Endpoint):
+                a, rd, h, t, nd = r.addresses, r.ready, r.hostname, r.target_pod, r.node_name
+            else:
+                a, rd, h, t, nd = r
+            addrs.extend(a)
+            counts.append(len(a))
+            ready.append(1 if rd else 0)
+            hosts.append(h)
+            targets.append(t)
+            nodes.append(nd)
+        self._n = len(counts)
+        self._addrs: _Col | bytes = _v4_packed(addrs) or _col(addrs)
+        self._counts = None if all(c == 1 for c in counts) else tuple(counts)
+        self._ready = None if all(ready) else bytes(ready)
+        self._targets = _col(targets)
+        # a StatefulSet pod's hostname is its name: kept once
+        self._hosts: _Col | bool = (True if self._targets is not None and hosts == targets
+                                    else _col(hosts))
+        self._nodes = None if all(nd is None for nd in nodes) else tuple(nodes)
+
+    def _state(self) -> tuple[object, ...]:
+        return (self._n, self._addrs, self._counts, self._ready, self._hosts, self._targets,
+                self._nodes)
+
+    def _columns(self, packed: bool = False
+                 ) -> tuple[list[str | bytes], list[str | None], list[str | None]]:
+        """(flat addresses, hostnames, target pods) as lists; with ``packed``, the
+        addresses of an all-IPv4 slice as their 4 octets."""
+        n = self._n
+        counts = self._counts
+        col = self._addrs
+        addrs: list[str | bytes]
+        if isinstance(col, bytes):
+            addrs = [col[i:i + 4] for i in range(0, len(col), 4)]
+            if not packed:
+                ntop, af = socket.inet_ntop, socket.AF_INET
+                addrs = [ntop(af, a) for a in addrs]  # type: ignore[arg-type]  # bytes
+        else:
+            addrs = _uncol(col, n if counts is None else sum(counts))  # type: ignore[assignment]
+        targets = _uncol(self._targets, n)
+        h = self._hosts
+        hosts = targets if h is True else _uncol(h, n)  # type: ignore[arg-type]  # not bool
+        return addrs, hosts, targets  # type: ignore[return-value]  # addresses are never None
+
+    def ready_rows(self, packed: bool = False
+                   ) -> list[tuple[list[str | bytes], str | None, str | None]]:
+        """(addresses, hostname, target pod) of the ready endpoints, in slice order.
+
+        With ``packed``, an address may come as its 4 octets instead (an
+        IPv4 address whose text is the canonical one, ``naming.ip_text``).
+        """
+        if not self._n:
+            return []
+        addrs, hosts, targets = self._columns(packed)
+        counts, ready = self._counts, self._ready
+        if counts is None and ready is None:  # the common case: one address each, all ready
+            return [([a], h, t) for a, h, t in zip(addrs, hosts, targets, strict=True)]
+        out = []
+        pos = 0
+        for i in range(self._n):
+            c = 1 if counts is None else counts[i]
+            if ready is None or ready[i]:
+                out.append((addrs[pos:pos + c], hosts[i], targets[i]))
+            pos += c
+        return out
+
+    def rows(self) -> list[EndpointRow]:
+        """Every endpoint as a plain EndpointRow tuple, in order (``Endpoints(rows)``
+        takes them back): cheaper than Endpoint objects when copying a slice."""
+        if not self._n:
+            return []
+        addrs, hosts, targets = self._columns()
+        counts, ready = self._counts, self._ready
+        nodes = self._nodes or (None,) * self._n
+        out = []
+        pos = 0
+        for i in range(self._n):
+            c = 1 if counts is None else counts[i]
+            out.append((tuple(addrs[pos:pos + c]), ready is None or bool(ready[i]),
+                        hosts[i], targets[i], nodes[i]))
+            pos += c
+        return out  # type: ignore[return-value]  # the addresses are str here
+
+    def address_count(self) -> int:
+        """How many addresses the endpoints hold, ready or not."""
+        return self._n if self._counts is None else sum(self._counts)
+
+    def _all(self) -> tuple[Endpoint, ...]:
+        return tuple(Endpoint(*r) for r in self.rows())  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Endpoint: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Endpoint, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> Endpoint | tuple[Endpoint, ...]:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Endpoints):
+            return self._state() == other._state()
+        if isinstance(other, tuple | list):
+            return self._all() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._state())
+
+    def __repr__(self) -> str:
+        return f"Endpoints({list(self._all())!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Endpoints, (self.rows(),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +266,13 @@ class EndpointSlice(_Namespaced):
     name: str
     service: str | None  # label kubernetes.io/service-name
     address_type: str  # IPv4, IPv6, FQDN
-    endpoints: tuple[Endpoint, ...]
+    # any sequence of Endpoint on the way in, Endpoints once built (__post_init__)
+    endpoints: Sequence[Endpoint]
     ports: tuple[ServicePort, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.endpoints, Endpoints):
+            object.__setattr__(self, "endpoints", Endpoints(self.endpoints))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +311,14 @@ def _meta(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
         _label(f"{kind} metadata.name", meta["name"])
     if kind != "Namespace":
         _label(f"{kind} {meta['name']}: metadata.namespace", ns)
-    return _intern(ns) or ns, meta["name"]  # "" stays "" (a Namespace has none)
+    name = meta["name"]
+    if kind == "Service":  # its slices name it too: one copy (see _strip_slice)
+        name = sys.intern(name)
+    return _intern(ns) or ns, name  # "" stays "" (a Namespace has none)
 
 
 def _intern(s: Any) -> str | None:
-    """One copy of a string that repeats across objects (namespace, node name).
+    """One copy of a string that repeats across objects (namespace, node name, Service name).
 
     A JSON decoder makes a new string per occurrence; at 100k endpoints the
     copies of a few hundred node names alone were ~6 MB of the control
@@ -148,7 +350,25 @@ def _ports(kind: str, ident: str, raw: Any) -> tuple[ServicePort, ...]:
             _label(f"{kind} {ident}: port name", "_" + name)
         out.append(ServicePort(name, _label(f"{kind} {ident}: protocol",
                                             "_" + str(p.get("protocol") or "TCP"))[1:], number))
-    return tuple(out)
+    return _shared_ports(tuple(out))
+
+
+_PORTS: dict[tuple[ServicePort, ...], tuple[ServicePort, ...]] = {}
+
+
+def _shared_ports(ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
+    """One copy of a port list that repeats (every slice of a Service, most Services).
+
+    Each slice had its own ServicePorts and name strings: ~4 MB at 10k
+    Services. The table forgets everything past a few thousand distinct
+    lists (it only shares; nothing depends on it).
+    """
+    got = _PORTS.get(ports)
+    if got is None:
+        if len(_PORTS) >= 4096:
+            _PORTS.clear()
+        got = _PORTS[ports] = ports
+    return got
 
 
 def _strip_service(obj: dict[str, Any]) -> Service:
@@ -178,7 +398,7 @@ def _strip_slice(obj: dict[str, Any]) -> EndpointSlice:
     ident = f"{ns}/{name}"
     labels = (obj.get("metadata") or {}).get("labels") or {}
     atype = str(obj.get("addressType") or "IPv4")
-    eps = []
+    eps: list[EndpointRow] = []
     raw_eps = obj.get("endpoints") or ()  # `endpoints: null` is legal: empty
     if not isinstance(raw_eps, list | tuple):
         raise StateError(f"EndpointSlice {ident}: endpoints is not a list")
@@ -197,12 +417,13 @@ def _strip_slice(obj: dict[str, Any]) -> EndpointSlice:
         hostname = e.get("hostname") or None
         if hostname is not None:
             _label(f"EndpointSlice {ident}: hostname", hostname)
-        eps.append(Endpoint(tuple(addrs), ready is None or bool(ready), hostname,
-                            target, _intern(e.get("nodeName"))))
+        eps.append((addrs, ready is None or bool(ready), hostname, target,
+                    _intern(e.get("nodeName"))))
     service = labels.get(SERVICE_NAME_LABEL)
     if service is not None:
         _label(f"EndpointSlice {ident}: label {SERVICE_NAME_LABEL}", service)
-    return EndpointSlice(ns, name, service, atype, tuple(eps),
+        service = sys.intern(service)  # the Service's own name string, not a copy per slice
+    return EndpointSlice(ns, name, service, atype, Endpoints(eps),
                          _ports("EndpointSlice", ident, obj.get("ports")))
 
 

@@ -15,24 +15,66 @@ from __future__ import annotations
 import struct
 import zlib
 from array import array
+from bisect import bisect_left
+from itertools import accumulate
+from operator import itemgetter
 
 from fastdns.zone.fragments import EMPTY, REC1, Fragment
 from fastdns.zone.naming import reverse_wire
-from fastdns.zone.records import PTR
+from fastdns.zone.records import PTR, PtrClaims
 from fastdns.zone.templates import CLASS_IN, HEAD_AN, PTR12, QT2, RR_HEAD, exact_template
 
 PTR_BUCKETS = 4096
+_MASK = PTR_BUCKETS - 1
 
 Key = tuple[str, str]  # (namespace, Service name)
-PtrRec = tuple[bytes, bytes, bool]  # (packed address, target name wire, from a ClusterIP)
-Claim = tuple[Key, PtrRec] | dict[Key, list[PtrRec]]  # PtrTable.claims' values
+# One Service's claims as PtrTable keeps them: (records, target suffix, index). A record
+# is 0x80 (a ClusterIP) | len(address), the address, and for an endpoint its host label
+# (self-delimiting wire); the index holds bucket << shift | record offset, sorted: array
+# "I" with shift 20 while the records fit in 1 MiB, else "Q" with 32 (_shift).
+Packed = tuple[bytes, bytes, array]
+
+
+def _shift(index: array) -> int:
+    return 20 if index.itemsize == 4 else 32
+
+
+class _Claims:
+    """``PtrTable.claims``: the number of claimed addresses (``len``) without a
+    table of them; the count of a bucket is redone when the bucket changed."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: PtrTable) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        t = self._table
+        for b in t._stale:
+            n = len(t._rows(b))
+            if n:
+                t._counts[b] = n
+            else:
+                t._counts.pop(b, None)
+        t._stale.clear()
+        return sum(t._counts.values())
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
 
 
 class PtrTable:
-    """Address -> the Services' PTR claims, and the bucket fragments they compile to.
+    """Which Services claim which addresses, and the bucket fragments they compile to.
 
     ``rev_zones`` are the reverse zones the kubernetes block serves (an
     address outside them gets no PTR); ``ttl`` is the records' TTL.
+
+    Kept per Service: its claims packed into one bytes object (~22 octets a
+    claim) with an index of the record offsets by bucket; kept per bucket:
+    the Services with a claim in it (one list entry per Service and bucket).
+    A bucket's fragment is rebuilt from those Services' records in it. The
+    per-address tuples, claim dict and bucket sets this replaces were ~50 MB
+    of the control process at 10k Services / 160k endpoints.
     """
 
     def __init__(self, rev_zones: list[bytes], ttl: int) -> None:
@@ -40,94 +82,117 @@ class PtrTable:
         self.ttl = ttl
         # PTR answer template up to the rdata length: QR AA RA, 1 answer, owner = question
         self._head = HEAD_AN[1] + PTR12 + struct.pack(">HHI", PTR, CLASS_IN, ttl)
-        self.by_service: dict[Key, list[PtrRec]] = {}
-        # address -> the Services' PTR contributions (packed, target, from a ClusterIP).
-        # Nearly every address has exactly one: that is stored as one (Service,
-        # record) pair, a dict {Service: [records]} only when there are more
-        # (a third of the compiler's memory at 10k Services went to one dict
-        # and one list per address).
-        self.claims: dict[bytes, Claim] = {}
-        self._bucket_ips: dict[int, set[bytes]] = {}
+        self.by_service: dict[Key, Packed] = {}
+        self._bucket_keys: dict[int, list[Key]] = {}  # bucket -> Services, once per Service
         self._dirty: set[int] = set()
+        self._bulk_buckets: set[int] = set()  # filled during a bulk load, marked by index_all
+        self._counts: dict[int, int] = {}  # bucket -> claimed addresses, unless stale
+        self._stale: set[int] = set()
+        self.claims = _Claims(self)
 
-    def set_service(self, key: Key, ptrs: list[PtrRec], bulk: bool) -> bool:
+    def set_service(self, key: Key, ptrs: PtrClaims, bulk: bool) -> bool:
         """Replace Service ``key``'s claims with ``ptrs``; True when they changed.
 
         With ``bulk`` (a full compile) the buckets of new claims are not
-        marked here: ``index_all`` fills them once at the end.
+        marked here: ``index_all`` marks them once at the end.
         """
-        old = self.by_service.get(key, [])
-        if old == ptrs or not (self.rev_zones or old):  # no reverse zone: no PTR to track
+        old = self.by_service.get(key)
+        if not (self.rev_zones or old):  # no reverse zone: no PTR to track
             return False
-        ptr = self.claims
-        for packed, _t, _c in old:
-            claims = ptr.get(packed)
-            if claims is None:
-                continue
-            if isinstance(claims, tuple):
-                if claims[0] == key:
-                    del ptr[packed]
-                    self._touch(packed)
-            elif claims.pop(key, None) is not None:
-                if not claims:  # this Service had claimed it twice
-                    del ptr[packed]
-                elif len(claims) == 1:
-                    [(k, rs)] = claims.items()
-                    if len(rs) == 1:
-                        ptr[packed] = (k, rs[0])
-                self._touch(packed)
-        for rec in ptrs:
-            packed = rec[0]
-            claims = ptr.get(packed)
-            if claims is None:
-                ptr[packed] = (key, rec)
-            elif isinstance(claims, tuple):
-                k, r = claims
-                ptr[packed] = {key: [r, rec]} if k == key else {k: [r], key: [rec]}
-            else:
-                mine = claims.get(key)
-                if mine is None:
-                    claims[key] = [rec]
-                else:
-                    mine.append(rec)
-            if not bulk:
-                self._touch(packed)
-        if ptrs:
-            self.by_service[key] = ptrs
-        else:
+        flag = _FLAG
+        recs = [flag[len(packed) | (0 if hl else 0x80)] + packed + hl
+                for packed, hl in ptrs.items]
+        blob = b"".join(recs)
+        if (old[0] if old is not None else b"") == blob and (old is None or old[1] == ptrs.base):
+            return False
+        if old is not None:
+            self._unindex(key, old)
+        if not recs:
             self.by_service.pop(key, None)
+            return True
+        offs = accumulate(map(len, recs), initial=0)  # one more: the end
+        crc, mask = zlib.crc32, _MASK
+        buckets = [crc(packed) & mask for packed, _hl in ptrs.items]
+        small = len(blob) <= 1 << 20
+        shift = 20 if small else 32
+        # by bucket, then by offset: a bucket's claims stay in claim order
+        index = array("I" if small else "Q",
+                      sorted([b << shift | o for b, o in zip(buckets, offs, strict=False)]))
+        self.by_service[key] = (blob, ptrs.base, index)
+        bkeys = self._bucket_keys
+        distinct = set(buckets)
+        for b in distinct:
+            got = bkeys.get(b)
+            if got is None:
+                bkeys[b] = [key]
+            else:
+                got.append(key)
+        (self._bulk_buckets if bulk else self._dirty).update(distinct)
+        self._stale.update(distinct)
         return True
 
+    def _unindex(self, key: Key, old: Packed) -> None:
+        index = old[2]
+        shift = _shift(index)
+        bkeys = self._bucket_keys
+        distinct = {v >> shift for v in index}
+        for b in distinct:
+            got = bkeys[b]
+            got.remove(key)
+            if not got:
+                del bkeys[b]
+        self._dirty.update(distinct)
+        self._stale.update(distinct)
+
     def index_all(self) -> None:
-        """Put every claimed address in its bucket and mark the bucket (after a bulk fill)."""
-        mask = PTR_BUCKETS - 1
-        for packed in self.claims:
-            b = zlib.crc32(packed) & mask
-            got = self._bucket_ips.get(b)
-            if got is None:
-                self._bucket_ips[b] = {packed}
-                self._dirty.add(b)
-            else:
-                got.add(packed)
+        """Mark the buckets a bulk fill put claims in."""
+        self._dirty |= self._bulk_buckets
+        self._bulk_buckets = set()
 
     def take_dirty(self) -> list[int]:
         """The buckets changed since the last call, in order; forgets them."""
         dirty, self._dirty = self._dirty, set()
         return sorted(dirty)
 
-    def _touch(self, packed: bytes) -> None:
-        b = zlib.crc32(packed) & (PTR_BUCKETS - 1)
-        self._dirty.add(b)
-        ips = self._bucket_ips.setdefault(b, set())
-        if packed in self.claims:
-            ips.add(packed)
-        else:
-            ips.discard(packed)
+    def _rows(self, b: int) -> list[tuple[bytes, list[tuple[bytes, bool]]]]:
+        """The claims on bucket ``b``'s addresses, address by address in address order:
+        (target wire, from a ClusterIP), Services in key order, each's in claim order."""
+        keys = self._bucket_keys.get(b)
+        if not keys:
+            return []
+        recs: list[tuple[bytes, bytes, bool]] = []
+        app = recs.append
+        by_service = self.by_service
+        for key in sorted(keys):
+            blob, base, index = by_service[key]
+            shift = 20 if index.itemsize == 4 else 32  # _shift
+            omask = (1 << shift) - 1
+            i = bisect_left(index, b << shift)
+            for v in index[i:bisect_left(index, (b + 1) << shift, i)]:
+                o = v & omask
+                flag = blob[o]
+                end = o + 1 + (flag & 0x7F)
+                if flag & 0x80:
+                    app((blob[o + 1:end], base, True))
+                else:
+                    app((blob[o + 1:end], blob[end:end + 1 + blob[end]] + base, False))
+        if len(recs) > 1:
+            recs.sort(key=itemgetter(0))  # stable: Services and claims keep their order
+        out: list[tuple[bytes, list[tuple[bytes, bool]]]] = []
+        last = None
+        cur: list[tuple[bytes, bool]] = []
+        for packed, target, cluster in recs:
+            if packed != last:
+                last = packed
+                cur = []
+                out.append((packed, cur))
+            cur.append((target, cluster))
+        return out
 
     def fragment(self, b: int) -> Fragment:
         """PTRs of one bucket of addresses (reverse.go serviceRecordForIP).
 
-        A bucket holds ~1/4096 of the addresses (~30 at 10k Services), so its
+        A bucket holds ~1/4096 of the addresses (~40 at 10k Services), so its
         records are rebuilt whole when a Service touches one of them; caching
         them per address cost ~35 MB at that size for no measurable gain.
         """
@@ -137,9 +202,14 @@ class PtrTable:
         app, ext, rel, pack = parts.append, ents.extend, relocs.append, REC1.pack
         record = self._record
         size = 0
-        ips = self._bucket_ips.get(b, set())
-        for packed in sorted(ips):
-            got = record(packed)
+        rows = self._rows(b)
+        self._stale.discard(b)
+        if rows:
+            self._counts[b] = len(rows)
+        else:
+            self._counts.pop(b, None)
+        for packed, targets in rows:
+            got = record(packed, targets)
             if got is None:
                 continue
             key, tmpl, h = got
@@ -151,39 +221,32 @@ class PtrTable:
             rel(size + 4)
             ext((h, koff, size, PTR | len(key) << 16))
             size += 12 + len(tmpl)
-        if not ips:
-            self._bucket_ips.pop(b, None)
         return Fragment(b"".join(parts), ents.tobytes(), relocs.tobytes()) if parts else EMPTY
 
-    def _record(self, packed: bytes) -> tuple[bytes, bytes, int] | None:
-        """(key, template, slot hash) of one address's PTR answer; None if not served."""
-        claims = self.claims.get(packed)
-        if not claims:
-            return None
+    def _record(self, packed: bytes, targets: list[tuple[bytes, bool]]
+                ) -> tuple[bytes, bytes, int] | None:
+        """(key, template, slot hash) of one address's PTR answer; None if not served.
+
+        ``targets``: the claims on the address, (target wire, from a ClusterIP).
+        """
         key = reverse_wire(packed)
         for z in self.rev_zones:
             if key.endswith(z):
                 break
         else:
             return None  # outside the reverse zones this block serves
-        if isinstance(claims, tuple):
-            targets = [claims[1]]
-        elif len(claims) == 1:
-            [targets] = claims.values()
-        else:
-            targets = [t for k in sorted(claims) for t in claims[k]]
         if len(targets) == 1:  # the common case, short
-            t = targets[0][1]
+            t = targets[0][0]
             if len(t) > 255:
                 return None
             tmpl = self._head + len(t).to_bytes(2, "big") + t
             return key, tmpl, zlib.crc32(QT2[PTR], zlib.crc32(key)) | 1
-        if cluster := [t for _p, t, c in targets if c]:
+        if cluster := [t for t, c in targets if c]:
             names = cluster[:1]  # a ClusterIP wins: the first Service's name only
         else:
             seen: set[bytes] = set()
             names = []
-            for _p, t, _c in targets:
+            for t, _c in targets:
                 if t.lower() not in seen:  # the same address in two slices: one PTR
                     seen.add(t.lower())
                     names.append(t)
@@ -197,3 +260,6 @@ class PtrTable:
         else:
             tmpl = exact_template(key, (tuple((None, PTR, ttl, b"", t) for t in names), ()))
         return key, tmpl, zlib.crc32(QT2[PTR], zlib.crc32(key)) | 1
+
+
+_FLAG = [bytes((i,)) for i in range(256)]

@@ -36,11 +36,12 @@ from fastdns.constants import Qtype
 from fastdns.names import ip_from_podname, ip_packed, is_subdomain, pod_name_address, wire_labels
 from fastdns.zone.naming import (
     dashed,
+    ip_text,
     label,
     name_wire,
     split_zones,
 )
-from fastdns.zone.objects import Service
+from fastdns.zone.objects import Endpoints, Service
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import ClusterState
 
@@ -99,12 +100,28 @@ class NameSet:
 
 
 @dataclass(slots=True)
+class PtrClaims:
+    """One Service's PTR contributions (``ptrs.PtrTable.set_service`` keeps them packed).
+
+    Every target is a host label + ``base`` (``name.ns.svc.ZONE``); a
+    ClusterIP's target is ``base`` itself. ``items``: (address packed, host
+    label wire, or b"" for a ClusterIP), endpoints first in slice order.
+    """
+
+    base: bytes
+    items: list[tuple[bytes, bytes]]
+
+    def records(self) -> list[tuple[bytes, bytes, bool]]:
+        """(address packed, target wire, from a ClusterIP) of every claim, in order."""
+        return [(p, hl + self.base, not hl) for p, hl in self.items]
+
+
+@dataclass(slots=True)
 class ServiceRecords:
     """Everything one Service (or an orphan slice group) contributes."""
 
     names: NameSet
-    # PTR contributions: (address packed, target wire, from a ClusterIP)
-    ptrs: list[tuple[bytes, bytes, bool]]
+    ptrs: PtrClaims
     # in-zone Services whose records this one's answers embed (ExternalName chasing)
     depends_on: set[tuple[str, str]]
     # does a ready endpoint hold one of our local IPs (apex NS glue, ns.go nsAddrs)
@@ -129,20 +146,26 @@ def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: 
         if sl.address_type not in ("IPv4", "IPv6"):
             continue  # FQDN slices carry no addresses DNS can serve
         ports = tuple((p.name, p.protocol, p.port) for p in sl.ports) or _NO_PORTS
-        for ep in sl.endpoints:
-            if not ep.ready:
-                continue
-            for a in ep.addresses:
-                packed = ip_packed(a)
-                if packed is None:
-                    continue
-                # kubernetes.go endpointHostname; object/endpoint.go drops pod names of 64+
-                if ep.hostname:
-                    host = ep.hostname
-                elif pod_names and ep.target_pod and len(ep.target_pod) < 64:
-                    host = ep.target_pod
+        eps = sl.endpoints
+        rows: list[tuple[list[str | bytes], str | None, str | None]]
+        rows = eps.ready_rows(packed=True) if isinstance(eps, Endpoints) else [
+            (list(e.addresses), e.hostname, e.target_pod) for e in eps if e.ready]
+        for addresses, hostname, target_pod in rows:
+            for a in addresses:
+                if isinstance(a, bytes):  # IPv4, its text the canonical one
+                    packed = a
                 else:
-                    host = dashed(a)
+                    got = ip_packed(a)
+                    if got is None:
+                        continue
+                    packed = got
+                # kubernetes.go endpointHostname; object/endpoint.go drops pod names of 64+
+                if hostname:
+                    host = hostname
+                elif pod_names and target_pod and len(target_pod) < 64:
+                    host = target_pod
+                else:
+                    host = dashed(a if isinstance(a, str) else ip_text(a))
                 if host:
                     out.append((packed, host, ports, label(host)))
     return out
@@ -208,23 +231,24 @@ class RecordBuilder:
     def service(self, state: ClusterState, ns: str, name: str) -> ServiceRecords:
         opts = self.opts
         ttl = opts.ttl
-        out = ServiceRecords(NameSet(), [], set(), False)
+        # reverse.go: endpoint PTRs exist whatever the Service (even none); ClusterIP ones win
+        ep_base = label(name) + label(ns) + b"\x03svc" + self.primary
+        out = ServiceRecords(NameSet(), PtrClaims(ep_base, []), set(), False)
         svc = state.services.get((ns, name))
         eps = ready_endpoints(state, opts, ns, name)
         if self.local_packed and any(e[0] in self.local_packed for e in eps):
             out.serves_local = True  # ns.go nsAddrs looks at every namespace
         if opts.namespaces and ns not in opts.namespaces:
             return out  # reverse.go skips unexposed namespaces as well
-        # reverse.go: endpoint PTRs exist whatever the Service (even none); ClusterIP ones win
-        ep_base = label(name) + label(ns) + b"\x03svc" + self.primary
+        claims = out.ptrs.items
         for packed, _host, _ports, hl in eps:
-            out.ptrs.append((packed, hl + ep_base, False))
+            claims.append((packed, hl))
         if svc is None:
             return out
         cluster_packed = [p for p in (ip_packed(i) for i in svc.cluster_ips) if p]
         if svc.type != "ExternalName" and not svc.headless:
             for p in cluster_packed:
-                out.ptrs.append((p, label(name) + label(ns) + b"\x03svc" + self.primary, True))
+                claims.append((p, b""))
         if not opts.exposed(state, ns):
             return out
         if (opts.ignore_empty_service and svc.type != "ExternalName" and not svc.headless
