@@ -100,6 +100,37 @@ def read_header(image: bytes | memoryview) -> ImageHeader:
     return ImageHeader(flags, gen, size, nslots, soff, nz, zoff, serial)
 
 
+# A slot whose entry was removed in place (fastdns/zone/patch.py): never a
+# stored hash (those are odd), so lookups probe past it like any other entry.
+TOMBSTONE = 2
+
+
+Contents = tuple[int, int, int, dict[tuple[bytes, int], tuple[bytes, ...]], list[tuple]]
+
+
+def contents(image: bytes | memoryview) -> Contents:
+    """What a reader of ``image`` can see, its layout aside: (flags, generation,
+    serial, {(key, qtype): answer variants}, [(zone name, flags, negative
+    variants, ttl, block, kind)]). Two images that answer alike have equal
+    contents, however their fragments and slots are laid out."""
+    h = read_header(image)
+    entries: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
+    for sh, koff, aoff, qt, kl in SLOT.iter_unpack(
+            image[h.slots_off : h.slots_off + h.nslots * SLOT.size]):
+        if sh in (0, TOMBSTONE):
+            continue
+        key = bytes(image[koff : koff + kl])
+        if key_hash(key, qt) != sh or (key, qt) in entries:
+            raise ImageError(f"slot of {key!r}/{qt}: wrong hash, or a second entry")
+        entries[key, qt] = tuple(answer_variants(image, aoff))
+    zones = []
+    for z in range(h.nzones):
+        name, flags, neg, ttl, block, kind = zone_entry(image, z)
+        zones.append((name, flags, tuple(answer_variants(image, neg)) if neg else (),
+                      ttl, block, kind))
+    return h.flags, h.generation, h.serial, entries, zones
+
+
 def answer_variants(image: bytes | memoryview, ans_off: int) -> list[bytes]:
     n, _ = struct.unpack_from("<HH", image, ans_off)
     out = []

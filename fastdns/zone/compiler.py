@@ -23,7 +23,6 @@ import bisect
 import contextlib
 import gc
 import time
-import zlib
 from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
@@ -33,8 +32,6 @@ from fastdns.names import is_subdomain
 from fastdns.zone.contributor import COMPILER_TAGS, ImageContributor
 from fastdns.zone.fragments import (
     EMPTY,
-    REC1,
-    SHARED,
     Buffer,
     Fragment,
     FragmentWriter,
@@ -43,16 +40,15 @@ from fastdns.zone.fragments import (
     slot_count,
 )
 from fastdns.zone.imagebuilder import ZoneSpec
+from fastdns.zone.namesfrag import names_fragment
 from fastdns.zone.options import KubernetesOptions
+from fastdns.zone.patch import Layout, patch
 from fastdns.zone.ptrs import Key, PtrTable
 from fastdns.zone.records import (
-    AAAA,
-    CNAME,
     SOA,
     SOA_EXPIRE,
     SOA_REFRESH,
     SOA_RETRY,
-    A,
     NameSet,
     RecordBuilder,
 )
@@ -60,19 +56,14 @@ from fastdns.zone.state import Affected, ClusterState
 from fastdns.zone.templates import (
     CLASS_IN,
     FLAGS_ANSWER,
-    HEAD_AN,
     HOSTMASTER,
     NS_DNS,
     PTR12,
-    QT2,
     RR_HEAD,
     SOA_RELOCS,
     SOA_TAIL,
-    exact_template,
     name_pointer,
-    rotations,
     soa_rr,
-    variants_record,
 )
 from fastdns.zone.zonetable import ZoneEntry, zone_table
 
@@ -129,10 +120,13 @@ class Compiler:
         self.reuse_buffer = False
         self.out_buffer: Callable[[int], Buffer] | None = None
         self._buf = bytearray()
-        # the published image the placed fragments lie in (`placed`), and the
-        # layout of the last assembly: (generation, where each fragment went)
+        # the published image the placed fragments lie in (`placed`) and its
+        # layout, and the last assembly in place: (generation, where each
+        # fragment went or the indices of the fresh ones and where they went,
+        # its layout), adopted by `placed` once it is published
         self._placed_in: Buffer | None = None
-        self._layout: tuple[int, array] | None = None
+        self._lay: Layout | None = None
+        self._pending: tuple[int, array | list[tuple[int, int]], Layout] | None = None
         extra = [z for c in self.contributors for z in c.zones()]
         self.zones = zone_table(options, [*extra, *zones_config])
         self._kzones = [z for z in self.zones if z.kube]
@@ -164,6 +158,9 @@ class Compiler:
         # not placed), and the keys of those not placed yet (Compiler.placed)
         self._at = array("q")
         self._fresh: set[tuple] = set()
+        # placed fragments removed or replaced since the image in force:
+        # (offset, length, entries), for the next patch to drop (zone/patch.py)
+        self._dead: list[tuple[int, int, bytes]] = []
         self._nent = 0
         self._ptrs = PtrTable(self._rev_zones, self.options.ttl if self.options else 5)
         self._deps: dict[Key, set[Key]] = {}  # target service -> ExternalNames chasing it
@@ -210,6 +207,8 @@ class Compiler:
             self._fresh.discard(key)
             if not self._order_dirty:
                 i = bisect.bisect_left(self._keys, key)
+                if old.placed:  # its slots go at the next patch (zone/patch.py)
+                    self._dead.append((self._at[i], old.length, old.ents))
                 del self._keys[i]
                 del self._list[i]
                 del self._at[i]
@@ -226,79 +225,16 @@ class Compiler:
                 self._list.insert(i, frag)
                 self._at.insert(i, -1)
             else:
+                if old.placed:
+                    self._dead.append((self._at[i], old.length, old.ents))
                 self._list[i] = frag
                 self._at[i] = -1
         return old is None or not old.same(frag)
 
     def _names_fragment(self, names: NameSet) -> Fragment:
-        """One fragment from a NameSet: FragmentWriter's layout, inlined (the hot loop)."""
-        parts: list[bytes] = []
-        ents = array("I")
-        relocs = array("I")
-        app, ext, rel = parts.append, ents.extend, relocs.append
-        crc32, pack, qt2 = zlib.crc32, REC1.pack, QT2
-        shared, zone_of = self._shared_rel, self._zone_of
         rotate = self.options is not None and self.options.loadbalance
-        size = 0
-        for key, (_wire, answers, nodata) in names.names.items():
-            if len(key) > 255:
-                continue  # cannot be asked (RFC 1035 §2.3.4); possible with very long zones
-            koff = size
-            app(key)
-            size += len(key)
-            kc = crc32(key)
-            kl = len(key) << 16
-            for qtype, ans in answers.items():
-                if rotate and len(ans[0]) > 1 and qtype in (A, AAAA):
-                    rec, rs = variants_record(size, [exact_template(key, a)
-                                                      for a in rotations(ans)])
-                    app(rec)
-                    relocs.extend(rs)
-                    ext((crc32(qt2[qtype], kc) | 1, koff, size, qtype | kl))
-                    size += len(rec)
-                    continue
-                t = exact_template(key, ans)
-                if qtype in (A, AAAA) and len(ans[0]) == 1 and ans[0][0][1] == CNAME:
-                    # a lone CNAME answering A/AAAA: only an ExternalName to an
-                    # outside name (an in-zone chase that finds nothing is dropped)
-                    t = (int.from_bytes(t[:2], "big") | img.TF_EXTERNAL).to_bytes(2, "big") + t[2:]
-                app(pack(1, 0, size + 8, len(t)))
-                app(t)
-                rel(size + 4)
-                ext((crc32(qt2[qtype], kc) | 1, koff, size, qtype | kl))
-                size += 12 + len(t)
-            if nodata:
-                z = zone_of(key)
-                if z is not None:
-                    ext((crc32(b"\0\0", kc) | 1, koff, SHARED | shared[z.name][len(key)], kl))
-        if names.addr_names:
-            ttl = self.options.ttl if self.options else 5
-            heads = {4: HEAD_AN[1] + PTR12 + RR_HEAD.pack(1, CLASS_IN, ttl, 4),
-                     16: HEAD_AN[1] + PTR12 + RR_HEAD.pack(28, CLASS_IN, ttl, 16)}
-            qa = {4: (qt2[1], 1), 16: (qt2[28], 28)}
-            z = None
-            for key, packed in names.addr_names:
-                if len(key) > 255:
-                    continue
-                koff = size
-                app(key)
-                size += len(key)
-                kc = crc32(key)
-                kl = len(key) << 16
-                t = heads[len(packed)] + packed
-                app(pack(1, 0, size + 8, len(t)))
-                app(t)
-                rel(size + 4)
-                q2, qt = qa[len(packed)]
-                ext((crc32(q2, kc) | 1, koff, size, qt | kl))
-                size += 12 + len(t)
-                if z is None or not key.endswith(z.name):
-                    z = zone_of(key)
-                if z is not None:
-                    ext((crc32(b"\0\0", kc) | 1, koff, SHARED | shared[z.name][len(key)], kl))
-        if not parts:
-            return EMPTY
-        return Fragment(b"".join(parts), ents.tobytes(), relocs.tobytes())
+        ttl = self.options.ttl if self.options else 5
+        return names_fragment(names, self._shared_rel, self._zone_of, rotate, ttl)
 
     # -- compile units ---------------------------------------------------
     def _compile_service(self, state: ClusterState, key: Key) -> bool:
@@ -461,6 +397,7 @@ class Compiler:
 
     def assemble(self) -> Image:
         """Stamp a new image (generation + 1) from the cached fragments."""
+        fresh_start = self._order_dirty  # after a reset nothing is placed or recorded dead
         if self._order_dirty:
             self._keys = sorted(self._frags)
             self._list = [self._frags[k] for k in self._keys]
@@ -468,16 +405,16 @@ class Compiler:
             self._at = array("q", [-1]) * len(self._list)
             self._order_dirty = False
         pre, shared_off, where = self._pre()
+        if self.out_buffer is not None and self._lay is not None and not fresh_start:
+            patched = self._patch(pre, shared_off, where, self._lay)
+            if patched is not None:
+                return patched
         n = pre.count + self._nent
         nslots = slot_count(n)
         slots_off = img.HEADER.size
         zones_off = slots_off + nslots * img.SLOT.size
         base = zones_off + len(self.zones) * img.ZONE.size
-        zone_table = b"".join(
-            img.ZONE.pack(base + where[z.name][0], len(z.name), z.flags,
-                          base + where[z.name][1] if where[z.name][1] else 0,
-                          z.ttl, z.block, z.kind)
-            for z in self.zones)
+        zone_table = self._zone_table(base, where)
         self.generation += 1
         flags = img.IMG_SYNCED if self.synced else 0
         header = img.HEADER.pack(img.MAGIC, img.FORMAT_VERSION, flags, self.generation, 0,
@@ -488,7 +425,8 @@ class Compiler:
             at.extend(self._at)  # in: where placed ones lie; out: where all now do
             image = assemble(header, zone_table, nslots, frags, base + shared_off,
                              into=self.out_buffer, prev=self._placed_in, at=at)
-            self._layout = (self.generation, at)
+            lay = Layout(nslots, zones_off, base, len(pre.blob), pre.ents, len(image), n, 0, 0)
+            self._pending = (self.generation, at, lay)
             return image
         prev = self._placed_in
         at = array("q", [-1])
@@ -504,6 +442,34 @@ class Compiler:
             return assemble(header, zone_table, nslots, frags, base + shared_off, self._buf,
                             prev=prev, at=at)
 
+    def _zone_table(self, base: int, where: dict[bytes, tuple[int, int]]) -> bytes:
+        return b"".join(
+            img.ZONE.pack(base + where[z.name][0], len(z.name), z.flags,
+                          base + where[z.name][1] if where[z.name][1] else 0,
+                          z.ttl, z.block, z.kind)
+            for z in self.zones)
+
+    def _patch(self, pre: Fragment, shared_off: int, where: dict[bytes, tuple[int, int]],
+               lay: Layout) -> Image | None:
+        """The next image as a patch of the one in force (zone/patch.py), or None."""
+        keys, frags = self._keys, self._list
+        idx = sorted(i for i in (bisect.bisect_left(keys, k) for k in self._fresh)
+                     if not frags[i].placed and frags[i].blob)
+        gen = self.generation + 1
+        flags = img.IMG_SYNCED if self.synced else 0
+        header = img.HEADER.pack(img.MAGIC, img.FORMAT_VERSION, flags, gen, 0, lay.nslots,
+                                 img.HEADER.size, len(self.zones), lay.zones_off, self.serial)
+        assert self._placed_in is not None and self.out_buffer is not None
+        got = patch(self._placed_in, lay, self.out_buffer, header,
+                    self._zone_table(lay.pre_at, where), pre, lay.pre_at + shared_off,
+                    [frags[i] for i in idx], self._dead)
+        if got is None:
+            return None
+        image, went, new = got
+        self.generation = gen
+        self._pending = (gen, list(zip(idx, went, strict=True)), new)
+        return image
+
     def placed(self, image: Buffer) -> None:
         """``image``, the last one assembled, is published and stays mapped: let
         every cached fragment's blob be its bytes there instead of a copy on
@@ -516,11 +482,15 @@ class Compiler:
         or its publish failed) is not passed, so the fragments stay where
         they are, in the image in force.
         """
-        if self._layout is None or self._layout[0] != self.generation:
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != self.generation:
             return  # not the last assembly: leave every fragment as it is
-        at = self._layout[1]
-        self._layout = None
-        self._at = at[1:]  # the assembler wrote where each fragment went
+        _gen, went, self._lay = pending
+        if isinstance(went, array):
+            self._at = went[1:]  # the assembler wrote where each fragment went
+        else:
+            for i, pos in went:  # a patch: only the fresh ones moved, to the end
+                self._at[i] = pos
         keys, frags, by_key = self._keys, self._list, self._frags
         for key in self._fresh:  # only those compiled since: a few per change
             i = bisect.bisect_left(keys, key)
@@ -528,6 +498,7 @@ class Compiler:
             if f[0]:
                 frags[i] = by_key[key] = place(f)
         self._fresh.clear()
+        self._dead.clear()
         self._placed_in = image
 
     def stats(self) -> dict[str, int]:
