@@ -65,7 +65,8 @@ SPARES = 2
 # kubeadm's 170Mi limit (issue 14).
 SPARE_BYTES = 64 << 20
 _CHUNK = 1 << 20  # octets compared at a time with the image in force
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
+MAP_SLACK = 8  # a mapping reaches size/MAP_SLACK beyond its image (Publisher.buffer)
 SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
 
 
@@ -151,15 +152,21 @@ class Publisher:
         try:
             os.ftruncate(spare.fd, size)  # a spare's slack given back, or a fresh file sized
             if mm is None or len(mm) < size:
-                # MAP_POPULATE: the page table filled in one call, ~5 ms for a 57 MB
-                # image, where faulting it in while assembling cost 20-35 ms. The
-                # mapping has the spare's slack beyond the end of the file (never
-                # touched there), so the next image, a few octets larger, fits it.
-                length = -(-(size + _spare_slack(size)) // mmap.PAGESIZE) * mmap.PAGESIZE
+                # The mapping reaches MAP_SLACK beyond the file (address space
+                # only, never touched there): images patched in place grow by
+                # up to their garbage bound before a full assembly compacts them
+                # (zone/patch.py), and every remap cost 20-30 ms at 51 MB.
+                length = -(-(size + size // MAP_SLACK + _spare_slack(size))
+                           // mmap.PAGESIZE) * mmap.PAGESIZE
                 os.ftruncate(spare.fd, length)  # Python maps no further than the file
-                mm = mmap.mmap(spare.fd, length, mmap.MAP_SHARED | _POPULATE,
+                mm = mmap.mmap(spare.fd, length, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
                 os.ftruncate(spare.fd, size)
+                # the page table filled in one call (what MAP_POPULATE does, but
+                # only up to the file's end), where faulting it in page by page
+                # while assembling cost 20-35 ms more at 57 MB
+                with contextlib.suppress(OSError, ValueError):
+                    mm.madvise(_MADV_POPULATE_WRITE, 0, size)
         except BaseException:
             os.close(spare.fd)
             shm.ImageSegment.unlink(spare.name)

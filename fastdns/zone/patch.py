@@ -38,7 +38,7 @@ from fastdns.zone.fragments import SHARED, Buffer, Fragment
 
 TOMBSTONE = img.TOMBSTONE
 MAX_LOAD = 0.85  # live entries and tombstones of the slot table, at most
-MAX_GARBAGE = 8  # dead blob octets at most 1/MAX_GARBAGE of the blob area
+MAX_GARBAGE = 16  # dead blob octets at most 1/MAX_GARBAGE of the blob area
 MAX_CHANGE = 8  # appended octets at most 1/MAX_CHANGE of the blob area per patch
 _U32 = struct.Struct("<I")
 

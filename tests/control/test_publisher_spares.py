@@ -136,18 +136,24 @@ def test_in_place_images_rotate_through_the_one_the_workers_left(instance, monke
     57 MB image costs two segments, never a fresh file preallocated while
     another is unlinked."""
     size = 1 << 16
-    # one spare's worth, as for the 57 MB image of 10k Services and 150k endpoints
-    monkeypatch.setattr(publisher_mod, "SPARE_BYTES", size + publisher_mod._spare_slack(size))
+    # one spare's worth, as for the 51 MB image of 10k Services and 150k endpoints
+    monkeypatch.setattr(publisher_mod, "SPARE_BYTES", 3 * size)
     ctl = shm.ControlSegment.create(instance, 1)
     pub = Publisher(ctl, background=True)
     try:
+        maps = {}
         for gen, tag in enumerate(b"abcdefg", start=1):
-            view = pub.buffer(size)
-            view[:] = _image(bytes([tag]), size)
+            n = size + 2048 * gen  # growing, as images patched in place do
+            assert publisher_mod.spares_for(n) == 1
+            view = pub.buffer(n)
+            maps[gen] = view.obj
+            view[:] = _image(bytes([tag]), n)
             assert pub.publish(view) == gen
             cur = ctl.current()
-            assert cur is not None and bytes(cur.buf[24:]) == bytes(_image(bytes([tag]), size)[24:])
+            assert cur is not None and bytes(cur.buf[24:]) == bytes(_image(bytes([tag]), n)[24:])
             cur.close()
+            if gen >= 4:  # the mapping of the image two before, reused though it grew
+                assert maps[gen] is maps[gen - 2]
             del view
             ctl.set_mapped(0, gen)  # the worker moves on after the publish, as workers do
             deadline = time.monotonic() + 5

@@ -20,6 +20,7 @@ import struct
 from fastdns.codec import wire
 from fastdns.ipc import image as img
 from fastdns.zone import objects
+from fastdns.zone import patch as patch_mod
 from fastdns.zone.compiler import Compiler
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.patch import TOMBSTONE
@@ -133,6 +134,6 @@ def test_a_patch_declines_when_the_garbage_grows_and_the_full_assembly_compacts(
         assert contents(got)[0] == contents(want)[0]
         inplace.placed(got)
         sizes.append(len(got))
-        assert inplace._lay.garbage * 8 <= inplace._lay.blob_area
+        assert inplace._lay.garbage * patch_mod.MAX_GARBAGE <= inplace._lay.blob_area
     assert fulls >= 1  # compacted at least once
     assert max(sizes) <= min(sizes) * 1.2
