@@ -40,13 +40,18 @@ import contextlib
 import logging
 import mmap
 import os
-import queue
 import struct
 import threading
 import time
-from collections.abc import Callable
-from typing import NamedTuple
 
+from fastdns.control.spares import (
+    SPARES,
+    Background,
+    Spare,
+    drop_spare,
+    spare_slack,
+    spares_for,
+)
 from fastdns.ipc import shm
 
 log = logging.getLogger("control")
@@ -55,41 +60,10 @@ log = logging.getLogger("control")
 _GEN_OFFSET = 16
 _GEN = struct.Struct("<Q")
 SPARE_WAIT = 0.02  # seconds a publish waits for a spare being preallocated
-# Spares kept ready. Two: one preallocation (~10 ms) plus one retired image's
-# unlink (~5 ms) per publish kept a single spare late for one publish in ten
-# at 10k Services and 50 changes/s, by 11-16 ms (bench/bench_kube.py).
-SPARES = 2
-# ... but spares are memory-backed pages charged to the pod like the image
-# itself: beyond SPARE_BYTES of them, fewer (spares_for). 10k Services with
-# 150k endpoints is a 57 MB image: three copies of it were 170 MB, all of
-# kubeadm's 170Mi limit (issue 14).
-SPARE_BYTES = 64 << 20
 _CHUNK = 1 << 20  # octets compared at a time with the image in force
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
 MAP_SLACK = 8  # a mapping reaches size/MAP_SLACK beyond its image (Publisher.buffer)
 SPARE_TAG = "-spare-"  # fastdns-<instance>-spare-<n>: swept like every segment
-
-
-def _spare_slack(size: int) -> int:
-    """Room a spare leaves for the next image to grow (1/64, at least 64 KiB)."""
-    return max(1 << 16, size >> 6)
-
-
-class _Spare(NamedTuple):
-    """A segment ready for the next image: its file name, open fd, allocated
-    octets, and its mapping where it has one still (a recycled image: reusing
-    it spares the next assembly mapping and faulting 57 MB in again)."""
-
-    name: str
-    fd: int
-    size: int
-    mm: mmap.mmap | None = None
-
-
-def spares_for(size: int) -> int:
-    """Spares worth their memory for images of ``size`` octets: SPARES while
-    they fit in SPARE_BYTES together, then fewer, down to none."""
-    return max(0, min(SPARES, SPARE_BYTES // max(1, size + _spare_slack(size))))
 
 
 class Publisher:
@@ -101,9 +75,9 @@ class Publisher:
         self.generation = ctl.generation
         # images created by this or an earlier control process, not yet unlinked
         self._live: dict[int, str] = {}
-        self._bg: _Background | None = _Background() if background else None
+        self._bg: Background | None = Background() if background else None
         self._spare_lock = threading.Condition()
-        self._ready: list[_Spare] = []
+        self._ready: list[Spare] = []
         self._spare_pending = 0  # spares being preallocated
         self._spares = 0
         self.recycled = 0  # retired images made spares (shm.RECYCLE)
@@ -112,7 +86,7 @@ class Publisher:
         self.spare_wait = 0.0  # seconds the last publish waited for its spare
         self.spares_wanted = SPARES  # spares_for the last image published
         # the segment `buffer` gave out and is not yet published, with its view
-        self._staged: tuple[_Spare, memoryview] | None = None
+        self._staged: tuple[Spare, memoryview] | None = None
         # mappings of the live images published in place, by generation: a
         # retired one goes on to the spare it becomes
         self._maps: dict[int, mmap.mmap] = {}
@@ -127,7 +101,7 @@ class Publisher:
         with self._spare_lock:
             ready, self._ready = self._ready, []
         for spare in ready:
-            _drop_spare(spare)
+            drop_spare(spare)
 
     @property
     def in_place(self) -> bool:
@@ -156,7 +130,7 @@ class Publisher:
                 # only, never touched there): images patched in place grow by
                 # up to their garbage bound before a full assembly compacts them
                 # (zone/patch.py), and every remap cost 20-30 ms at 51 MB.
-                length = -(-(size + size // MAP_SLACK + _spare_slack(size))
+                length = -(-(size + size // MAP_SLACK + spare_slack(size))
                            // mmap.PAGESIZE) * mmap.PAGESIZE
                 os.ftruncate(spare.fd, length)  # Python maps no further than the file
                 mm = mmap.mmap(spare.fd, length, mmap.MAP_SHARED,
@@ -188,7 +162,7 @@ class Publisher:
             try:
                 self._rename(spare.name, name)
             except OSError:
-                _drop_spare(spare)
+                drop_spare(spare)
                 return
             spare = spare._replace(name=name)
         with self._spare_lock:
@@ -302,7 +276,7 @@ class Publisher:
             mv.release()
             os.close(fd)
 
-    def _finish_staged(self, gen: int, staged: tuple[_Spare, memoryview]) -> str:
+    def _finish_staged(self, gen: int, staged: tuple[Spare, memoryview]) -> str:
         """Stamp the generation into an image assembled in place; its segment's name."""
         (sname, fd, _size, _mm), view = staged
         name = shm.image_name(self.instance, gen)
@@ -348,7 +322,7 @@ class Publisher:
             # rename(2) replaces a stale, never-announced segment of that name
             os.rename(os.path.join(shm.SHM_DIR, sname), os.path.join(shm.SHM_DIR, name))
 
-    def _take_spare(self, name: str, size: int) -> _Spare:
+    def _take_spare(self, name: str, size: int) -> Spare:
         """(file name, open fd) of a segment to write the next image into:
         a ready spare, or a fresh file named ``name`` when none is ready."""
         assert self._bg is not None
@@ -360,8 +334,8 @@ class Publisher:
             self._spare_lock.wait_for(lambda: self._ready or not self._spare_pending, SPARE_WAIT)
             spare = self._ready.pop(0) if self._ready else None
         self.spare_wait = time.perf_counter() - t
-        if spare is not None and spare.size < size - _spare_slack(size):
-            self._bg.submit(_drop_spare, spare)  # outgrown (a little growth is written anyway)
+        if spare is not None and spare.size < size - spare_slack(size):
+            self._bg.submit(drop_spare, spare)  # outgrown (a little growth is written anyway)
             spare = None
         if spare is None:  # none ready yet: a fresh file, written the same way
             self.spare_misses += 1
@@ -369,7 +343,7 @@ class Publisher:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # never announced: a crashed control process's
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            spare = _Spare(name, fd, 0)
+            spare = Spare(name, fd, 0)
         else:
             self.spare_hits += 1
         return spare
@@ -389,9 +363,9 @@ class Publisher:
                 self._spares += 1
                 names.append(f"{shm.PREFIX}{self.instance}{SPARE_TAG}{self._spares}")
         for spare in excess:
-            self._bg.submit(_drop_spare, spare)
+            self._bg.submit(drop_spare, spare)
         for name in names:
-            self._bg.submit(self._make_spare, name, size + _spare_slack(size))
+            self._bg.submit(self._make_spare, name, size + spare_slack(size))
 
     def _make_spare(self, name: str, size: int) -> None:
         """Background thread: create and preallocate the next image's segment."""
@@ -406,9 +380,9 @@ class Publisher:
                 return
             with self._spare_lock:
                 if self._bg is None:  # closed meanwhile
-                    _drop_spare(_Spare(name, fd, size))
+                    drop_spare(Spare(name, fd, size))
                 else:
-                    self._ready.append(_Spare(name, fd, size))
+                    self._ready.append(Spare(name, fd, size))
         except OSError as e:
             log.warning("preallocating an image segment failed: %s", e)
         finally:
@@ -458,7 +432,7 @@ class Publisher:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 os.rename(path, os.path.join(shm.SHM_DIR, sname))
-                spare = _Spare(sname, fd, os.fstat(fd).st_size, mm)
+                spare = Spare(sname, fd, os.fstat(fd).st_size, mm)
             except OSError:
                 os.close(fd)
                 raise
@@ -469,7 +443,7 @@ class Publisher:
             with self._spare_lock:
                 if spare is not None:
                     if self._bg is None:  # closed meanwhile
-                        _drop_spare(spare)
+                        drop_spare(spare)
                     else:
                         self._ready.append(spare)
                         self.recycled += 1
@@ -487,34 +461,3 @@ def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     done = 0
     while done < len(mv):
         done += os.pwrite(fd, mv[done:], offset + done)
-
-
-def _drop_spare(spare: _Spare) -> None:
-    name, fd, _size, _mm = spare  # the mapping goes with its last view
-    with contextlib.suppress(OSError):
-        os.close(fd)
-    shm.ImageSegment.unlink(name)
-
-
-class _Background:
-    """One daemon thread running file work in order (preallocate, unlink)."""
-
-    def __init__(self) -> None:
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="publisher-files", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[..., object], *args: object) -> None:
-        self._q.put((fn, args))
-
-    def _run(self) -> None:
-        while (job := self._q.get()) is not None:
-            fn, args = job
-            try:
-                fn(*args)
-            except Exception:  # noqa: BLE001 - file work must not kill the thread
-                log.exception("background %s failed", getattr(fn, "__name__", fn))
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._q.put(None)
-        self._thread.join(timeout)

@@ -26,7 +26,6 @@ import time
 from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
-from fastdns.constants import Rcode
 from fastdns.ipc import image as img
 from fastdns.names import is_subdomain
 from fastdns.zone.contributor import COMPILER_TAGS, ImageContributor
@@ -34,7 +33,6 @@ from fastdns.zone.fragments import (
     EMPTY,
     Buffer,
     Fragment,
-    FragmentWriter,
     assemble,
     place,
     slot_count,
@@ -43,28 +41,13 @@ from fastdns.zone.imagebuilder import ZoneSpec
 from fastdns.zone.namesfrag import names_fragment
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.patch import Layout, patch
+from fastdns.zone.preamble import preamble, shared_layout
 from fastdns.zone.ptrs import Key, PtrTable
 from fastdns.zone.records import (
-    SOA,
-    SOA_EXPIRE,
-    SOA_REFRESH,
-    SOA_RETRY,
     NameSet,
     RecordBuilder,
 )
 from fastdns.zone.state import Affected, ClusterState
-from fastdns.zone.templates import (
-    CLASS_IN,
-    FLAGS_ANSWER,
-    HOSTMASTER,
-    NS_DNS,
-    PTR12,
-    RR_HEAD,
-    SOA_RELOCS,
-    SOA_TAIL,
-    name_pointer,
-    soa_rr,
-)
 from fastdns.zone.zonetable import ZoneEntry, zone_table
 
 Image = Buffer  # bytearray: reuse_buffer; memoryview: out_buffer
@@ -343,57 +326,13 @@ class Compiler:
 
     # -- assembly --------------------------------------------------------
     def _prepare_shared(self) -> None:
-        """Fixed layout of the shared NODATA region: zone by zone, name length by length."""
-        self._shared_rel: dict[bytes, dict[int, int]] = {}
-        off = 0
-        size = 0
-        for z in self._kzones:
-            # answer record (12) + template head (10) + SOA RR with 2-octet pointers
-            size = 12 + 10 + len(soa_rr(PTR12, 0, 0, 0))
-            self._shared_rel[z.name] = {n: off + (n - len(z.name)) * size
-                                        for n in range(len(z.name), 256)}
-            off += (256 - len(z.name)) * size
-        self._shared_size = size
+        """Fixed layout of the shared NODATA region (zone/preamble.py)."""
+        self._shared_rel, self._shared_size = shared_layout(self._kzones)
 
     def _pre(self) -> tuple[Fragment, int, dict[bytes, tuple[int, int]]]:
-        """The region rebuilt every time: zone names, zone misses, shared NODATA, apex SOA.
-
-        Returns (fragment, offset of the shared region in it, zone name ->
-        (name offset, negative answer offset) in it).
-        """
-        opts = self.options
-        soa_ttl = opts.soa_ttl if opts else 0
-        minimum = opts.ttl if opts else 0
-        w = FragmentWriter()
-        where: dict[bytes, tuple[int, int]] = {}
-        miss_rcode = Rcode.NXDOMAIN if self.synced else Rcode.SERVFAIL
-        for z in self.zones:
-            name_off = w.key(z.name)
-            neg = 0
-            if z.kube:
-                body = soa_rr(PTR12, soa_ttl, self.serial, minimum)
-                t = img.make_template(FLAGS_ANSWER | miss_rcode, 0, 1, 0, body, SOA_RELOCS)
-                neg = w.answer(t)
-            elif z.negative:  # a zones_config entry that brought its own
-                neg = w.answer_variants(z.negative)
-            where[z.name] = (name_off, neg)
-        shared_off = w.size
-        nodata_head = img.TEMPLATE_HEAD.pack(FLAGS_ANSWER, 0, 1, 0, 0)
-        for z in self._kzones:
-            # soa_rr(p, ...) unrolled: the pointer is the only part that varies
-            tail = SOA_TAIL.pack(self.serial & 0xFFFFFFFF, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE,
-                                 minimum)
-            rr_head = RR_HEAD.pack(SOA, CLASS_IN, soa_ttl,
-                                   len(NS_DNS) + len(HOSTMASTER) + 4 + len(tail))
-            for n in range(len(z.name), 256):
-                p = name_pointer(12 + n - len(z.name))
-                w.answer(b"".join((nodata_head, p, rr_head, NS_DNS, p, HOSTMASTER, p, tail)))
-            assert w.size - shared_off == self._shared_rel[z.name][255] + self._shared_size
-        for z in self._kzones:
-            body = soa_rr(PTR12, soa_ttl, self.serial, minimum)
-            t = img.make_template(FLAGS_ANSWER, 1, 0, 0, body)
-            w.entry(z.name, where[z.name][0], SOA, w.answer(t))
-        return w.finish(), shared_off, where
+        """The region rebuilt every time (zone/preamble.py)."""
+        return preamble(self.zones, self._kzones, self.options, self.serial, self.synced,
+                        self._shared_rel, self._shared_size)
 
     def assemble(self) -> Image:
         """Stamp a new image (generation + 1) from the cached fragments."""

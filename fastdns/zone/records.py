@@ -36,13 +36,13 @@ from fastdns.constants import Qtype
 from fastdns.names import ip_from_podname, ip_packed, is_subdomain, pod_name_address, wire_labels
 from fastdns.zone.naming import (
     dashed,
-    ip_text,
     label,
     name_wire,
     split_zones,
 )
-from fastdns.zone.objects import Endpoints, Service
+from fastdns.zone.objects import Service
 from fastdns.zone.options import KubernetesOptions
+from fastdns.zone.ready import Ep, ready_endpoints
 from fastdns.zone.state import ClusterState
 
 # plain ints: they key dicts and get packed on hot paths
@@ -126,49 +126,6 @@ class ServiceRecords:
     depends_on: set[tuple[str, str]]
     # does a ready endpoint hold one of our local IPs (apex NS glue, ns.go nsAddrs)
     serves_local: bool
-
-
-# A ready endpoint address, flattened (CoreDNS object.EndpointAddress):
-# (address packed, endpoint hostname, ((port name, protocol, port) ...), hostname as a wire
-# label); port -1 = none declared
-_Ep = tuple[bytes, str, tuple[tuple[str, str, int], ...], bytes]
-_NO_PORTS = (("", "", -1),)
-
-
-def ready_endpoints(state: ClusterState, opts: KubernetesOptions, ns: str, svc: str) -> list[_Ep]:
-    """Ready addresses of a Service's slices in slice order (object/endpoint.go:
-    not-ready endpoints are dropped, an empty port list becomes the -1 sentinel)."""
-    if opts.noendpoints:
-        return []  # CoreDNS does not even watch endpoints then
-    out = []
-    pod_names = opts.endpoint_pod_names
-    for sl in state.slices_of(ns, svc):
-        if sl.address_type not in ("IPv4", "IPv6"):
-            continue  # FQDN slices carry no addresses DNS can serve
-        ports = tuple((p.name, p.protocol, p.port) for p in sl.ports) or _NO_PORTS
-        eps = sl.endpoints
-        rows: list[tuple[list[str | bytes], str | None, str | None]]
-        rows = eps.ready_rows(packed=True) if isinstance(eps, Endpoints) else [
-            (list(e.addresses), e.hostname, e.target_pod) for e in eps if e.ready]
-        for addresses, hostname, target_pod in rows:
-            for a in addresses:
-                if isinstance(a, bytes):  # IPv4, its text the canonical one
-                    packed = a
-                else:
-                    got = ip_packed(a)
-                    if got is None:
-                        continue
-                    packed = got
-                # kubernetes.go endpointHostname; object/endpoint.go drops pod names of 64+
-                if hostname:
-                    host = hostname
-                elif pod_names and target_pod and len(target_pod) < 64:
-                    host = target_pod
-                else:
-                    host = dashed(a if isinstance(a, str) else ip_text(a))
-                if host:
-                    out.append((packed, host, ports, label(host)))
-    return out
 
 
 def _srv_answer(entries: list[tuple[bytes, bytes, int]], ttl: int) -> Answer:
@@ -289,7 +246,7 @@ class RecordBuilder:
             if groups[k]:
                 names.put(owner, SRV, _srv_answer(groups[k], ttl))
 
-    def _headless(self, eps: list[_Ep], base: bytes, names: NameSet, ttl: int) -> None:
+    def _headless(self, eps: list[Ep], base: bytes, names: NameSet, ttl: int) -> None:
         if not eps:
             return  # no ready endpoint: NXDOMAIN
         _put_addrs(names, base, [e[0] for e in eps], ttl)
@@ -311,7 +268,7 @@ class RecordBuilder:
         for owner, group in by_port.values():
             names.put(owner, SRV, _srv_answer(group, ttl))
 
-    def _endpoint_names(self, eps: list[_Ep], base: bytes, names: NameSet, ttl: int) -> None:
+    def _endpoint_names(self, eps: list[Ep], base: bytes, names: NameSet, ttl: int) -> None:
         """`endpoint.svc.ns.svc.zone` for ClusterIP and headless Services alike
         (findServices: `svc.Headless() || r.endpoint != ""`).
 
@@ -320,7 +277,7 @@ class RecordBuilder:
         large image, for a query nobody makes, so it is behind the
         `endpoint_srv` option (off: SRV there is NODATA).
         """
-        by_host: dict[str, list[_Ep]] = {}
+        by_host: dict[str, list[Ep]] = {}
         for e in eps:
             h = e[1].lower()
             got = by_host.get(h)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import time
 
-from fastdns.control import publisher as publisher_mod
+from fastdns.control import spares as spares_mod
 from fastdns.control.publisher import SPARE_TAG, Publisher
 from fastdns.ipc import shm
 
@@ -32,7 +32,7 @@ def test_spares_are_kept_ready_and_used(instance):
     try:
         image = _image(b"a")
         assert pub.publish(image) == 1  # no spare yet: a fresh file
-        assert len(_wait_spares(instance, publisher_mod.SPARES)) == publisher_mod.SPARES
+        assert len(_wait_spares(instance, spares_mod.SPARES)) == spares_mod.SPARES
         for gen, tag in enumerate(b"bcdef", start=2):
             # the same buffer, rewritten in place between publishes
             image[24:] = bytes([tag]) * (len(image) - 24)
@@ -42,7 +42,7 @@ def test_spares_are_kept_ready_and_used(instance):
             assert bytes(cur.buf[24:]) == bytes(image[24:])
             assert struct.unpack_from("<Q", cur.buf, 16)[0] == gen
             cur.close()
-            _wait_spares(instance, publisher_mod.SPARES)
+            _wait_spares(instance, spares_mod.SPARES)
         assert pub.spare_hits == 5 and pub.spare_misses == 1
         assert pub.publish(image) is None  # unchanged: nothing published, no spare used
         assert pub.spare_hits == 5
@@ -88,7 +88,7 @@ def test_control_loop_assembles_images_in_their_segment(instance):
             compiler.out_buffer = pub.buffer
             assert struct.unpack_from("<Q", published, 16)[0] == gen
             assert published[:16] + published[24:] == heap[:16] + heap[24:]
-            _wait_spares(instance, publisher_mod.SPARES)
+            _wait_spares(instance, spares_mod.SPARES)
         assert pub.spare_hits == 1 and pub.spare_misses == 1
         spares = _spares(instance)
         # unchanged (the serial of a full compile is the time: reassemble instead)
@@ -105,10 +105,10 @@ def test_spares_are_bounded_by_the_memory_they_cost(instance, monkeypatch):
     SPARE_BYTES fewer are kept, down to none, and retired images are then
     unlinked rather than recycled."""
     size = 1 << 16
-    one = size + publisher_mod._spare_slack(size)
-    assert publisher_mod.spares_for(size) == publisher_mod.SPARES
-    monkeypatch.setattr(publisher_mod, "SPARE_BYTES", one)
-    assert publisher_mod.spares_for(size) == 1
+    one = size + spares_mod.spare_slack(size)
+    assert spares_mod.spares_for(size) == spares_mod.SPARES
+    monkeypatch.setattr(spares_mod, "SPARE_BYTES", one)
+    assert spares_mod.spares_for(size) == 1
     ctl = shm.ControlSegment.create(instance, 1)
     pub = Publisher(ctl, background=True)
     try:
@@ -117,8 +117,8 @@ def test_spares_are_bounded_by_the_memory_they_cost(instance, monkeypatch):
             assert len(_wait_spares(instance, 1)) == 1
             time.sleep(0.05)  # a second spare would be made by now
             assert len(_spares(instance)) == 1
-        monkeypatch.setattr(publisher_mod, "SPARE_BYTES", one - 1)
-        assert publisher_mod.spares_for(size) == 0
+        monkeypatch.setattr(spares_mod, "SPARE_BYTES", one - 1)
+        assert spares_mod.spares_for(size) == 0
         assert pub.publish(_image(b"e", size)) == 5
         deadline = time.monotonic() + 5
         while (_spares(instance) or len(shm.list_images(instance)) > 1) \
@@ -137,14 +137,14 @@ def test_in_place_images_rotate_through_the_one_the_workers_left(instance, monke
     another is unlinked."""
     size = 1 << 16
     # one spare's worth, as for the 51 MB image of 10k Services and 150k endpoints
-    monkeypatch.setattr(publisher_mod, "SPARE_BYTES", 3 * size)
+    monkeypatch.setattr(spares_mod, "SPARE_BYTES", 3 * size)
     ctl = shm.ControlSegment.create(instance, 1)
     pub = Publisher(ctl, background=True)
     try:
         maps = {}
         for gen, tag in enumerate(b"abcdefg", start=1):
             n = size + 2048 * gen  # growing, as images patched in place do
-            assert publisher_mod.spares_for(n) == 1
+            assert spares_mod.spares_for(n) == 1
             view = pub.buffer(n)
             maps[gen] = view.obj
             view[:] = _image(bytes([tag]), n)
