@@ -53,6 +53,7 @@ from fastdns.control.spares import (
     spares_for,
 )
 from fastdns.ipc import shm
+from fastdns.ipc.doorbell import Ringer
 
 log = logging.getLogger("control")
 
@@ -76,6 +77,7 @@ class Publisher:
         # images created by this or an earlier control process, not yet unlinked
         self._live: dict[int, str] = {}
         self._bg: Background | None = Background() if background else None
+        self._ringer = Ringer(ctl.instance, ctl.nworkers) if background else None
         self._spare_lock = threading.Condition()
         self._ready: list[Spare] = []
         self._spare_pending = 0  # spares being preallocated
@@ -98,6 +100,9 @@ class Publisher:
             self._bg = None
         self._unstage()
         self._maps.clear()
+        if self._ringer is not None:
+            self._ringer.close()
+            self._ringer = None
         with self._spare_lock:
             ready, self._ready = self._ready, []
         for spare in ready:
@@ -221,6 +226,8 @@ class Publisher:
                 return None
             name = self._write(gen, image)
         self.ctl.publish(name, gen)
+        if self._ringer is not None:
+            self._ringer.ring()  # idle workers move now, not at their timer (doorbell.py)
         self.generation = gen
         self._live[gen] = name
         self.spares_wanted = spares_for(len(image))

@@ -74,7 +74,7 @@ if not NO_EXTENSIONS:
     except ImportError:  # pragma: no cover - the extension was not built
         _udp = None
 
-GENERATION_POLL = 0.5  # s: how often an idle worker notices a publish
+GENERATION_POLL = 0.5  # s: an idle worker's timer (a publish rings it at once: ipc/doorbell.py)
 FIRST_IMAGE_POLL = 0.02  # s
 
 
@@ -435,6 +435,7 @@ class Worker:
             self.listeners.servers.append(
                 await loop.create_server(self.tcp.factory(fam), sock=sock))
         loop.call_later(GENERATION_POLL, self._poll_generation, loop)
+        self.images.listen(loop)
         log.info("worker %d (pid %d): serving generation %d on %s (%s UDP path)",
                  self.spec.index, os.getpid(), self.images.generation,
                  ", ".join(f"{a}:{p}" for a, p in self.spec.listen),
@@ -443,9 +444,7 @@ class Worker:
     def _poll_generation(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._stop is not None and self._stop.is_set():
             return
-        self.images.check()
-        if self.images.lingering:
-            self.images.release_lingering()
+        self.images.move()
         if self.router is not None:
             self.router.export(self.counters)
         self.reconfigure_if_changed(loop)  # a reloaded Corefile (control/reload.py)
