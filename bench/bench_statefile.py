@@ -10,7 +10,7 @@ What one run does (issue 14), everything on loopback and bounded:
    ``--endpoints-per-service``, 20 % headless, 10 % dual stack, with Pods as
    ``kubectl get ns,svc,endpointslices,pods -A`` prints them unless
    ``--no-pods``), written once as JSON and once as YAML (``yaml.dump``
-   with ``CSafeDumper`` where PyYAML has it).
+   with ``CSafeDumper`` where PyYAML has it, without anchors, as kubectl).
 2. For each format: ``python3 -m fastdns serve --state FILE --corefile C
    --workers 2``; startup = launch -> first answer of a headless Service
    holding its known endpoint (UDP, polled every ``--poll`` s).
@@ -225,8 +225,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         else:
             import yaml
 
-            dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-            text = yaml.dump(doc, Dumper=dumper, sort_keys=False)
+            base = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+            class Dumper(base):  # type: ignore[misc, valid-type]
+                def ignore_aliases(self, data: object) -> bool:
+                    return True  # as kubectl: no anchors (the generator shares dicts)
+
+            text = yaml.dump(doc, Dumper=Dumper, sort_keys=False)
         out["runs"].append(run_format(fmt, text, doc, args, work))
         del text
     return out

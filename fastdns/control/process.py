@@ -180,17 +180,26 @@ def state_loader(compiler: Compiler) -> Callable[[str], Loaded]:
     only where ``pods verified`` answers from them (CoreDNS watches Pods in
     that mode only). Returns a ``statefile.Loaded``: with the file's shape
     and the child's pickle, the restart copy (``state_cache``)."""
-    from fastdns.control.statefile import Loaded
-    from fastdns.zone.isolated import load_isolated
-    from fastdns.zone.state import ClusterState
+    import pickle
+
+    from fastdns.control.statefile import IncrementalLoader, Loaded
+    from fastdns.zone.isolated import encode, load_isolated_indexed
+    from fastdns.zone.state import KINDS, ClusterState
 
     pods = _keeps_pods(compiler)
 
-    def load(path: str) -> Loaded:
-        objs, shape, blob = load_isolated(path, pods=pods)
-        return Loaded(ClusterState(objs), shape.complete, shape.empty_list, blob)
+    def load(path: str) -> tuple[Loaded, Any, list[Any]]:
+        objs, shape, blob, index = load_isolated_indexed(path, pods=pods)
+        items = [] if index is None else [objs[i] if i >= 0 else None for i in index.which]
+        return Loaded(ClusterState(objs), shape.complete, shape.empty_list, blob), index, items
 
-    return load
+    def blob_of(objs: list[Any], shape: Any) -> bytes:  # what the child's pickle holds
+        return pickle.dumps((encode(objs), (shape.complete, shape.empty_list)),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+    # a change is read item by item (statefile.IncrementalLoader)
+    return IncrementalLoader(load, ClusterState, blob_of,
+                             KINDS if pods else tuple(k for k in KINDS if k != "Pod"))
 
 
 def state_cache(instance: str, compiler: Compiler) -> StateCache:

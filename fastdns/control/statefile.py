@@ -110,12 +110,81 @@ def renamed_into_place(old: Fingerprint | None, new: Fingerprint) -> bool:
 class Loaded:
     """What a loader read: the state, what the file shows about its own end
     (``fastdns.zone.state.StateShape``), and optionally the state serialized
-    for the restart copy."""
+    for the restart copy (or a function making it, called once accepted);
+    ``how``: how it was read, for the log ("" for a whole load)."""
 
     state: Any
     complete: bool = False
     empty_list: bool = False
-    blob: bytes | None = None
+    blob: bytes | Callable[[], bytes] | None = None
+    how: str = ""
+
+
+class IncrementalLoader:
+    """A loader that reads a changed single-List file item by item.
+
+    ``full(path)`` loads the whole file: (Loaded, its ``state.ItemIndex`` or
+    None, one object per item). Once a version is indexed, the next one is
+    compared with it block by block (``state.patch_file``): only the items
+    that differ are parsed and stripped again, the others keep their objects,
+    and the state is rebuilt from those (``make_state``). Whatever
+    ``patch_file`` cannot vouch for, and every file that is bad, goes through
+    ``full``, so what is refused, and why, is what the whole load says. The
+    index follows every version read, accepted or not: a patch needs the
+    bytes and objects of one version, not of the state in force.
+    ``blob_of(objects, shape)`` serializes a patched state for the restart copy.
+    """
+
+    def __init__(self, full: Callable[[str], tuple[Loaded, Any, list[Any]]],
+                 make_state: Callable[[list[Any]], Any],
+                 blob_of: Callable[[list[Any], Any], bytes] | None = None,
+                 kinds: Any = None) -> None:
+        self.full = full
+        self.make_state = make_state
+        self.blob_of = blob_of
+        self.kinds = kinds
+        self._index: Any = None
+        self._items: list[Any] = []
+        self.full_loads = 0
+        self.patched = 0
+        self.reparsed = 0  # items parsed again by the last patch
+
+    def __call__(self, path: str) -> Loaded:
+        if self._index is not None and os.path.isfile(path):
+            got = self._patch(path)
+            if got is not None:
+                return got
+        loaded, index, items = self.full(path)
+        self.full_loads += 1
+        self._index, self._items = index, items
+        return loaded
+
+    def _patch(self, path: str) -> Loaded | None:
+        from fastdns.zone.state import KINDS, Unpatchable, patch_file
+
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None  # the whole load says why
+        t0 = time.perf_counter()
+        try:
+            items, index, n = patch_file(self._index, self._items, data,
+                                         self.kinds if self.kinds is not None else KINDS)
+        except Unpatchable as e:
+            log.info("%s: loading the whole file (%s)", path, e)
+            return None
+        del data
+        objs = [o for o in items if o is not None]
+        self._index, self._items = index, items
+        self.patched += 1
+        self.reparsed = n
+        shape = index.shape
+        blob_of = self.blob_of
+        blob = None if blob_of is None else (lambda: blob_of(objs, shape))
+        return Loaded(self.make_state(objs), shape.complete, shape.empty_list, blob,
+                      how=f"{n} of {len(items)} items read again in "
+                          f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
 
 
 def _default_loader(path: str) -> Loaded:
@@ -306,7 +375,7 @@ class StateFileSource:
             return False
         blob, loaded.blob = loaded.blob, None
         self.on_state(loaded.state)
-        log.info("%s: reloaded", self.path)
+        log.info("%s: reloaded%s", self.path, f" ({loaded.how})" if loaded.how else "")
         self._accepted(loaded, blob)
         return True
 
@@ -325,7 +394,8 @@ class StateFileSource:
         got = self.loader(self.path)
         return got if isinstance(got, Loaded) else Loaded(got)
 
-    def _accepted(self, loaded: Loaded, blob: bytes | None = None) -> None:
+    def _accepted(self, loaded: Loaded,
+                  blob: bytes | Callable[[], bytes] | None = None) -> None:
         self.loads += 1
         self.last_good = len(loaded.state)
         if self.pending_bad:
@@ -334,7 +404,7 @@ class StateFileSource:
         self.from_cache = False
         blob = blob if blob is not None else loaded.blob
         if self.cache is not None and blob is not None:
-            self.cache.save(blob, self.last_good)
+            self.cache.save(blob() if callable(blob) else blob, self.last_good)
 
     def _refused(self, msg: str | None) -> None:
         self.rejected += 1

@@ -9,12 +9,14 @@ exits; the parent only allocates the stripped objects, compactly, from a
 pickle of plain tuples (pickling the dataclasses themselves cost as much as
 the parse).
 
-    python3 -m fastdns.zone.isolated PATH [--no-pods]
-    (stdout: the pickle of (rows, (complete, empty_list)), see state.StateShape)
+    python3 -m fastdns.zone.isolated PATH [--no-pods] [--index]
+    (stdout: the pickle of (rows, (complete, empty_list)), see state.StateShape;
+    with --index, then the pickle of the file's state.ItemIndex or None)
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import subprocess
@@ -30,7 +32,7 @@ from fastdns.zone.objects import (
     ServicePort,
     StateError,
 )
-from fastdns.zone.state import StateShape
+from fastdns.zone.state import ItemIndex, StateShape
 
 EXIT_STATE_ERROR = 3
 TIMEOUT = 600.0  # seconds: a state file that takes longer is not a state file
@@ -88,6 +90,27 @@ def load_isolated(path: str, *, pods: bool = True) -> tuple[list[Obj], StateShap
     argv = [sys.executable, "-m", "fastdns.zone.isolated", os.fspath(path)]
     if not pods:
         argv.append("--no-pods")
+    out = _run(argv, os.fspath(path))
+    rows, shape = pickle.loads(out)  # our own child's output
+    return decode(rows), StateShape(*shape), out
+
+
+def load_isolated_indexed(path: str, *, pods: bool = True
+                          ) -> tuple[list[Obj], StateShape, bytes, ItemIndex | None]:
+    """``load_isolated``, and the file's ``state.ItemIndex`` where it has one (a
+    single List file: ``state.patch_file`` then reads a new version item by item)."""
+    argv = [sys.executable, "-m", "fastdns.zone.isolated", os.fspath(path), "--index"]
+    if not pods:
+        argv.append("--no-pods")
+    out = _run(argv, path)
+    f = io.BytesIO(out)
+    rows, shape = pickle.load(f)  # our own child's output
+    blob = out[:f.tell()]
+    index = pickle.load(f)
+    return decode(rows), StateShape(*shape), blob, index
+
+
+def _run(argv: list[str], path: str) -> bytes:
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -97,8 +120,7 @@ def load_isolated(path: str, *, pods: bool = True) -> tuple[list[Obj], StateShap
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
         raise StateError(f"{path}: loading failed (exit {proc.returncode}): {' '.join(tail)}")
-    rows, shape = pickle.loads(proc.stdout)  # our own child's output
-    return decode(rows), StateShape(*shape), proc.stdout
+    return proc.stdout
 
 
 def objects_from_blob(blob: bytes) -> list[Obj]:
@@ -107,15 +129,23 @@ def objects_from_blob(blob: bytes) -> list[Obj]:
 
 
 def main(argv: list[str]) -> int:
-    from fastdns.zone.state import load_state_checked
+    from fastdns.zone.state import KINDS, load_file_indexed, load_state_checked
 
+    pods = "--no-pods" not in argv
+    index = None
     try:
-        objs, shape = load_state_checked(argv[0], pods="--no-pods" not in argv)
+        if "--index" in argv and os.path.isfile(argv[0]):
+            kinds = KINDS if pods else tuple(k for k in KINDS if k != "Pod")
+            objs, shape, index = load_file_indexed(argv[0], kinds)
+        else:
+            objs, shape = load_state_checked(argv[0], pods=pods)
     except StateError as e:
         print(e, file=sys.stderr)
         return EXIT_STATE_ERROR
     out = (encode(objs), (shape.complete, shape.empty_list))
     sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+    if "--index" in argv:
+        sys.stdout.buffer.write(pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
     return 0
 
