@@ -689,6 +689,8 @@ def patch_file(index: ItemIndex, objs: list[Obj | None], data: bytes,
             items, spans = _yaml_region(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise Unpatchable(f"the changed items do not parse alone: {exc}") from None
+    # a re-read item that did not change keeps its object: the one in force
+    was = {(type(o), _key(o)): o for o in objs[a:b + 1] if o is not None}
     new_objs: list[Obj | None] = []
     for item in items:
         if not isinstance(item, dict):
@@ -700,9 +702,11 @@ def patch_file(index: ItemIndex, objs: list[Obj | None], data: bytes,
             new_objs.append(None)
             continue
         try:
-            new_objs.append(strip(kind, item))
+            obj = strip(kind, item)
         except StateError as exc:
             raise Unpatchable(str(exc)) from None
+        prev = was.get((type(obj), _key(obj)))
+        new_objs.append(prev if prev is not None and prev == obj else obj)
     out = [*objs[:a], *new_objs, *objs[b + 1:]]
     new_starts = starts[:a]
     new_starts.extend(s + r_start for s, _ in spans)
@@ -723,6 +727,10 @@ def patch_file(index: ItemIndex, objs: list[Obj | None], data: bytes,
             which.append(m)
             m += 1
     return out, _replace(index, fwd, back, data, new_starts, new_ends, which), len(items)
+
+
+def _key(obj: Any) -> Any:
+    return obj.name if isinstance(obj, Namespace) else obj.key
 
 
 def _replace(index: ItemIndex, fwd: list[int], back: list[int], data: bytes, starts: array,
