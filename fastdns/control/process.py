@@ -326,7 +326,8 @@ def control_main(spec: ControlSpec) -> int:
             source = StateFileSource(spec.source_path, loop.post_state,
                                      interval=spec.poll_interval,
                                      loader=state_loader(compiler),
-                                     cache=state_cache(spec.instance, compiler))
+                                     cache=state_cache(spec.instance, compiler),
+                                     save_delay=1.0)  # the restart copy: off the compile
             obs.values.state_source = source  # fastdns_state_rejected_total, _pending_bad
             try:
                 # a restarted control process whose file is refused gets the

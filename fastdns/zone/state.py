@@ -421,7 +421,8 @@ class Unpatchable(Exception):
 class ItemIndex:
     """Where the items of a one-List, ASCII state file lie (byte offsets), and its
     block checksums. ``which[i]``: the position among the loaded objects of item
-    i's object, -1 for an item of a kind not kept."""
+    i's object, -1 for an item of a kind not kept (a whole load's only: empty
+    in the index a patch returns, whose caller keeps the objects per item)."""
 
     fmt: str  # "json" or "yaml"
     size: int
@@ -718,15 +719,8 @@ def patch_file(index: ItemIndex, objs: list[Obj | None], data: bytes,
     else:
         new_starts.extend(starts[b + 1:])
         new_ends.extend(ends[b + 1:])
-    which = array("i")
-    m = 0
-    for o in out:
-        if o is None:
-            which.append(-1)
-        else:
-            which.append(m)
-            m += 1
-    return out, _replace(index, fwd, back, data, new_starts, new_ends, which), len(items)
+    # (``which`` maps a whole load's objects to items; a patch keeps them per item)
+    return out, _replace(index, fwd, back, data, new_starts, new_ends, array("i")), len(items)
 
 
 def _key(obj: Any) -> Any:
