@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -316,3 +317,69 @@ def test_a_changed_file_is_served_item_by_item(tmp_path, fmt):
         assert a_records(ask(name, port=port)) == {"10.99.0.3"}
     finally:
         srv.stop_and_sweep()
+
+
+# -- the fast block-YAML reader: what it reads, it reads as PyYAML does ----------------------
+
+YAML_CASES = {
+    "scalars": "a: yes\nb: No\nc: 0x1F\nd: 1_000\ne: 1.5e3\nf: .inf\ng: ~\nh: null\n"
+               "i: 2024-01-01\nj: 0o17\nk: 012\nl: +1\nm: 1:20\nn: ''\no: \"\"\np: 'it''s'\n"
+               "q: \"a\\tb\"\nr: -1\ns: -x\nt: http://x/y\nu:\nv: [a, b]\nw: {x: 1}\nx: []\n"
+               "y: {}\n1: one\ntrue: t\nz: 2024-01-15T10:00:00Z\nsp:    b   \nq3:   'd'  \n",
+    "nested": "a:\n- x\n- y: 1\n  z:\n  - 2\n  - 3\nb:\n  c:\n    d: e\n  f: [1]\ng: 1\n",
+    "blocks": "a: |\n  line1\n\n  # not a comment\n  line3\nb: >-\n  folded\n  text\n\n"
+              "c: |-\n    x\n  \nd: 1\n",
+    "sequences": "- |\n  x\n- y\n-\n  k: v\n-\n- z\n",
+    "indented": "items:\n  - a: 1\n    b: 2\n  - c\n",
+    "duplicate": "a: 1\na: 2\n",
+    "marker": "---\na: 1\n",
+    "empty": "",
+    "comments": "# only\n",
+    "quoted": "a: 'x: y'\nb: \"p: q\"\n",
+}
+# What it leaves to PyYAML (valid or not): the whole file then goes there.
+YAML_DECLINED = {
+    "seq in seq": "a:\n- - 4\n",
+    "continued": "a: foo\n  bar\nb: 1\n",
+    "not a doc": "a: 1\n- x\n",
+    "mapping in a value": "a: b: c\n",
+    "anchors": "a: &x {b: 1}\nc:\n  <<: *x\n",
+    "keep": "a: |+\n  x\n\nb: 1\n",
+    "value tag": "a: =\n",
+    "tab": "a:\tb\n",
+    "two docs": "a: 1\n---\nb: 2\n",
+    "non-ascii": "a: caf\u00e9\n",
+    "trailing comment": "a: 1 # c\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(YAML_CASES))
+def test_fast_yaml_reads_as_pyyaml(name):
+    from fastdns.zone.state import _fast_yaml
+
+    text = YAML_CASES[name]
+    want = [d for d in yaml.load_all(text, Loader=yaml.SafeLoader) if d is not None]
+    got = _fast_yaml(text)
+    got = [] if got is None else [got]
+    assert repr(got) == repr(want)
+
+
+@pytest.mark.parametrize("name", sorted(YAML_DECLINED))
+def test_fast_yaml_leaves_the_rest_to_pyyaml(name):
+    from fastdns.zone.state import _fast_yaml, _NotPlain
+
+    with pytest.raises(_NotPlain):
+        _fast_yaml(YAML_DECLINED[name])
+
+
+def test_fast_yaml_reads_dumps_and_the_demo(tmp_path):
+    from fastdns.zone.state import _fast_yaml, demo_path
+
+    texts = [dump(cluster(30), "yaml").decode(), yaml.safe_dump(cluster(30), sort_keys=False),
+             Path(demo_path()).read_text()]
+    for text in texts:
+        assert repr(_fast_yaml(text)) == repr(yaml.load(text, Loader=yaml.SafeLoader))
+    f = tmp_path / "s.yaml"
+    f.write_text(texts[0].replace("kind: List", "kind: List\nbroken: [x"))
+    with pytest.raises(Exception, match="not valid YAML"):  # PyYAML says why
+        load_file(str(f))
