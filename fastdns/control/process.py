@@ -188,10 +188,16 @@ def state_loader(compiler: Compiler) -> Callable[[str], Loaded]:
 
     pods = _keeps_pods(compiler)
 
-    def load(path: str) -> tuple[Loaded, Any, list[Any]]:
-        objs, shape, blob, index = load_isolated_indexed(path, pods=pods)
-        items = [] if index is None else [objs[i] if i >= 0 else None for i in index.which]
-        return Loaded(ClusterState(objs), shape.complete, shape.empty_list, blob), index, items
+    def load(path: str, data: bytes | None) -> tuple[Loaded, Callable[[], tuple[Any, list]]]:
+        objs, shape, blob, index_later = load_isolated_indexed(path, pods=pods, data=data)
+
+        def indexed() -> tuple[Any, list[Any]]:
+            index = index_later()
+            if index is None:
+                return None, []
+            return index, [objs[i] if i >= 0 else None for i in index.which]
+
+        return Loaded(ClusterState(objs), shape.complete, shape.empty_list, blob), indexed
 
     def blob_of(objs: list[Any], shape: Any) -> bytes:  # what the child's pickle holds
         return pickle.dumps((encode(objs), (shape.complete, shape.empty_list)),

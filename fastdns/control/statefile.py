@@ -128,19 +128,24 @@ class Loaded:
 class IncrementalLoader:
     """A loader that reads a changed single-List file item by item.
 
-    ``full(path)`` loads the whole file: (Loaded, its ``state.ItemIndex`` or
-    None, one object per item). Once a version is indexed, the next one is
-    compared with it block by block (``state.patch_file``): only the items
-    that differ are parsed and stripped again, the others keep their objects,
-    and the state is rebuilt from those (``make_state``). Whatever
-    ``patch_file`` cannot vouch for, and every file that is bad, goes through
-    ``full``, so what is refused, and why, is what the whole load says. The
-    index follows every version read, accepted or not: a patch needs the
-    bytes and objects of one version, not of the state in force.
-    ``blob_of(objects, shape)`` serializes a patched state for the restart copy.
+    ``full(path, data)`` loads the whole file (``data``: the bytes just read
+    there, or None to read it) and returns the Loaded with a function giving
+    (its ``state.ItemIndex`` or None, one object per item), called when the
+    next version arrives (the isolated loader builds the index after handing
+    the objects over). Once a version is indexed, the next one is compared
+    with it block by block (``state.patch_file``): only the items that differ
+    are parsed and stripped again, the others keep their objects, and the
+    state is rebuilt from those (``make_state``). Whatever ``patch_file``
+    cannot vouch for, and every bad file, goes through ``full`` with the bytes
+    read, so what is refused, and why, is what the whole load says of the
+    version seen. The index follows every version read, accepted or not: a
+    patch needs the bytes and objects of one version, not of the state in
+    force. ``blob_of(objects, shape)`` serializes a patched state for the
+    restart copy.
     """
 
-    def __init__(self, full: Callable[[str], tuple[Loaded, Any, list[Any]]],
+    def __init__(self, full: Callable[[str, bytes | None],
+                                      tuple[Loaded, Callable[[], tuple[Any, list[Any]]]]],
                  make_state: Callable[[list[Any]], Any],
                  blob_of: Callable[[list[Any], Any], bytes] | None = None,
                  kinds: Any = None) -> None:
@@ -148,6 +153,7 @@ class IncrementalLoader:
         self.make_state = make_state
         self.blob_of = blob_of
         self.kinds = kinds
+        self._pending: Callable[[], tuple[Any, list[Any]]] | None = None
         self._index: Any = None
         self._items: list[Any] = []
         self.full_loads = 0
@@ -155,30 +161,35 @@ class IncrementalLoader:
         self.reparsed = 0  # items parsed again by the last patch
 
     def __call__(self, path: str) -> Loaded:
+        data = None
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._index, self._items = pending()
         if self._index is not None and os.path.isfile(path):
-            got = self._patch(path)
+            got, data = self._patch(path)
             if got is not None:
                 return got
-        loaded, index, items = self.full(path)
+        # (when it raises, the index stays: any version read is a base to patch from)
+        loaded, pending = self.full(path, data)
+        self._index, self._items, self._pending = None, [], pending
         self.full_loads += 1
-        self._index, self._items = index, items
         return loaded
 
-    def _patch(self, path: str) -> Loaded | None:
+    def _patch(self, path: str) -> tuple[Loaded | None, bytes | None]:
         from fastdns.zone.state import KINDS, Unpatchable, patch_file
 
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError:
-            return None  # the whole load says why
+            return None, None  # the whole load says why
         t0 = time.perf_counter()
         try:
             items, index, n = patch_file(self._index, self._items, data,
                                          self.kinds if self.kinds is not None else KINDS)
         except Unpatchable as e:
             log.info("%s: loading the whole file (%s)", path, e)
-            return None
+            return None, data
         del data
         objs = [o for o in items if o is not None]
         self._index, self._items = index, items
@@ -189,7 +200,7 @@ class IncrementalLoader:
         blob = None if blob_of is None else (lambda: blob_of(objs, shape))
         return Loaded(self.make_state(objs), shape.complete, shape.empty_list, blob,
                       how=f"{n} of {len(items)} items read again in "
-                          f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
+                          f"{(time.perf_counter() - t0) * 1e3:.0f} ms"), None
 
 
 def _default_loader(path: str) -> Loaded:

@@ -20,7 +20,7 @@ import re
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -850,25 +850,43 @@ def _index(data: bytes, text: str, docs: list[Any], is_json: bool,
                      data[:starts[0]], data[ends[-1]:], fwd, back, shape)
 
 
-def load_file_indexed(path: str, kinds: Collection[str] = KINDS
+def load_file_indexed(path: str, kinds: Collection[str] = KINDS, data: bytes | None = None
                       ) -> tuple[list[Obj], StateShape, ItemIndex | None]:
-    """``load_file``, and the file's ItemIndex for ``patch_file`` where it has one."""
+    """``load_file`` (of ``data``, when given, as read from ``path``), and the
+    file's ItemIndex for ``patch_file`` where it has one."""
+    objs, shape, later = load_file_phased(path, kinds, data)
+    return objs, shape, later()
+
+
+def load_file_phased(path: str, kinds: Collection[str] = KINDS, data: bytes | None = None
+                     ) -> tuple[list[Obj], StateShape, Callable[[], ItemIndex | None]]:
+    """``load_file``, and a function that then builds the ItemIndex: a JSON
+    file's spans need a second, member by member parse, which the isolated
+    loader runs after it has handed the objects over (fastdns/zone/isolated.py)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StateError(f"{path}: cannot read: {exc}") from None
-    spans = None
-    walked = _json_list(text) if text.startswith("{", _skip(text, 0)) else None
-    if walked is not None:
-        docs, is_json = [walked[0]], True
-        spans = walked[1]
-    else:
-        docs, is_json = _documents(text, path)
+    docs, is_json = _documents(text, path)
     objs = _strip_all(docs, path, kinds)
     shape = _shape(docs, is_json)
-    return objs, shape, _index(data, text, docs, is_json, spans, kinds, shape)
+    raw = data
+
+    def index() -> ItemIndex | None:
+        if len(docs) != 1 or not _is_list(docs[0]) or not raw.isascii():
+            return None
+        spans = None
+        if is_json:
+            walked = _json_list(text)
+            if walked is None or walked[0] != docs[0]:
+                return None
+            spans = walked[1]
+        return _index(raw, text, docs, is_json, spans, kinds, shape)
+
+    return objs, shape, index
 
 
 def _strip_all(docs: list[Any], path: str, kinds: Collection[str]) -> list[Obj]:
@@ -927,6 +945,10 @@ def patch_file(index: ItemIndex, objs: list[Obj | None], data: bytes,
         raise Unpatchable("the file's tail changed")
     if r_end <= r_start:
         raise Unpatchable("the changed items vanished")
+    if r_end - r_start > max(4 * BLOCK, size // 4):
+        # most of it: parsed here it would cost as much as the whole load, and
+        # its garbage would stay in this process (fastdns/zone/isolated.py)
+        raise Unpatchable("most of the file changed")
     text = data[r_start:r_end].decode("ascii")
     try:
         if index.fmt == "json":
@@ -989,8 +1011,10 @@ def _yaml_region(text: str) -> tuple[list[Any], list[tuple[int, int]]]:
         starts.append(m.start())
     if not starts or starts[0] != 0:
         raise ValueError("the region does not start an item")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    items = yaml.load(text, Loader=loader)
+    try:
+        items = _fast_yaml(text)
+    except _NotPlain:
+        items = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     if not isinstance(items, list) or len(items) != len(starts):
         raise ValueError("the region is not its items")
     return items, list(zip(starts, [*starts[1:], len(text)], strict=True))

@@ -106,6 +106,7 @@ def test_random_edits_read_as_the_whole_file(tmp_path, fmt):
     doc = cluster(300)
     data = dump(doc, fmt)
     items, index = indexed(tmp_path, data, KINDS)
+    patched = 0
     for step in range(25):
         its = doc["items"]
         what = rnd.choice(("move", "insert", "delete", "rename", "many"))
@@ -128,8 +129,14 @@ def test_random_edits_read_as_the_whole_file(tmp_path, fmt):
             its.append(json.loads(json.dumps(its[1])) | {"metadata": {
                 "name": f"tail-{step}", "namespace": "default"}})
         data = dump(doc, fmt)
-        items, index, _ = patch_file(index, items, data, KINDS)
+        try:
+            items, index, _ = patch_file(index, items, data, KINDS)
+            patched += 1
+        except Unpatchable as e:  # most of the file changed: the caller loads it whole
+            assert "most of the file" in str(e), (step, what, e)
+            items, index = indexed(tmp_path, data, KINDS)
         assert [o for o in items if o is not None] == whole(tmp_path, data, KINDS), (step, what)
+    assert patched >= 15
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -205,12 +212,12 @@ def test_indexed_load_reads_as_load_file(tmp_path):
 
 
 def loader(calls: list[str]) -> statefile.IncrementalLoader:
-    def full(path: str):
+    def full(path: str, data: bytes | None):
         calls.append(path)
-        objs, shape, index = load_file_indexed(path, NO_PODS)
+        objs, shape, index = load_file_indexed(path, NO_PODS, data)
         items = [] if index is None else [objs[w] if w >= 0 else None for w in index.which]
-        return statefile.Loaded(ClusterState(objs), shape.complete, shape.empty_list), index, \
-            items
+        return statefile.Loaded(ClusterState(objs), shape.complete, shape.empty_list), \
+            lambda: (index, items)
 
     return statefile.IncrementalLoader(full, ClusterState, kinds=NO_PODS)
 
@@ -383,3 +390,46 @@ def test_fast_yaml_reads_dumps_and_the_demo(tmp_path):
     f.write_text(texts[0].replace("kind: List", "kind: List\nbroken: [x"))
     with pytest.raises(Exception, match="not valid YAML"):  # PyYAML says why
         load_file(str(f))
+
+
+def test_the_whole_load_judges_the_bytes_the_patch_read(tmp_path):
+    """A file caught mid-rewrite (here: truncated) is judged as it was read, not as
+    the writer has since finished it, so the version refused is the one seen."""
+    f = tmp_path / "cluster.json"
+    f.write_bytes(dump(cluster(300), "json"))
+    seen: list = []
+    inner = loader([])
+    orig = inner.full
+
+    def full(path, data):
+        seen.append(data)
+        return orig(path, data)
+
+    inner.full = full
+    src = statefile.StateFileSource(str(f), lambda s: None, interval=0.05, loader=inner)
+    src.load_now()
+    f.write_bytes(b"")
+    loaded = inner(str(f))
+    assert seen == [None, b""] and len(loaded.state) == 0
+    assert statefile.refusal(loaded, src.last_good) is not None
+
+
+def test_isolated_load_sends_the_objects_then_the_index(tmp_path):
+    from fastdns.zone.isolated import load_isolated_indexed, objects_from_blob
+
+    f = tmp_path / "cluster.yaml"
+    data = dump(cluster(200), "yaml")
+    f.write_bytes(b"not what was read")
+    objs, shape, blob, index_later = load_isolated_indexed(str(f), pods=False, data=data)
+    assert objs == whole(tmp_path, data) and objects_from_blob(blob) == objs
+    index = index_later()
+    assert index is not None and index.fmt == "yaml" and len(index.starts) == 601
+    # a bad version: the child's one line
+    with pytest.raises(Exception, match="not valid JSON"):
+        load_isolated_indexed(str(f), pods=False, data=b'{"kind": "List", "items": [')
+    # a directory: no index
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "a.json").write_bytes(dump(cluster(3), "json"))
+    objs, _, _, index_later = load_isolated_indexed(str(d), pods=False)
+    assert len(objs) == 7 and index_later() is None
