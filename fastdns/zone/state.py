@@ -722,17 +722,19 @@ def _json_items(text: str, pos: int, end: int) -> tuple[list[Any], list[tuple[in
 _DECODER = json.JSONDecoder()
 
 
-def _json_list(text: str) -> tuple[dict[str, Any], list[tuple[int, int]]] | None:
+def _json_list(text: str, keep: bool = True
+               ) -> tuple[dict[str, Any], list[tuple[int, int]]] | None:
     """A top-level JSON object parsed member by member, as json.loads would, with
     the spans of its ``items`` array's elements; None when it is anything else,
     or not valid (the caller then parses it with json.loads, which says why)."""
     try:
-        return _walk_json_list(text)
+        return _walk_json_list(text, keep)
     except ValueError:
         return None
 
 
-def _walk_json_list(text: str) -> tuple[dict[str, Any], list[tuple[int, int]]] | None:
+def _walk_json_list(text: str, keep: bool) -> tuple[dict[str, Any], list[tuple[int, int]]] | None:
+    """(``keep`` False: the items are parsed and dropped, only their spans kept.)"""
     scanstring = json.decoder.scanstring  # type: ignore[attr-defined]  # (untyped, stdlib)
 
     pos = _skip(text, 0)
@@ -762,7 +764,8 @@ def _walk_json_list(text: str) -> tuple[dict[str, Any], list[tuple[int, int]]] |
                 value, spans = [], []
                 while True:
                     obj, stop = _DECODER.raw_decode(text, close)
-                    value.append(obj)
+                    if keep:
+                        value.append(obj)
                     spans.append((close, stop))
                     close = _skip(text, stop)
                     c = text[close:close + 1]
@@ -817,19 +820,13 @@ def _item_kind(list_kind: str) -> str | None:
     return list_kind[: -len("List")] if list_kind != "List" else None
 
 
-def _index(data: bytes, text: str, docs: list[Any], is_json: bool,
-           spans: list[tuple[int, int]] | None, kinds: Collection[str],
-           shape: StateShape) -> ItemIndex | None:
-    """The ItemIndex of a loaded file (None: not a one-List ASCII file)."""
-    if len(docs) != 1 or not _is_list(docs[0]) or not data.isascii():
+def _item_kinds(docs: list[Any], kinds: Collection[str]) -> tuple[str | None, array] | None:
+    """A one-List file's item kind and ``which`` (ItemIndex); None for other files."""
+    if len(docs) != 1 or not _is_list(docs[0]):
         return None
     doc = docs[0]
     items = doc.get("items")
     if not isinstance(items, list) or not items:
-        return None
-    if not is_json:
-        spans = _yaml_spans(text, len(items))
-    if spans is None or len(spans) != len(items):
         return None
     item_kind = _item_kind(doc["kind"])
     which = array("i")
@@ -843,6 +840,21 @@ def _index(data: bytes, text: str, docs: list[Any], is_json: bool,
             n += 1
         else:
             which.append(-1)
+    return item_kind, which
+
+
+def _index(data: bytes, text: str, is_json: bool, item_kind: str | None, which: array,
+           shape: StateShape) -> ItemIndex | None:
+    """The ItemIndex of a loaded one-List file (None: not ASCII, or not plainly so)."""
+    if not data.isascii():
+        return None
+    if is_json:
+        walked = _json_list(text, keep=False)  # the spans; the items were had already
+        spans = None if walked is None else walked[1]
+    else:
+        spans = _yaml_spans(text, len(which))
+    if spans is None or len(spans) != len(which):
+        return None
     fwd, back = _checksums(data)
     starts = array("q", (s for s, _ in spans))
     ends = array("q", (e for _, e in spans))
@@ -873,18 +885,14 @@ def load_file_phased(path: str, kinds: Collection[str] = KINDS, data: bytes | No
     docs, is_json = _documents(text, path)
     objs = _strip_all(docs, path, kinds)
     shape = _shape(docs, is_json)
-    raw = data
+    per_item = _item_kinds(docs, kinds)
+    # the index needs only the text: the parse tree and the bytes go first
+    del docs, data
 
     def index() -> ItemIndex | None:
-        if len(docs) != 1 or not _is_list(docs[0]) or not raw.isascii():
+        if per_item is None or not text.isascii():
             return None
-        spans = None
-        if is_json:
-            walked = _json_list(text)
-            if walked is None or walked[0] != docs[0]:
-                return None
-            spans = walked[1]
-        return _index(raw, text, docs, is_json, spans, kinds, shape)
+        return _index(text.encode("ascii"), text, is_json, per_item[0], per_item[1], shape)
 
     return objs, shape, index
 
