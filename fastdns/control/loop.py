@@ -383,7 +383,7 @@ def sync_state(current: ClusterState, new: ClusterState) -> Affected:
         old_objs, new_objs = getattr(current, attr), getattr(new, attr)
         for key, obj in list(new_objs.items()):
             was = old_objs.get(key)
-            if was != obj:
+            if was is not obj and was != obj:  # a patched reload keeps unchanged objects
                 out |= current.apply("ADDED" if was is None else "MODIFIED", obj)
     for attr, kind in reversed(kinds):
         old_objs, new_objs = getattr(current, attr), getattr(new, attr)

@@ -191,17 +191,32 @@ def state_loader(compiler: Compiler) -> Callable[[str], Loaded]:
     only where ``pods verified`` answers from them (CoreDNS watches Pods in
     that mode only). Returns a ``statefile.Loaded``: with the file's shape
     and the child's pickle, the restart copy (``state_cache``)."""
-    from fastdns.control.statefile import Loaded
-    from fastdns.zone.isolated import load_isolated
-    from fastdns.zone.state import ClusterState
+    import pickle
+
+    from fastdns.control.statefile import IncrementalLoader, Loaded
+    from fastdns.zone.isolated import encode, load_isolated_indexed
+    from fastdns.zone.state import KINDS, ClusterState
 
     pods = _keeps_pods(compiler)
 
-    def load(path: str) -> Loaded:
-        objs, shape, blob = load_isolated(path, pods=pods)
-        return Loaded(ClusterState(objs), shape.complete, shape.empty_list, blob)
+    def load(path: str, data: bytes | None) -> tuple[Loaded, Callable[[], tuple[Any, list]]]:
+        objs, shape, blob, index_later = load_isolated_indexed(path, pods=pods, data=data)
 
-    return load
+        def indexed() -> tuple[Any, list[Any]]:
+            index = index_later()
+            if index is None:
+                return None, []
+            return index, [objs[i] if i >= 0 else None for i in index.which]
+
+        return Loaded(ClusterState(objs), shape.complete, shape.empty_list, blob), indexed
+
+    def blob_of(objs: list[Any], shape: Any) -> bytes:  # what the child's pickle holds
+        return pickle.dumps((encode(objs), (shape.complete, shape.empty_list)),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+    # a change is read item by item (statefile.IncrementalLoader)
+    return IncrementalLoader(load, ClusterState, blob_of,
+                             KINDS if pods else tuple(k for k in KINDS if k != "Pod"))
 
 
 def state_cache(instance: str, compiler: Compiler) -> StateCache:
@@ -328,7 +343,8 @@ def control_main(spec: ControlSpec) -> int:
             source = StateFileSource(spec.source_path, loop.post_state,
                                      interval=spec.poll_interval,
                                      loader=state_loader(compiler),
-                                     cache=state_cache(spec.instance, compiler))
+                                     cache=state_cache(spec.instance, compiler),
+                                     save_delay=1.0)  # the restart copy: off the compile
             obs.values.state_source = source  # fastdns_state_rejected_total, _pending_bad
             try:
                 # a restarted control process whose file is refused gets the

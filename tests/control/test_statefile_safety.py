@@ -28,7 +28,7 @@ from fastdns.zone.objects import StateError
 from fastdns.zone.state import load_state_checked
 from tests.helpers import Server, a_records, ask, corefile_for, free_port, wait_for
 
-INTERVAL = 0.2  # the server's poll interval (statefile.POLL_INTERVAL)
+INTERVAL = 0.2  # the settle time (statefile.SETTLE_INTERVAL; the server polls every 50 ms)
 
 
 def service_doc(name: str, ip: str, ns: str = "default") -> str:
