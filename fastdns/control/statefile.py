@@ -176,7 +176,8 @@ class IncrementalLoader:
         return loaded
 
     def _patch(self, path: str) -> tuple[Loaded | None, bytes | None]:
-        from fastdns.zone.state import KINDS, Unpatchable, patch_file
+        from fastdns.zone.state import KINDS
+        from fastdns.zone.statepatch import Unpatchable, patch_file
 
         try:
             with open(path, "rb") as f:

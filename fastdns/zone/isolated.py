@@ -37,7 +37,8 @@ from fastdns.zone.objects import (
     ServicePort,
     StateError,
 )
-from fastdns.zone.state import ItemIndex, StateShape
+from fastdns.zone.state import StateShape
+from fastdns.zone.statepatch import ItemIndex
 
 EXIT_STATE_ERROR = 3
 TIMEOUT = 600.0  # seconds: a state file that takes longer is not a state file
@@ -208,7 +209,8 @@ def objects_from_blob(blob: bytes) -> list[Obj]:
 
 
 def main(argv: list[str]) -> int:
-    from fastdns.zone.state import KINDS, load_file_phased, load_state_checked
+    from fastdns.zone.state import KINDS, load_state_checked
+    from fastdns.zone.statepatch import load_file_phased
 
     pods = "--no-pods" not in argv
     if "--index" in argv and ("--stdin" in argv or os.path.isfile(argv[0])):

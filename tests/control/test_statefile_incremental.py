@@ -20,14 +20,8 @@ import yaml
 
 from fastdns.control import statefile
 from fastdns.zone.objects import KINDS
-from fastdns.zone.state import (
-    BLOCK,
-    ClusterState,
-    Unpatchable,
-    load_file,
-    load_file_indexed,
-    patch_file,
-)
+from fastdns.zone.state import ClusterState, load_file
+from fastdns.zone.statepatch import BLOCK, Unpatchable, load_file_indexed, patch_file
 from tests.helpers import Server, a_records, ask, corefile_for, free_port, wait_for
 
 NO_PODS = tuple(k for k in KINDS if k != "Pod")
@@ -362,7 +356,7 @@ YAML_DECLINED = {
 
 @pytest.mark.parametrize("name", sorted(YAML_CASES))
 def test_fast_yaml_reads_as_pyyaml(name):
-    from fastdns.zone.state import _fast_yaml
+    from fastdns.zone.yamlfast import fast_yaml as _fast_yaml
 
     text = YAML_CASES[name]
     want = [d for d in yaml.load_all(text, Loader=yaml.SafeLoader) if d is not None]
@@ -373,14 +367,16 @@ def test_fast_yaml_reads_as_pyyaml(name):
 
 @pytest.mark.parametrize("name", sorted(YAML_DECLINED))
 def test_fast_yaml_leaves_the_rest_to_pyyaml(name):
-    from fastdns.zone.state import _fast_yaml, _NotPlain
+    from fastdns.zone.yamlfast import NotPlain as _NotPlain
+    from fastdns.zone.yamlfast import fast_yaml as _fast_yaml
 
     with pytest.raises(_NotPlain):
         _fast_yaml(YAML_DECLINED[name])
 
 
 def test_fast_yaml_reads_dumps_and_the_demo(tmp_path):
-    from fastdns.zone.state import _fast_yaml, demo_path
+    from fastdns.zone.state import demo_path
+    from fastdns.zone.yamlfast import fast_yaml as _fast_yaml
 
     texts = [dump(cluster(30), "yaml").decode(), yaml.safe_dump(cluster(30), sort_keys=False),
              Path(demo_path()).read_text()]
