@@ -1,6 +1,7 @@
-"""Incremental reloads of a state file: only the items that changed are read again
-(the comment below says how; control/statefile.py uses it).
+"""Incremental reloads of a state file: only the items that changed are read again.
 
+Used by ``control/statefile.py`` for a changed single-List file; the comment
+below the imports says how the items are indexed and compared.
 """
 
 from __future__ import annotations
