@@ -59,6 +59,7 @@ from fastdns.control.kubeclient import (
     client_configuration,
     describe,
     iter_lines,
+    list_call,
     retry_after,
 )
 from fastdns.zone.objects import Obj, Service, StateError, strip
@@ -170,15 +171,13 @@ class KubeSource:
 
         if self._api_client is None:
             self._api_client = client.ApiClient(client_configuration(self.config))
-        core = client.CoreV1Api(self._api_client)
-        disc = client.DiscoveryV1Api(self._api_client)
         cfg = self.config
+        api = self._api_client
         fns: dict[str, tuple[Callable[..., Any], str | None, str | None]] = {
-            "Namespace": (core.list_namespace, None, cfg.namespace_label_selector),
-            "Service": (core.list_service_for_all_namespaces, None, cfg.label_selector),
-            "EndpointSlice": (disc.list_endpoint_slice_for_all_namespaces, None,
-                              cfg.label_selector),
-            "Pod": (core.list_pod_for_all_namespaces, POD_FIELD_SELECTOR, None),
+            "Namespace": (list_call(api, "Namespace"), None, cfg.namespace_label_selector),
+            "Service": (list_call(api, "Service"), None, cfg.label_selector),
+            "EndpointSlice": (list_call(api, "EndpointSlice"), None, cfg.label_selector),
+            "Pod": (list_call(api, "Pod"), POD_FIELD_SELECTOR, None),
         }
         self._stop.clear()
         self._watches = [_Watch(k, *fns[k]) for k in cfg.kinds()]

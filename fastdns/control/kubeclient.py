@@ -27,7 +27,7 @@ The cost is cross-thread delivery: the consumer queues what it gets
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,51 @@ class KubeConfig:
 # The API's name for each kind (what RBAC rules and the apiserver's messages say).
 RESOURCE_NAMES = {"Namespace": "namespaces", "Service": "services",
                   "EndpointSlice": "endpointslices", "Pod": "pods"}
+# Each kind's cluster-wide list/watch path, as CoreV1Api.list_namespace,
+# list_service_for_all_namespaces, DiscoveryV1Api.list_endpoint_slice_for_all_namespaces
+# and CoreV1Api.list_pod_for_all_namespaces request it.
+RESOURCE_PATHS = {"Namespace": "/api/v1/namespaces", "Service": "/api/v1/services",
+                  "EndpointSlice": "/apis/discovery.k8s.io/v1/endpointslices",
+                  "Pod": "/api/v1/pods"}
+# The generated methods' keyword arguments -> the API's query parameters.
+_QUERY = {"watch": "watch", "resource_version": "resourceVersion",
+          "allow_watch_bookmarks": "allowWatchBookmarks", "timeout_seconds": "timeoutSeconds",
+          "limit": "limit", "_continue": "continue", "label_selector": "labelSelector",
+          "field_selector": "fieldSelector"}
+
+
+def list_call(api_client: Any, kind: str) -> Callable[..., Any]:
+    """``kind``'s list/watch request, as the generated ``list_*`` method with
+    ``_preload_content=False`` makes it, returning the raw urllib3 response.
+
+    Made through the client's own ``ApiClient`` (``param_serialize`` and
+    ``call_api``: its host, TLS, bearer token and retries), but not through
+    the generated ``CoreV1Api`` method: kubernetes 33+ wraps each in pydantic's
+    ``validate_call``, which builds a schema of that method's ~20 parameters
+    on its first call, and the client's lazy loading then imports the API
+    classes and models behind it: +41 MB of the control process's heap to
+    list 1,000 Services, before any object (issue 14). What it validated are
+    these fixed keywords. A non-2xx answer raises ``ApiException`` with the
+    response, as the generated method's legacy path does
+    (``ApiClient._call_with_legacy_options``).
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    path = RESOURCE_PATHS[kind]
+
+    def call(*, _preload_content: bool = False, _request_timeout: Any = None,
+             **params: Any) -> Any:
+        query = [(_QUERY[k], v) for k, v in params.items() if v is not None]
+        request = api_client.param_serialize(
+            method="GET", resource_path=path, query_params=query,
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        resp = api_client.call_api(*request, _request_timeout=_request_timeout)
+        if not 200 <= resp.status <= 299:
+            resp.read()
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return resp.response
+
+    return call
 
 
 def client_configuration(cfg: KubeConfig) -> Any:
