@@ -23,10 +23,13 @@ from fastdns.ipc import shm
 
 log = logging.getLogger("control")
 
-# Spares kept ready. Two: one preallocation (~10 ms) plus one retired image's
-# unlink (~5 ms) per publish kept a single spare late for one publish in ten
-# at 10k Services and 50 changes/s, by 11-16 ms (bench/bench_kube.py).
-SPARES = 2
+# Spares kept ready: one. Two were kept while every publish preallocated a
+# segment and unlinked a retired one (a single spare was late for one publish
+# in ten); now the image the workers just left is recycled into the next one
+# (Publisher.buffer), and the doorbell moves idle workers off it at once
+# (ipc/doorbell.py), so one spare is never late, and a second was 27 MB of a
+# pod at 5k Services (bench/bench_sizing.py).
+SPARES = 1
 # ... but spares are memory-backed pages charged to the pod like the image
 # itself: beyond SPARE_BYTES of them, fewer (spares_for). 10k Services with
 # 150k endpoints is a 57 MB image (51 MB in format 2): three copies of it were 170 MB, all of
