@@ -163,7 +163,9 @@ def test_restart_with_a_bad_state_file_is_ready_and_applies_a_reload(tmp_path):
         srv.wait_answering()
         assert wait_for(lambda: http_get(ready) == (200, "OK"), 10)
         copy = os.path.join(shm.SHM_DIR, f"{shm.PREFIX}{srv.instance}-state")
-        assert os.path.exists(copy)  # the restart copy of the last good state
+        # the restart copy of the last good state, written a second after the
+        # state is accepted (statefile.py: not in the way of the first compile)
+        assert wait_for(lambda: os.path.exists(copy), 5)
 
         # the file goes bad (emptied) and the running control process refuses it
         with open(state, "w"):
@@ -213,7 +215,7 @@ def test_restart_with_a_bad_state_file_is_ready_and_applies_a_reload(tmp_path):
         os.replace(tmp, state)
         assert wait_for(lambda: _ttl(port) == 50, 10), srv.log()[-3000:]
         assert wait_for(lambda: scrape(mport).get("fastdns_state_pending_bad") == 0, 5)
-        assert os.path.exists(copy)
+        assert wait_for(lambda: os.path.exists(copy), 5)
         assert http_get(ready) == (200, "OK")
         assert not re.search(r"Traceback", srv.log()), srv.log()[-3000:]
     finally:
