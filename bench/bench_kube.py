@@ -66,7 +66,8 @@ import memcg  # noqa: E402
 from gen_cluster import generate  # noqa: E402
 
 SECTION = "## Kubernetes control plane (bench/bench_kube.py)"
-SECTION_MEMCG = "## Memory under a pod's limit (bench/bench_kube.py --memory-limit {limit})"
+SECTION_MEMCG = ("## Memory under a pod's limit (bench/bench_kube.py --memory-limit {limit} "
+                 "--services {services})")
 TARGET_P99 = 0.050  # issue 14 (issue 5's was 100 ms)
 TARGET_RELIST = 3.0
 TARGET_RSS_MB = 400.0
@@ -670,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python3 bench/bench_kube.py", *argv])
         write_results(Path(args.results), body, command,
                       SECTION if args.memory_limit is None
-                      else SECTION_MEMCG.format(limit=f"{args.memory_limit:g}"))
+                      else SECTION_MEMCG.format(limit=f"{args.memory_limit:g}",
+                                                services=args.services))
         print(f"\nwritten to {args.results}")
     return 0
 
