@@ -45,6 +45,7 @@ import threading
 import time
 
 from fastdns.control.spares import (
+    SPARE_LINGER,
     SPARES,
     Background,
     Spare,
@@ -87,6 +88,7 @@ class Publisher:
         self.spare_misses = 0
         self.spare_wait = 0.0  # seconds the last publish waited for its spare
         self.spares_wanted = SPARES  # spares_for the last image published
+        self._last_publish = 0.0
         # the segment `buffer` gave out and is not yet published, with its view
         self._staged: tuple[Spare, memoryview] | None = None
         # mappings of the live images published in place, by generation: a
@@ -229,6 +231,7 @@ class Publisher:
         if self._ringer is not None:
             self._ringer.ring()  # idle workers move now, not at their timer (doorbell.py)
         self.generation = gen
+        self._last_publish = time.monotonic()
         self._live[gen] = name
         self.spares_wanted = spares_for(len(image))
         if self._bg is not None and shm.RECYCLE:
@@ -418,12 +421,29 @@ class Publisher:
             removed.append(name)
         if removed:
             log.debug("retired %s", ", ".join(removed))
+        self._drop_idle_spares()
         return removed
 
-    def _take_for_spare(self) -> bool:
-        """Count one more spare on its way if fewer than wanted are ready or coming."""
+    def _drop_idle_spares(self) -> None:
+        """Spares beyond ``spares_wanted`` (a recycled image of a large one) last
+        only while publishes keep coming: under churn the next image goes into
+        it at no cost, and the pod holds two images then anyway (the one in
+        force and the next); at rest it holds one."""
+        if self._bg is None or time.monotonic() - self._last_publish < SPARE_LINGER:
+            return
         with self._spare_lock:
-            if len(self._ready) + self._spare_pending >= self.spares_wanted:
+            extra = []
+            while len(self._ready) > self.spares_wanted:
+                extra.append(self._ready.pop())
+        for spare in extra:
+            self._bg.submit(drop_spare, spare)
+
+    def _take_for_spare(self) -> bool:
+        """Count one more spare on its way if fewer than wanted are ready or coming:
+        a retired image is kept as one even when none is wanted, while publishes
+        keep coming (``_drop_idle_spares``: SPARE_LINGER after the last one)."""
+        with self._spare_lock:
+            if len(self._ready) + self._spare_pending >= max(self.spares_wanted, 1):
                 return False
             self._spare_pending += 1
             self._spares += 1

@@ -31,10 +31,16 @@ log = logging.getLogger("control")
 # pod at 5k Services (bench/bench_sizing.py).
 SPARES = 1
 # ... but spares are memory-backed pages charged to the pod like the image
-# itself: beyond SPARE_BYTES of them, fewer (spares_for). 10k Services with
-# 150k endpoints is a 57 MB image (51 MB in format 2): three copies of it were 170 MB, all of
-# kubeadm's 170Mi limit (issue 14).
-SPARE_BYTES = 64 << 20
+# itself: none is kept ready beyond SPARE_BYTES (spares_for). 10k Services
+# with 150k endpoints is a 51 MB image; three copies of the 57 MB one of
+# image format 1 were 170 MB, all of kubeadm's 170Mi limit (issue 14).
+SPARE_BYTES = 16 << 20
+# A retired image is recycled into the next one even where no spare is
+# wanted, and kept this long after the last publish: under churn a publish
+# then writes into pages that exist (a fresh 51 MB segment cost ~20 ms, a
+# 284 MB one at 50k Services ~300 ms per change); at rest the pod holds one
+# image, not two (Publisher._drop_idle_spares).
+SPARE_LINGER = 2.0
 
 
 def spare_slack(size: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import time
 
+from fastdns.control import publisher as pub_mod
 from fastdns.control import spares as spares_mod
 from fastdns.control.publisher import SPARE_TAG, Publisher
 from fastdns.ipc import shm
@@ -119,12 +120,19 @@ def test_spares_are_bounded_by_the_memory_they_cost(instance, monkeypatch):
             time.sleep(0.05)  # a second spare would be made by now
             assert len(_spares(instance)) == 1
         monkeypatch.setattr(spares_mod, "SPARE_BYTES", one - 1)
+        monkeypatch.setattr(pub_mod, "SPARE_LINGER", 0.3)
         assert spares_mod.spares_for(size) == 0
         assert pub.publish(_image(b"e", size)) == 5
+        # none wanted: the retired image lingers as a spare while publishes
+        # might follow, then goes (the control loop's periodic collect)
+        time.sleep(0.1)
+        pub.collect()
+        assert len(_spares(instance)) == 1
         deadline = time.monotonic() + 5
         while (_spares(instance) or len(shm.list_images(instance)) > 1) \
                 and time.monotonic() < deadline:
-            time.sleep(0.005)
+            pub.collect()
+            time.sleep(0.01)
         assert _spares(instance) == []
         assert [g for g, _ in shm.list_images(instance)] == [5]
     finally:
