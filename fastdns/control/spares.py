@@ -34,12 +34,14 @@ SPARES = 1
 # itself: none is kept ready beyond SPARE_BYTES (spares_for). 10k Services
 # with 150k endpoints is a 51 MB image; three copies of the 57 MB one of
 # image format 1 were 170 MB, all of kubeadm's 170Mi limit (issue 14).
-SPARE_BYTES = 16 << 20
-# A retired image is recycled into the next one even where no spare is
-# wanted, and kept this long after the last publish: under churn a publish
-# then writes into pages that exist (a fresh 51 MB segment cost ~20 ms, a
-# 284 MB one at 50k Services ~300 ms per change); at rest the pod holds one
-# image, not two (Publisher._drop_idle_spares).
+SPARE_BYTES = 64 << 20
+# Above SPARE_BYTES a retired image is still recycled into the next one, and
+# kept this long after the last publish: under churn a publish then writes
+# into pages that exist (a fresh 284 MB segment at 50k Services made a change
+# 886 ms, recycled 271); at rest the pod holds one image, not two
+# (Publisher._drop_idle_spares). Below it one spare stays ready: with none,
+# 10k Services and 150k endpoints (51 MB) had p99 70 ms instead of 49 and a
+# higher peak (a fresh segment made while a worker still held the old one).
 SPARE_LINGER = 2.0
 
 
