@@ -11,8 +11,6 @@ lookup the fast path makes, through the real wire core, for each name.
 
 from __future__ import annotations
 
-import importlib.util
-import mmap
 import os
 import random
 import struct
@@ -25,30 +23,9 @@ from fastdns.zone.compiler import Compiler
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.patch import TOMBSTONE
 from fastdns.zone.state import ClusterState
+from tests.zone.inplace import Segments, generate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _generate(services: int = 150):
-    path = os.path.join(HERE, os.pardir, os.pardir, "bench", "gen_cluster.py")
-    spec = importlib.util.spec_from_file_location("gen_cluster", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.generate(services, 6, 0.3, 0.2, pods=False)
-
-
-class Segments:
-    """Publisher.buffer's stand-in: a mapping per image, as segments are."""
-
-    def __init__(self) -> None:
-        self.views: list[memoryview] = []
-
-    def __call__(self, size: int) -> memoryview:
-        view = memoryview(mmap.mmap(-1, size))
-        self.views.append(view)
-        del self.views[:-3]
-        return view
 
 
 def contents(image) -> tuple:
@@ -69,7 +46,7 @@ def _lookups_agree(a, b, names) -> None:
 
 
 def test_patched_images_answer_as_full_assemblies_do():
-    doc = _generate()
+    doc = generate(150)
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), ttl=30)
     state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
     heap, inplace = Compiler(opts), Compiler(opts)
@@ -114,7 +91,7 @@ def test_patched_images_answer_as_full_assemblies_do():
 
 
 def test_a_patch_declines_when_the_garbage_grows_and_the_full_assembly_compacts():
-    doc = _generate(60)
+    doc = generate(60)
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa"), ttl=30)
     state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
     heap, inplace = Compiler(opts), Compiler(opts)

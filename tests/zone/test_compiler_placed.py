@@ -9,7 +9,6 @@ changes, unpublished images and a relist, and compare every image octet.
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import os
 import random
@@ -22,39 +21,19 @@ from fastdns.zone.compiler import Compiler
 from fastdns.zone.fragments import Fragment
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import ClusterState
+from tests.zone.inplace import Segments, generate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _generate():
-    path = os.path.join(HERE, os.pardir, os.pardir, "bench", "gen_cluster.py")
-    spec = importlib.util.spec_from_file_location("gen_cluster", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.generate(120, 6, 0.3, 0.2, pods=False)
-
-
-class Segments:
-    """Stand-in for Publisher.buffer: each image in a mapping of its own."""
-
-    def __init__(self) -> None:
-        self.views: list[memoryview] = []
-
-    def __call__(self, size: int) -> memoryview:
-        view = memoryview(mmap.mmap(-1, size))
-        self.views.append(view)
-        return view
-
-
 @pytest.mark.parametrize("loadbalance", [False, True])
 def test_placed_fragments_give_the_images_a_heap_compile_gives(loadbalance):
-    doc = _generate()
+    doc = generate(120)
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), ttl=30,
                              loadbalance=loadbalance)
     state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
     heap, placed = Compiler(opts), Compiler(opts)
-    placed.out_buffer = segments = Segments()
+    placed.out_buffer = Segments()
     first = placed.full(state, now=1)
     assert bytes(first) == bytes(heap.full(state, now=1))
     placed.placed(first)
@@ -80,7 +59,6 @@ def test_placed_fragments_give_the_images_a_heap_compile_gives(loadbalance):
         assert img.contents(got) == img.contents(want), f"change {i}"
         if i % 6 != 5:  # every sixth not published: its fragments stay in the image before
             placed.placed(got)
-        del segments.views[:-3]
     # a relist compiles everything afresh, then places it again
     assert bytes(placed.full(state, now=99)) == bytes(heap.full(state, now=99))
 
@@ -100,7 +78,7 @@ def test_assembling_over_the_image_the_fragments_lie_in_is_refused():
     """A segment handed out for the next image that is the one the placed
     fragments are read from (a bug in spare rotation) must not be written:
     the image would be copied onto itself, half overwritten."""
-    doc = _generate()
+    doc = generate(120)
     state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
     compiler = Compiler(KubernetesOptions(zones=("cluster.local", "in-addr.arpa")))
     mm = mmap.mmap(-1, 1 << 22)
