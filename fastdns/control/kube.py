@@ -11,7 +11,7 @@ ends cleanly is reopened from the last resourceVersion seen (events and
 bookmarks both advance it); ``410 Expired`` (an ERROR line inside the 200
 stream, or an HTTP 410) means relist; other errors and 429 back off
 exponentially with jitter, honouring ``Retry-After``. Raw JSON only
-(``_preload_content=False``), never the client's model classes: objects are
+(``kubeclient.list_call``), never the client's model classes: objects are
 stripped at once (``fastdns.zone.objects.strip``), which is what keeps
 CoreDNS-sized clusters within memory.
 
@@ -401,8 +401,7 @@ class KubeSource:
             self._check_synced()
 
     def _get_json(self, w: _Watch, kwargs: dict[str, Any], read_timeout: float) -> Any:
-        resp = w.list_fn(_preload_content=False,
-                         _request_timeout=(self.config.connect_timeout, read_timeout), **kwargs)
+        resp = w.list_fn(_request_timeout=(self.config.connect_timeout, read_timeout), **kwargs)
         try:
             return json.loads(resp.data)
         finally:
@@ -419,7 +418,7 @@ class KubeSource:
         if w.label_selector:
             kwargs["label_selector"] = w.label_selector
         resp = w.list_fn(watch=True, resource_version=w.rv, allow_watch_bookmarks=True,
-                         timeout_seconds=timeout, _preload_content=False,
+                         timeout_seconds=timeout,
                          _request_timeout=(cfg.connect_timeout, cfg.read_timeout), **kwargs)
         w.resp = resp
         w.opened_at = time.monotonic()

@@ -93,7 +93,7 @@ _QUERY = {"watch": "watch", "resource_version": "resourceVersion",
 
 def list_call(api_client: Any, kind: str) -> Callable[..., Any]:
     """``kind``'s list/watch request, as the generated ``list_*`` method with
-    ``_preload_content=False`` makes it, returning the raw urllib3 response.
+    ``_preload_content=False`` makes it: the raw urllib3 response, always.
 
     Made through the client's own ``ApiClient`` (``param_serialize`` and
     ``call_api``: its host, TLS, bearer token and retries), but not through
@@ -110,8 +110,7 @@ def list_call(api_client: Any, kind: str) -> Callable[..., Any]:
 
     path = RESOURCE_PATHS[kind]
 
-    def call(*, _preload_content: bool = False, _request_timeout: Any = None,
-             **params: Any) -> Any:
+    def call(*, _request_timeout: Any = None, **params: Any) -> Any:
         query = [(_QUERY[k], v) for k, v in params.items() if v is not None]
         request = api_client.param_serialize(
             method="GET", resource_path=path, query_params=query,

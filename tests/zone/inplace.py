@@ -6,6 +6,11 @@ import importlib.util
 import mmap
 import os
 
+from fastdns.zone import objects
+from fastdns.zone.compiler import Compiler
+from fastdns.zone.options import KubernetesOptions
+from fastdns.zone.state import ClusterState
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -31,3 +36,16 @@ class Segments:
         self.views.append(view)
         del self.views[:-3]
         return view
+
+
+def start_in_place(doc: dict, opts: KubernetesOptions) -> tuple[ClusterState, Compiler, Compiler]:
+    """The cluster's state, a compiler assembling on the heap and one assembling
+    in place (Segments), both through a first full compile (the same octets:
+    a full assembly lays out alike wherever it writes), the in-place one placed."""
+    state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
+    heap, inplace = Compiler(opts), Compiler(opts)
+    inplace.out_buffer = Segments()
+    first = inplace.full(state, now=1)
+    assert bytes(first) == bytes(heap.full(state, now=1))
+    inplace.placed(first)
+    return state, heap, inplace

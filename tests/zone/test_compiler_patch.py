@@ -19,11 +19,9 @@ from fastdns.codec import wire
 from fastdns.ipc import image as img
 from fastdns.zone import objects
 from fastdns.zone import patch as patch_mod
-from fastdns.zone.compiler import Compiler
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.patch import TOMBSTONE
-from fastdns.zone.state import ClusterState
-from tests.zone.inplace import Segments, generate
+from tests.zone.inplace import generate, start_in_place
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,12 +46,7 @@ def _lookups_agree(a, b, names) -> None:
 def test_patched_images_answer_as_full_assemblies_do():
     doc = generate(150)
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), ttl=30)
-    state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
-    heap, inplace = Compiler(opts), Compiler(opts)
-    inplace.out_buffer = Segments()
-    first = inplace.full(state, now=1)
-    assert bytes(first) == bytes(heap.full(state, now=1))
-    inplace.placed(first)
+    state, heap, inplace = start_in_place(doc, opts)
     slices = [o for o in doc["items"] if o["kind"] == "EndpointSlice"]
     services = [o for o in doc["items"] if o["kind"] == "Service"]
     rnd = random.Random(11)
@@ -93,11 +86,7 @@ def test_patched_images_answer_as_full_assemblies_do():
 def test_a_patch_declines_when_the_garbage_grows_and_the_full_assembly_compacts():
     doc = generate(60)
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa"), ttl=30)
-    state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
-    heap, inplace = Compiler(opts), Compiler(opts)
-    inplace.out_buffer = Segments()
-    inplace.placed(inplace.full(state, now=1))
-    heap.full(state, now=1)
+    state, heap, inplace = start_in_place(doc, opts)
     slices = [o for o in doc["items"] if o["kind"] == "EndpointSlice"]
     sizes, fulls = [], 0
     for i in range(60):  # the same slice rewritten over and over: its old blobs pile up

@@ -21,7 +21,7 @@ from fastdns.zone.compiler import Compiler
 from fastdns.zone.fragments import Fragment
 from fastdns.zone.options import KubernetesOptions
 from fastdns.zone.state import ClusterState
-from tests.zone.inplace import Segments, generate
+from tests.zone.inplace import generate, start_in_place
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,12 +31,7 @@ def test_placed_fragments_give_the_images_a_heap_compile_gives(loadbalance):
     doc = generate(120)
     opts = KubernetesOptions(zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), ttl=30,
                              loadbalance=loadbalance)
-    state = ClusterState(objects.strip(o["kind"], o) for o in doc["items"])
-    heap, placed = Compiler(opts), Compiler(opts)
-    placed.out_buffer = Segments()
-    first = placed.full(state, now=1)
-    assert bytes(first) == bytes(heap.full(state, now=1))
-    placed.placed(first)
+    state, heap, placed = start_in_place(doc, opts)
     frags = list(placed._frags.values())
     assert all(f.placed and f.blob == b"" for f in frags if f.size)  # nothing left on the heap
     slices = [o for o in doc["items"] if o["kind"] == "EndpointSlice"]
