@@ -6,6 +6,7 @@ own server with their own Corefile)."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -46,28 +47,53 @@ def _has_ipv6() -> bool:
 HAS_IPV6 = _has_ipv6()
 
 
-def free_port(v6: bool = HAS_IPV6) -> int:
-    """A port free for UDP and TCP on 127.0.0.1 (and ::1); the kernel picks it."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            try:
-                socks = []
-                for fam, addr, typ in ((socket.AF_INET, "127.0.0.1", socket.SOCK_STREAM),
-                                       (socket.AF_INET6, "::1", socket.SOCK_DGRAM),
-                                       (socket.AF_INET6, "::1", socket.SOCK_STREAM)):
-                    if fam == socket.AF_INET6 and not v6:
-                        continue
-                    s = socket.socket(fam, typ)
-                    socks.append(s)
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out to connect() and bind(0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: set[int] = set()
+_PORTS = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def _bindable(port: int, v6: bool) -> bool:
+    """Whether UDP and TCP bind to ``port`` on loopback and on the wildcard."""
+    addrs = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "0.0.0.0")]
+    if v6:
+        addrs += [(socket.AF_INET6, "::1"), (socket.AF_INET6, "::")]
+    for fam, addr in addrs:
+        for typ in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(fam, typ) as s:
+                if fam == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
                     s.bind((addr, port))
-                return port
-            except OSError:
-                continue
-            finally:
-                for s in socks:
-                    s.close()
+                except OSError:
+                    return False
+    return True
+
+
+def free_port(v6: bool = HAS_IPV6) -> int:
+    """A port free for UDP and TCP on loopback and the wildcard (and ::1, ::).
+
+    Chosen below the kernel's ephemeral range, never from it: a port that
+    bind(0) returned is in that range, and between this check and the
+    server's own bind any outgoing connection (the upstream stub, the API
+    client, pip) may take it as its local port, and then a wildcard bind
+    fails with "address already in use" (a CI failure on stop 22). Ports
+    handed out once in this process are not handed out again, as a server
+    may not have bound its port yet."""
+    high = min(_ephemeral_low(), 65536) - 1
+    low = 10000 if high > 12000 else 1024
+    for _ in range(500):
+        port = _PORTS.randint(low, high)
+        if port in _HANDED_OUT or not _bindable(port, v6):
+            continue
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError("no free port")
 
 
