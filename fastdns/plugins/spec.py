@@ -38,6 +38,28 @@ Parser = Callable[[Dispenser, tuple[str, ...]], PluginConfig]
 #: Only called for a block that has the plugin.
 Answer = Callable[[bytes, wire.Query, tuple[str, int], bool, ServerBlock], bytes | None]
 
+#: What a ``before`` hook may hand back instead of an answer: go on with
+#: ``data`` (the next plugin's ``before``, then the image, the slow path,
+#: the forwarder), and pass the answer that comes back, even one forwarded
+#: later, through ``after(original_query, answer) -> answer`` (rewrite's
+#: reverter, autopath's CNAME).
+@dataclass(frozen=True)
+class Rewritten:
+    data: bytes
+    after: Callable[[bytes, bytes], bytes] | None = None
+
+
+#: A ``before`` hook's "no answer at all" (acl's ``drop``).
+DROP = b""
+
+#: The pre-lookup stage in Python: (query bytes, parsed query, client
+#: address, over TCP, the block serving the name) -> None (go on as it
+#: is), an answer (``DROP``: none), or ``Rewritten``. Runs for TCP, the
+#: pure-Python UDP path and every UDP query a C hook hands on
+#: (server/beforechain.py), only in blocks that have the plugin.
+Before = Callable[[bytes, wire.Query, tuple[str, int], bool, ServerBlock],
+                  "bytes | Rewritten | None"]
+
 NOT_IMPLEMENTED = "not implemented by fastdns"
 
 
@@ -73,9 +95,14 @@ class Plugin:
     contributor: Callable[[Config], ImageContributor | None] | None = None
     #: the worker's slow-path hook (fastdns/server/worker_plugins.py)
     answer: Answer | None = None
+    #: decides per query before the image lookup, in Python (``Before``); a
+    #: plugin with one should also give ``prelookup``, or every UDP query of a
+    #: Corefile using it goes through Python
+    before: Before | None = None
     #: the fast path's pre-lookup hook: the Corefile in force -> a PyCapsule
-    #: named "fastdns.prelookup" (fastdns/server/_udp.pyx ``set_prelookup``),
-    #: or None when this Corefile needs none; the worker sets it on start and reload
+    #: named "fastdns.prelookup" (fastdns/server/_udp.pyx ``set_prelookup``;
+    #: the hooks of several plugins chain in plugin.cfg order), or None when
+    #: this Corefile needs none; the worker sets it on start and reload
     prelookup: Callable[[Config], object | None] | None = None
     #: not in CoreDNS's plugin.cfg: a common external plugin, known by name only
     external: bool = False

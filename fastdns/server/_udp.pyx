@@ -32,7 +32,7 @@ packet touches the same few extra lines as every other packet of its zone.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
@@ -75,6 +75,7 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned short ss_family
 
     int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout)
+    int getsockname(int fd, sockaddr* addr, socklen_t* addrlen)
     int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags)
     enum:
         MSG_DONTWAIT
@@ -135,31 +136,58 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* The pre-lookup hook (docs/internals.md section 4, "Pre-lookup hook"):
-       what a plugin's extension module hands FastPath.set_prelookup, in a
-       PyCapsule named "fastdns.prelookup". Called without the GIL for each
-       query before the image lookup. */
+    /* The pre-lookup hooks (docs/internals.md section 4, "Pre-lookup hook"):
+       what a plugin's extension module hands FastPath.set_prelookup, each in
+       a PyCapsule named "fastdns.prelookup". Called without the GIL for each
+       query before the image lookup, in plugin.cfg order; ``post`` (may be
+       NULL) after the image answered a query whose ``fn`` returned PRE_POST. */
+    #include <sys/socket.h>
+    typedef struct fastdns_peer {
+        const struct sockaddr *addr;  /* the client: a sockaddr_in or sockaddr_in6 */
+        int local_port;               /* the port the query came to: picks the block */
+    } fastdns_peer;
     typedef int (*fastdns_prelookup_fn)(void *ctx, unsigned char *pkt, Py_ssize_t *length,
                                          unsigned char *out, Py_ssize_t out_cap,
-                                         Py_ssize_t *ans);
+                                         Py_ssize_t *ans, const fastdns_peer *peer);
+    typedef int (*fastdns_postlookup_fn)(void *ctx, unsigned char *pkt, Py_ssize_t *length,
+                                          unsigned char *out, Py_ssize_t out_cap,
+                                          Py_ssize_t *ans);
     typedef struct fastdns_prelookup {
         fastdns_prelookup_fn fn;
         void *ctx;
+        fastdns_postlookup_fn post;
     } fastdns_prelookup;
+    static int fastdns_all_slow(void *ctx, unsigned char *pkt, Py_ssize_t *length,
+                                unsigned char *out, Py_ssize_t out_cap, Py_ssize_t *ans,
+                                const fastdns_peer *peer) {
+        return 2;  /* PRE_SLOW: a plugin that decides per query only in Python */
+    }
+    static fastdns_prelookup fastdns_all_slow_hook = {fastdns_all_slow, NULL, NULL};
     """
+    ctypedef struct fastdns_peer:
+        const sockaddr* addr
+        int local_port
     ctypedef int (*fastdns_prelookup_fn)(void* ctx, unsigned char* pkt, Py_ssize_t* length,
                                          unsigned char* out, Py_ssize_t out_cap,
-                                         Py_ssize_t* ans) noexcept nogil
+                                         Py_ssize_t* ans, const fastdns_peer* peer) noexcept nogil
+    ctypedef int (*fastdns_postlookup_fn)(void* ctx, unsigned char* pkt, Py_ssize_t* length,
+                                          unsigned char* out, Py_ssize_t out_cap,
+                                          Py_ssize_t* ans) noexcept nogil
     ctypedef struct fastdns_prelookup:
         fastdns_prelookup_fn fn
         void* ctx
+        fastdns_postlookup_fn post
+    fastdns_prelookup fastdns_all_slow_hook
 
 # -- sizes ----------------------------------------------------------------------
 cdef enum:
     # what a pre-lookup hook returns
     PRE_LOOKUP = 0  # look ``pkt[:*length]`` up in the image (the hook may have rewritten it)
     PRE_ANSWER = 1  # ``out[:*ans]`` is the answer
-    PRE_SLOW = 2  # hand the packet to the Python slow path
+    PRE_SLOW = 2  # hand the original packet to Python, which runs the plugins' ``before``
+    PRE_POST = 3  # look it up, then call this hook's ``post`` on the answer
+    PRE_DROP = 4  # no answer at all (acl's ``drop``)
+    MAX_HOOKS = 4  # pre-lookup hooks chained at once
     SLOT = 4096  # octets per datagram slot: answer_packet needs out_cap >= 4096
     VLEN = 64  # datagrams per recvmmsg
     MAX_BATCHES = 16  # batches per readiness callback, so one socket cannot starve the loop
@@ -167,6 +195,7 @@ cdef enum:
     CTL = 64  # octets of control data per datagram slot (an in6_pktinfo cmsg takes 40)
     TF_EXTERNAL = 0x40  # image.TF_EXTERNAL: the Z bit of an answer the slow path completes
     ZONE_EXTERNAL = -2  # slowpath.ZONE_EXTERNAL: the zone argument for such a packet
+    ZONE_PRELOOKUP = -3  # beforechain.ZONE_PRELOOKUP: a hook handed it to Python's ``before``
 
 # -- the shared-memory layout: generated from fastdns/ipc/layout.py by setup.py --
 include "_layout.pxi"
@@ -335,6 +364,17 @@ cdef inline uint64_t now_ns() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
 
 
+cdef inline int local_port(int fd) noexcept nogil:
+    """The local port of socket ``fd`` (sin_port and sin6_port lie at the same
+    offset); 0 if it cannot be read. Once per batch, and only with hooks set."""
+    cdef sockaddr_storage ss
+    cdef socklen_t n = sizeof(ss)
+    cdef const unsigned char* p = <const unsigned char*>&ss
+    if getsockname(fd, <sockaddr*>&ss, &n) != 0:
+        return 0
+    return (p[2] << 8) | p[3]
+
+
 cdef object sockaddr_tuple(const sockaddr_storage* sa):
     """The address as Python's socket module spells it (for sock.sendto)."""
     cdef char text[64]
@@ -403,8 +443,11 @@ cdef class FastPath:
     cdef readonly CacheTable cache
     cdef readonly CForwarder cfwd  # misses forwarded from C (_udp_forward.pxi), or None
     cdef bint cfwd_on
-    cdef fastdns_prelookup prelookup  # fn NULL: no hook (one predictable branch a packet)
-    cdef object _prelookup_capsule  # keeps the hook's owner alive
+    cdef fastdns_prelookup hooks[MAX_HOOKS]  # the pre-lookup chain, in plugin.cfg order
+    cdef int nhooks  # 0: no hook (one predictable branch a packet)
+    cdef object _prelookup_capsules  # keep the hooks' owners alive
+    cdef unsigned char orig[SLOT]  # the packet before the hooks (PRE_SLOW hands it on)
+    cdef Py_ssize_t orig_len
 
     def __cinit__(self):
         self.inbuf = <unsigned char*>PyMem_Malloc(VLEN * SLOT)
@@ -507,29 +550,43 @@ cdef class FastPath:
             cf.slow = self.slow
             cf.set_image_zones(self._image if self.image != NULL else None)
 
-    def set_prelookup(self, capsule):
-        """Call a plugin's C hook for each query before the image lookup; None: no hook.
+    def set_prelookup(self, capsules):
+        """Call plugins' C hooks for each query before the image lookup; None: no hook.
 
-        ``capsule`` is a PyCapsule named ``"fastdns.prelookup"`` holding a
-        ``fastdns_prelookup`` (function and context, see the C declaration
-        above); it is kept alive while the hook is set. The hook may rewrite
-        the query in place (at most ``out_cap`` octets, setting ``*length``)
-        and return PRE_LOOKUP, write an answer to ``out`` and return
-        PRE_ANSWER, or return PRE_SLOW.
+        ``capsules`` is one PyCapsule named ``"fastdns.prelookup"`` or a
+        sequence of at most MAX_HOOKS of them, in plugin.cfg order, each
+        holding a ``fastdns_prelookup`` (function, context and optional
+        ``post``, see the C declaration above); they are kept alive while
+        set. A hook may rewrite the query in place (at most ``out_cap``
+        octets, setting ``*length``) and return PRE_LOOKUP (the next hook,
+        then the image) or PRE_POST (the same, and its ``post`` sees the
+        answer), write an answer to ``out`` and return PRE_ANSWER, return
+        PRE_DROP, or return PRE_SLOW: the packet as it came goes to Python,
+        which runs the plugins' ``before`` (server/beforechain.py).
         """
         cdef fastdns_prelookup* hook
-        if capsule is None:
-            self.prelookup.fn = NULL
-            self.prelookup.ctx = NULL
-            self._prelookup_capsule = None
-            return
-        if not PyCapsule_IsValid(capsule, b"fastdns.prelookup"):
-            raise TypeError("a pre-lookup hook is a PyCapsule named 'fastdns.prelookup'")
-        hook = <fastdns_prelookup*>PyCapsule_GetPointer(capsule, b"fastdns.prelookup")
-        if hook.fn == NULL:
-            raise ValueError("the pre-lookup hook has no function")
-        self._prelookup_capsule = capsule
-        self.prelookup = hook[0]
+        cdef fastdns_prelookup got[MAX_HOOKS]
+        cdef int n = 0
+        if capsules is None:
+            capsules = ()
+        elif not isinstance(capsules, (list, tuple)):
+            capsules = (capsules,)
+        capsules = tuple(capsules)
+        if len(capsules) > MAX_HOOKS:
+            raise ValueError(f"at most {MAX_HOOKS} pre-lookup hooks")
+        for capsule in capsules:
+            if not PyCapsule_IsValid(capsule, b"fastdns.prelookup"):
+                raise TypeError("a pre-lookup hook is a PyCapsule named 'fastdns.prelookup'")
+            hook = <fastdns_prelookup*>PyCapsule_GetPointer(capsule, b"fastdns.prelookup")
+            if hook.fn == NULL:
+                raise ValueError("the pre-lookup hook has no function")
+            got[n] = hook[0]
+            n += 1
+        self.nhooks = 0  # the batch reads nhooks first: no half-set chain is called
+        for i in range(n):
+            self.hooks[i] = got[i]
+        self._prelookup_capsules = capsules
+        self.nhooks = n
 
     def release(self):
         """Drop every buffer this object holds (before the mmaps close)."""
@@ -628,7 +685,8 @@ cdef class FastPath:
     cdef int _batch(self, int fd, int family, bint pktinfo) except -2:
         cdef int i, n, m = 0, nslow = 0, sent, r, zone, row, lb, pre, fw
         cdef Py_ssize_t length, ans
-        cdef fastdns_prelookup hook = self.prelookup
+        cdef int nh = self.nhooks, posts
+        cdef fastdns_peer peer
         cdef uint64_t t0, ns
         cdef uint64_t* w = self.w
         cdef uint64_t* rw
@@ -653,6 +711,8 @@ cdef class FastPath:
             return 0
         t0 = now_ns()
         w[W_BATCHES] += 1
+        if nh:
+            peer.local_port = local_port(fd)
         if lz != NULL:
             memset(rown, 0, sizeof(rown))
         with nogil:
@@ -670,27 +730,38 @@ cdef class FastPath:
                     count_dropped(w, row)
                     continue
                 zone = -1
-                if hook.fn != NULL:
-                    ans = 0
-                    pre = hook.fn(hook.ctx, pkt, &length, out, SLOT, &ans)
-                    if length != self.rmsgs[i].msg_len and 12 <= length <= SLOT:
-                        self.rmsgs[i].msg_len = <unsigned int>length  # rewritten
-                    else:
-                        length = self.rmsgs[i].msg_len
-                    if pre == PRE_ANSWER and 0 < ans <= SLOT:
+                posts = 0
+                if nh:
+                    pre = self._prelookup(i, pkt, &length, out, &ans, &peer, &posts)
+                    if pre == PRE_ANSWER:
                         count_response(w, row, 0, out, ans)
                         self._queue(m, i, out, ans)
                         m += 1
                         continue
+                    if pre == PRE_DROP:
+                        count_dropped(w, row)
+                        continue
                     if pre == PRE_SLOW:
                         w[W_SLOW] += 1
                         self.slow_idx[nslow] = i
-                        self.slow_zone[nslow] = -1
+                        self.slow_zone[nslow] = ZONE_PRELOOKUP
                         nslow += 1
                         continue
                 ans = answer_packet(self.image, self.image_len, pkt, length, out, SLOT,
                                     self.rotation, &zone)
                 self.rotation += 1
+                if posts:
+                    pre = self._postlookup(i, pkt, &length, out, &ans, posts)
+                    if pre == PRE_ANSWER:
+                        count_response(w, row, 0, out, ans)
+                        self._queue(m, i, out, ans)
+                        m += 1
+                        continue
+                    w[W_SLOW] += 1
+                    self.slow_idx[nslow] = i
+                    self.slow_zone[nslow] = ZONE_PRELOOKUP
+                    nslow += 1
+                    continue
                 if ans > 3 and out[3] & TF_EXTERNAL:
                     # an ExternalName CNAME to an outside name: Python appends the
                     # target's records (fastdns/server/external.py)
@@ -842,6 +913,67 @@ cdef class FastPath:
         self.smsgs[m].msg_hdr.msg_name = &self.addrs[i]
         self.smsgs[m].msg_hdr.msg_namelen = self.rmsgs[i].msg_hdr.msg_namelen
 
+    cdef inline int _prelookup(self, int i, unsigned char* pkt, Py_ssize_t* length,
+                               unsigned char* out, Py_ssize_t* ans, fastdns_peer* peer,
+                               int* posts) noexcept nogil:
+        """Run the pre-lookup chain on packet ``i``; PRE_LOOKUP: on to the image
+        (``*posts``: the bits of the hooks whose ``post`` must see its answer)."""
+        cdef int h, pre
+        cdef Py_ssize_t n = length[0]
+        memcpy(self.orig, pkt, n)
+        self.orig_len = n
+        peer.addr = <const sockaddr*>&self.addrs[i]
+        for h in range(self.nhooks):
+            ans[0] = 0
+            pre = self.hooks[h].fn(self.hooks[h].ctx, pkt, length, out, SLOT, ans, peer)
+            if length[0] < 12 or length[0] > SLOT:
+                pre = PRE_SLOW  # a hook that broke the packet: Python decides
+            if pre == PRE_POST:
+                if self.hooks[h].post != NULL:
+                    posts[0] |= 1 << h
+                continue
+            if pre == PRE_LOOKUP:
+                continue
+            if pre == PRE_ANSWER and not (0 < ans[0] <= SLOT):
+                pre = PRE_SLOW
+            if pre == PRE_DROP or pre == PRE_ANSWER:
+                return pre
+            self._restore(i, pkt, length, n)
+            return PRE_SLOW
+        if length[0] != n:
+            self.rmsgs[i].msg_len = <unsigned int>length[0]  # rewritten
+        return PRE_LOOKUP
+
+    cdef inline int _postlookup(self, int i, unsigned char* pkt, Py_ssize_t* length,
+                                unsigned char* out, Py_ssize_t* ans, int posts) noexcept nogil:
+        """The ``post`` hooks, last hook first, on the image's answer (``*ans``
+        0 when the image had none of its own); PRE_ANSWER or PRE_SLOW (the
+        original packet restored for Python)."""
+        cdef int h, pre = PRE_ANSWER
+        cdef Py_ssize_t n = self.rmsgs[i].msg_len
+        if ans[0] < 0 or (ans[0] > 3 and out[3] & TF_EXTERNAL):
+            ans[0] = 0  # handed on, or to be completed by Python: the hook decides
+        h = self.nhooks - 1
+        while h >= 0:
+            if posts & (1 << h):
+                pre = self.hooks[h].post(self.hooks[h].ctx, pkt, length, out, SLOT, ans)
+                if pre != PRE_ANSWER or not (0 < ans[0] <= SLOT):
+                    pre = PRE_SLOW
+                    break
+            h -= 1
+        if pre == PRE_SLOW:
+            self._restore(i, pkt, length, -1)
+        return pre
+
+    cdef inline void _restore(self, int i, unsigned char* pkt, Py_ssize_t* length,
+                              Py_ssize_t n) noexcept nogil:
+        """Put packet ``i`` back as it came (``n`` -1: the length it came with)."""
+        if n < 0:
+            n = self.orig_len
+        memcpy(pkt, self.orig, n)
+        length[0] = n
+        self.rmsgs[i].msg_len = <unsigned int>n
+
     cdef int _slow_one(self, int i, int zone, int m, int fd, bint pktinfo) except -1:
         """Hand packet ``i`` to Python; queue its answer if one comes back now.
 
@@ -905,6 +1037,13 @@ cdef inline unsigned int response_class(const unsigned char* r, Py_ssize_t n) no
     if r[10] | r[11]:
         return C_LOG_SUCCESS | C_LOG_ERROR  # an extended rcode in the OPT
     return C_LOG_SUCCESS
+
+
+def all_slow_hook():
+    """A pre-lookup hook that hands every query to Python's ``before`` chain:
+    for a Corefile whose plugin decides per query only in Python (correct,
+    and as slow as the Python path)."""
+    return PyCapsule_New(<void*>&fastdns_all_slow_hook, b"fastdns.prelookup", NULL)
 
 
 def count_udp_query(counters, int family, data):

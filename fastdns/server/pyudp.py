@@ -17,7 +17,7 @@ from typing import Protocol, cast
 
 from fastdns.ipc import layout
 from fastdns.ipc.counters import Counters
-from fastdns.server import udpsource
+from fastdns.server import beforechain, udpsource
 from fastdns.server.sockets import UDP
 from fastdns.server.tcp import MAX_MESSAGE
 from fastdns.server.worker_plugins import WorkerPlugins
@@ -83,21 +83,11 @@ class PyUdpProtocol(asyncio.DatagramProtocol):
         sockname = self.sockname
         port = sockname[1] if sockname else 0
         row = self.worker.row_of(sockname, data)  # the metrics' (server, zone)
-        plugins = self.worker.plugins  # log, whoami, loop (worker_plugins.py)
-        t0 = time.perf_counter()
-        if plugins.intercepts:
-            resp = self.worker.intercept(data, addr, False, port)
-            if resp is not None:
-                self.worker.counters.query(UDP, self.family, data, row)
-                self.worker.counters.response(UDP, resp, row)
-                plugins.finished(data, addr, resp, False, port, t0)
-                self._send(resp, addr, anc)
-                return
-        resp = self.worker.answer_py(data, UDP, self.family, port,
-                                     self._sender(addr, anc, data, t0, row), row)
+        t0 = time.perf_counter()  # before, whoami, loop, log: beforechain.answer
+        resp = beforechain.answer(self.worker, data, addr, UDP, self.family, port,
+                                  self._sender(addr, anc, data, t0, row), row, t0)
         if resp is not None:
             self._send(resp, addr, anc)
-            plugins.finished(data, addr, resp, False, port, t0)
 
     def _send(self, resp: bytes, addr: Address, anc: udpsource.Ancillary) -> bool:
         """Send one answer; False when it could not go (counted as a send error)."""

@@ -49,7 +49,8 @@ from fastdns.corefile.model import Config
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import image as img
 from fastdns.ipc import layout, shm
-from fastdns.server import udpsource
+from fastdns.server import beforechain, udpsource
+from fastdns.server.beforechain import ZONE_PRELOOKUP
 from fastdns.server.corefile_in_force import CorefileInForce
 from fastdns.server.imagemap import ImageMap
 from fastdns.server.listeners import Listeners
@@ -142,36 +143,39 @@ class Worker:
         t0 = time.perf_counter()
         c = self.counters
         c.query(proto, family, data, row)
-        self.images.check()
-        image = self.images.buf()
-        resp: bytes | None
-        if image is None:
-            resp = None
-        else:
-            self.rotation = (self.rotation + 1) & 0xFFFFFFFF
-            try:
-                # TCP: the 65535-octet frame is the only limit (RFC 7766 §8)
-                status, resp, zone = wire.answer(image, data, self.rotation,
-                                                 MAX_MESSAGE if proto == TCP else 0)
-            except Exception:
-                # only a codec bug gets here: drop the query, keep the worker
-                if not self._logged_answer_error:
-                    self._logged_answer_error = True
-                    log.exception("worker %d: wire.answer failed", self.spec.index)
-                status, resp, zone = wire.ST_DROP, None, -1
-            if status == wire.ST_ANSWER and resp is not None and resp[3] & img.TF_EXTERNAL:
-                status, zone = wire.ST_SLOW, ZONE_EXTERNAL  # the slow path completes it
-            if status == wire.ST_SLOW:
-                c.incr(layout.W_SLOW)
-                slow = self.slow.answer(data, zone, port, send, proto == TCP)
-                if isinstance(slow, Deferred):
-                    return None
-                resp = slow
-            elif status != wire.ST_ANSWER:
-                resp = None
+        resp = self.lookup(data, proto, port, send)
+        if isinstance(resp, Deferred):
+            return None
         c.response(proto, resp, row)
         c.latency(time.perf_counter() - t0, 1, row)
         return resp
+
+    def lookup(self, data: bytes, proto: int, port: int = 0,
+               send: Callable[[bytes | None], None] | None = None) -> bytes | Deferred | None:
+        """The image's answer, else the slow path's (DEFERRED: ``send`` gets
+        it later); nothing counted."""
+        self.images.check()
+        image = self.images.buf()
+        if image is None:
+            return None
+        self.rotation = (self.rotation + 1) & 0xFFFFFFFF
+        try:
+            # TCP: the 65535-octet frame is the only limit (RFC 7766 §8)
+            status, resp, zone = wire.answer(image, data, self.rotation,
+                                             MAX_MESSAGE if proto == TCP else 0)
+        except Exception:
+            # only a codec bug gets here: drop the query, keep the worker
+            if not self._logged_answer_error:
+                self._logged_answer_error = True
+                log.exception("worker %d: wire.answer failed", self.spec.index)
+            return None
+        if status == wire.ST_ANSWER and resp is not None and resp[3] & img.TF_EXTERNAL:
+            status, zone = wire.ST_SLOW, ZONE_EXTERNAL  # the slow path completes it
+        if status == wire.ST_SLOW:
+            self.counters.incr(layout.W_SLOW)
+            slow = self.slow.answer(data, zone, port, send, proto == TCP)
+            return slow
+        return resp if status == wire.ST_ANSWER else None
 
     def answer_tcp(self, frame: bytes, family: int,
                    conn: DnsTcpProtocol | None = None) -> bytes | None:
@@ -189,17 +193,7 @@ class Worker:
                 # a deferred answer's time (answer_py returned before counting it)
                 self.counters.latency(time.perf_counter() - t0, 1, row)
                 plugins.finished(frame, peer, resp, True, port, t0)
-        if peer is not None and plugins.intercepts:
-            resp = self.intercept(frame, peer, True, port)
-            if resp is not None:
-                self.counters.query(TCP, family, frame, row)
-                self.counters.response(TCP, resp, row)
-                plugins.finished(frame, peer, resp, True, port, t0)
-                return resp
-        resp = self.answer_py(frame, TCP, family, port, send, row)
-        if resp is not None:
-            plugins.finished(frame, peer, resp, True, port, t0)
-        return resp
+        return beforechain.answer(self, frame, peer, TCP, family, port, send, row, t0)
 
     def intercept(self, data: bytes, addr: tuple, tcp: bool, port: int) -> bytes | None:
         """whoami / loop count for a query the image would hand to the slow path
@@ -237,6 +231,11 @@ class Worker:
                         resp = None
                 self.counters.response(UDP, resp, row)
                 plugins.finished(data, addr, resp, False, port, t0)
+        if zone == ZONE_PRELOOKUP:  # a C hook handed it on: the plugins' before
+            resp = beforechain.handed_on(self, data, addr, port, send)
+            if resp is None:
+                self.counters.response(UDP, None, row)
+            return None if isinstance(resp, Deferred) else resp
         if plugins.intercepts:  # loop detection, whoami (worker_plugins.py)
             resp = plugins.intercept(data, addr, False, port)
             if resp is not None:

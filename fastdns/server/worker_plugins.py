@@ -32,9 +32,14 @@ from fastdns.codec import wire
 from fastdns.names import to_text
 from fastdns.plugins import registry
 from fastdns.plugins.spec import Plugin
+from fastdns.server import beforechain
+from fastdns.server.beforechain import Verdict
 from fastdns.server.querylog import QueryLog, type_text
 
 errlog = logging.getLogger("plugin/errors")
+
+#: in ``WorkerPlugins.prelookup``: the C hook that hands every query to Python
+ALL_SLOW = object()
 
 
 class ErrorLog:
@@ -101,24 +106,46 @@ class WorkerPlugins:
         self._errors: dict[int, ErrorLog] = {}
         # the registry's slow-path answers some block uses, in plugin.cfg order
         self.answers: list[Plugin] = []
-        # the C fast path's pre-lookup hook: the first plugin (plugin.cfg
-        # order) that has one for this Corefile; the slot holds one hook
-        self.prelookup: object | None = None
+        # the plugins that decide per query before the lookup, in Python
+        # (server/beforechain.py), and the C fast path's pre-lookup hooks, in
+        # plugin.cfg order (ALL_SLOW: a ``before`` with no C hook here)
+        self.befores: list[Plugin] = []
+        self.prelookup: list[object] = []
         self._ports: set[int] = set()
         if config is not None:
             self._ports = {b.port for b in config.servers}
             self.answers = [p for p in registry.PLUGINS if p.answer is not None
                             and any(p.name in b.plugins for b in config.servers)]
-            self.prelookup = next(
-                (hook for p in registry.PLUGINS if p.prelookup is not None
-                 and any(p.name in b.plugins for b in config.servers)
-                 and (hook := p.prelookup(config)) is not None), None)
+            used = [p for p in registry.PLUGINS
+                    if any(p.name in b.plugins for b in config.servers)]
+            self.befores = [p for p in used if p.before is not None]
+            for p in used:
+                hook = p.prelookup(config) if p.prelookup is not None else None
+                if hook is None and p.before is not None:
+                    self.prelookup.append(ALL_SLOW)  # Python decides each query
+                    break
+                if hook is not None:
+                    self.prelookup.append(hook)
             for b in config.servers:
                 conf = b.plugins.get("errors")
                 if conf is not None and id(b.plugins) not in self._errors:
                     self._errors[id(b.plugins)] = ErrorLog(conf, self.debug)
         if self.debug:
             logging.getLogger().setLevel(logging.DEBUG)
+
+    def before(self, data: bytes, addr: Any, tcp: bool, port: int) -> Verdict | None:
+        """The ``before`` hooks of the block serving ``data`` (beforechain.py);
+        None when no block has one or none serves the name."""
+        if not self.befores:
+            return None
+        try:
+            qname = to_text(wire.parse_query(data).qname)
+        except wire_errors.WireError:
+            return None
+        block = self._block(port, qname)
+        if block is None:
+            return None
+        return beforechain.run(self.befores, block, data, addr, tcp)
 
     @property
     def intercepts(self) -> bool:
@@ -175,7 +202,12 @@ class WorkerPlugins:
         else:
             fast.set_logger(self.qlog.mask, self.qlog.udp_batch)
         if hasattr(fast, "set_prelookup"):
-            fast.set_prelookup(self.prelookup)
+            hooks = self.prelookup
+            if ALL_SLOW in hooks:
+                from fastdns.server import _udp  # a FastPath is here: it is built
+
+                hooks = [_udp.all_slow_hook() if h is ALL_SLOW else h for h in hooks]
+            fast.set_prelookup(hooks or None)
 
     def log_one(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
                 seconds: float) -> None:
@@ -185,7 +217,8 @@ class WorkerPlugins:
     @property
     def wants_peer(self) -> bool:
         """Whether TCP answers need the client's address (log, errors, the answers)."""
-        return self.qlog is not None or bool(self.answers) or bool(self._errors)
+        return (self.qlog is not None or bool(self.answers) or bool(self._errors)
+                or bool(self.befores))
 
     def finished(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
                  t0: float) -> None:

@@ -103,7 +103,7 @@ def test_worker_takes_hooks_from_the_rows(monkeypatch):
     plugins = WorkerPlugins(parse_corefile("a.test:53 {\n  whoami\n}\n", "C"))
     fast = Fast()
     plugins.fast_path(fast)
-    assert fast.hook is capsule
+    assert fast.hook == [capsule]
     data = dns.message.make_query("x.a.test.", "A").to_wire()
     assert plugins.intercept(data, ("127.0.0.1", 5), False, 53) == b"answered"
     WorkerPlugins(parse_corefile("a.test:53 {\n  hosts\n}\n", "C")).fast_path(fast)

@@ -1,0 +1,159 @@
+"""The plugins' ``before`` hooks, run in Python for one query (fastdns/plugins/spec.py ``Before``).
+
+Plugins that decide per query before the image lookup (acl, template,
+rewrite, autopath) give a ``before`` hook for the Python paths and a C
+pre-lookup hook for the UDP fast path (server/_udp.pyx ``set_prelookup``).
+This module runs the Python side for TCP, for the pure-Python UDP path,
+and for each UDP packet a C hook handed on (zone ``ZONE_PRELOOKUP``): the
+hooks of the block serving the name, in plugin.cfg order, until one
+answers. A hook that rewrites the query (``spec.Rewritten``) passes the new
+query on to the next hook and to the lookup, and its ``after`` reverts the
+answer, last rewrite first, including an answer the forwarder sends later
+(``wrap``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastdns import errors as wire_errors
+from fastdns.codec import wire
+from fastdns.constants import Rcode
+from fastdns.plugins.spec import Plugin, Rewritten
+from fastdns.server.slowpath import Deferred
+from fastdns.server.sockets import TCP, UDP
+
+#: the zone the C fast path hands a packet on with when a pre-lookup hook
+#: said PRE_SLOW (server/_udp.pyx ZONE_PRELOOKUP)
+ZONE_PRELOOKUP = -3
+
+log = logging.getLogger(__name__)
+
+After = Callable[[bytes, bytes], bytes]
+Send = Callable[[bytes | None], None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the chain decided: an ``answer`` (``b""``: drop it), or the query
+    to look up (``data``) with the ``afters`` its answer goes through."""
+
+    answer: bytes | None
+    data: bytes
+    afters: tuple[After, ...] = ()
+
+
+def run(befores: Sequence[Plugin], block: Any, data: bytes, addr: tuple, tcp: bool) -> Verdict:
+    """The ``before`` hooks of ``block`` on ``data``, in order; a query that
+    does not parse goes on untouched (the lookup answers FORMERR)."""
+    try:
+        q = wire.parse_query(data)
+    except wire_errors.WireError:
+        return Verdict(None, data)
+    original = data
+    afters: list[After] = []
+    for plugin in befores:
+        if plugin.before is None or plugin.name not in block.plugins:
+            continue
+        try:
+            got = plugin.before(data, q, addr, tcp, block)
+        except Exception:  # a plugin's fault: SERVFAIL, as CoreDNS's chain gives
+            log.exception("plugin/%s: failed on a query", plugin.name)
+            try:
+                return Verdict(wire.error_response(original, None, Rcode.SERVFAIL), data)
+            except wire_errors.WireError:
+                return Verdict(b"", data)
+        if got is None:
+            continue
+        if isinstance(got, Rewritten):
+            data = got.data
+            if got.after is not None:
+                afters.append(got.after)
+            try:
+                q = wire.parse_query(data)
+            except wire_errors.WireError:
+                return Verdict(None, original)  # a broken rewrite: as it came
+            continue
+        return Verdict(finish(tuple(afters), original, got) if got else got, data, ())
+    return Verdict(None, data, tuple(afters))
+
+
+def finish(afters: Sequence[After], original: bytes, resp: bytes | None) -> bytes | None:
+    """``resp`` through the ``afters``, last first (None and drops stay as they are)."""
+    if not resp:
+        return resp
+    for after in reversed(afters):
+        resp = after(original, resp)
+    return resp
+
+
+def wrap(send: Send | None, original: bytes, afters: Sequence[After]) -> Send | None:
+    """``send`` with the ``afters`` applied to the answer it is given."""
+    if send is None or not afters:
+        return send
+
+    def reverted(resp: bytes | None) -> None:
+        send(finish(afters, original, resp))
+
+    return reverted
+
+
+def answer(worker: Any, data: bytes, addr: tuple | None, proto: int, family: int, port: int,
+           send: Send | None, row: int | None, t0: float) -> bytes | None:
+    """The whole answer of TCP and the pure-Python UDP path (``worker``: a
+    server.worker.Worker): the ``before`` hooks, then the slow-path answers
+    (whoami, loop) for a name the image hands on, then the image and the
+    slow path (``answer_py``, which counts). Logged here, sent by the caller."""
+    plugins = worker.plugins
+    tcp = proto == TCP
+    query, afters = data, ()
+    if addr and plugins.befores:
+        verdict = plugins.before(data, addr, tcp, port)
+        if verdict is not None and verdict.answer is not None:
+            resp = verdict.answer or None
+            worker.counters.query(proto, family, data, row)
+            worker.counters.response(proto, resp, row)
+            if resp is not None:
+                plugins.finished(data, addr, resp, tcp, port, t0)
+            return resp
+        if verdict is not None:
+            query, afters = verdict.data, verdict.afters
+            send = wrap(send, data, afters)
+    if addr and plugins.intercepts:
+        resp = worker.intercept(query, addr, tcp, port)
+        if resp is not None:
+            resp = finish(afters, data, resp)
+            worker.counters.query(proto, family, data, row)
+            worker.counters.response(proto, resp, row)
+            plugins.finished(data, addr, resp, tcp, port, t0)
+            return resp
+    resp = finish(afters, data, worker.answer_py(query, proto, family, port, send, row))
+    if resp is not None:
+        plugins.finished(data, addr, resp, tcp, port, t0)
+    return resp
+
+
+def handed_on(worker: Any, data: bytes, addr: tuple, port: int,
+              send: Send | None) -> bytes | Deferred | None:
+    """A UDP packet a C pre-lookup hook handed to Python (counted by the fast
+    path): the ``before`` hooks, the slow-path answers, then the lookup the
+    fast path would have made."""
+    plugins = worker.plugins
+    query, afters = data, ()
+    verdict = plugins.before(data, addr, False, port)
+    if verdict is not None and verdict.answer is not None:
+        return verdict.answer or None
+    if verdict is not None:
+        query, afters = verdict.data, verdict.afters
+        send = wrap(send, data, afters)
+    if plugins.intercepts:
+        resp = worker.intercept(query, addr, False, port)
+        if resp is not None:
+            return finish(afters, data, resp)
+    got = worker.lookup(query, UDP, port, send)
+    if isinstance(got, Deferred):
+        return got
+    return finish(afters, data, got)
