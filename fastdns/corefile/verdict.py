@@ -29,7 +29,7 @@ _NOTHING_ANSWERS = (f"no {', '.join(_ANSWERING[:-1])} or {_ANSWERING[-1]} plugin
 def not_running(block: ServerBlock) -> list[tuple[str, str]]:
     """(plugin, reason) for each plugin of ``block`` that fastdns does not run yet."""
     return [(name, registry.reason(name)) for name in block.plugins
-            if not registry.runs(name)]
+            if not registry.accepted(name)]
 
 
 def is_runnable(block: ServerBlock) -> bool:
@@ -54,7 +54,7 @@ def problems(config: Config) -> list[CorefileError]:
             continue
         seen_blocks.append(block.plugins)
         for name, conf in block.plugins.items():
-            if not registry.runs(name):
+            if not registry.accepted(name):
                 file, line = _where(getattr(conf, "source", block.source))
                 out.append(Unsupported(file, line, registry.reason(name), name))
         if not any(name in block.plugins for name in _ANSWERING):
@@ -71,13 +71,17 @@ def problems(config: Config) -> list[CorefileError]:
 
 
 def warnings(config: Config) -> list[str]:
-    """Plugins accepted but not run by ``serve`` yet (a "full" row that names
-    no stage), one line each."""
+    """Plugins accepted but not run by ``serve``, one line each: those that
+    change nothing about answers (``ignored``, with why) and a "full" row
+    that names no stage."""
     out = []
     for block in config.servers:
         for name, conf in block.plugins.items():
             row = registry.get(name)
-            if row is not None and row.runs and not row.stages:
+            if row is not None and row.support == "ignored":
+                file, line = _where(getattr(conf, "source", block.source))
+                out.append(f"{file}:{line}: plugin {name}: accepted, not run: {row.reason}")
+            elif row is not None and row.runs and not row.stages:
                 file, line = _where(getattr(conf, "source", block.source))
                 out.append(f"{file}:{line}: plugin {name}: accepted, but `fastdns serve` "
                            "does not run it yet")

@@ -23,7 +23,7 @@ from types import MappingProxyType
 
 from fastdns.corefile import model as m
 from fastdns.corefile import parsers as p
-from fastdns.plugins import cache, forward, hosts, kubernetes, whoami
+from fastdns.plugins import cache, forward, hosts, ignored, kubernetes, whoami
 from fastdns.plugins.spec import Plugin
 
 PLUGINS: tuple[Plugin, ...] = (
@@ -46,14 +46,14 @@ PLUGINS: tuple[Plugin, ...] = (
            merge=p.merge_bind, handler=False),
     Plugin("debug", "full", config=m.DebugConfig, parse=p.parse_debug, stages=("setup",),
            handler=False),
-    Plugin("trace"),
+    ignored.TRACE,
     Plugin("ready", "full", config=m.ReadyConfig, parse=p.parse_ready,
            stages=("observability",), handler=False),
     Plugin("health", "full", config=m.HealthConfig, parse=p.parse_health,
            stages=("observability",), handler=False,
            metrics=("coredns_health_request_duration_seconds",
                     "coredns_health_request_failures_total")),
-    Plugin("pprof"),
+    ignored.PPROF,
     Plugin("shed"),
     Plugin("prometheus", "full", config=m.PrometheusConfig, parse=p.parse_prometheus,
            stages=("observability",),
@@ -63,7 +63,7 @@ PLUGINS: tuple[Plugin, ...] = (
            stages=("slow_path", "observability")),
     Plugin("log", "full", config=m.LogConfig, parse=p.parse_log,
            stages=("fast_path", "slow_path", "observability"), merge=p.merge_log),
-    Plugin("dnstap"),
+    ignored.DNSTAP,
     Plugin("local"),
     Plugin("dns64"),
     Plugin("any"),
@@ -120,6 +120,12 @@ def runs(name: str) -> bool:
     """Whether fastdns does what CoreDNS does for ``name``."""
     row = BY_NAME.get(name)
     return row is not None and row.runs
+
+
+def accepted(name: str) -> bool:
+    """Whether ``serve`` runs a Corefile with ``name`` (``ignored`` ones warn)."""
+    row = BY_NAME.get(name)
+    return row is not None and row.accepted
 
 
 def reason(name: str) -> str:

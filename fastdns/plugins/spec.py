@@ -17,10 +17,12 @@ from fastdns.corefile.dispenser import Dispenser
 from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 from fastdns.zone.contributor import ImageContributor
 
-#: "full": fastdns does what CoreDNS does; "parsed": the configuration is
+#: "full": fastdns does what CoreDNS does; "ignored": read and validated,
+#: and it changes nothing about answers, so a Corefile with it runs with a
+#: warning (``reason``) (plugins/ignored.py); "parsed": the configuration is
 #: read and validated, the behaviour not wired in yet; "none": CoreDNS (or a
 #: common external plugin) has it and fastdns refuses it at parse time.
-Support = Literal["full", "parsed", "none"]
+Support = Literal["full", "ignored", "parsed", "none"]
 
 #: Where a plugin runs (docs/plugins.md, "Stages"): ``setup`` when a process
 #: starts or reloads; ``compile`` in the control process, into the snapshot
@@ -110,3 +112,8 @@ class Plugin:
     @property
     def runs(self) -> bool:
         return self.support == "full"
+
+    @property
+    def accepted(self) -> bool:
+        """Whether ``serve`` runs a Corefile that has it (perhaps with a warning)."""
+        return self.support in ("full", "ignored")

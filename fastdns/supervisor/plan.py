@@ -66,11 +66,16 @@ def _corefile_text(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def parse_config(text: str, filename: str) -> corefile.Config:
-    """The corefile module's Config, its errors turned into ServeError."""
+    """The corefile module's Config; every error it has, one line each, as
+    one ServeError (an operator fixes a ConfigMap once, not once per line)."""
     try:
-        return corefile_config.parse_corefile(text, filename)
+        analysis = corefile_config.analyse(text, filename)
     except CorefileError as e:
         raise ServeError(str(e)) from e
+    if analysis.errors:
+        raise ServeError("\n".join(str(e) for e in analysis.errors))
+    assert analysis.config is not None
+    return analysis.config
 
 
 def check_plugins(config: corefile.Config, filename: str) -> list[str]:
@@ -81,7 +86,7 @@ def check_plugins(config: corefile.Config, filename: str) -> list[str]:
     """
     found = verdict.problems(config)
     if found:
-        raise ServeError(str(found[0]))
+        raise ServeError("\n".join(dict.fromkeys(str(p) for p in found)))
     return verdict.warnings(config)
 
 

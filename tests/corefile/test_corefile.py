@@ -432,7 +432,8 @@ def test_load_missing_file(tmp_path: Path) -> None:
 def test_supported_registry(tmp_path: Path, resolv: Path) -> None:
     # a plugin fastdns runs or parses has a parser and a config, the others none
     for row in registry.PLUGINS:
-        assert (row.parse is not None) == (row.support in ("full", "parsed")), row.name
+        assert (row.parse is not None) == (row.support in ("full", "ignored", "parsed")), \
+            row.name
         assert (row.config is not None) == (row.parse is not None), row.name
         assert row.config is None or row.config.name == row.name
     [b] = load_corefile(fixture_copy("kubeadm.Corefile", tmp_path, resolv)).servers
@@ -476,7 +477,7 @@ def test_check_corefile_cli(tmp_path: Path, resolv: Path) -> None:
     assert r.returncode == (0 if every_full else 1)
 
     bad = tmp_path / "bad"
-    bad.write_text(".:53 {\n  errors\n  frob\n  rewrite name a b\n"
+    bad.write_text(".:53 {\n  errors\n  frob\n  etcd skydns.local\n"
                    "  kubernetes cluster.local {\n    ttl 9999\n  }\n}\n")
     r = run_check(bad)
     assert r.returncode == 1
@@ -484,10 +485,25 @@ def test_check_corefile_cli(tmp_path: Path, resolv: Path) -> None:
         f"{bad}:1: key .:53: OK",
         f"{bad}:2: plugin errors: OK",
         f"{bad}:3: plugin frob: ERROR: unknown plugin",
-        f"{bad}:4: plugin rewrite: UNSUPPORTED: not implemented by fastdns",
+        f"{bad}:4: plugin etcd: UNSUPPORTED: not implemented by fastdns",
         f"{bad}:5: plugin kubernetes: ERROR: ttl must be in range [0, 3600]: 9999 (line 6)",
         "fastdns cannot run this Corefile as-is",
     ]
+
+    warn = tmp_path / "warn"
+    warn.write_text(".:53 {\n  errors\n  pprof 127.0.0.1:6060 {\n    block 1\n  }\n"
+                    "  trace zipkin localhost:9411\n  dnstap /tmp/tap.sock full\n"
+                    "  forward . 127.0.0.1:5300\n}\n")
+    r = run_check(warn)
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.splitlines()
+    assert [x.split(": ")[2] for x in lines[2:5]] == ["WARN"] * 3, lines
+    assert lines[2].startswith(f"{warn}:3: plugin pprof: WARN: accepted, not run: "
+                               "changes nothing about answers"), lines
+    assert lines[-1] == "fastdns runs this Corefile as-is, with warnings"
+    warn.write_text(".:53 {\n  dnstap\n  pprof a b\n  forward . 127.0.0.1:5300\n}\n")
+    r = run_check(warn)  # read as CoreDNS reads them: a socket, one address
+    assert r.returncode == 1 and r.stdout.count(": ERROR: wrong argument count") == 2, r.stdout
 
     syntax = tmp_path / "syntax"
     syntax.write_text(".:53 {\n  errors\n")

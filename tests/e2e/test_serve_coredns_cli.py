@@ -214,7 +214,11 @@ VERDICT_CASES = {
     "log-only": "example.org:1053 {\n    errors\n    log\n}\n",
     "two-kubernetes": ("a.local:1053 {\n    kubernetes a.local\n}\n"
                        "b.local:1053 {\n    kubernetes b.local\n}\n"),
-    "rewrite": ".:1053 {\n    rewrite name a.b c.d\n    forward . 127.0.0.1:5300\n}\n",
+    "etcd": ".:1053 {\n    etcd skydns.local\n    forward . 127.0.0.1:5300\n}\n",
+    "pprof": (".:1053 {\n    pprof\n    dnstap unix:///tmp/tap.sock\n"
+              "    forward . 127.0.0.1:5300\n}\n"),
+    "many-unsupported": (".:1053 {\n    sign db.example example.org\n    forward . 127.0.0.1\n}\n"
+                         "b.test:1053 {\n    etcd\n    forward . 127.0.0.1\n    frob\n}\n"),
     "hosts": ".:1053 {\n    hosts {\n        192.0.2.1 a.example\n    }\n}\n",
     "whoami": ".:1053 {\n    whoami\n}\n",
 }
@@ -234,8 +238,13 @@ def test_check_and_serve_agree(tmp_path, case):
         served = True
     except supervisor.ServeError as e:
         served = False
+        refusal = str(e)
         # the refusal serve prints is a line check-corefile printed too
         reason = str(e).split(": ", 1)[1]
         assert reason.split(": ")[-1] in check.stdout, (str(e), check.stdout)
     assert (check.returncode == 0) == served, check.stdout
-    assert case not in ("kubeadm", "nodelocal", "hosts", "whoami") or served
+    assert case not in ("kubeadm", "nodelocal", "hosts", "whoami", "pprof") or served
+    if case == "many-unsupported":
+        # every line at once, as check-corefile lists them (sign, etcd, frob)
+        assert not served and [x.split(": ")[1] for x in refusal.splitlines()] == [
+            "plugin sign", "plugin etcd", "plugin frob"], refusal
