@@ -51,6 +51,7 @@ from typing import Any
 
 import urllib3
 
+from fastdns.control.apilimit import ApiLimiter
 from fastdns.control.backoff import Backoff
 from fastdns.control.kubeclient import (
     RESOURCE_NAMES,
@@ -172,12 +173,12 @@ class KubeSource:
         if self._api_client is None:
             self._api_client = client.ApiClient(client_configuration(self.config))
         cfg = self.config
-        api = self._api_client
+        api, lim = self._api_client, ApiLimiter(cfg.api_qps, cfg.api_burst, cfg.api_max_inflight)
         fns: dict[str, tuple[Callable[..., Any], str | None, str | None]] = {
-            "Namespace": (list_call(api, "Namespace"), None, cfg.namespace_label_selector),
-            "Service": (list_call(api, "Service"), None, cfg.label_selector),
-            "EndpointSlice": (list_call(api, "EndpointSlice"), None, cfg.label_selector),
-            "Pod": (list_call(api, "Pod"), POD_FIELD_SELECTOR, None),
+            "Namespace": (list_call(api, "Namespace", lim), None, cfg.namespace_label_selector),
+            "Service": (list_call(api, "Service", lim), None, cfg.label_selector),
+            "EndpointSlice": (list_call(api, "EndpointSlice", lim), None, cfg.label_selector),
+            "Pod": (list_call(api, "Pod", lim), POD_FIELD_SELECTOR, None),
         }
         self._stop.clear()
         self._watches = [_Watch(k, *fns[k]) for k in cfg.kinds()]

@@ -62,6 +62,10 @@ class KubeConfig:
     connect_timeout: float = 10.0
     list_read_timeout: float = 60.0
     page_size: int = 500
+    # Corefile apiserver_qps / apiserver_burst / apiserver_max_inflight (0: none)
+    api_qps: float = 0.0
+    api_burst: int = 0
+    api_max_inflight: int = 0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
 
@@ -91,7 +95,7 @@ _QUERY = {"watch": "watch", "resource_version": "resourceVersion",
           "field_selector": "fieldSelector"}
 
 
-def list_call(api_client: Any, kind: str) -> Callable[..., Any]:
+def list_call(api_client: Any, kind: str, limiter: Any = None) -> Callable[..., Any]:
     """``kind``'s list/watch request, as the generated ``list_*`` method with
     ``_preload_content=False`` makes it: the raw urllib3 response, always.
 
@@ -104,7 +108,8 @@ def list_call(api_client: Any, kind: str) -> Callable[..., Any]:
     list 1,000 Services, before any object (issue 14). What it validated are
     these fixed keywords. A non-2xx answer raises ``ApiException`` with the
     response, as the generated method's legacy path does
-    (``ApiClient._call_with_legacy_options``).
+    (``ApiClient._call_with_legacy_options``). ``limiter``: an
+    ``apilimit.ApiLimiter`` each request waits for (Corefile ``apiserver_*``).
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -115,7 +120,11 @@ def list_call(api_client: Any, kind: str) -> Callable[..., Any]:
         request = api_client.param_serialize(
             method="GET", resource_path=path, query_params=query,
             header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-        resp = api_client.call_api(*request, _request_timeout=_request_timeout)
+        if limiter is not None and limiter.limits:
+            with limiter.request():
+                resp = api_client.call_api(*request, _request_timeout=_request_timeout)
+        else:
+            resp = api_client.call_api(*request, _request_timeout=_request_timeout)
         if not 200 <= resp.status <= 299:
             resp.read()
             raise ApiException.from_response(http_resp=resp, body=None, data=None)

@@ -177,7 +177,9 @@ def kube_config(config: Config, kubeconfig: str | None) -> KubeConfig:
         kubeconfig=kubeconfig or path, context=context or None,
         tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
         pods_verified=conf.pods == "verified",
-        label_selector=conf.labels, namespace_label_selector=conf.namespace_labels)
+        label_selector=conf.labels, namespace_label_selector=conf.namespace_labels,
+        api_qps=conf.apiserver_qps, api_burst=conf.apiserver_burst,
+        api_max_inflight=conf.apiserver_max_inflight)
 
 
 def _keeps_pods(compiler: Compiler) -> bool:

@@ -70,6 +70,9 @@ class KubernetesConfig(PluginConfig):
     ignore_empty_service: bool = False
     startup_timeout: float = 5.0
     upstream: tuple[str, ...] = ()  # deprecated in CoreDNS, accepted and ignored
+    apiserver_qps: float = 0.0  # 0: unlimited (control/apilimit.py)
+    apiserver_burst: int = 0
+    apiserver_max_inflight: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from fastdns.corefile.args import (
     zones_arg,
 )
 from fastdns.corefile.dispenser import Dispenser
+from fastdns.corefile.errors import Unsupported
 from fastdns.corefile.lexer import Token
 from fastdns.corefile.model import (
     KubernetesConfig,
@@ -37,6 +38,25 @@ def _label_selector(d: Dispenser, toks: list[Token], what: str) -> str:
         if depth != 0 or not _LABEL_SELECTOR.match(term):
             raise d.err(f"unable to parse {what} selector value: '{text}'", toks[0])
     return text
+
+
+_NOT_YET = {"multicluster": "it needs the MCS-API ServiceImport watch",
+            "zonal": "no _zone names are compiled"}
+
+
+def _api_limit(d: Dispenser, key: str) -> float | int:
+    """apiserver_qps (a float), apiserver_burst and apiserver_max_inflight (ints),
+    each >= 0 (setup.go: strconv.ParseFloat / Atoi, then the sign check)."""
+    arg = d.one_arg()
+    try:
+        value: float | int = float(arg.text) if key == "apiserver_qps" else int(arg.text, 10)
+    except ValueError:
+        raise d.err(f"invalid {key} \"{arg.text}\"", arg) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise d.err(f"invalid {key} \"{arg.text}\"", arg)
+    if value < 0:
+        raise d.err(f"{key} must be >= 0", arg)
+    return value
 
 
 def parse_kubernetes(d: Dispenser, zones: tuple[str, ...]) -> KubernetesConfig:
@@ -104,6 +124,11 @@ def parse_kubernetes(d: Dispenser, zones: tuple[str, ...]) -> KubernetesConfig:
             opts["startup_timeout"] = duration_arg(d, arg, "startup_timeout")
         elif key == "upstream":
             opts["upstream"] = tuple(t.text for t in d.remaining_args())
+        elif key in ("apiserver_qps", "apiserver_burst", "apiserver_max_inflight"):
+            opts[key] = _api_limit(d, key)
+        elif key in ("multicluster", "zonal"):
+            raise Unsupported(sub.file, sub.line, f"option {key} is not implemented by fastdns "
+                              f"({_NOT_YET[key]})", "kubernetes")
         else:
             raise d.unknown_property()
     if opts.get("namespaces") and opts.get("namespace_labels"):
