@@ -11,6 +11,14 @@ _UNITS = {
 _PART = re.compile(r"([0-9]*)(\.[0-9]*)?([a-z\u00b5\u03bc]+)")
 
 
+def duration_from_arg(s: str) -> float:
+    """plugin/pkg/durations NewDurationFromArg: Go's syntax, or a bare number
+    of seconds (not Go's nanoseconds)."""
+    if s.isdigit():
+        return float(s)
+    return parse_duration(s)
+
+
 def parse_duration(s: str) -> float:
     """``"1m30s"`` -> 90.0 seconds; raises ValueError with Go's wording."""
     orig = s

@@ -10,7 +10,9 @@ The rules beyond each plugin's row in the registry
 - every server block needs a plugin that answers queries, or it would
   answer REFUSED to everything (CoreDNS would run it; it is still a
   configuration nobody means, and fastdns has no such empty chain);
-- one ``kubernetes`` plugin per Corefile (one compiled cluster image).
+- one ``kubernetes`` plugin per Corefile (one compiled cluster image);
+- one ``timeouts`` setting per Corefile (one TCP listener per worker serves
+  every port: plugins/timeouts.py).
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def problems(config: Config) -> list[CorefileError]:
                 file, line, f"server block {' '.join(block.zones)}: {_NOTHING_ANSWERS}"))
         if "kubernetes" in block.plugins:
             kubernetes.append(block.plugins["kubernetes"])
+    timeouts = list(dict.fromkeys(
+        b.plugins["timeouts"] for b in config.servers if "timeouts" in b.plugins))
+    if len(timeouts) > 1:
+        file, line = _where(getattr(timeouts[1], "source", None))
+        first = _where(getattr(timeouts[0], "source", None))
+        out.append(Unsupported(file, line, "differs from the timeouts at "
+                               f"{first[0]}:{first[1]}: fastdns applies one timeouts setting "
+                               "to every TCP listener", "timeouts"))
     if len(kubernetes) > 1:
         file, line = _where(getattr(kubernetes[1], "source", None))
         out.append(Unsupported(file, line, "a second kubernetes plugin: fastdns serves "

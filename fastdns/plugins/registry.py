@@ -23,7 +23,7 @@ from types import MappingProxyType
 
 from fastdns.corefile import model as m
 from fastdns.corefile import parsers as p
-from fastdns.plugins import cache, forward, hosts, ignored, kubernetes, whoami
+from fastdns.plugins import cache, forward, hosts, ignored, kubernetes, timeouts, whoami
 from fastdns.plugins.spec import Plugin
 
 PLUGINS: tuple[Plugin, ...] = (
@@ -36,7 +36,7 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("grpc_server"),
     Plugin("https"),
     Plugin("https3"),
-    Plugin("timeouts"),
+    timeouts.PLUGIN,
     Plugin("multisocket"),
     Plugin("reload", "full", config=m.ReloadConfig, parse=p.parse_reload, stages=("setup",),
            handler=False, metrics=("coredns_reload_failed_total", "coredns_reload_version_info")),

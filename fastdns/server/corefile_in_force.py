@@ -30,7 +30,15 @@ class CorefileInForce:
         self._stats: SharedStats | None = None
 
     def load(self) -> Config | None:
-        """The Corefile in force (the supervisor's shm copy), parsed; None without one."""
+        """The Corefile in force (the supervisor's shm copy), parsed; None without one.
+
+        The first load learns the version before it reads the text: a reload
+        put in force after that read then moves the version past what was
+        learned, and ``moved`` reports it. Learning it on the first timer tick
+        instead missed a reload that came between the worker's start and its
+        first tick (the worker kept the old Corefile for good)."""
+        if self.version is None:
+            self.version = self._current()
         try:
             text = reload.read_corefile(self.instance)
             name = reload.read_corefile_name(self.instance)  # relative imports
@@ -44,13 +52,9 @@ class CorefileInForce:
 
         The first call only learns the version: the worker started on it.
         """
-        stats = self._stats
-        if stats is None:
-            try:
-                stats = self._stats = SharedStats.attach(self.instance)
-            except Exception:  # noqa: BLE001 - no control segment stats: no reload
-                return None
-        version = stats.get(layout.S_CONFIG_VERSION)
+        version = self._current()
+        if version is None:
+            return None
         if self.version is None:
             self.version = version
             return None
@@ -58,3 +62,12 @@ class CorefileInForce:
             return None
         self.version = version
         return version
+
+    def _current(self) -> int | None:
+        """The version word now; None without the control segment's stats."""
+        if self._stats is None:
+            try:
+                self._stats = SharedStats.attach(self.instance)
+            except Exception:  # noqa: BLE001 - no control segment stats: no reload
+                return None
+        return self._stats.get(layout.S_CONFIG_VERSION)

@@ -138,6 +138,9 @@ class TcpListener:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.min_idle_timeout = min_idle_timeout
+        self.max_queries = -1  # per connection; -1: no bound (timeouts' maxtcpqueries)
+        # what the worker was started with: a Corefile without ``timeouts`` goes back to them
+        self.defaults = (read_timeout, write_timeout, idle_timeout)
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self.on_accept = on_accept
@@ -280,7 +283,7 @@ class DnsTcpProtocol(asyncio.Protocol):
 
     __slots__ = ("_listener", "_family", "_transport", "_buf", "_timer", "_timer_at", "_loop",
                  "_peer", "_since", "_served", "_msg_start", "_pending", "_pending_until",
-                 "_paused_at", "local_port", "local_host")
+                 "_paused_at", "local_port", "local_host", "_queries")
 
     def __init__(self, listener: TcpListener, family: int) -> None:
         if listener.loop is None:
@@ -301,6 +304,7 @@ class DnsTcpProtocol(asyncio.Protocol):
         self._paused_at: float | None = None  # when writing went over the high-water mark
         self.local_port = 0
         self.local_host = ""  # the address the connection came in on (the metrics' server)
+        self._queries = 0  # messages read (timeouts' maxtcpqueries closes at its bound)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peername = transport.get_extra_info("peername")
@@ -325,6 +329,8 @@ class DnsTcpProtocol(asyncio.Protocol):
         buf += data
         pos, n = 0, len(buf)
         out = []
+        if 0 < self._listener.max_queries <= self._queries:
+            pos = n  # past maxtcpqueries: read nothing more, close once answered
         while n - pos >= 2:
             size = buf[pos] << 8 | buf[pos + 1]
             if n - pos - 2 < size:
@@ -338,6 +344,10 @@ class DnsTcpProtocol(asyncio.Protocol):
             elif _looks_like_query(frame):
                 self._pending += 1  # send_later owes it (or it expires, PENDING_GRACE)
                 self._pending_until = now + PENDING_GRACE
+            self._queries += 1
+            if 0 < self._listener.max_queries <= self._queries:
+                pos = n  # the bound: nothing more is read on this connection
+                break
         if pos:
             del buf[:pos]
             self._served = True
@@ -345,7 +355,21 @@ class DnsTcpProtocol(asyncio.Protocol):
                 self._msg_start = now
         if out and self._transport is not None:
             self._transport.write(b"".join(out))
+        if self._spent():
+            return
         self._settle(now, activity=pos > 0)
+
+    def _spent(self) -> bool:
+        """At ``maxtcpqueries`` with every answer written: close (CoreDNS's server
+        closes the connection after its last allowed query is answered)."""
+        if not 0 < self._listener.max_queries <= self._queries or self._pending:
+            return False
+        t = self._transport
+        if t is not None and not t.is_closing():
+            self._listener._forget(self)
+            self._cancel_timer()
+            t.close()  # written answers are flushed first
+        return True
 
     def peername(self) -> tuple | None:
         """The client's address as the socket gives it (whoami, log); None once closed."""
@@ -361,6 +385,7 @@ class DnsTcpProtocol(asyncio.Protocol):
         if resp is None or self._transport is None or self._transport.is_closing():
             return False
         self._transport.write(len(resp).to_bytes(2, "big") + resp)
+        self._spent()
         return True
 
     def pause_writing(self) -> None:

@@ -49,6 +49,7 @@ from fastdns.corefile.model import Config
 from fastdns.ipc import counters as ctr
 from fastdns.ipc import image as img
 from fastdns.ipc import layout, shm
+from fastdns.plugins import timeouts
 from fastdns.server import beforechain, udpsource
 from fastdns.server.beforechain import ZONE_PRELOOKUP
 from fastdns.server.corefile_in_force import CorefileInForce
@@ -373,6 +374,7 @@ class Worker:
         self.plugins = WorkerPlugins(config, self.port_of_fd,
                                      loop=(self.spec.instance, self.spec.index))
         self.plugins.fast_path(self.fast)
+        timeouts.apply(config, self.tcp)  # the TCP listener's read/write/idle, maxtcpqueries
         self._sync_cforward()
 
     def _apply_listen(self, loop: asyncio.AbstractEventLoop,
