@@ -1,4 +1,4 @@
-"""pprof, trace, dnstap: plugins that change nothing about answers, accepted with a warning.
+"""pprof, trace, dnstap, metadata: they change nothing about answers, accepted with a warning.
 
 A distribution's Corefile, or an operator's debugging edit, may carry them.
 Refusing the whole Corefile for a profiling endpoint would cost a cluster
@@ -8,7 +8,10 @@ the same line as WARN. The directives are still read as CoreDNS reads them
 (plugin/pprof/setup.go: at most one address and a ``block [RATE]`` line;
 plugin/trace/setup.go: an optional endpoint type and endpoint, then
 options; plugin/dnstap/setup.go: a socket or ``tcp://`` address, then
-``full``), so a Corefile CoreDNS would refuse is refused here too.
+``full``; plugin/metadata/setup.go: zones, no block), so a Corefile CoreDNS
+would refuse is refused here too. ``metadata`` only lets other plugins
+publish labels that later ones read (``log``'s ``{/label}``, ``view``);
+no plugin fastdns runs publishes or reads them yet, so it changes nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class TraceConfig(IgnoredConfig):
 
 class DnstapConfig(IgnoredConfig):
     name: ClassVar[str] = "dnstap"
+
+
+class MetadataConfig(IgnoredConfig):
+    name: ClassVar[str] = "metadata"
 
 
 def _options(d: Dispenser) -> None:
@@ -75,6 +82,13 @@ def parse_dnstap(d: Dispenser, zones: tuple[str, ...]) -> DnstapConfig:
     return DnstapConfig(tuple(a.text for a in args))
 
 
+def parse_metadata(d: Dispenser, zones: tuple[str, ...]) -> MetadataConfig:
+    args = d.remaining_args()
+    if d.next_block():
+        raise d.arg_err()
+    return MetadataConfig(tuple(a.text for a in args))
+
+
 PPROF = Plugin("pprof", "ignored", config=PprofConfig, parse=parse_pprof, handler=False,
                reason="changes nothing about answers: fastdns serves no Go profiling "
                       "endpoint (py-spy profiles its processes)")
@@ -84,3 +98,7 @@ DNSTAP = Plugin("dnstap", "ignored", config=DnstapConfig, parse=parse_dnstap,
                 handler=False,
                 reason="changes nothing about answers: fastdns sends no dnstap messages "
                        "(use the log plugin)")
+METADATA = Plugin("metadata", "ignored", config=MetadataConfig, parse=parse_metadata,
+                  handler=False,
+                  reason="changes nothing about answers: no plugin fastdns runs publishes or "
+                         "reads metadata labels")

@@ -28,7 +28,7 @@ from fastdns.plugins.spec import Plugin
 
 PLUGINS: tuple[Plugin, ...] = (
     Plugin("root"),
-    Plugin("metadata"),
+    ignored.METADATA,
     Plugin("geoip"),
     Plugin("cancel"),
     Plugin("proxyproto"),

@@ -501,9 +501,13 @@ def test_check_corefile_cli(tmp_path: Path, resolv: Path) -> None:
     assert lines[2].startswith(f"{warn}:3: plugin pprof: WARN: accepted, not run: "
                                "changes nothing about answers"), lines
     assert lines[-1] == "fastdns runs this Corefile as-is, with warnings"
-    warn.write_text(".:53 {\n  dnstap\n  pprof a b\n  forward . 127.0.0.1:5300\n}\n")
-    r = run_check(warn)  # read as CoreDNS reads them: a socket, one address
-    assert r.returncode == 1 and r.stdout.count(": ERROR: wrong argument count") == 2, r.stdout
+    warn.write_text(".:53 {\n  dnstap\n  pprof a b\n  metadata {\n    x\n  }\n"
+                    "  forward . 127.0.0.1:5300\n}\n")
+    r = run_check(warn)  # read as CoreDNS reads them: a socket, one address, no block
+    assert r.returncode == 1 and r.stdout.count(": ERROR: wrong argument count") == 3, r.stdout
+    warn.write_text(".:53 {\n  metadata\n  forward . 127.0.0.1:5300\n}\n")
+    r = run_check(warn)
+    assert r.returncode == 0 and ": plugin metadata: WARN: " in r.stdout, r.stdout
 
     syntax = tmp_path / "syntax"
     syntax.write_text(".:53 {\n  errors\n")
