@@ -131,6 +131,9 @@ class CacheConfig(PluginConfig):
     prefetch_percentage: int = 10
     serve_stale: float = 0.0  # 0 = off; `serve_stale` alone = 1h
     serve_stale_verify: bool = False
+    serve_stale_verify_timeout: float = 0.0  # 0: wait for the upstream's own timeout
+    serve_stale_ttl: int = 0  # the TTL of a stale answer (RESPONSE_TTL)
+    serve_stale_recheck: float = 0.0  # FAILURE_RECHECK: 0 retries at every stale hit
     servfail_ttl: float = 5.0
     disable_success: tuple[str, ...] = ()
     disable_denial: tuple[str, ...] = ()

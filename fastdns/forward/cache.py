@@ -24,9 +24,13 @@ Semantics follow CoreDNS ``plugin/cache`` (``cache.go``, ``handler.go``,
   (``origTTL - whole seconds elapsed``; ``keepttl``: the original), an OPT
   appended when the client sent one.
 - ``serve_stale DURATION``: an expired entry is still served, TTL 0 as
-  CoreDNS does, for DURATION after expiry (RFC 8767; a cached SERVFAIL is
-  not worth serving stale); ``immediate`` serves
-  it and refreshes in the background, ``verify`` asks the upstream first.
+  CoreDNS does (RESPONSE_TTL when given; RFC 8767 §4 recommends 30), for
+  DURATION after expiry (RFC 8767; a cached SERVFAIL is not worth serving
+  stale); ``immediate`` serves it and refreshes in the background,
+  ``verify`` asks the upstream first (at most VERIFY_TIMEOUT; the fetch
+  goes on and refreshes the entry), and FAILURE_RECHECK serves it without
+  asking again while a refresh of it failed less than that long ago
+  (forward/resolver.py).
 - ``prefetch AMOUNT DURATION PERCENTAGE``: an entry hit AMOUNT times with
   no gap longer than DURATION is refreshed in the background once its
   remaining TTL is at most PERCENTAGE of its original.
@@ -363,7 +367,7 @@ class ResponseCache:
         if now is None:
             now = self.clock()
         if stale:
-            ttl = STALE_TTL
+            ttl = self.config.serve_stale_ttl or STALE_TTL
         elif self.config.keepttl:
             ttl = e.ttl
         else:

@@ -31,6 +31,8 @@ from fastdns.forward.message import fit, reopt
 
 log = logging.getLogger(__name__)
 
+MAX_FAILED = 10000  # names remembered as failed for FAILURE_RECHECK, per worker and block
+
 
 def _retrieve(task: asyncio.Task) -> None:
     """Mark a fetch's exception as seen even if every waiter went away."""
@@ -52,6 +54,7 @@ class ForwardingResolver:
         self._background: set[asyncio.Task] = set()
         self.upstream_queries = 0  # fetches started (shared misses count once)
         self.shared = 0  # misses that joined a fetch already in flight
+        self._failed: dict[bytes, float] = {}  # key -> when its refresh failed (recheck)
 
     async def resolve(self, query: bytes, q, tcp: bool = False) -> bytes | None:
         """The answer to send, or None when the forwarder does not take this name."""
@@ -71,13 +74,13 @@ class ForwardingResolver:
                 cache.stats.prefetch += 1
             return cache.render(entry, query, q, now, tcp)
         if state == STALE:
-            if cache.config.serve_stale_verify:
+            cfg = cache.config
+            if self._rechecking(q, now):
+                pass  # a refresh failed lately (FAILURE_RECHECK): stale, no upstream query
+            elif cfg.serve_stale_verify:
                 # RFC 8767 "verify": ask the upstream first, serve stale only if it fails
-                try:
-                    raw = await self._fetch(query, q)
-                except ForwardError:
-                    raw = None
-                if raw is not None and raw[3] & 0xF != Rcode.SERVFAIL:
+                raw = await self._verify(query, q, cfg.serve_stale_verify_timeout)
+                if raw is not None:
                     return fit(reopt(raw, query, q), query, q, tcp)
             else:
                 self._refresh(query, q)
@@ -143,6 +146,40 @@ class ForwardingResolver:
         finally:
             del self.inflight[key]
 
+    def _rechecking(self, q, now: float) -> bool:
+        """A refresh of ``q`` is in flight, or failed less than FAILURE_RECHECK
+        ago (only with one set: without, every stale hit may ask again)."""
+        recheck = self.cache.config.serve_stale_recheck if self.cache is not None else 0.0
+        if recheck <= 0:
+            return False
+        key = self._flight_key(q)
+        failed = self._failed.get(key)
+        if failed is not None and now - failed >= recheck:
+            del self._failed[key]
+            failed = None
+        return failed is not None or key in self.inflight
+
+    def _failed_refresh(self, q) -> None:
+        if self.cache is not None and self.cache.config.serve_stale_recheck > 0:
+            if len(self._failed) >= MAX_FAILED:
+                self._failed.clear()  # bounded: a flood of failing names forgets
+            self._failed[self._flight_key(q)] = self.clock()
+
+    async def _verify(self, query: bytes, q, timeout: float) -> bytes | None:
+        """The upstream's answer if it gives a usable one within ``timeout`` (0:
+        its own); the fetch goes on after a timeout and refreshes the entry."""
+        fetch = self._fetch(query, q)
+        try:
+            raw = await (asyncio.wait_for(fetch, timeout) if timeout > 0 else fetch)
+        except ForwardError:
+            raw = None
+        except TimeoutError:
+            return None  # the shielded fetch finishes alone (_upstream stores it)
+        if raw is None or raw[3] & 0xF == Rcode.SERVFAIL:
+            self._failed_refresh(q)
+            return None
+        return raw
+
     def _refresh(self, query: bytes, q) -> bool:
         """Prefetch / serve-stale refresh in the background; False if one is in flight."""
         if self._flight_key(q) in self.inflight:
@@ -154,9 +191,11 @@ class ForwardingResolver:
 
     async def _quiet_fetch(self, query: bytes, q) -> None:
         try:
-            await self._fetch(query, q)
+            raw = await self._fetch(query, q)
+            if raw[3] & 0xF == Rcode.SERVFAIL:
+                self._failed_refresh(q)
         except ForwardError:
-            pass
+            self._failed_refresh(q)
         except Exception:  # never let a background refresh kill the worker
             log.exception("cache refresh failed")
 

@@ -8,7 +8,7 @@ import pytest
 
 from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.durations import parse_duration
-from fastdns.corefile.errors import CorefileError
+from fastdns.corefile.errors import CorefileError, Unsupported
 from fastdns.corefile.model import (
     COMBINED_LOG_FORMAT,
     COMMON_LOG_FORMAT,
@@ -133,6 +133,45 @@ def test_cache_options() -> None:
         prefetch_duration=90.0, prefetch_percentage=20, serve_stale=7200.0,
         serve_stale_verify=True, servfail_ttl=0.0, disable_success=(".",), keepttl=True)
     assert plugin("cache {\n serve_stale\n}", "cache", "example.org").serve_stale == 3600.0
+
+
+@pytest.mark.parametrize("line, want", [
+    ("serve_stale 1h immediate 30s", dict(serve_stale_ttl=30)),
+    ("serve_stale 1h immediate 30s 1m", dict(serve_stale_ttl=30, serve_stale_recheck=60.0)),
+    ("serve_stale 1h verify 100ms", dict(serve_stale_verify=True,
+                                         serve_stale_verify_timeout=0.1)),
+    ("serve_stale 1h verify 0 30s", dict(serve_stale_verify=True, serve_stale_ttl=30)),
+    ("serve_stale 1h verify 100ms 30s 30s", dict(serve_stale_verify_timeout=0.1,
+                                                 serve_stale_ttl=30, serve_stale_recheck=30.0)),
+])
+def test_cache_serve_stale_arguments(line, want) -> None:
+    c = plugin(f"cache {{\n {line}\n}}", "cache", "example.org")
+    assert {k: getattr(c, k) for k in want} == want and c.serve_stale == 3600.0
+
+
+@pytest.mark.parametrize("line, message", [
+    ("serve_stale 1h immediate 30s 30s 1s", "wrong argument count"),
+    ("serve_stale 1h sometimes", "invalid value for serve_stale refresh mode: sometimes"),
+    ("serve_stale 1h verify -1s", "invalid negative timeout for serve_stale verify"),
+    ("serve_stale 1h verify x", "invalid serve_stale verify timeout: time: invalid duration"),
+    ("serve_stale 1h immediate 1500ms", "must be a whole number of seconds"),
+    ("serve_stale 1h immediate -30s", "invalid negative response TTL for serve_stale"),
+    ("serve_stale 1h immediate 30s 6m", "failure recheck cannot exceed 5 minutes"),
+    ("serve_stale_policy prefer_positive", "serve_stale_policy requires serve_stale"),
+    ("serve_stale\n serve_stale_policy newest", "invalid serve_stale_policy: newest"),
+    ("serve_stale\n serve_stale_policy prefer_positive\n serve_stale_policy prefer_positive",
+     "serve_stale_policy can only be specified once"),
+])
+def test_cache_serve_stale_refused(line, message) -> None:
+    with pytest.raises(CorefileError) as e:
+        plugin(f"cache {{\n {line}\n}}", "cache", "example.org")
+    assert message in str(e.value), str(e.value)
+
+
+def test_cache_prefer_positive_is_unsupported_not_wrong() -> None:
+    with pytest.raises(Unsupported, match="prefer_positive is not implemented"):
+        plugin("cache {\n serve_stale\n serve_stale_policy prefer_positive\n}", "cache",
+               "example.org")
     assert plugin("cache", "cache", "example.org") == CacheConfig(zones=("example.org.",))
 
 

@@ -184,6 +184,59 @@ def test_serve_stale_verify_asks_the_upstream_first():
     run(main())
 
 
+def test_serve_stale_response_ttl_and_failure_recheck():
+    """`serve_stale 1h immediate 30s 30s` (RFC 8767 §4's figures): stale answers
+    carry TTL 30, and after a failed refresh the stale entry is served with no
+    upstream query for 30 s, then a refresh is tried again."""
+    async def main():
+        async with TestUpstream(RECORDS, ttl=10) as up:
+            res, clock = resolver_for(up, serve_stale=3600.0, serve_stale_ttl=30,
+                                      serve_stale_recheck=30.0)
+            data, q = make_query()
+            await res.resolve(data, q)
+            up.drop = True
+            clock.t += 60
+            assert summary(await res.resolve(data, q)) == (0, ["192.0.2.1"], {30})
+            await res.drain()  # the refresh failed
+            asked = up.count("www.example.test.")
+            for _ in range(5):
+                clock.t += 5
+                assert summary(await res.resolve(data, q))[2] == {30}
+            await res.drain()
+            assert up.count("www.example.test.") == asked  # rechecked: nothing asked
+            up.drop = False
+            clock.t += 6  # 31 s after the failure
+            assert summary(await res.resolve(data, q))[2] == {30}  # stale, and a refresh
+            await res.drain()
+            assert up.count("www.example.test.") == asked + 1
+            assert summary(await res.resolve(data, q)) == (0, ["192.0.2.1"], {10})
+            res.close()
+    run(main())
+
+
+def test_serve_stale_verify_timeout_serves_stale_and_the_fetch_refreshes():
+    """`serve_stale 1h verify 100ms`: a slow upstream is waited for 0.1 s, then
+    the stale entry goes out, and the fetch, left running, refreshes the cache."""
+    async def main():
+        async with TestUpstream(RECORDS, ttl=10) as up:
+            res, clock = resolver_for(up, serve_stale=3600.0, serve_stale_verify=True,
+                                      serve_stale_verify_timeout=0.1,
+                                      timeouts=dict(read_timeout=2.0, timeout=3.0))
+            data, q = make_query()
+            await res.resolve(data, q)
+            clock.t += 60
+            up.set_records({"www.example.test.": [("A", "192.0.2.77")]}, ttl=10)
+            up.delay = 0.4
+            t0 = time.monotonic()
+            assert summary(await res.resolve(data, q)) == (0, ["192.0.2.1"], {0})
+            assert 0.08 < time.monotonic() - t0 < 0.35
+            await asyncio.sleep(0.6)  # the verify fetch lands
+            up.delay = 0.0
+            assert summary(await res.resolve(data, q)) == (0, ["192.0.2.77"], {10})
+            res.close()
+    run(main())
+
+
 def test_prefetch_refreshes_a_popular_entry_before_it_expires():
     async def main():
         async with TestUpstream(RECORDS, ttl=100) as up:
