@@ -251,8 +251,11 @@ def _items(doc: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield kind, doc
 
 
-def parse_documents(text: str, where: str) -> tuple[list[Any], bool]:
-    """The parsed documents, and whether the text was JSON."""
+def parse_documents(text: str, where: str, kinds: Collection[str] = KINDS
+                    ) -> tuple[list[Any], bool]:
+    """The parsed documents, and whether the text was JSON. Top-level YAML
+    items of a kind fastdns knows but ``kinds`` leaves out (Pods, unless
+    ``pods verified``) are read as ``{"kind": KIND}`` only (yamlfast.py)."""
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
@@ -261,7 +264,7 @@ def parse_documents(text: str, where: str) -> tuple[list[Any], bool]:
             raise StateError(f"{where}: not valid JSON: {exc}") from None
         return (doc if isinstance(doc, list) else [doc]), True
     try:
-        doc = fast_yaml(text)
+        doc = fast_yaml(text, frozenset(k for k in KINDS if k not in kinds))
     except NotPlain:
         pass
     else:
@@ -355,7 +358,7 @@ def load_file(path: str, kinds: Collection[str] = KINDS) -> tuple[list[Obj], Sta
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise StateError(f"{path}: cannot read: {exc}") from None
-    docs, is_json = parse_documents(text, path)
+    docs, is_json = parse_documents(text, path, kinds)
     return strip_all(docs, path, kinds), state_shape(docs, is_json)
 
 

@@ -277,7 +277,7 @@ def load_file_phased(path: str, kinds: Collection[str] = KINDS, data: bytes | No
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StateError(f"{path}: cannot read: {exc}") from None
-    docs, is_json = parse_documents(text, path)
+    docs, is_json = parse_documents(text, path, kinds)
     objs = strip_all(docs, path, kinds)
     shape = state_shape(docs, is_json)
     per_item = _item_kinds(docs, kinds)

@@ -53,8 +53,9 @@ class _BlockReader:
     scalars are handed to PyYAML one by one.
     """
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, skip: frozenset[str] = frozenset()) -> None:
         self.lines = text.split("\n")
+        self.skip = {f"kind: {k}" for k in skip}  # items of these kinds go unread
         self.i = 0
         self.resolvers = yaml.resolver.Resolver.yaml_implicit_resolvers
         self.constructor = yaml.constructor.SafeConstructor()
@@ -156,6 +157,15 @@ class _BlockReader:
         lines = self.lines
         while True:
             line = lines[self.i]
+            if indent == 0 and self.skip:
+                kind = self._skipped(line)
+                if kind is not None:
+                    out.append({"kind": kind})
+                    self._skip()
+                    if self.i >= len(lines) or not (lines[self.i].startswith("- ")
+                                                    or lines[self.i] == "-"):
+                        return out  # the sequence ends (the next top-level key)
+                    continue
             rest = line[indent + 1:]
             body = rest.lstrip(" ")
             if not body:
@@ -179,6 +189,27 @@ class _BlockReader:
                 if n > indent:
                     raise NotPlain(f"line {self.i + 1}: indented further than its sequence")
                 return out
+
+    def _skipped(self, first: str) -> str | None:
+        """A top-level item of a kind in ``skip``: its kind, with the reader past
+        its lines; None (reader unmoved) for any other item. Its own keys are the
+        lines indented by exactly two (``- kind: Pod`` on the first): a block
+        scalar's lines or a nested key sit deeper, so ``  kind: Pod`` can only
+        be the item's. The item is not read further: a kind the caller drops
+        (Pods where ``pods verified`` is off) costs a scan, not a parse."""
+        lines, i, n = self.lines, self.i + 1, len(self.lines)
+        kind = first[2:] if first[2:] in self.skip else None
+        while i < n:
+            line = lines[i]
+            if line[:1] != " " and line.lstrip(" ")[:1] not in ("", "#"):
+                break  # the next item, or the next top-level key
+            if kind is None and line[:2] == "  " and line[2:] in self.skip:
+                kind = line[2:]
+            i += 1
+        if kind is None:
+            return None
+        self.i = i
+        return kind[len("kind: "):]
 
     def _scalar(self, text: str, indent: int) -> Any:
         """The one-line scalar ``text`` (a block scalar: the lines below it too)."""
@@ -253,9 +284,10 @@ class _BlockReader:
         return self._pyyaml(header + "\n" + "\n".join(body))
 
 
-def fast_yaml(text: str) -> Any:
-    """The document ``_BlockReader`` reads, or raise NotPlain."""
+def fast_yaml(text: str, skip: frozenset[str] = frozenset()) -> Any:
+    """The document ``_BlockReader`` reads, or raise NotPlain. The top-level
+    items of a kind in ``skip`` are read as ``{"kind": KIND}`` alone."""
     body = text[4:] if text.startswith("---\n") else text  # one leading marker is fine
     if not text.isascii() or _PLAIN_TEXT.search(text) or yaml_unsafe(body):
         raise NotPlain("characters or structures PyYAML must read")
-    return _BlockReader(text).document()
+    return _BlockReader(text, skip).document()

@@ -429,3 +429,55 @@ def test_isolated_load_sends_the_objects_then_the_index(tmp_path):
     (d / "a.json").write_bytes(dump(cluster(3), "json"))
     objs, _, _, index_later = load_isolated_indexed(str(d), pods=False)
     assert len(objs) == 7 and index_later() is None
+
+
+SKIPPED_PODS = """\
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: p1
+    annotations:
+      note: |
+        kind: Service
+  status: {podIP: 10.1.0.1}
+- kind: Pod
+  metadata: {name: p2}
+
+# a comment between items
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: web
+    namespace: default
+  spec:
+    clusterIP: 10.0.0.5
+    ownerish:
+      kind: Pod
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: default}
+kind: List
+metadata:
+  resourceVersion: ""
+"""
+
+
+def test_fast_yaml_skips_the_kinds_asked_and_reads_the_rest():
+    """Pods where `pods verified` is off are scanned past, not parsed; only an
+    item's own `kind:` line (indented by two, or on its dash line) marks it, not
+    a nested one or a block scalar's text."""
+    from fastdns.zone.state import KINDS, parse_documents, strip_all
+    from fastdns.zone.yamlfast import fast_yaml as _fast_yaml
+
+    want = yaml.load(SKIPPED_PODS, Loader=yaml.SafeLoader)
+    got = _fast_yaml(SKIPPED_PODS, frozenset({"Pod"}))
+    assert got["items"][:2] == [{"kind": "Pod"}, {"kind": "Pod"}]
+    assert got["items"][2:] == want["items"][2:] and got["kind"] == "List"
+    assert _fast_yaml(SKIPPED_PODS) == want
+    no_pods = tuple(k for k in KINDS if k != "Pod")
+    docs, _ = parse_documents(SKIPPED_PODS, "s", no_pods)
+    full, _ = parse_documents(SKIPPED_PODS, "s")
+    assert strip_all(docs, "s", no_pods) == strip_all(full, "s", no_pods)
+    assert [type(o).__name__ for o in strip_all(full, "s", KINDS)].count("Pod") == 2
