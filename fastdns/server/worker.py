@@ -38,7 +38,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING
 
@@ -50,7 +49,7 @@ from fastdns.ipc import counters as ctr
 from fastdns.ipc import image as img
 from fastdns.ipc import layout, shm
 from fastdns.plugins import timeouts
-from fastdns.server import beforechain, udpsource
+from fastdns.server import beforechain, handover, udpsource
 from fastdns.server.beforechain import ZONE_PRELOOKUP
 from fastdns.server.corefile_in_force import CorefileInForce
 from fastdns.server.imagemap import ImageMap
@@ -59,8 +58,9 @@ from fastdns.server.pyudp import PyUdpProtocol
 from fastdns.server.rows import QueryRows
 from fastdns.server.slowpath import ZONE_EXTERNAL, Deferred, SlowPath
 from fastdns.server.sockets import TCP, UDP
-from fastdns.server.tcp import MAX_MESSAGE, MAX_PER_CLIENT, DnsTcpProtocol, TcpListener
+from fastdns.server.tcp import MAX_MESSAGE, DnsTcpProtocol, TcpListener
 from fastdns.server.worker_plugins import WorkerPlugins
+from fastdns.server.workerspec import WorkerSpec
 
 if TYPE_CHECKING:
     from fastdns.server._udp import FastPath
@@ -78,20 +78,6 @@ if not NO_EXTENSIONS:
 
 GENERATION_POLL = 0.5  # s: an idle worker's timer (a publish rings it at once: ipc/doorbell.py)
 FIRST_IMAGE_POLL = 0.02  # s
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs; pickled to the child by ``server/childproc.py``."""
-
-    index: int
-    instance: str
-    listen: tuple[tuple[str, int], ...]
-    tcp_idle_timeout: float = 10.0
-    tcp_max_connections: int = 1000
-    tcp_read_timeout: float = 3.0  # one whole message (server/tcp.py)
-    tcp_max_per_client: int = MAX_PER_CLIENT  # connections per peer address; 0: no limit
-    cpu: int | None = None  # pin to this CPU (benchmarks); None: leave the mask alone
 
 
 class Worker:
@@ -454,6 +440,9 @@ class Worker:
         loop.call_later(GENERATION_POLL, self._poll_generation, loop)
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        # new datagrams to the instance replacing us; ours answered first (handover.py)
+        await handover.drain([s for s, _ in self.listeners.udp_socks], lambda: len(
+            self.slow.tasks) + (self.cforward.c.pending if self.cforward is not None else 0))
         await self.listeners.close(loop, self.tcp.close_all)
         self.slow.close()
         self._drop_cforward()
