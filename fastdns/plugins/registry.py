@@ -23,7 +23,17 @@ from types import MappingProxyType
 
 from fastdns.corefile import model as m
 from fastdns.corefile import parsers as p
-from fastdns.plugins import cache, forward, hosts, ignored, kubernetes, timeouts, whoami
+from fastdns.plugins import (
+    bufsize,
+    cache,
+    chaos,
+    forward,
+    hosts,
+    ignored,
+    kubernetes,
+    timeouts,
+    whoami,
+)
 from fastdns.plugins.spec import Plugin
 
 PLUGINS: tuple[Plugin, ...] = (
@@ -41,7 +51,7 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("reload", "full", config=m.ReloadConfig, parse=p.parse_reload, stages=("setup",),
            handler=False, metrics=("coredns_reload_failed_total", "coredns_reload_version_info")),
     Plugin("nsid"),
-    Plugin("bufsize"),
+    bufsize.PLUGIN,
     Plugin("bind", "full", config=m.BindConfig, parse=p.parse_bind, stages=("setup",),
            merge=p.merge_bind, handler=False),
     Plugin("debug", "full", config=m.DebugConfig, parse=p.parse_debug, stages=("setup",),
@@ -67,7 +77,7 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("local"),
     Plugin("dns64"),
     Plugin("any"),
-    Plugin("chaos"),
+    chaos.PLUGIN,
     Plugin("loadbalance", "full", config=m.LoadbalanceConfig, parse=p.parse_loadbalance,
            stages=("compile",)),
     Plugin("tsig"),
