@@ -22,7 +22,7 @@ COREFILES = sorted((ROOT / "tests" / "corefiles").glob("*.Corefile"))
 
 def test_the_distributions_are_all_here():
     names = {p.stem for p in COREFILES}
-    assert {"kubeadm", "k3s", "nodelocaldns"} <= names, names
+    assert {"kubeadm", "k3s", "eks", "rke2", "openshift", "nodelocaldns"} <= names, names
 
 
 @pytest.mark.parametrize("path", COREFILES, ids=lambda p: p.stem)
