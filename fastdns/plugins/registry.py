@@ -31,6 +31,7 @@ from fastdns.plugins import (
     hosts,
     ignored,
     kubernetes,
+    template,
     timeouts,
     whoami,
 )
@@ -89,7 +90,7 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("dnssec"),
     Plugin("tls"),
     Plugin("minimal"),
-    Plugin("template"),
+    template.PLUGIN,
     Plugin("transfer"),
     hosts.PLUGIN,
     Plugin("route53"),

@@ -39,25 +39,29 @@ def test_fields_give_what_the_old_tables_held():
     runs = {p.name for p in registry.PLUGINS if p.runs}
     assert runs == {"errors", "health", "ready", "kubernetes", "prometheus", "reload",
                     "loadbalance", "bind", "loop", "debug", "forward", "cache", "log",
-                    "hosts", "whoami", "timeouts", "bufsize", "chaos"}
-    assert {p.name for p in registry.PLUGINS if p.merge is not None} == {"log", "bind"}
+                    "hosts", "whoami", "timeouts", "bufsize", "chaos", "template"}
+    assert {p.name for p in registry.PLUGINS if p.merge is not None} == {"log", "bind",
+                                                                         "template"}
     assert [p.name for p in registry.by_rank()] == [
-        "kubernetes", "hosts", "whoami", "cache", "forward", "chaos"]  # the metric label chain
+        "kubernetes", "hosts", "whoami", "cache", "forward", "chaos",
+        "template"]  # the metric label chain
     assert [p.name for p in registry.by_rank() if p.answers] == [
-        "kubernetes", "hosts", "whoami", "forward", "chaos"]  # a block needs one
+        "kubernetes", "hosts", "whoami", "forward", "chaos", "template"]  # a block needs one
     assert {p.name for p in registry.PLUGINS if p.runs and not p.handler} == {
         "bind", "health", "ready", "reload", "debug", "timeouts"}
     assert all(p.stages for p in registry.PLUGINS if p.runs)  # serve wires every one
     assert [p.name for p in registry.PLUGINS if p.contributor is not None] == ["hosts"]
     assert [p.name for p in registry.PLUGINS if p.answer is not None] == ["chaos", "whoami"]
-    assert [p.name for p in registry.PLUGINS if p.before is not None] == ["bufsize"]
+    assert [p.name for p in registry.PLUGINS if p.before is not None] == ["bufsize",
+                                                                         "template"]
 
 
 def test_verdict_and_labels_read_the_rows():
     cfg = parse_corefile(".:53 {\n  cache\n  errors\n}\n", "C")
     [p] = problems(cfg)
     assert isinstance(p, Unsupported) and str(p) == (
-        "C:1: server block .: no kubernetes, hosts, whoami, forward or chaos plugin: nothing would "
+        "C:1: server block .: no kubernetes, hosts, whoami, forward, chaos or template plugin: "
+        "nothing would "
         "answer its queries")
     assert warnings(cfg) == []
     both = parse_corefile(".:53 {\n  bind 127.0.0.1\n  cache\n  forward . 192.0.2.1\n"
