@@ -24,6 +24,7 @@ from types import MappingProxyType
 from fastdns.corefile import model as m
 from fastdns.corefile import parsers as p
 from fastdns.plugins import (
+    autopath,
     bufsize,
     cache,
     chaos,
@@ -83,7 +84,7 @@ PLUGINS: tuple[Plugin, ...] = (
            stages=("compile",)),
     Plugin("tsig"),
     Plugin("rewrite"),
-    Plugin("autopath"),
+    autopath.PLUGIN,
     Plugin("acl"),
     cache.PLUGIN,
     Plugin("header"),

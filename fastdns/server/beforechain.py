@@ -32,6 +32,27 @@ ZONE_PRELOOKUP = -3
 
 log = logging.getLogger(__name__)
 
+#: The image this worker answers from, for the ``before`` hooks that look
+#: names up themselves (autopath walks the search path in it); the worker
+#: sets it when it starts serving. Returns the image buffer or None.
+image_of: Callable[[], Any] = lambda: None  # noqa: E731 - the worker sets its own
+
+
+def image_answer(data: bytes, tcp: bool) -> bytes | None:
+    """The snapshot image's own answer to ``data`` (None: it has none of its own,
+    the query goes to the slow path or the forwarder)."""
+    image = image_of()
+    if image is None:
+        return None
+    try:
+        status, resp, _zone = wire.answer(image, data, 0, 65535 if tcp else 0)
+    except Exception:  # noqa: BLE001 - a lookup that fails has no answer
+        return None
+    if status != wire.ST_ANSWER or resp is None or resp[3] & 0x40:  # image.TF_EXTERNAL
+        return None  # the slow path completes it
+    return resp
+
+
 After = Callable[[bytes, bytes], bytes]
 Send = Callable[[bytes | None], None]
 

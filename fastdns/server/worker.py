@@ -416,6 +416,7 @@ class Worker:
         config = self.load_config()
         self.configure_forward(config)
         self.use_plugins(config)
+        beforechain.image_of = self.images.buf  # autopath's search walk (plugins/autopath.py)
         for sock, fam in self.listeners.udp_socks:
             await self.serve_udp(loop, sock, fam)
         for sock, fam in self.listeners.tcp_socks:

@@ -39,7 +39,7 @@ def test_fields_give_what_the_old_tables_held():
     runs = {p.name for p in registry.PLUGINS if p.runs}
     assert runs == {"errors", "health", "ready", "kubernetes", "prometheus", "reload",
                     "loadbalance", "bind", "loop", "debug", "forward", "cache", "log",
-                    "hosts", "whoami", "timeouts", "bufsize", "chaos", "template"}
+                    "hosts", "whoami", "timeouts", "bufsize", "chaos", "template", "autopath"}
     assert {p.name for p in registry.PLUGINS if p.merge is not None} == {"log", "bind",
                                                                          "template"}
     assert [p.name for p in registry.by_rank()] == [
@@ -52,8 +52,8 @@ def test_fields_give_what_the_old_tables_held():
     assert all(p.stages for p in registry.PLUGINS if p.runs)  # serve wires every one
     assert [p.name for p in registry.PLUGINS if p.contributor is not None] == ["hosts"]
     assert [p.name for p in registry.PLUGINS if p.answer is not None] == ["chaos", "whoami"]
-    assert [p.name for p in registry.PLUGINS if p.before is not None] == ["bufsize",
-                                                                         "template"]
+    assert [p.name for p in registry.PLUGINS if p.before is not None] == [
+        "bufsize", "autopath", "template"]
 
 
 def test_verdict_and_labels_read_the_rows():
