@@ -35,7 +35,7 @@ from fastdns.codec import wire
 from fastdns.corefile.args import zones_arg
 from fastdns.corefile.dispenser import Dispenser
 from fastdns.corefile.errors import Unsupported
-from fastdns.corefile.model import PluginConfig, ServerBlock
+from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 from fastdns.names import zone_key
 from fastdns.plugins import autopath_wire as aw
 from fastdns.plugins.spec import Plugin, Rewritten
@@ -152,6 +152,25 @@ def _handed_on(data: bytes, q: wire.Query, name: bytes, first: bytes | None) -> 
     return Rewritten(_ask(data, q, name), after)
 
 
+def prelookup(config: Config) -> object | None:
+    """The C hook (_autopath.pyx) for the blocks that have autopath; None (every
+    UDP query to Python) without the build or past the hook's table."""
+    try:
+        from fastdns.plugins import _autopath
+    except ImportError:
+        return None
+    rows = []
+    for b in config.servers:
+        kube = b.plugins.get("kubernetes")
+        if "autopath" in b.plugins and getattr(kube, "pods", "") == "verified":
+            rows += [(b.port, zone_key(z)) for z in getattr(kube, "zones", ())
+                     if not z.endswith(("in-addr.arpa.", "ip6.arpa."))]
+    try:  # no rows: a hook that hands nothing on (no block can autopath)
+        return _autopath.hook(rows)
+    except ValueError:
+        return None
+
+
 PLUGIN = Plugin("autopath", "full", config=AutopathConfig, parse=parse_autopath,
-                stages=("slow_path",), before=before,
+                stages=("fast_path", "slow_path"), before=before, prelookup=prelookup,
                 metrics=("coredns_autopath_success_total",))

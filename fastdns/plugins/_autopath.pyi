@@ -1,0 +1,3 @@
+from collections.abc import Iterable
+
+def hook(zones: Iterable[tuple[int, bytes]]) -> object: ...
