@@ -22,6 +22,7 @@ from fastdns.corefile.dispenser import Dispenser
 from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 from fastdns.names import zone_key
 from fastdns.plugins.spec import Plugin, Rewritten
+from fastdns.wirescan import skip_name
 
 DEFAULT = 1232  # plugin/bufsize/setup.go defaultBufSize (dnsflagday.net/2020)
 OPT = 41
@@ -49,18 +50,6 @@ def parse_bufsize(d: Dispenser, zones: tuple[str, ...]) -> BufsizeConfig:
     return BufsizeConfig(size)
 
 
-def _skip_name(data: bytes, pos: int) -> int:
-    n = len(data)
-    while pos < n:
-        c = data[pos]
-        if c == 0:
-            return pos + 1
-        if c & 0xC0 == 0xC0:
-            return pos + 2
-        pos += c + 1
-    raise ValueError("a name runs off the message")
-
-
 def capped(data: bytes, q: wire.Query, size: int) -> bytes | None:
     """``data`` with its OPT's UDP size lowered to ``size``; None when it needs
     no change (no OPT, or one already at most ``size``)."""
@@ -68,18 +57,17 @@ def capped(data: bytes, q: wire.Query, size: int) -> bytes | None:
         return None
     an, ns, ar = (int.from_bytes(data[i:i + 2], "big") for i in (6, 8, 10))
     pos = q.question_end
-    try:
-        for i in range(an + ns + ar):
-            pos = _skip_name(data, pos)
-            rtype = int.from_bytes(data[pos:pos + 2], "big")
-            rdlen = int.from_bytes(data[pos + 8:pos + 10], "big")
-            if rtype == OPT and i >= an + ns:
-                out = bytearray(data)
-                out[pos + 2:pos + 4] = size.to_bytes(2, "big")
-                return bytes(out)
-            pos += 10 + rdlen
-    except ValueError:
-        return None
+    for i in range(an + ns + ar):
+        pos = skip_name(data, pos)
+        if pos + 10 > len(data):
+            return None  # runs off: the lookup judges the query
+        rtype = int.from_bytes(data[pos:pos + 2], "big")
+        rdlen = int.from_bytes(data[pos + 8:pos + 10], "big")
+        if rtype == OPT and i >= an + ns:
+            out = bytearray(data)
+            out[pos + 2:pos + 4] = size.to_bytes(2, "big")
+            return bytes(out)
+        pos += 10 + rdlen
     return None
 
 
