@@ -39,7 +39,6 @@ from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 from fastdns.names import zone_key
 from fastdns.plugins import autopath_wire as aw
 from fastdns.plugins.spec import Plugin, Rewritten
-from fastdns.server import beforechain
 
 NXDOMAIN = 3
 FAILED = {1, 2, 4, 5}  # FORMERR, SERVFAIL, NOTIMP, REFUSED: plugin.ClientWrite false
@@ -120,6 +119,10 @@ def before(data: bytes, q: wire.Query, addr: tuple[str, int], tcp: bool,
     dashed = _dashed(str(addr[0]))
     if dashed is None:
         return None
+    # the worker's code, imported where a worker runs this: the supervisor
+    # parses the Corefile too and must not load it (tests/supervisor/test_imports.py)
+    from fastdns.server import beforechain
+
     pod = _ask(data, q, dashed + ns + b"\x03pod" + zone, AAAA if ":" in str(addr[0]) else A)
     got = beforechain.image_answer(pod, tcp)
     if got is None or got[3] & 0xF or not (got[6] << 8 | got[7]):
