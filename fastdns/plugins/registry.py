@@ -24,6 +24,7 @@ from types import MappingProxyType
 from fastdns.corefile import model as m
 from fastdns.corefile import parsers as p
 from fastdns.plugins import (
+    acl,
     autopath,
     bufsize,
     cache,
@@ -85,7 +86,7 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("tsig"),
     Plugin("rewrite"),
     autopath.PLUGIN,
-    Plugin("acl"),
+    acl.PLUGIN,
     cache.PLUGIN,
     Plugin("header"),
     Plugin("dnssec"),
