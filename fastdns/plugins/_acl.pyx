@@ -18,6 +18,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.string cimport memcpy, memset
 
 include "../server/_prelookup.pxi"
+include "_names.pxi"
 
 cdef extern from "<netinet/in.h>":
     """
@@ -95,38 +96,6 @@ cdef struct Hook:
     Policy policies[MAX_POLICIES]
     Net nets[MAX_NETS]
     unsigned char pool[POOL]
-
-
-cdef inline unsigned char lower(unsigned char c) noexcept nogil:
-    return c + 32 if 65 <= c <= 90 else c
-
-
-cdef inline bint name_is(const unsigned char* a, const unsigned char* b, int n) noexcept nogil:
-    cdef int k = 0
-    while k < n and lower(a[k]) == b[k]:
-        k += 1
-    return k == n
-
-
-cdef int label_starts(const unsigned char* name, int nlen, int* starts) noexcept nogil:
-    cdef int ns = 0, pos = 0
-    while pos < nlen and ns < 128:
-        starts[ns] = pos
-        ns += 1
-        if name[pos] == 0:
-            break
-        pos += name[pos] + 1
-    return ns
-
-
-cdef bint under(const unsigned char* name, int nlen, const int* starts, int ns,
-                const unsigned char* zone, int zlen) noexcept nogil:
-    cdef int j, s
-    for j in range(ns):
-        s = starts[j]
-        if nlen - s == zlen:
-            return name_is(name + s, zone, zlen)
-    return False
 
 
 cdef bint net_holds(const Net* n, int version, const unsigned char* ip) noexcept nogil:

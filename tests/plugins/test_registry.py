@@ -40,9 +40,10 @@ def test_fields_give_what_the_old_tables_held():
     assert runs == {"errors", "health", "ready", "kubernetes", "prometheus", "reload",
                     "loadbalance", "bind", "loop", "debug", "forward", "cache", "log",
                     "hosts", "whoami", "timeouts", "bufsize", "chaos", "template", "autopath",
-                    "acl"}
+                    "acl", "rewrite"}
     assert {p.name for p in registry.PLUGINS if p.merge is not None} == {"log", "bind",
-                                                                         "template", "acl"}
+                                                                         "template", "acl",
+                                                                         "rewrite"}
     assert [p.name for p in registry.by_rank()] == [
         "kubernetes", "hosts", "whoami", "cache", "forward", "chaos",
         "template"]  # the metric label chain
@@ -54,7 +55,7 @@ def test_fields_give_what_the_old_tables_held():
     assert [p.name for p in registry.PLUGINS if p.contributor is not None] == ["hosts"]
     assert [p.name for p in registry.PLUGINS if p.answer is not None] == ["chaos", "whoami"]
     assert [p.name for p in registry.PLUGINS if p.before is not None] == [
-        "bufsize", "autopath", "acl", "template"]
+        "bufsize", "rewrite", "autopath", "acl", "template"]
 
 
 def test_verdict_and_labels_read_the_rows():

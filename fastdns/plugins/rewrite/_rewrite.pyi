@@ -1,0 +1,3 @@
+from typing import Any
+
+def hook(blocks: list[tuple[int, bytes, int]], sets: list[Any]) -> object: ...
