@@ -15,13 +15,15 @@ answer, last rewrite first, including an answer the forwarder sends later
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from fastdns import errors as wire_errors
 from fastdns.codec import wire
 from fastdns.constants import Rcode
+from fastdns.names import key_text
 from fastdns.plugins.spec import Plugin, Rewritten
 from fastdns.server.slowpath import Deferred
 from fastdns.server.sockets import TCP, UDP
@@ -65,6 +67,8 @@ class Verdict:
     answer: bytes | None
     data: bytes
     afters: tuple[After, ...] = ()
+    #: the block a rewritten query is answered in (None: as its name selects)
+    block: Any = None
 
 
 def run(befores: Sequence[Plugin], block: Any, data: bytes, addr: tuple, tcp: bool) -> Verdict:
@@ -76,6 +80,7 @@ def run(befores: Sequence[Plugin], block: Any, data: bytes, addr: tuple, tcp: bo
         return Verdict(None, data)
     original = data
     afters: list[After] = []
+    pin = None
     for plugin in befores:
         if plugin.before is None or plugin.name not in block.plugins:
             continue
@@ -90,6 +95,8 @@ def run(befores: Sequence[Plugin], block: Any, data: bytes, addr: tuple, tcp: bo
         if got is None:
             continue
         if isinstance(got, Rewritten):
+            if got.data[12:] != data[12:]:
+                pin = block
             data = got.data
             if got.after is not None:
                 afters.append(got.after)
@@ -99,7 +106,35 @@ def run(befores: Sequence[Plugin], block: Any, data: bytes, addr: tuple, tcp: bo
                 return Verdict(None, original)  # a broken rewrite: as it came
             continue
         return Verdict(finish(tuple(afters), original, got) if got else got, data, ())
-    return Verdict(None, data, tuple(afters))
+    return Verdict(None, data, tuple(afters), pin)
+
+
+@contextmanager
+def pinned(worker: Any, block: Any, query: bytes, port: int) -> Iterator[None]:
+    """While a rewritten query is looked up: the slow path keeps it in
+    ``block`` (server/slowpath.py ``pinned``), not the block its new name
+    would select, as CoreDNS runs the rest of the original block's chain;
+    a new name outside ``block`` in a block that forwards goes straight to
+    its forwarder (the image holds the zones of the name's own block)."""
+    slow = getattr(worker, "slow", None)
+    config = worker.plugins.config
+    servers = config.servers if config is not None else []
+    index = next((i for i, b in enumerate(servers) if b is block), None)
+    if block is None or slow is None or index is None:
+        yield
+        return
+    slow.pinned = index
+    if "forward" in block.plugins:
+        try:
+            sel = config.select(port or block.port, key_text(wire.parse_query(query).key))
+        except wire_errors.WireError:
+            sel = None
+        slow.direct = sel is None or sel[0] is not block
+    try:
+        yield
+    finally:
+        slow.pinned = None
+        slow.direct = False
 
 
 def finish(afters: Sequence[After], original: bytes, resp: bytes | None) -> bytes | None:
@@ -130,7 +165,7 @@ def answer(worker: Any, data: bytes, addr: tuple | None, proto: int, family: int
     slow path (``answer_py``, which counts). Logged here, sent by the caller."""
     plugins = worker.plugins
     tcp = proto == TCP
-    query, afters = data, ()
+    query, afters, block = data, (), None
     if addr and plugins.befores:
         verdict = plugins.before(data, addr, tcp, port)
         if verdict is not None and verdict.answer is not None:
@@ -141,7 +176,7 @@ def answer(worker: Any, data: bytes, addr: tuple | None, proto: int, family: int
                 plugins.finished(data, addr, resp, tcp, port, t0)
             return resp
         if verdict is not None:
-            query, afters = verdict.data, verdict.afters
+            query, afters, block = verdict.data, verdict.afters, verdict.block
             send = wrap(send, data, afters)
     if addr and plugins.intercepts:
         resp = worker.intercept(query, addr, tcp, port)
@@ -151,7 +186,8 @@ def answer(worker: Any, data: bytes, addr: tuple | None, proto: int, family: int
             worker.counters.response(proto, resp, row)
             plugins.finished(data, addr, resp, tcp, port, t0)
             return resp
-    resp = finish(afters, data, worker.answer_py(query, proto, family, port, send, row))
+    with pinned(worker, block, query, port):
+        resp = finish(afters, data, worker.answer_py(query, proto, family, port, send, row))
     if resp is not None:
         plugins.finished(data, addr, resp, tcp, port, t0)
     return resp
@@ -163,18 +199,19 @@ def handed_on(worker: Any, data: bytes, addr: tuple, port: int,
     path): the ``before`` hooks, the slow-path answers, then the lookup the
     fast path would have made."""
     plugins = worker.plugins
-    query, afters = data, ()
+    query, afters, block = data, (), None
     verdict = plugins.before(data, addr, False, port)
     if verdict is not None and verdict.answer is not None:
         return verdict.answer or None
     if verdict is not None:
-        query, afters = verdict.data, verdict.afters
+        query, afters, block = verdict.data, verdict.afters, verdict.block
         send = wrap(send, data, afters)
     if plugins.intercepts:
         resp = worker.intercept(query, addr, False, port)
         if resp is not None:
             return finish(afters, data, resp)
-    got = worker.lookup(query, UDP, port, send)
+    with pinned(worker, block, query, port):
+        got = worker.lookup(query, UDP, port, send)
     if isinstance(got, Deferred):
         return got
     return finish(afters, data, got)

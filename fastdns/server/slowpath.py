@@ -78,6 +78,13 @@ class SlowPath:
         self._route = route
         self._logged_error = False
         self.tasks: set[asyncio.Task] = set()
+        #: the block index a rewritten query stays in while it is answered
+        #: (beforechain.pinned): CoreDNS runs the rest of the original block's
+        #: chain on it, whatever block its new name would select
+        self.pinned: int | None = None
+        #: ... and, when its new name is outside that block and the block
+        #: forwards, it goes straight to the block's forwarder (Worker.lookup)
+        self.direct = False
 
     def answer(self, data: bytes, zone: int, port: int = 0, send: Send | None = None,
                tcp: bool = False) -> bytes | Deferred | None:
@@ -179,6 +186,8 @@ class SlowPath:
             # a forward-only zone: its block is the one Config.select picks on
             # this port (the image has one zone table for every port)
         qname = key_text(q.key)
+        if self.pinned is not None:
+            block = self.pinned
         return self._route(block, qname, port)
 
     async def _forwarded(self, resolver, data: bytes, q, tcp: bool) -> bytes:

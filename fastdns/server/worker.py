@@ -146,6 +146,9 @@ class Worker:
         if image is None:
             return None
         self.rotation = (self.rotation + 1) & 0xFFFFFFFF
+        if self.slow.direct:  # a rewritten name outside its block (beforechain.pinned)
+            self.counters.incr(layout.W_SLOW)
+            return self.slow.answer(data, -1, port, send, proto == TCP)
         try:
             # TCP: the 65535-octet frame is the only limit (RFC 7766 §8)
             status, resp, zone = wire.answer(image, data, self.rotation,

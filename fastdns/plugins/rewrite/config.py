@@ -48,7 +48,7 @@ class Matcher:
     pattern: str
 
     def compiled(self) -> re.Pattern[str]:
-        return _regex(self.pattern)
+        return go_regex(self.pattern)
 
     def match(self, name: str) -> re.Match[str] | bool:
         if self.kind == "exact":
@@ -65,7 +65,7 @@ class Matcher:
 _COMPILED: dict[str, re.Pattern[str]] = {}
 
 
-def _regex(pattern: str) -> re.Pattern[str]:
+def go_regex(pattern: str) -> re.Pattern[str]:
     got = _COMPILED.get(pattern)
     if got is None:
         got = _COMPILED[pattern] = compile_go(pattern)
@@ -108,7 +108,7 @@ def _check_regex(pattern: str, to: str, what: str = "") -> None:
     if len(pattern) > MAX_REGEX:
         raise RuleError(f"regex pattern too long: {len(pattern)} > {MAX_REGEX}")
     try:
-        compiled = _regex(pattern)
+        compiled = go_regex(pattern)
     except GoRegexError:
         raise RuleError(f"{what}invalid regex matching pattern: {pattern}") from None
     used = sum(1 for i in range(101) if "{" + str(i) + "}" in to)
@@ -214,7 +214,7 @@ def _matched(field: str, args: list[str], values: int) -> tuple[Matcher, list[st
             raise RuleError(f"regex pattern too long in a {field} rule: {len(args[1])} > "
                             f"{MAX_REGEX}")
         try:
-            _regex(args[1])
+            go_regex(args[1])
         except GoRegexError:
             raise RuleError(f"invalid regex pattern in a {field} rule: {args[1]}") from None
         return Matcher("regex", args[1]), args[2:]
@@ -240,7 +240,7 @@ def new_rule(args: list[str]) -> Rule:
             raise RuleError(f"{field} rules must have exactly two arguments")
         table = TYPE_OF if field == "type" else CLASS_OF
         codes = [table.get(a.upper()) for a in rest]
-        for a, c in zip(rest, codes):
+        for a, c in zip(rest, codes, strict=True):
             if c is None:
                 raise RuleError(f"invalid {field} {a.upper()!r}")
         return Rule(mode, field, old=codes[0] or 0, new=codes[1] or 0)

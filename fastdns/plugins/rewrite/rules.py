@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastdns.plugins.rewrite.config import AnswerRule, Rule, _regex
+from fastdns.plugins.rewrite.config import AnswerRule, Rule, go_regex
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class RegexSwap:
     to: str
 
     def __call__(self, src: str) -> str:
-        m = _regex(self.pattern).search(src)
+        m = go_regex(self.pattern).search(src)
         return src if m is None else fill(self.to, m)
 
 
