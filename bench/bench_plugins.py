@@ -75,7 +75,9 @@ VARIANTS = (
             "    rewrite name exact api.corp.test kubernetes.default.svc.cluster.local\n",
             ("api.corp.test",)),
     Variant("acl",
-            "    acl {\n        allow net 127.0.0.0/8 10.0.0.0/8\n        block\n    }\n", ()),
+            "    acl {\n        block type MX net 127.0.0.0/8\n"
+            "        allow net 127.0.0.0/8 10.0.0.0/8\n        block\n    }\n",
+            ("kubernetes.default.svc.cluster.local MX",)),
     Variant("autopath",
             "    autopath @kubernetes\n",
             tuple(f"{n}.default.svc.cluster.local" for n in CLUSTER_NAMES[:3]),
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> str:
                 skipped[v.name] = why
                 continue
             if v.names:
-                (d / "own.txt").write_text("".join(f"{n} A\n" for n in v.names))
+                (d / "own.txt").write_text("".join(n + ("\n" if " " in n else " A\n")
+                                                   for n in v.names))
             srv = Started([sys.executable, "-m", "fastdns", "serve", "--state", str(state),
                            "--corefile", str(d / "Corefile"), "--workers", "1"], d, SERVER_CPU)
             servers[v.name] = (srv, port, "")
@@ -198,7 +201,9 @@ def report(args, rows, slow, skipped) -> str:
         lines.append(f"| {name} | not run: {why} | | | | | |")
     lines += ["", "The own-names mixes: AKS's template NXDOMAINs (`a.b.c.d.internal.cloudapp.net`, "
               "`x.reddog.microsoft.com`); `api.corp.test` rewritten onto "
-              "`kubernetes.default.svc.cluster.local`; autopath's first search-path expansion "
+              "`kubernetes.default.svc.cluster.local` (the C filter hands it to Python, which "
+              "rewrites it and reverts the answer); MX queries from 127.0.0.1 that the acl "
+              "blocks (REFUSED + EDE, answered by the C hook); autopath's first search-path expansion "
               "(`NAME.default.svc.cluster.local.default.svc.cluster.local` as glibc sends it "
               "from a pod of `default`, answered with the CNAME to the found name)."]
     return "\n".join(lines) + "\n"

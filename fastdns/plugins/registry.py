@@ -25,6 +25,7 @@ from fastdns.corefile import model as m
 from fastdns.corefile import parsers as p
 from fastdns.plugins import (
     acl,
+    anyq,
     autopath,
     bufsize,
     cache,
@@ -80,7 +81,7 @@ PLUGINS: tuple[Plugin, ...] = (
     ignored.DNSTAP,
     Plugin("local"),
     Plugin("dns64"),
-    Plugin("any"),
+    anyq.PLUGIN,
     chaos.PLUGIN,
     Plugin("loadbalance", "full", config=m.LoadbalanceConfig, parse=p.parse_loadbalance,
            stages=("compile",)),
