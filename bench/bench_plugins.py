@@ -203,7 +203,8 @@ def report(args, rows, slow, skipped) -> str:
               "`x.reddog.microsoft.com`); `api.corp.test` rewritten onto "
               "`kubernetes.default.svc.cluster.local` (the C filter hands it to Python, which "
               "rewrites it and reverts the answer); MX queries from 127.0.0.1 that the acl "
-              "blocks (REFUSED + EDE, answered by the C hook); autopath's first search-path expansion "
+              "blocks (REFUSED + EDE, answered by the C hook); autopath's first search-path "
+              "expansion "
               "(`NAME.default.svc.cluster.local.default.svc.cluster.local` as glibc sends it "
               "from a pod of `default`, answered with the CNAME to the found name)."]
     return "\n".join(lines) + "\n"
