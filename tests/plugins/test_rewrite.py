@@ -158,6 +158,8 @@ COREFILE = """\
 .:{port} {{
     bind 127.0.0.1
     rewrite name exact www.example.org kubernetes.default.svc.cluster.local
+    rewrite name exact gone.example.org nothere.default.svc.cluster.local
+    rewrite name exact _https._tcp.api.example.org _https._tcp.kubernetes.default.svc.cluster.local
     rewrite name suffix .corp.test .default.svc.cluster.local answer auto
     rewrite ttl exact short.hosts.test 100
     rewrite rcode exact gone.hosts.test SERVFAIL REFUSED
@@ -250,3 +252,26 @@ def test_untouched_queries_stay_on_the_fast_path(server):
         ask(server, KUBERNETES)  # no rule can touch it: answered in C
         ask(server, "short.hosts.test.", "AAAA")  # hosts' block; the ttl rule's name: Python
     assert slow_count(server) - before == 5
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_exact_rules_in_c(server, tcp):
+    """``name exact`` (stop, no answer rules) is renamed and reverted by the C
+    hook: no Python per query, and the answer a client sees is the one the
+    Python reverter gives (the pure-Python server's, same test)."""
+    before = slow_count(server)
+    r = ask(server, "WWW.Example.org.", tcp=tcp)
+    [a] = r.answer
+    assert str(a.name).lower() == "www.example.org." and a[0].address == "10.96.0.1"
+    r = ask(server, "gone.example.org.", tcp=tcp)  # NXDOMAIN: the SOA's names written whole
+    assert r.rcode() == dns.rcode.NXDOMAIN and not r.answer
+    [soa] = r.authority
+    assert str(soa.name) == "cluster.local." and str(soa[0].mname) == "ns.dns.cluster.local."
+    r = ask(server, "_https._tcp.api.example.org.", "SRV", tcp=tcp)  # SRV + additional A
+    [srv] = r.answer
+    assert str(srv.name) == "_https._tcp.api.example.org." and srv[0].port == 443
+    assert str(srv[0].target) == "kubernetes.default.svc.cluster.local."
+    assert [(str(x.name), x[0].address) for x in r.additional] == [
+        ("kubernetes.default.svc.cluster.local.", "10.96.0.1")]
+    if server.path == "c" and not tcp:
+        assert slow_count(server) == before

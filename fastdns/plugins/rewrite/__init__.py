@@ -69,20 +69,29 @@ def _after(original: bytes, resp: bytes, responses: tuple[rules.Response, ...],
 EXACT, PREFIX, SUFFIX, SUBSTRING, ALWAYS, QTYPE, QCLASS = 1, 2, 3, 4, 5, 6, 7
 
 
-def conditions(conf: RewriteConfig) -> list[tuple[int, bytes, int]]:
-    """(code, pattern, number) per rule: when the rule may touch a query."""
-    out: list[tuple[int, bytes, int]] = []
+def conditions(conf: RewriteConfig) -> list[tuple[int, bytes, int, bytes]]:
+    """(code, pattern, number, new name) per rule: when the rule may touch a
+    query, and for ``name exact`` with ``stop`` and no answer rules the name
+    the C hook renames to itself (lowercase wire; empty: Python does it)."""
+    out: list[tuple[int, bytes, int, bytes]] = []
     for r in conf.rules:
         if r.field == "type":
-            out.append((QTYPE, b"", r.old))
+            out.append((QTYPE, b"", r.old, b""))
         elif r.field == "class":
-            out.append((QCLASS, b"", r.old))
+            out.append((QCLASS, b"", r.old, b""))
         elif r.match is None or r.match.kind == "regex":
-            out.append((ALWAYS, b"", 0))
+            out.append((ALWAYS, b"", 0, b""))
         else:
             code = {"exact": EXACT, "prefix": PREFIX, "suffix": SUFFIX,
                     "substring": SUBSTRING}[r.match.kind]
-            out.append((code, r.match.pattern.encode("ascii", "replace"), 0))
+            to = b""
+            if (r.field == "name" and code == EXACT and r.mode == "stop" and not r.answers
+                    and "\\" not in r.to):
+                try:
+                    to = to_wire(r.to)
+                except wire_errors.WireError:
+                    to = b""
+            out.append((code, r.match.pattern.encode("ascii", "replace"), 0, to))
     return out
 
 
