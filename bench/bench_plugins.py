@@ -201,8 +201,8 @@ def report(args, rows, slow, skipped) -> str:
         lines.append(f"| {name} | not run: {why} | | | | | |")
     lines += ["", "The own-names mixes: AKS's template NXDOMAINs (`a.b.c.d.internal.cloudapp.net`, "
               "`x.reddog.microsoft.com`); `api.corp.test` rewritten onto "
-              "`kubernetes.default.svc.cluster.local` (the C filter hands it to Python, which "
-              "rewrites it and reverts the answer); MX queries from 127.0.0.1 that the acl "
+              "`kubernetes.default.svc.cluster.local` (renamed and reverted by the C hook: "
+              "`name exact` with `stop`); MX queries from 127.0.0.1 that the acl "
               "blocks (REFUSED + EDE, answered by the C hook); autopath's first search-path "
               "expansion "
               "(`NAME.default.svc.cluster.local.default.svc.cluster.local` as glibc sends it "

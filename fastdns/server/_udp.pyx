@@ -144,7 +144,7 @@ cdef enum:
     PRE_SLOW = 2  # hand the original packet to Python, which runs the plugins' ``before``
     PRE_POST = 3  # look it up, then call this hook's ``post`` on the answer
     PRE_DROP = 4  # no answer at all (acl's ``drop``)
-    MAX_HOOKS = 4  # pre-lookup hooks chained at once
+    MAX_HOOKS = 12  # pre-lookup hooks chained at once (worker_plugins.MAX_HOOKS)
     SLOT = 4096  # octets per datagram slot: answer_packet needs out_cap >= 4096
     VLEN = 64  # datagrams per recvmmsg
     MAX_BATCHES = 16  # batches per readiness callback, so one socket cannot starve the loop
@@ -690,6 +690,16 @@ cdef class FastPath:
                 posts = 0
                 if nh:
                     pre = self._prelookup(i, pkt, &length, out, &ans, &peer, &posts)
+                    if pre == PRE_ANSWER and posts:
+                        # a hook's answer passes the posts of the hooks before it, as
+                        # CoreDNS's chain hands a plugin's answer to those above it
+                        pre = self._postlookup(i, pkt, &length, out, &ans, posts)
+                        if pre != PRE_ANSWER:
+                            w[W_SLOW] += 1
+                            self.slow_idx[nslow] = i
+                            self.slow_zone[nslow] = ZONE_PRELOOKUP
+                            nslow += 1
+                            continue
                     if pre == PRE_ANSWER:
                         count_response(w, row, 0, out, ans)
                         self._queue(m, i, out, ans)

@@ -38,6 +38,8 @@ from fastdns.server.querylog import QueryLog, type_text
 
 errlog = logging.getLogger("plugin/errors")
 
+#: the most pre-lookup hooks the fast path chains (server/_udp.pyx MAX_HOOKS)
+MAX_HOOKS = 12
 #: in ``WorkerPlugins.prelookup``: the C hook that hands every query to Python
 ALL_SLOW = object()
 
@@ -126,6 +128,8 @@ class WorkerPlugins:
                     break
                 if hook is not None:
                     self.prelookup.append(hook)
+            if len(self.prelookup) > MAX_HOOKS:  # more than the fast path chains
+                self.prelookup = [ALL_SLOW]
             for b in config.servers:
                 conf = b.plugins.get("errors")
                 if conf is not None and id(b.plugins) not in self._errors:

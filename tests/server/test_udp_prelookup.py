@@ -10,6 +10,7 @@ import ctypes
 import socket
 import time
 
+import dns.flags
 import dns.message
 import dns.rcode
 import pytest
@@ -236,7 +237,7 @@ def test_hooks_chain_in_order_and_the_first_answer_wins(rig):
     assert rig.ask(NAME).rcode() == dns.rcode.REFUSED
     assert calls == ["answering"]  # the chain stops at an answer
     with pytest.raises(ValueError):
-        rig.fast.set_prelookup([c1] * 5)
+        rig.fast.set_prelookup([c1] * 13)  # MAX_HOOKS is 12
     del k1, k2, k3
 
 
@@ -273,6 +274,35 @@ def test_post_sees_the_image_answer_and_may_change_it(rig):
     assert resp.question[0].name.to_text() == "x" + NAME[1:]
     assert got and got[0][0] == "k" and got[0][1] > 12
     del keep
+
+
+def test_an_answer_of_a_later_hook_passes_the_posts_before_it(rig):
+    """CoreDNS's chain: a plugin's answer goes out through the response
+    writers of the plugins above it (header, minimal, nsid): so a hook's
+    PRE_ANSWER runs the posts of the hooks before it that asked for one."""
+    def wants_post(pkt):
+        return PRE_POST, None
+
+    def set_aa(pkt, answer):
+        r = bytearray(answer)
+        r[2] |= 0x04
+        return PRE_ANSWER, bytes(r)
+
+    def answering(pkt):
+        r = bytearray(pkt)
+        r[2] |= 0x80
+        r[3] = (r[3] & 0xF0) | dns.rcode.REFUSED
+        return PRE_ANSWER, bytes(r)
+
+    (c1, k1), (c2, k2) = capsule(wants_post, set_aa), capsule(answering)
+    rig.fast.set_prelookup([c1, c2])
+    r = rig.ask(NAME)
+    assert r.rcode() == dns.rcode.REFUSED and r.flags & dns.flags.AA
+    rig.fast.set_prelookup([c2, c1])  # the post of a hook after the answer: not run
+    r = rig.ask(NAME)
+    assert r.rcode() == dns.rcode.REFUSED and not r.flags & dns.flags.AA
+    assert rig.slow_calls == []
+    del k1, k2
 
 
 def test_post_without_an_image_answer_hands_on_the_original(rig):

@@ -1,0 +1,3 @@
+from typing import Any
+
+def hook(kind: int, rows: list[tuple[Any, ...]]) -> object: ...
