@@ -110,6 +110,9 @@ class ForwardConfig(PluginConfig):
     next_rcodes: tuple[int, ...] = ()
     failover_rcodes: tuple[int, ...] = ()
     failfast_all_unhealthy_upstreams: bool = False
+    read_timeout: float | None = None  # None: the forwarder's 2 s
+    max_age: float = 0.0  # 0: a connection lives as long as it is used
+    source_address: str | None = None
 
 
 @dataclass(frozen=True)

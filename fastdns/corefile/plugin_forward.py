@@ -119,11 +119,13 @@ def parse_forward(d: Dispenser, zones: tuple[str, ...]) -> ForwardConfig:
             if n < 0:
                 raise d.err(f"{key} can't be negative: {n}", arg)
             o[key] = n
-        elif key in ("expire", "health_check"):
+        elif key in ("expire", "health_check", "max_age", "read_timeout"):
             a = d.remaining_args()
-            if not a or (key == "expire" and len(a) != 1):
+            if not a or (key != "health_check" and len(a) != 1):
                 raise d.arg_err()
             dur = duration_arg(d, a[0], key)
+            if key == "read_timeout" and dur <= 0:
+                raise d.err(f"read_timeout must be positive: {a[0].text}", a[0])
             if dur < 0:
                 raise d.err(f"{key} can't be negative: {a[0].text}", a[0])
             o[key] = dur
@@ -146,7 +148,15 @@ def parse_forward(d: Dispenser, zones: tuple[str, ...]) -> ForwardConfig:
             a = d.remaining_args()
             if len(a) > 3:
                 raise d.err("tls takes at most CERT KEY CA", a[3])
+            for t in a:
+                if not os.path.isfile(t.text):
+                    raise d.err(f"tls: no such file: {t.text}", t)
             o["tls"] = tuple(t.text for t in a)
+        elif key == "source_address":
+            arg = d.one_arg()
+            if not is_ip(arg.text) or "%" in arg.text:
+                raise d.err(f"invalid IP address: {arg.text}", arg)
+            o["source_address"] = arg.text
         elif key == "tls_servername":
             arg = d.one_arg()
             o["tls_servername"] = arg.text

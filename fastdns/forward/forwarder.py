@@ -32,6 +32,7 @@ from fastdns.forward.health import HealthChecker
 from fastdns.forward.message import adapt, fit, in_any_zone, with_id
 from fastdns.forward.policy import make_policy
 from fastdns.forward.stats import Histogram
+from fastdns.forward.tlsclient import client_context, server_name
 from fastdns.forward.upstream import Upstream, UpstreamError
 from fastdns.names import forward_rcode_text, is_subdomain, zone_key
 
@@ -78,17 +79,23 @@ class Forwarder:
     def __init__(self, config: ForwardConfig, *, read_timeout: float = READ_TIMEOUT,
                  timeout: float = TIMEOUT, health_timeout: float = HEALTH_TIMEOUT,
                  policy=None) -> None:
-        if config.tls is not None or any(u.transport != "dns" for u in config.to):
-            raise ValueError("forward: DNS-over-TLS upstreams are not supported yet")
         if not config.to:
             raise ValueError("forward: no upstreams")
         self.config = config
-        self.read_timeout = read_timeout
+        self.read_timeout = (config.read_timeout if config.read_timeout is not None
+                             else read_timeout)
+        tls = (client_context(config.tls) if any(u.transport == "tls" for u in config.to)
+               else None)
         self.timeout = timeout
         self.from_zone = zone_key(config.from_zone)
         self.except_zones = tuple(zone_key(z) for z in config.except_zones)
-        self.upstreams = [Upstream(u.host, u.port, expire=config.expire,
-                                   max_idle_conns=config.max_idle_conns) for u in config.to]
+        self.upstreams = [
+            Upstream(u.host, u.port, expire=config.expire, max_idle_conns=config.max_idle_conns,
+                     tls=tls if u.transport == "tls" else None,
+                     server_hostname=server_name(config.tls_servername, u.tls_servername,
+                                                 u.host),
+                     max_age=config.max_age, source=config.source_address)
+            for u in config.to]
         self.policy = policy or make_policy(config.policy)
         self.max_fails = config.max_fails
         self.max_concurrent = config.max_concurrent
@@ -182,7 +189,7 @@ class Forwarder:
             t0 = time.perf_counter()
             try:
                 data = await self._ask(up, query, q, use_tcp, min(self.read_timeout, remaining))
-                if not use_tcp and data[2] & _TC_HI:
+                if not use_tcp and up.tls is None and data[2] & _TC_HI:
                     self.tc_retries += 1
                     left = deadline - loop.time()
                     if left <= 0:
@@ -205,7 +212,7 @@ class Forwarder:
 
     async def _ask(self, up: Upstream, query: bytes, q, tcp: bool, timeout: float) -> bytes:
         qid = secrets.randbits(16)
-        if not tcp:
+        if not tcp and up.tls is None:
             self.udp_exchanges[up.addr] = self.udp_exchanges.get(up.addr, 0) + 1
         return await up.exchange(with_id(query, qid), qid, q, tcp, timeout)
 

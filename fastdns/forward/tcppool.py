@@ -67,6 +67,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.retired = False
         self.used = time.monotonic()  # when it last became idle
+        self.born = self.used
         self.reads = 0  # frames read, to tell a stalled connection from a slow answer
         self._timer: asyncio.TimerHandle | None = None
 
@@ -106,6 +107,9 @@ class _Conn(asyncio.Protocol):
             return False
         if not self.load and self.ready.done() and now - self.used > self.pool.expire:
             return False  # CoreDNS Dial: idle for longer than expire
+        if self.pool.max_age and now - self.born > self.pool.max_age:
+            self.retired = True  # forward max_age: finishes what it has, takes no more
+            return False
         return self.load < PIPELINE
 
     async def ask(self, msg: bytes, qid: int, q) -> bytes:
@@ -211,9 +215,15 @@ class TcpPool:
     """
 
     def __init__(self, host: str, port: int, *, expire: float, max_idle_conns: int,
-                 accept: Callable[[bytes, Any], bool]) -> None:
+                 accept: Callable[[bytes, Any], bool], tls: Any = None,
+                 server_hostname: str | None = None, max_age: float = 0.0,
+                 source: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.tls = tls  # an ssl.SSLContext: DNS over TLS (forward/tlsclient.py)
+        self.server_hostname = server_hostname
+        self.max_age = max_age  # forward max_age: a connection older is not reused
+        self.source = source  # forward source_address
         self.expire = expire
         self.max_idle_conns = max_idle_conns
         self.accept = accept
@@ -253,7 +263,10 @@ class TcpPool:
 
     async def _connect(self, loop, conn: _Conn) -> None:
         try:
-            await loop.create_connection(lambda: conn, self.host, self.port)
+            await loop.create_connection(
+                lambda: conn, self.host, self.port, ssl=self.tls,
+                server_hostname=self.server_hostname if self.tls is not None else None,
+                local_addr=(self.source, 0) if self.source else None)
         except (OSError, asyncio.CancelledError) as e:
             self.forget(conn)
             conn.closed = True

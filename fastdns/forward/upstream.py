@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 from fastdns import errors
 from fastdns.codec import wire
@@ -47,9 +48,13 @@ class Upstream:
     """
 
     def __init__(self, host: str, port: int, *, expire: float = 10.0,
-                 max_idle_conns: int = 0) -> None:
+                 max_idle_conns: int = 0, tls: Any = None, server_hostname: str | None = None,
+                 max_age: float = 0.0, source: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.tls = tls  # an ssl.SSLContext for a tls:// upstream (always TCP)
+        self.server_hostname = server_hostname
+        self.source = source
         # CoreDNS's `to` label: net.JoinHostPort (IPv6 bracketed).
         self.addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -61,7 +66,8 @@ class Upstream:
         self.udp_mismatched = 0  # UDP answers dropped: wrong ID/question or unparsable
         self.healthcheck_failures = 0  # coredns_proxy_healthcheck_failures_total{to}
         self.tcp = TcpPool(host, port, expire=expire, max_idle_conns=max_idle_conns,
-                           accept=self._answers)
+                           accept=self._answers, tls=tls, server_hostname=server_hostname,
+                           max_age=max_age, source=source)
 
     def __repr__(self) -> str:
         return f"<Upstream {self.addr} fails={self.fails}>"
@@ -71,7 +77,7 @@ class Upstream:
 
     async def exchange(self, msg: bytes, qid: int, q, tcp: bool, timeout: float) -> bytes:
         """Send ``msg`` (already carrying ``qid``) and return the matching answer."""
-        if tcp:
+        if tcp or self.tls is not None:
             self.sent_tcp += 1
             return await self._tcp(msg, qid, q, timeout)
         self.sent_udp += 1
@@ -83,12 +89,15 @@ class Upstream:
         ``dnsHc.send``) has its own ``dns.Client``, outside the connection cache,
         so a probe neither takes nor counts a pooled connection
         (coredns_proxy_conn_cache_*)."""
-        if not tcp:
+        if not tcp and self.tls is None:
             return await self._udp(msg, qid, q, timeout)
         writer = None
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, ssl=self.tls,
+                    server_hostname=self.server_hostname if self.tls is not None else None,
+                    local_addr=(self.source, 0) if self.source else None)
                 writer.write(len(msg).to_bytes(2, "big") + msg)
                 while True:
                     n = int.from_bytes(await reader.readexactly(2), "big")
@@ -98,7 +107,7 @@ class Upstream:
         except TimeoutError:
             raise UpstreamTimeout(f"{self.addr}: no probe answer over TCP in {timeout:g}s") \
                 from None
-        except (OSError, asyncio.IncompleteReadError) as e:
+        except (OSError, asyncio.IncompleteReadError) as e:  # ssl.SSLError is an OSError
             raise UpstreamError(f"{self.addr}: TCP probe: {e!r}") from e
         finally:
             if writer is not None:
@@ -137,6 +146,8 @@ class Upstream:
         sock = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            if self.source:
+                sock.bind((self.source, 0))
             sock.connect((self.host, self.port))
             sock.send(msg)
             async with asyncio.timeout(timeout):
@@ -160,7 +171,7 @@ class Upstream:
         except TimeoutError:
             self.timeouts += 1
             raise UpstreamTimeout(f"{self.addr}: no answer over TCP in {timeout:g}s") from None
-        except (ConnClosed, OSError) as e:
+        except (ConnClosed, OSError) as e:  # ssl.SSLError is an OSError
             self.errors += 1
             raise UpstreamError(f"{self.addr}: TCP: {e!r}") from e
 

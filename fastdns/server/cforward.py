@@ -65,6 +65,8 @@ def eligible(resolver: Any, table: Any = None) -> bool:
     cached = cache is None or (table is not None and cache.shared is table
                                and table.policy_active(cache.index))
     return (cached and not c.force_tcp and c.tls is None
+            and all(u.transport == "dns" for u in c.to)
+            and c.read_timeout in (None, 2.0) and c.source_address is None
             and c.policy in _POLICY and 0 < len(f.upstreams) <= MAX_UPSTREAMS
             and len(f.except_zones) <= MAX_EXCEPT)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import Counter, deque
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -57,11 +58,13 @@ class TestUpstream:
 
     def __init__(self, records: dict[str, list[tuple[str, str]]] | None = None, *,
                  zone: str = "example.test.", ttl: int = 300, soa_ttl: int = 3600,
-                 soa_minimum: int = 60, host: str = "127.0.0.1", port: int = 0) -> None:
+                 soa_minimum: int = 60, host: str = "127.0.0.1", port: int = 0,
+                 tls: Any = None) -> None:
         self.zone = dns.name.from_text(zone)
         self.ttl = ttl
         self.host = host
         self.port = port
+        self.tls = tls
         self.delay = 0.0
         self.drop = False
         self.tc_udp = False
@@ -121,7 +124,9 @@ class TestUpstream:
         loop = asyncio.get_running_loop()
         wanted = self.port
         for attempt in range(20):
-            server = await asyncio.start_server(self._tcp_client, self.host, wanted)
+            # tls: an ssl.SSLContext: the TCP port speaks DNS over TLS (RFC 7858)
+            server = await asyncio.start_server(self._tcp_client, self.host, wanted,
+                                                ssl=self.tls)
             port = server.sockets[0].getsockname()[1]
             try:
                 self._udp_transport, _ = await loop.create_datagram_endpoint(

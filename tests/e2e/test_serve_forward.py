@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import ssl
 import time
 
 import dns.flags
@@ -21,6 +22,7 @@ import pytest
 
 from fastdns.codec import NO_EXTENSIONS
 from fastdns.ipc import readout, shm
+from fastdns.testing.pki import make_pki
 from fastdns.testing.upstream import SPOOF_ADDR
 from tests.helpers import DEMO, Server, a_records, ask, free_port
 from tests.upstreams import Blackhole, UpstreamThread
@@ -31,7 +33,7 @@ WWW = "www.example.test."
 RECORDS = {WWW: [("A", "192.0.2.1")], "www.example.com.": [("A", "192.0.2.7")]}
 
 
-def _corefile(port: int, ups: dict) -> str:
+def _corefile(port: int, ups: dict, ca: str) -> str:
     def block(zone: str, fwd: str, cache: str = "") -> str:
         return (f"{zone}:{port} {{\n    bind 127.0.0.1\n    forward . {fwd}\n{cache}}}\n")
 
@@ -50,6 +52,9 @@ def _corefile(port: int, ups: dict) -> str:
               "    cache 30 {\n        success 100 1 1\n        serve_stale 1h\n    }\n"),
         block("prefetch.test", ups["prefetch"],
               "    cache 30 {\n        success 100 4 1\n        prefetch 1 10s 50%\n    }\n"),
+        # DNS over TLS, verified against the test CA under the certificate's name
+        block("dot.test", f"tls://{ups['dot']} {{\n        tls {ca}\n"
+              "        tls_servername dns.test\n    }"),
     ])
 
 
@@ -58,6 +63,9 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fwd")
     th = UpstreamThread()
     hole = Blackhole()
+    pki = make_pki(tmp / "pki", ips=("127.0.0.1",), dns_names=("dns.test",))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki.server_cert, pki.server_key)
     ups = {
         "main": th.start(RECORDS, soa_minimum=7),
         "tc": th.start({"big.tc.test.": [("A", f"192.0.2.{i}") for i in range(1, 60)]},
@@ -68,6 +76,7 @@ def env(tmp_path_factory):
         "stale": th.start({"www.stale.test.": [("A", "192.0.2.12")]}, zone="stale.test."),
         "prefetch": th.start({"www.prefetch.test.": [("A", "192.0.2.13")]},
                              zone="prefetch.test."),
+        "dot": th.start({"www.dot.test.": [("A", "192.0.2.14")]}, zone="dot.test.", tls=tls),
     }
     ups["tc"].tc_udp = True
     ups["spoof"].spoof = True
@@ -75,7 +84,7 @@ def env(tmp_path_factory):
     port = free_port()
     addrs = {k: u.addr for k, u in ups.items()}
     addrs["dead"] = hole.addr
-    (tmp / "Corefile").write_text(_corefile(port, addrs))
+    (tmp / "Corefile").write_text(_corefile(port, addrs, pki.ca_cert))
     srv = Server(tmp, ["--corefile", str(tmp / "Corefile"), "--state", str(DEMO),
                        "--workers", "1"], port)
     try:
@@ -110,6 +119,15 @@ def test_forward_udp_and_tcp(env):
         assert str(r.question[0].name) == "WWW.Example.TEST."  # the client's case
     assert ups["main"].count(WWW) >= 1
     assert words(srv)["forwarded"] >= 1
+
+
+def test_dns_over_tls_upstream(env):
+    """forward tls://: UDP and TCP clients alike are asked upstream over TLS."""
+    srv, ups = env
+    for tcp in (False, True):
+        r = ask("www.dot.test.", port=srv.port, tcp=tcp)
+        assert r.rcode() == dns.rcode.NOERROR and a_records(r) == {"192.0.2.14"}
+    assert ups["dot"].counts.get("udp", 0) == 0 and ups["dot"].counts["tcp"] >= 1
 
 
 def test_cache_hit_served_by_fast_path_with_aged_ttl(env):

@@ -458,10 +458,6 @@ def test_upstreams_from_a_resolv_conf_file(tmp_path):
     run(main())
 
 
-def test_tls_upstreams_are_refused_at_construction():
-    with pytest.raises(ValueError, match="TLS"):
-        Forwarder(ForwardConfig(".", (Upstream("tls", "127.0.0.1", 853),)))
-
 
 def test_reopt_replaces_the_upstream_edns_options_with_ours():
     up = TestUpstream(RECORDS)
