@@ -29,7 +29,8 @@ def renamed(data: bytes, q: wire.Query, name: bytes) -> bytes:
     return data[:12] + name + data[q.question_end - 4:]
 
 
-def _rdata(msg: bytes, rtype: int, pos: int, rdlen: int) -> bytes:
+def uncompressed_rdata(msg: bytes, rtype: int, pos: int, rdlen: int) -> bytes:
+    """A record's RDATA with the names in it written out (dns64 copies records too)."""
     shape = _NAMED.get(rtype)
     if shape is None:
         return msg[pos:pos + rdlen]
@@ -52,7 +53,7 @@ def cnamed(original: bytes, oq: wire.Query, found: bytes) -> bytes:
     for i in range(an + ns + ar):
         owner, pos = wire.decode_name(found, pos)
         rtype, rclass, ttl, rdlen = _RR.unpack_from(found, pos)
-        rdata = _rdata(found, rtype, pos + 10, rdlen)
+        rdata = uncompressed_rdata(found, rtype, pos + 10, rdlen)
         if i == 0 and an:
             first = (owner, ttl)
         rrs.append(owner + _RR.pack(rtype, rclass, ttl, len(rdata)) + rdata)

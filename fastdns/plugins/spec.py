@@ -8,7 +8,7 @@ metrics); docs/plugins.md says where each stage's hook is called.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,7 +48,25 @@ Answer = Callable[[bytes, wire.Query, tuple[str, int], bool, ServerBlock], bytes
 @dataclass(frozen=True)
 class Rewritten:
     data: bytes
-    after: Callable[[bytes, bytes], bytes] | None = None
+    after: Callable[[bytes, bytes], "bytes | Pending"] | None = None
+
+
+#: A lookup from the top of the chain of the block a query came to, for
+#: an ``after`` that needs another answer (dns64's A query): the query
+#: bytes -> its final answer (None: none came).
+Lookup = Callable[[bytes], Awaitable["bytes | None"]]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What an ``after`` hands back when its answer needs another lookup first
+    (dns64: the AAAA answer had no AAAA, so the A records are asked): the
+    caller defers the query and sends ``await work(lookup)``, through the
+    ``after`` hooks of the plugins above this one. ``answer`` is what stands
+    meanwhile, sent where nothing can wait (a caller without ``send``)."""
+
+    work: Callable[[Lookup], Awaitable[bytes]]
+    answer: bytes
 
 
 #: A ``before`` hook's "no answer at all" (acl's ``drop``).

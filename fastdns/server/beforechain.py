@@ -14,8 +14,10 @@ answer, last rewrite first, including an answer the forwarder sends later
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +26,8 @@ from fastdns import errors as wire_errors
 from fastdns.codec import wire
 from fastdns.constants import Rcode
 from fastdns.names import key_text
-from fastdns.plugins.spec import Plugin, Rewritten
-from fastdns.server.slowpath import Deferred
+from fastdns.plugins.spec import Lookup, Pending, Plugin, Rewritten
+from fastdns.server.slowpath import DEFERRED, Deferred
 from fastdns.server.sockets import TCP, UDP
 
 #: the zone the C fast path hands a packet on with when a pre-lookup hook
@@ -55,7 +57,7 @@ def image_answer(data: bytes, tcp: bool) -> bytes | None:
     return resp
 
 
-After = Callable[[bytes, bytes], bytes]
+After = Callable[[bytes, bytes], "bytes | Pending"]
 Send = Callable[[bytes | None], None]
 
 
@@ -105,7 +107,7 @@ def run(befores: Sequence[Plugin], block: Any, data: bytes, addr: tuple, tcp: bo
             except wire_errors.WireError:
                 return Verdict(None, original)  # a broken rewrite: as it came
             continue
-        return Verdict(finish(tuple(afters), original, got) if got else got, data, ())
+        return Verdict(now(tuple(afters), original, got) if got else got, data, ())
     return Verdict(None, data, tuple(afters), pin)
 
 
@@ -137,22 +139,108 @@ def pinned(worker: Any, block: Any, query: bytes, port: int) -> Iterator[None]:
         slow.direct = False
 
 
-def finish(afters: Sequence[After], original: bytes, resp: bytes | None) -> bytes | None:
-    """``resp`` through the ``afters``, last first (None and drops stay as they are)."""
+def finish(afters: Sequence[After], original: bytes,
+           resp: bytes | None) -> bytes | Pending | None:
+    """``resp`` through the ``afters``, last first (None and drops stay as they
+    are); a ``Pending`` when one of them needs another lookup first, whose
+    work then runs the ``afters`` before it (``settle`` starts it)."""
     if not resp:
         return resp
-    for after in reversed(afters):
-        resp = after(original, resp)
+    for i in range(len(afters) - 1, -1, -1):
+        got = afters[i](original, resp)
+        if isinstance(got, Pending):
+            rest = tuple(afters[:i])
+            if not rest:
+                return got
+            return Pending(_then(got.work, rest, original),
+                           now(rest, original, got.answer) or got.answer)
+        resp = got
     return resp
 
 
-def wrap(send: Send | None, original: bytes, afters: Sequence[After]) -> Send | None:
+def now(afters: Sequence[After], original: bytes, resp: bytes | None) -> bytes | None:
+    """``finish`` for a caller that cannot wait: a pending answer as it stands."""
+    got = finish(afters, original, resp)
+    return got.answer if isinstance(got, Pending) else got
+
+
+def _then(work: Callable[[Lookup], Awaitable[bytes]], rest: tuple[After, ...],
+          original: bytes) -> Callable[[Lookup], Awaitable[bytes]]:
+    async def run(lookup: Lookup) -> bytes:
+        got = finish(rest, original, await work(lookup))
+        if isinstance(got, Pending):
+            return await got.work(lookup)
+        return got or b""
+    return run
+
+
+def lookup_for(worker: Any, addr: tuple | None, tcp: bool, port: int) -> Lookup:
+    """A ``spec.Lookup`` for an ``after`` of a query from ``addr``: another
+    query through the ``before`` hooks of its block, the image and the slow
+    path, as CoreDNS's plugin/pkg/upstream asks its own server (nothing
+    counted: the client's query is counted once)."""
+
+    async def lookup(query: bytes) -> bytes | None:
+        afters: tuple[After, ...] = ()
+        block = None
+        if addr and worker.plugins.befores:
+            verdict = worker.plugins.before(query, addr, tcp, port)
+            if verdict is not None and verdict.answer is not None:
+                return verdict.answer or None
+            if verdict is not None:
+                query_, afters, block = verdict.data, verdict.afters, verdict.block
+            else:
+                query_ = query
+        else:
+            query_ = query
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def got(resp: bytes | None) -> None:
+            if not fut.done():
+                fut.set_result(resp)
+
+        with pinned(worker, block, query_, port):
+            resp = worker.lookup(query_, TCP if tcp else UDP, port, got)
+        if isinstance(resp, Deferred):
+            resp = await fut
+        done = finish(afters, query, resp)
+        if isinstance(done, Pending):
+            return await done.work(lookup)
+        return done
+
+    return lookup
+
+
+def settle(worker: Any, got: Pending, original: bytes, send: Send | None, addr: tuple | None,
+           tcp: bool, port: int) -> bool:
+    """Start a pending answer's work; ``send`` gets the final answer. False
+    (the caller sends ``got.answer``) when it cannot wait: no ``send``, or the
+    slow path's tasks are at their limit."""
+    slow = getattr(worker, "slow", None)
+    if send is None or slow is None or slow.busy:
+        return False
+    try:
+        q = wire.parse_query(original)
+    except wire_errors.WireError:
+        return False
+    lookup = lookup_for(worker, addr, tcp, port)
+    slow.defer(lambda: got.work(lookup), original, q, send)
+    return True
+
+
+def wrap(send: Send | None, original: bytes, afters: Sequence[After], worker: Any = None,
+         addr: tuple | None = None, tcp: bool = False, port: int = 0) -> Send | None:
     """``send`` with the ``afters`` applied to the answer it is given."""
     if send is None or not afters:
         return send
 
     def reverted(resp: bytes | None) -> None:
-        send(finish(afters, original, resp))
+        got = finish(afters, original, resp)
+        if isinstance(got, Pending):
+            if settle(worker, got, original, send, addr, tcp, port):
+                return
+            got = got.answer
+        send(got)
 
     return reverted
 
@@ -162,7 +250,8 @@ def answer(worker: Any, data: bytes, addr: tuple | None, proto: int, family: int
     """The whole answer of TCP and the pure-Python UDP path (``worker``: a
     server.worker.Worker): the ``before`` hooks, then the slow-path answers
     (whoami, loop) for a name the image hands on, then the image and the
-    slow path (``answer_py``, which counts). Logged here, sent by the caller."""
+    slow path (counted here as ``Worker.answer_py`` counts). Logged here, sent
+    by the caller; None when ``send`` gets it later (or it is dropped)."""
     plugins = worker.plugins
     tcp = proto == TCP
     query, afters, block = data, (), None
@@ -177,20 +266,37 @@ def answer(worker: Any, data: bytes, addr: tuple | None, proto: int, family: int
             return resp
         if verdict is not None:
             query, afters, block = verdict.data, verdict.afters, verdict.block
-            send = wrap(send, data, afters)
+            send = wrap(send, data, afters, worker, addr, tcp, port)
     if addr and plugins.intercepts:
         resp = worker.intercept(query, addr, tcp, port)
         if resp is not None:
-            resp = finish(afters, data, resp)
+            resp = now(afters, data, resp)
             worker.counters.query(proto, family, data, row)
             worker.counters.response(proto, resp, row)
             plugins.finished(data, addr, resp, tcp, port, t0)
             return resp
+    if not afters:
+        with pinned(worker, block, query, port):
+            resp = worker.answer_py(query, proto, family, port, send, row)
+        if resp is not None:
+            plugins.finished(data, addr, resp, tcp, port, t0)
+        return resp
+    c = worker.counters
+    c.query(proto, family, query, row)
     with pinned(worker, block, query, port):
-        resp = finish(afters, data, worker.answer_py(query, proto, family, port, send, row))
-    if resp is not None:
-        plugins.finished(data, addr, resp, tcp, port, t0)
-    return resp
+        got = worker.lookup(query, proto, port, send)
+    if isinstance(got, Deferred):
+        return None  # ``send`` (wrapped: the afters) counts and logs it
+    done = finish(afters, data, got)
+    if isinstance(done, Pending):
+        if send is not None and settle(worker, done, data, send, addr, tcp, port):
+            return None
+        done = done.answer
+    c.response(proto, done, row)
+    c.latency(time.perf_counter() - t0, 1, row)
+    if done is not None:
+        plugins.finished(data, addr, done, tcp, port, t0)
+    return done
 
 
 def handed_on(worker: Any, data: bytes, addr: tuple, port: int,
@@ -205,13 +311,18 @@ def handed_on(worker: Any, data: bytes, addr: tuple, port: int,
         return verdict.answer or None
     if verdict is not None:
         query, afters, block = verdict.data, verdict.afters, verdict.block
-        send = wrap(send, data, afters)
+        send = wrap(send, data, afters, worker, addr, False, port)
     if plugins.intercepts:
         resp = worker.intercept(query, addr, False, port)
         if resp is not None:
-            return finish(afters, data, resp)
+            return now(afters, data, resp)
     with pinned(worker, block, query, port):
         got = worker.lookup(query, UDP, port, send)
     if isinstance(got, Deferred):
         return got
-    return finish(afters, data, got)
+    done = finish(afters, data, got)
+    if isinstance(done, Pending):
+        if settle(worker, done, data, send, addr, False, port):
+            return DEFERRED
+        return done.answer
+    return done

@@ -112,7 +112,7 @@ class SlowPath:
             if len(self.tasks) >= MAX_INFLIGHT:
                 self._counters.incr(layout.W_SLOW_REFUSED)
                 return wire.error_response(data, q, Rcode.REFUSED)
-            return self._defer(lambda: self._forwarded(resolver, data, q, tcp), data, q, send)
+            return self.defer(lambda: self._forwarded(resolver, data, q, tcp), data, q, send)
         except Exception:
             return self._failed(data, q)
 
@@ -137,9 +137,9 @@ class SlowPath:
             self._counters.incr(layout.W_SLOW_FORWARDED)
             return resp
 
-        return self._defer(completed, data, q, send)
+        return self.defer(completed, data, q, send)
 
-    def _defer(self, work: Callable[[], Awaitable[bytes | None]], data: bytes, q,
+    def defer(self, work: Callable[[], Awaitable[bytes | None]], data: bytes, q,
                send: Send) -> Deferred:
         """Start a task that awaits ``work()`` and hands the result to ``send``.
 
@@ -162,6 +162,11 @@ class SlowPath:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return DEFERRED
+
+    @property
+    def busy(self) -> bool:
+        """Whether no more answers can be deferred now (MAX_INFLIGHT)."""
+        return len(self.tasks) >= MAX_INFLIGHT
 
     def _failed(self, data: bytes, q) -> bytes:
         if not self._logged_error:

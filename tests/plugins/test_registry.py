@@ -40,7 +40,7 @@ def test_fields_give_what_the_old_tables_held():
     assert runs == {"errors", "health", "ready", "kubernetes", "prometheus", "reload",
                     "loadbalance", "bind", "loop", "debug", "forward", "cache", "log",
                     "hosts", "whoami", "timeouts", "bufsize", "chaos", "template", "autopath",
-                    "acl", "rewrite", "any", "header", "minimal", "nsid"}
+                    "acl", "rewrite", "any", "header", "minimal", "nsid", "dns64"}
     assert {p.name for p in registry.PLUGINS if p.merge is not None} == {"log", "bind",
                                                                          "template", "acl",
                                                                          "rewrite"}
@@ -55,8 +55,8 @@ def test_fields_give_what_the_old_tables_held():
     assert [p.name for p in registry.PLUGINS if p.contributor is not None] == ["hosts"]
     assert [p.name for p in registry.PLUGINS if p.answer is not None] == ["chaos", "whoami"]
     assert [p.name for p in registry.PLUGINS if p.before is not None] == [
-        "nsid", "bufsize", "any", "rewrite", "autopath", "acl", "header", "minimal",
-        "template"]
+        "nsid", "bufsize", "dns64", "any", "rewrite", "autopath", "acl", "header",
+        "minimal", "template"]
 
 
 def test_verdict_and_labels_read_the_rows():
