@@ -48,7 +48,7 @@ Answer = Callable[[bytes, wire.Query, tuple[str, int], bool, ServerBlock], bytes
 @dataclass(frozen=True)
 class Rewritten:
     data: bytes
-    after: Callable[[bytes, bytes], "bytes | Pending"] | None = None
+    after: Callable[[bytes, bytes], bytes | Pending] | None = None
 
 
 #: A lookup from the top of the chain of the block a query came to, for

@@ -2,7 +2,8 @@
 
 A state file of 10k Services and 150k Pods is ~74 MB of YAML: PyYAML reads it
 at ~1 MB/s even through libyaml, so a first load took 100 s. This reader
-takes the plain block style those tools write, line by line (~10x faster),
+takes the plain block style those tools write, line by line (~10x faster;
+its Cython twin, fastdns/zone/_yamlfast.pyx, another ~5x),
 and gives each scalar to PyYAML's own resolver and constructor, so ``yes``,
 ``0x1F`` or ``~`` mean what they mean to PyYAML. Anything else (flow
 collections, anchors, tags, multi-line scalars, tabs) raises NotPlain and
@@ -11,6 +12,7 @@ the caller loads the whole file through PyYAML's C loader instead.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -287,7 +289,33 @@ class _BlockReader:
 def fast_yaml(text: str, skip: frozenset[str] = frozenset()) -> Any:
     """The document ``_BlockReader`` reads, or raise NotPlain. The top-level
     items of a kind in ``skip`` are read as ``{"kind": KIND}`` alone."""
-    body = text[4:] if text.startswith("---\n") else text  # one leading marker is fine
-    if not text.isascii() or _PLAIN_TEXT.search(text) or yaml_unsafe(body):
+    if Reader is None:
+        return fast_yaml_py(text, skip)
+    if not text.isascii():
+        raise NotPlain("characters PyYAML must read")
+    reader = Reader(text.encode("ascii"), skip, NotPlain)
+    if reader.unsafe:  # its scan of the octets: what the Python checks below find
+        raise NotPlain("characters or structures PyYAML must read")
+    return reader.document()
+
+
+def fast_yaml_py(text: str, skip: frozenset[str] = frozenset()) -> Any:
+    """``fast_yaml`` through the Python reader alone (the reference the tests hold the C one to)."""
+    if not text.isascii() or unreadable(text):
         raise NotPlain("characters or structures PyYAML must read")
     return _BlockReader(text, skip).document()
+
+
+def unreadable(text: str) -> bool:
+    """Control characters, anchors, aliases, tags, directives or markers past
+    the first: what neither reader reads (the C one finds the same in its scan)."""
+    body = text[4:] if text.startswith("---\n") else text  # one leading marker is fine
+    return bool(_PLAIN_TEXT.search(text)) or yaml_unsafe(body)
+
+
+Reader: Any = None
+if os.environ.get("FASTDNS_NO_EXTENSIONS", "") in ("", "0"):
+    try:  # the Cython twin of _BlockReader (fastdns/zone/_yamlfast.pyx)
+        from fastdns.zone._yamlfast import Reader
+    except ImportError:  # not built: the Python reader
+        Reader = None

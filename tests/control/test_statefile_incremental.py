@@ -354,38 +354,80 @@ YAML_DECLINED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(YAML_CASES))
-def test_fast_yaml_reads_as_pyyaml(name):
-    from fastdns.zone.yamlfast import fast_yaml as _fast_yaml
+@pytest.fixture(params=["py", "c"])
+def fast_yaml(request):
+    """The Python reader (the reference) and its Cython twin (_yamlfast.pyx)."""
+    from fastdns.zone import yamlfast
 
+    if request.param == "py":
+        return yamlfast.fast_yaml_py
+    if yamlfast.Reader is None:
+        pytest.skip("the Cython reader is not built")
+    return yamlfast.fast_yaml
+
+
+@pytest.mark.parametrize("name", sorted(YAML_CASES))
+def test_fast_yaml_reads_as_pyyaml(name, fast_yaml):
     text = YAML_CASES[name]
     want = [d for d in yaml.load_all(text, Loader=yaml.SafeLoader) if d is not None]
-    got = _fast_yaml(text)
+    got = fast_yaml(text)
     got = [] if got is None else [got]
     assert repr(got) == repr(want)
 
 
 @pytest.mark.parametrize("name", sorted(YAML_DECLINED))
-def test_fast_yaml_leaves_the_rest_to_pyyaml(name):
+def test_fast_yaml_leaves_the_rest_to_pyyaml(name, fast_yaml):
     from fastdns.zone.yamlfast import NotPlain as _NotPlain
-    from fastdns.zone.yamlfast import fast_yaml as _fast_yaml
 
     with pytest.raises(_NotPlain):
-        _fast_yaml(YAML_DECLINED[name])
+        fast_yaml(YAML_DECLINED[name])
 
 
-def test_fast_yaml_reads_dumps_and_the_demo(tmp_path):
+def test_fast_yaml_reads_dumps_and_the_demo(tmp_path, fast_yaml):
     from fastdns.zone.state import demo_path
-    from fastdns.zone.yamlfast import fast_yaml as _fast_yaml
 
     texts = [dump(cluster(30), "yaml").decode(), yaml.safe_dump(cluster(30), sort_keys=False),
              Path(demo_path()).read_text()]
     for text in texts:
-        assert repr(_fast_yaml(text)) == repr(yaml.load(text, Loader=yaml.SafeLoader))
+        assert repr(fast_yaml(text)) == repr(yaml.load(text, Loader=yaml.SafeLoader))
     f = tmp_path / "s.yaml"
     f.write_text(texts[0].replace("kind: List", "kind: List\nbroken: [x"))
     with pytest.raises(Exception, match="not valid YAML"):  # PyYAML says why
         load_file(str(f))
+
+
+@pytest.mark.parametrize("text", [
+    *YAML_CASES.values(), *YAML_DECLINED.values(),
+    "a: x&y\n", "a: &x 1\n", "a: [&x]\n", "a: {b: *x}\n", "a: b,!c\n", "&a: 1\n",
+    "a: !!str 1\n", "---\na: 1\n", "a: 1\n---\n", "a: 1\n...\n", "...\n", "%YAML 1.1\n",
+    "a: 1\n%x\n", "a: b%c\n", "a: --x\n", "--\n", "a: 1\r\n", "a: \x7f\n", "a: \x01\n",
+    "---\n---\n", "---", "a: '-- x'\n---x: 1\n",
+])
+def test_the_c_scan_refuses_what_the_python_checks_refuse(text):
+    from fastdns.zone import yamlfast
+
+    if yamlfast.Reader is None:
+        pytest.skip("the Cython reader is not built")
+    if not text.isascii():
+        return
+    reader = yamlfast.Reader(text.encode("ascii"), frozenset(), yamlfast.NotPlain)
+    assert reader.unsafe == yamlfast.unreadable(text), text
+
+
+def test_fast_yaml_skips_kinds_as_the_reference_does(fast_yaml):
+    """Pods left out (``pods`` not verified) are read as their kind alone, in
+    every place a dump puts ``kind``: first, or among the item's keys."""
+    from fastdns.zone import yamlfast
+
+    doc = cluster(20)
+    texts = [dump(doc, "yaml").decode(), yaml.safe_dump(doc, sort_keys=False)]
+    skip = frozenset({"Pod"})
+    for text in texts:
+        got = fast_yaml(text, skip)
+        assert repr(got) == repr(yamlfast.fast_yaml_py(text, skip))
+        kinds = [i["kind"] for i in got["items"]]
+        assert "Pod" in kinds and all(i == {"kind": "Pod"} for i in got["items"]
+                                      if i["kind"] == "Pod")
 
 
 def test_the_whole_load_judges_the_bytes_the_patch_read(tmp_path):

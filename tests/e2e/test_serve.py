@@ -374,12 +374,12 @@ def test_unknown_plugin_is_a_startup_error(tmp_path):
 
 def test_unsupported_known_plugin_names_its_line(tmp_path):
     cf = tmp_path / "Corefile"
-    text = corefile_for(free_port(), extra="    dns64 64:ff9b::/96\n")
+    text = corefile_for(free_port(), extra="    k8s_external example.org\n")
     cf.write_text(text)
-    line = text.splitlines().index("    dns64 64:ff9b::/96") + 1
+    line = text.splitlines().index("    k8s_external example.org") + 1
     r = run_serve(["--corefile", str(cf), "--demo", "--workers", "1"])
     assert r.returncode == 1
-    assert f"{cf}:{line}: plugin dns64: " in r.stderr, r.stderr
+    assert f"{cf}:{line}: plugin k8s_external: " in r.stderr, r.stderr
 
 
 def test_missing_corefile_and_state(tmp_path):

@@ -77,7 +77,7 @@ def test_version_and_plugins():
                          "  default", "", "Other plugins:"]
     for name in ("kubernetes", "forward", "cache", "health", "ready", "prometheus", "loop"):
         assert f"  dns.{name}" in lines
-    assert "  dns.rewrite" not in lines  # not run by fastdns: not listed
+    assert "  dns.view" not in lines  # not run by fastdns: not listed
 
 
 def test_coredns_flags_on_a_running_server(tmp_path):
