@@ -65,11 +65,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 import fastdns
 from fastdns.control.metrics_labels import SERVER_RCODES, BlockLabels, rcode_label, server_label
-from fastdns.control.metrics_plugins import cache_forward_metrics, proxy_metrics
+from fastdns.control.metrics_plugins import cache_forward_metrics, plugin_metrics, proxy_metrics
 from fastdns.control.metrics_process import process_metrics
 from fastdns.control.metrics_values import ControlValues, Histogram, hist_buckets
 from fastdns.ipc import layout, readout, shm, tables
 from fastdns.ipc.stats import SharedStats
+from fastdns.plugins.counting import decode as counting_decode
+from fastdns.plugins.counting import plugin_hash
 
 # -- the collector -------------------------------------------------------------------
 
@@ -89,7 +91,8 @@ class DnsCollector(Collector):
     def __init__(self, blocks: Sequence[memoryview], labels: Sequence[BlockLabels],
                  values: ControlValues | None = None, stats: SharedStats | None = None,
                  process_metrics: bool = True,
-                 cache_table: tuple[tuple[str, str, str], ...] = ()) -> None:
+                 cache_table: tuple[tuple[str, str, str], ...] = (),
+                 plugin_table: tuple[tuple[str, ...], ...] = ()) -> None:
         self.blocks = list(blocks)
         self.labels = list(labels) or [BlockLabels(servers=(server_label(53),), zones=(".",))]
         self.values = values if values is not None else ControlValues()
@@ -127,14 +130,19 @@ class DnsCollector(Collector):
         self.cache_table = tuple(cache_table)
         self.cache_hash = tables.cache_hash(self.cache_table)
         self._retired_cache: list[tuple[int, int]] = list(readout.CACHE_ZERO)
+        # The plugins' series (plugins/counting.py), derived as the workers do.
+        self.plugin_table = tuple(plugin_table)
+        self.plugin_hash = plugin_hash(self.plugin_table)
+        self._retired_plugin: list[tuple[int, int]] = list(readout.PLUGIN_ZERO)
 
     @classmethod
     def for_segment(cls, ctl: shm.ControlSegment, labels: Sequence[BlockLabels],
                     values: ControlValues | None = None,
                     stats: SharedStats | None = None,
-                    cache_table: tuple[tuple[str, str, str], ...] = ()) -> DnsCollector:
+                    cache_table: tuple[tuple[str, str, str], ...] = (),
+                    plugin_table: tuple[tuple[str, ...], ...] = ()) -> DnsCollector:
         return cls([ctl.counters(i) for i in range(ctl.nworkers)], labels, values, stats,
-                   cache_table=cache_table)
+                   cache_table=cache_table, plugin_table=plugin_table)
 
     # -- reading ------------------------------------------------------------
 
@@ -150,6 +158,7 @@ class DnsCollector(Collector):
         zero = list(readout.FWD_ZERO)
         zero_rows = list(readout.ROWS_ZERO)
         zero_cache = list(readout.CACHE_ZERO)
+        zero_plugin = list(readout.PLUGIN_ZERO)
         with self._lock:
             for i, cur in enumerate(current):
                 last = self._last[i]
@@ -159,10 +168,13 @@ class DnsCollector(Collector):
                     cur["rows"] = last["rows"] if last is not None else zero_rows
                 if cur["cache_table"] != self.cache_hash:  # and for the cache rows
                     cur["cache_rows"] = last["cache_rows"] if last is not None else zero_cache
+                if cur["plugin_table"] != self.plugin_hash:  # and the plugins' counters
+                    cur["plugin_rows"] = last["plugin_rows"] if last is not None else zero_plugin
                 if last is not None:
                     if _total_queries(cur) < _total_queries(last):
                         self._retired.append({**_strip(last), "forward": zero,
-                                              "rows": zero_rows, "cache_rows": zero_cache})
+                                              "rows": zero_rows, "cache_rows": zero_cache,
+                                              "plugin_rows": zero_plugin})
                         self._retired = [readout.sum_counters(self._retired)]
                     if readout.forward_sum(cur["forward"]) < readout.forward_sum(last["forward"]):
                         self._retired_fwd = readout.sum_counters(
@@ -175,6 +187,10 @@ class DnsCollector(Collector):
                             last["cache_rows"]):
                         self._retired_cache = readout.sum_counters(
                             [{"r": self._retired_cache}, {"r": last["cache_rows"]}])["r"]
+                    if readout.forward_sum(cur["plugin_rows"]) < readout.forward_sum(
+                            last["plugin_rows"]):
+                        self._retired_plugin = readout.sum_counters(
+                            [{"r": self._retired_plugin}, {"r": last["plugin_rows"]}])["r"]
                 self._last[i] = cur
             total = readout.sum_counters([_strip(c) for c in current] + self._retired)
             total["forward"] = readout.sum_counters(
@@ -183,6 +199,8 @@ class DnsCollector(Collector):
                 [{"rows": total["rows"]}, {"rows": self._retired_rows}])["rows"]
             total["cache_rows"] = readout.sum_counters(
                 [{"r": total["cache_rows"]}, {"r": self._retired_cache}])["r"]
+            total["plugin_rows"] = readout.sum_counters(
+                [{"r": total["plugin_rows"]}, {"r": self._retired_plugin}])["r"]
         return total, current
 
     def series(self, c: dict, current: Sequence[dict] = ()) -> list[tuple[list[str], str, dict]]:
@@ -215,6 +233,7 @@ class DnsCollector(Collector):
         yield from cache_forward_metrics(total, current, self.labels,
                                          self.cache_table if carried else ())
         yield from proxy_metrics(total, self.fwd_table)
+        yield from plugin_metrics(counting_decode(total["plugin_rows"], self.plugin_table))
         yield from self._process_level(total, current)
         if self.process_metrics:
             yield from process_metrics(self._pids(current))

@@ -154,3 +154,39 @@ def proxy_rcode(rcode: int) -> str:
 
 
 _RCODE_TEXT = dict(enumerate(layout.RCODE_NAMES[:11]))
+
+
+# -- the plugins' own counters (plugins/counting.py) ---------------------------------
+
+#: family -> (help, label names), as the plugins' metrics.go declare them
+PLUGIN_FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "coredns_acl_blocked_requests_total": ("Counter of DNS requests being blocked.",
+                                           ["server", "zone", "view"]),
+    "coredns_acl_filtered_requests_total": ("Counter of DNS requests being filtered.",
+                                            ["server", "zone", "view"]),
+    "coredns_acl_allowed_requests_total": ("Counter of DNS requests being allowed.",
+                                           ["server", "view"]),
+    "coredns_acl_dropped_requests_total": ("Counter of DNS requests being dropped.",
+                                           ["server", "zone", "view"]),
+    "coredns_template_matches_total": ("Counter of template regex matches.",
+                                       ["server", "zone", "view", "class", "type"]),
+    "coredns_autopath_success_total": ("Counter of requests that did autopath.", ["server"]),
+    "coredns_dns64_requests_translated_total": ("Counter of DNS requests translated by dns64.",
+                                                ["server"]),
+}
+
+
+def plugin_metrics(counts: dict[tuple[str, ...], int]) -> Iterator[Metric]:
+    """The plugin counters by family: only series that counted something, as a
+    CounterVec shows only the label values it was asked for."""
+    fams: dict[str, CounterMetricFamily] = {}
+    for series, n in counts.items():
+        name = series[0]
+        spec = PLUGIN_FAMILIES.get(name)
+        if spec is None or not n:
+            continue
+        fam = fams.get(name)
+        if fam is None:
+            fam = fams[name] = CounterMetricFamily(name, spec[0], labels=spec[1])
+        fam.add_metric(list(series[1:]), n)
+    yield from fams.values()

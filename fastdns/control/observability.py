@@ -82,6 +82,7 @@ class Observability:
     def start(cls, config: object, ctl: object, corefile_text: str | None = None
               ) -> Observability:
         from fastdns.control import metrics, metrics_labels, metrics_values
+        from fastdns.plugins import series
 
         stats = SharedStats.attach(ctl.instance)  # type: ignore[attr-defined]
         stats.set(layout.S_CONTROL_PID, os.getpid())
@@ -90,7 +91,8 @@ class Observability:
             values.set_corefile(corefile_text)
         collector = metrics.DnsCollector.for_segment(
             ctl, metrics_labels.blocks_from_config(config), values, stats,  # type: ignore[arg-type]
-            cache_table=tables.cache_table(config))
+            cache_table=tables.cache_table(config),
+            plugin_table=series.plugin_table(config))
         nworkers = ctl.nworkers  # type: ignore[attr-defined]
 
         def workers_serving() -> bool:

@@ -31,6 +31,7 @@ from fastdns.ipc.layout import (
     LATENCY_BUCKETS,
     MAGIC,
     N_SIZE,
+    PLUGIN_END,
     QT_OTHER,
     QTYPE_BUCKETS,
     QTYPES,
@@ -54,6 +55,7 @@ from fastdns.ipc.layout import (
     W_LATENCY_SUM_NS,
     W_MAGIC,
     W_PID,
+    W_PLUGIN_TABLE,
     W_QUERIES,
     W_REQ_SIZE,
     W_RESP_SIZE,
@@ -139,7 +141,7 @@ class Counters:
     indices (None: count the totals only).
     """
 
-    __slots__ = ("w", "fwd", "rows", "caches")
+    __slots__ = ("w", "fwd", "rows", "caches", "plugins")
 
     def __init__(self, block: memoryview) -> None:
         self.w = block[: W_END * 8].cast("Q")
@@ -149,6 +151,9 @@ class Counters:
             if len(block) >= ROWS_END * 8 else None
         self.caches = block[W_CACHE_TABLE * 8 : CACHE_END * 8].cast("Q") \
             if len(block) >= CACHE_END * 8 else None
+        # [table hash, PLUGIN_ROWS counters] (plugins/counting.py writes them)
+        self.plugins = block[W_PLUGIN_TABLE * 8 : PLUGIN_END * 8].cast("Q") \
+            if len(block) >= PLUGIN_END * 8 else None
 
     def take_rows(self, table: tuple[tuple[str, str], ...]) -> None:
         """Make the row region describe ``table``: kept when it already does

@@ -339,6 +339,19 @@ W_CACHE_ROWS = CB.field("W_CACHE_ROWS", CACHE_ROWS * CR_WORDS, "[CACHE_ROWS] cac
 CACHE_END = CB.end
 CACHE_WORDS = CACHE_END - W_CACHE_ROWS
 
+# the plugins' own counters (coredns_acl_*, coredns_template_matches_total,
+# coredns_autopath_success_total, coredns_dns64_requests_translated_total):
+# word k counts series k of plugins/counting.py ``plugin_table`` (a family and
+# its label values, fixed by the Corefile). The worker's 0.5 s export writes
+# them: its Python counts and its C hooks', on top of the base the region held
+# when it took the Corefile in (the reload rule of the cache rows).
+PLUGIN_ROWS = 64
+W_PLUGIN_TABLE = CB.field("W_PLUGIN_TABLE", doc="counting.plugin_hash of the plugin table; "
+                          "0 = none / being rewritten", align=8)
+W_PLUGIN_ROWS = CB.field("W_PLUGIN_ROWS", PLUGIN_ROWS, "[PLUGIN_ROWS] plugin counters")
+PLUGIN_END = CB.end
+PLUGIN_WORDS = PLUGIN_END - W_PLUGIN_ROWS
+
 # -- the loop-detection segment ``fastdns-<instance>-loop`` (octets) ------------
 
 MAX_PROBES = 8
@@ -419,7 +432,7 @@ def _check() -> None:
         for f in region.fields:
             assert g[f.name] == f.offset, f.name
     assert W_END <= HOLD_ATTACHING_WORD < HOLD_LINGERING_WORD < W_FWD
-    assert CACHE_END * 8 <= COUNTERS_SIZE
+    assert PLUGIN_END * 8 <= COUNTERS_SIZE
     assert CACHE_ROWS == CT_MAX_CACHES
     assert STATS.end <= STATS_WORDS
     assert CS_DATA_MAX >= 512 + 260

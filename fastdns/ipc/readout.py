@@ -47,6 +47,8 @@ from fastdns.ipc.layout import (
     MAGIC,
     N_LAT,
     N_SIZE,
+    PLUGIN_END,
+    PLUGIN_WORDS,
     PROTOS,
     QTYPE_BUCKETS,
     RCODE_NAMES,
@@ -82,6 +84,8 @@ from fastdns.ipc.layout import (
     W_MAGIC,
     W_OVERSIZE,
     W_PID,
+    W_PLUGIN_ROWS,
+    W_PLUGIN_TABLE,
     W_REMAPS,
     W_ROWS,
     W_ROWS_TABLE,
@@ -104,6 +108,7 @@ from fastdns.ipc.tables import fwd_slot_labels, row_labels
 FWD_ZERO = tuple((i, 0) for i in range(FWD_WORDS))
 ROWS_ZERO = tuple((i, 0) for i in range(ROWS_WORDS))
 CACHE_ZERO = tuple((i, 0) for i in range(CACHE_WORDS))
+PLUGIN_ZERO = tuple((i, 0) for i in range(PLUGIN_WORDS))
 
 
 def _hist(words: list[int] | tuple[int, ...], start: int, bounds: tuple[float, ...],
@@ -159,6 +164,8 @@ def read_counters(block: memoryview | bytes) -> dict:
                                ROWS_ZERO)
     cache_table, cache_rows = _region(block, started, W_CACHE_TABLE, W_CACHE_ROWS, CACHE_WORDS,
                                       CACHE_END, CACHE_ZERO)
+    plugin_table, plugin_rows = _region(block, started, W_PLUGIN_TABLE, W_PLUGIN_ROWS,
+                                        PLUGIN_WORDS, PLUGIN_END, PLUGIN_ZERO)
     return {
         "pid": words[W_PID],
         "generation": words[W_GENERATION],
@@ -199,13 +206,18 @@ def read_counters(block: memoryview | bytes) -> dict:
         # cache_hash of the tables.cache_table they describe
         "cache_table": cache_table,
         "cache_rows": list(cache_rows),
+        # the plugin counters, raw: word k counts series k of the plugin table
+        # whose counting.plugin_hash "plugin_table" is
+        "plugin_table": plugin_table,
+        "plugin_rows": list(plugin_rows),
         "send_errors": words[W_SEND_ERRORS],
         "oversize": words[W_OVERSIZE],
         **_dns(words, BLOCK_DNS),
     }
 
 
-_NOT_SUMMED = ("pid", "generation", "forward_table", "rows_table", "cache_table")
+_NOT_SUMMED = ("pid", "generation", "forward_table", "rows_table", "cache_table",
+               "plugin_table")
 
 
 def sum_counters(blocks: list[dict]) -> dict:

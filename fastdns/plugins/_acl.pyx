@@ -88,9 +88,14 @@ cdef struct Rule:
     int pol0
     int npol
 
+cdef enum:
+    # counts[]: allowed per acl (block), then per (rule, rule zone) blocked, filtered, dropped
+    MAX_COUNTS = MAX_BZONES + MAX_RULES * MAX_RULE_ZONES * 3
+
 cdef struct Hook:
     fastdns_prelookup hook
-    int nb, nr, np, nn, used
+    int nb, nr, np, nn, used, nacl
+    unsigned long long counts[MAX_COUNTS]
     BZone bzones[MAX_BZONES]
     Rule rules[MAX_RULES]
     Policy policies[MAX_POLICIES]
@@ -113,8 +118,9 @@ cdef bint net_holds(const Net* n, int version, const unsigned char* ip) noexcept
 
 
 cdef int decide(const Hook* h, int acl, const unsigned char* name, int nlen, int qtype,
-                const void* sa) noexcept nogil:
-    """acl.go ServeDNS: the action, 0 when the query goes on."""
+                const void* sa, int* slot) noexcept nogil:
+    """acl.go ServeDNS: the action, 0 when the query goes on; ``slot``: the
+    (rule, zone) that decided it, for its counters (-1: none)."""
     cdef int starts[128]
     cdef int ns = label_starts(name, nlen, starts), r, z, p, t, k, version = -1
     cdef unsigned char ip[16]
@@ -132,6 +138,7 @@ cdef int decide(const Hook* h, int acl, const unsigned char* name, int nlen, int
                 break
         if not hit:
             continue
+        slot[0] = r * MAX_RULE_ZONES + z
         if version < 0:
             version = fastdns_acl_source(sa, ip)
             if version == 0:
@@ -162,6 +169,8 @@ cdef int acl_fn(void* ctx, unsigned char* pkt, Py_ssize_t* length, unsigned char
                 Py_ssize_t out_cap, Py_ssize_t* ans, const fastdns_peer* peer) noexcept nogil:
     cdef const Hook* h = <const Hook*>ctx
     cdef int n = <int>length[0], pos, qend, i, best = -1, acl = -1, action, qtype, o
+    cdef int slot = -1
+    cdef Hook* counted = <Hook*>ctx  # the counters: this worker's alone
     cdef int starts[128]
     cdef int ns
     if n < 17:
@@ -186,14 +195,17 @@ cdef int acl_fn(void* ctx, unsigned char* pkt, Py_ssize_t* length, unsigned char
     if acl < 0:
         return PRE_LOOKUP
     qtype = pkt[qend] << 8 | pkt[qend + 1]
-    action = decide(h, acl, pkt + 12, qend - 12, qtype, peer.addr)
+    action = decide(h, acl, pkt + 12, qend - 12, qtype, peer.addr, &slot)
     if action == 0:
+        counted.counts[acl] += 1
         return PRE_LOOKUP
+    o = qend + 4
+    if action != DROP and o + 17 > out_cap:
+        return PRE_SLOW
+    if slot >= 0:
+        counted.counts[MAX_BZONES + slot * 3 + action - BLOCK] += 1
     if action == DROP:
         return PRE_DROP
-    o = qend + 4
-    if o + 17 > out_cap:
-        return PRE_SLOW
     out[0] = pkt[0]
     out[1] = pkt[1]
     out[2] = 0x80 | (pkt[2] & 0x01)  # QR; opcode QUERY; RD copied
@@ -253,6 +265,7 @@ cdef int _fill(Hook* h, list blocks, list acls) except -1:
         h.bzones[h.nb].zoff = _put(h, raw)
         h.bzones[h.nb].zlen = len(raw)
         h.nb += 1
+    h.nacl = len(acls)
     for idx, rules in enumerate(acls):
         for zones, policies in rules:
             if h.nr >= MAX_RULES or len(zones) > MAX_RULE_ZONES:
@@ -309,3 +322,17 @@ def hook(blocks, acls):
     h.hook.ctx = h
     h.hook.post = NULL
     return PyCapsule_New(<void*>&h.hook, b"fastdns.prelookup", _free)
+
+
+def counts(capsule):
+    """What the hook counted: (allowed per acl, [(rule, zone, blocked, filtered, dropped)])
+    for the rules and zones acl.flat gave it, in that order."""
+    cdef Hook* h = <Hook*>PyCapsule_GetPointer(capsule, b"fastdns.prelookup")
+    allowed = [h.counts[i] for i in range(h.nacl)]
+    rules = []
+    cdef int r, z, k
+    for r in range(h.nr):
+        for z in range(h.rules[r].nzones):
+            k = MAX_BZONES + (r * MAX_RULE_ZONES + z) * 3
+            rules.append((r, z, h.counts[k], h.counts[k + 1], h.counts[k + 2]))
+    return allowed, rules

@@ -31,10 +31,16 @@ from fastdns.corefile.dispenser import Dispenser
 from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 from fastdns.mnemonics import TYPES
 from fastdns.names import zone_key
+from fastdns.plugins import counting
 from fastdns.plugins.spec import DROP, Plugin
 
 TYPE_OF = {v: k for k, v in TYPES.items()}  # miekg StringToType
 ACTIONS = ("allow", "block", "filter", "drop")
+#: the metric families (plugin/acl/metrics.go), by action
+COUNTED = {"block": "coredns_acl_blocked_requests_total",
+           "filter": "coredns_acl_filtered_requests_total",
+           "drop": "coredns_acl_dropped_requests_total"}
+ALLOWED = "coredns_acl_allowed_requests_total"
 ALLOW, BLOCK, FILTER, DROP_ACTION = 1, 2, 3, 4  # the C hook's codes (_acl.pyx)
 REFUSED, NOERROR = 5, 0
 EDE_BLOCKED, EDE_FILTERED = 15, 17  # RFC 8914 info codes (miekg ExtendedErrorCode*)
@@ -156,20 +162,27 @@ def _source(addr: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def decide(conf: AclConfig, key: bytes, qtype: int, addr: Any) -> str | None:
     """The action for one query (``key``: its lowercase wire name), None: it goes on."""
+    return decide_zone(conf, key, qtype, addr)[0]
+
+
+def decide_zone(conf: AclConfig, key: bytes, qtype: int,
+                addr: Any) -> tuple[str | None, str | None]:
+    """``decide``, and the rule zone that decided it (the metrics' ``zone``)."""
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     for rule in conf.rules:
-        if not any(_under(key, zone_key(z)) for z in rule.zones):
+        zone = next((z for z in rule.zones if _under(key, zone_key(z))), None)
+        if zone is None:
             continue
         if ip is None:
             ip = _source(addr)
             if ip is None:
-                return "block"  # acl.go: "Unable to parse source address"
+                return "block", zone  # acl.go: "Unable to parse source address"
         for p in rule.policies:
             if p.matches(qtype, ip):
                 if p.action == "allow":
-                    return None
-                return p.action
-    return None
+                    return None, None
+                return p.action, zone
+    return None, None
 
 
 _OPT = struct.Struct(">BHHIHHHH")  # root, OPT, 4096, DO, rdlen, EDE, 2, info
@@ -190,9 +203,12 @@ def before(data: bytes, q: wire.Query, addr: tuple[str, int], tcp: bool,
     conf = block.plugins.get("acl")
     if not isinstance(conf, AclConfig):
         return None
-    action = decide(conf, q.key, q.qtype, addr)
+    action, zone = decide_zone(conf, q.key, q.qtype, addr)
+    server = counting.server_of(block)
     if action is None:
+        counting.add((ALLOWED, server, ""))
         return None
+    counting.add((COUNTED[action], server, zone or "", ""))
     if action == "drop":
         return DROP
     if action == "block":
@@ -223,6 +239,53 @@ def flat(config: Config) -> tuple[list[tuple[int, bytes, int]], list[Any]]:
     return blocks, acls
 
 
+def series(config: Config) -> list[counting.Series]:
+    """acl's metric series (plugin/acl/metrics.go): per block with acl, each
+    rule zone's blocked, filtered and dropped counts {server, zone, view}, and
+    the allowed count {server, view}."""
+    out: list[counting.Series] = []
+    for b in config.servers:
+        conf = b.plugins.get("acl")
+        if not isinstance(conf, AclConfig):
+            continue
+        server = counting.server_of(b)
+        for r in conf.rules:
+            for z in r.zones:
+                out.extend((COUNTED[a], server, z, "") for a in ("block", "filter", "drop"))
+        out.append((ALLOWED, server, ""))
+    return out
+
+
+def c_counts(capsule: object, config: Config) -> dict[counting.Series, int]:
+    """What the C hook counted, by series: its acls and rules are flat's order."""
+    from fastdns.plugins import _acl
+
+    allowed, rules = _acl.counts(capsule)
+    out: dict[counting.Series, int] = {}
+
+    def add(s: counting.Series, n: int) -> None:
+        if n:
+            out[s] = out.get(s, 0) + n
+
+    acl_blocks = [b for b in config.servers if isinstance(b.plugins.get("acl"), AclConfig)]
+    flat_rules: list[tuple[ServerBlock, Rule]] = []
+    for b in acl_blocks:
+        conf = b.plugins["acl"]
+        assert isinstance(conf, AclConfig)
+        flat_rules.extend((b, r) for r in conf.rules)
+    for i, n in enumerate(allowed):
+        if i < len(acl_blocks):
+            add((ALLOWED, counting.server_of(acl_blocks[i]), ""), n)
+    for r, z, blocked, filtered, dropped in rules:
+        if r >= len(flat_rules):
+            continue
+        b, rule = flat_rules[r]
+        server, zone = counting.server_of(b), rule.zones[z]
+        for action, n in (("block", blocked), ("filter", filtered), ("drop", dropped)):
+            add((COUNTED[action], server, zone, ""), n)
+    return out
+
+
 def prelookup(config: Config) -> Any:
     """The C hook for ``config``; None (each UDP query to Python) without the
     build, or for an acl larger than the hook's tables."""
@@ -239,4 +302,4 @@ def prelookup(config: Config) -> Any:
 
 PLUGIN = Plugin("acl", "full", config=AclConfig, parse=parse_acl, merge=merge_acl,
                 stages=("fast_path", "slow_path"), before=before, prelookup=prelookup,
-                metrics=("coredns_acl_*",))
+                metrics=("coredns_acl_*",), series=series, c_counts=c_counts)

@@ -124,6 +124,12 @@ class Plugin:
     #: the hooks of several plugins chain in plugin.cfg order), or None when
     #: this Corefile needs none; the worker sets it on start and reload
     prelookup: Callable[[Config], object | None] | None = None
+    #: the metric series this plugin counts for a Corefile (plugins/counting.py:
+    #: (family, label values ...) each), in a fixed order; None: it counts none
+    series: Callable[[Config], list[tuple[str, ...]]] | None = None
+    #: what this plugin's C hook (``prelookup``'s capsule) counted so far, by
+    #: series: (capsule, the Corefile in force) -> {series: count}
+    c_counts: Callable[[object, Config], dict[tuple[str, ...], int]] | None = None
     #: not in CoreDNS's plugin.cfg: a common external plugin, known by name only
     external: bool = False
 

@@ -362,6 +362,7 @@ class Worker:
         """The per-query plugins of ``config``: one place for the start and every reload."""
         self.plugins = WorkerPlugins(config, self.port_of_fd,
                                      loop=(self.spec.instance, self.spec.index))
+        self.plugins.install()
         self.plugins.fast_path(self.fast)
         timeouts.apply(config, self.tcp)  # the TCP listener's read/write/idle, maxtcpqueries
         self._sync_cforward()
@@ -438,6 +439,7 @@ class Worker:
         self.images.move()
         if self.router is not None:
             self.router.export(self.counters)
+        self.plugins.export(self.counters)  # the plugins' counters (plugins/counting.py)
         self.reconfigure_if_changed(loop)  # a reloaded Corefile (control/reload.py)
         self.plugins.tick()
         self._sync_cforward()  # a loop probe disarmed

@@ -30,7 +30,8 @@ from typing import Any
 from fastdns import errors as wire_errors
 from fastdns.codec import wire
 from fastdns.names import to_text
-from fastdns.plugins import registry
+from fastdns.plugins import counting, registry
+from fastdns.plugins.series import plugin_table
 from fastdns.plugins.spec import Plugin
 from fastdns.server import beforechain
 from fastdns.server.beforechain import Verdict
@@ -113,6 +114,8 @@ class WorkerPlugins:
         # plugin.cfg order (ALL_SLOW: a ``before`` with no C hook here)
         self.befores: list[Plugin] = []
         self.prelookup: list[object] = []
+        #: the plugins' metric counts (plugins/counting.py), Python and C
+        self.counts = counting.Counts()
         self._ports: set[int] = set()
         if config is not None:
             self._ports = {b.port for b in config.servers}
@@ -121,6 +124,7 @@ class WorkerPlugins:
             used = [p for p in registry.PLUGINS
                     if any(p.name in b.plugins for b in config.servers)]
             self.befores = [p for p in used if p.before is not None]
+            self.counts = counting.Counts(plugin_table(config))
             for p in used:
                 hook = p.prelookup(config) if p.prelookup is not None else None
                 if hook is None and p.before is not None:
@@ -128,6 +132,9 @@ class WorkerPlugins:
                     break
                 if hook is not None:
                     self.prelookup.append(hook)
+                    if p.c_counts is not None:
+                        self.counts.c_readers.append(
+                            lambda p=p, hook=hook: p.c_counts(hook, config))  # type: ignore[misc]
             if len(self.prelookup) > MAX_HOOKS:  # more than the fast path chains
                 self.prelookup = [ALL_SLOW]
             for b in config.servers:
@@ -212,6 +219,15 @@ class WorkerPlugins:
 
                 hooks = [_udp.all_slow_hook() if h is ALL_SLOW else h for h in hooks]
             fast.set_prelookup(hooks or None)
+
+    def install(self) -> None:
+        """Make these the counts the plugins' Python hooks add to (the worker's
+        Corefile in force)."""
+        counting.use(self.counts)
+
+    def export(self, counters: Any) -> None:
+        """The plugin counters into the worker's block (its 0.5 s timer)."""
+        self.counts.export(getattr(counters, "plugins", None))
 
     def log_one(self, query: bytes, addr: Any, resp: bytes | None, tcp: bool, port: int,
                 seconds: float) -> None:

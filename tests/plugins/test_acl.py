@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 
 import dns.edns
 import dns.exception
@@ -23,7 +24,7 @@ from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.errors import CorefileError
 from fastdns.ipc import readout, shm
 from fastdns.plugins import acl
-from tests.helpers import Server, free_port
+from tests.helpers import Server, free_port, scrape_metrics, wait_for
 
 
 def conf(body: str, zone: str = "."):
@@ -108,6 +109,7 @@ def test_allow_ends_every_rule_and_zones_pick_rules():
 COREFILE = """\
 .:{port} {{
     bind 127.0.0.1
+    prometheus 127.0.0.1:{mport}
     acl {{
         allow net 127.0.0.1
         block type A net 127.0.0.2
@@ -131,12 +133,14 @@ def server(request, tmp_path_factory):
         pytest.skip("the Cython UDP path is not built")
     tmp = tmp_path_factory.mktemp(f"acl-{request.param}")
     port = free_port(v6=False)
-    (tmp / "Corefile").write_text(COREFILE.format(port=port))
+    mport = free_port(v6=False)
+    (tmp / "Corefile").write_text(COREFILE.format(port=port, mport=mport))
     mp = pytest.MonkeyPatch()
     mp.setenv("FASTDNS_NO_EXTENSIONS", "1" if request.param == "py" else "0")
     srv = Server(tmp, ["--corefile", str(tmp / "Corefile"), "--workers", "1"], port)
     mp.undo()
     srv.path = request.param
+    srv.mport = mport
     try:
         srv.wait_answering(name="a.test.")
         yield srv
@@ -194,6 +198,49 @@ def test_served(server):
     assert r.rcode() == dns.rcode.REFUSED and ede(r) == [15]
     with pytest.raises((EOFError, ConnectionError, dns.exception.Timeout)):
         ask(server, "a.test.", "A", "127.0.0.4", tcp=True)
+
+
+def acl_counts(srv) -> dict[tuple[str, str], float]:
+    """coredns_acl_* by (family, zone) ("" for allowed, which has no zone)."""
+    server = f"dns://127.0.0.1:{srv.port}"
+    out: dict[tuple[str, str], float] = {}
+    for (name, labels), v in scrape_metrics(srv.mport).items():
+        lab = dict(labels)
+        if name.startswith("coredns_acl_") and lab.get("server") == server:
+            assert lab["view"] == ""
+            out[(name, lab.get("zone", ""))] = v
+    return out
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_metrics(server, tcp):
+    """plugin/acl/metrics.go's four counters, with the rule zone that decided
+    (allowed: no zone), counted in C on the UDP fast path and in Python."""
+    time.sleep(0.7)  # earlier queries' counts reach the block on the 0.5 s export
+    before = acl_counts(server)
+    sends = [("a.test.", "A", "127.0.0.1"), ("a.test.", "AAAA", "127.0.0.2"),
+             ("only.test.", "A", "127.0.0.1"), ("a.test.", "A", "127.0.0.5"),  # 4 allowed
+             ("a.test.", "A", "127.0.0.2"), ("a.test.", "A", "127.0.0.2"),  # 2 blocked (.)
+             ("only.test.", "A", "127.0.0.5"),  # 1 blocked (only.test.)
+             ("a.test.", "A", "127.0.0.3")]  # 1 filtered
+    for name, qtype, source in sends:
+        ask(server, name, qtype, source, tcp=tcp)
+    with pytest.raises((EOFError, ConnectionError, dns.exception.Timeout)):
+        ask(server, "a.test.", "A", "127.0.0.4", tcp=tcp)  # 1 dropped
+    want = {("coredns_acl_allowed_requests_total", ""): 4,
+            ("coredns_acl_blocked_requests_total", "."): 2,
+            ("coredns_acl_blocked_requests_total", "only.test."): 1,
+            ("coredns_acl_filtered_requests_total", "."): 1,
+            ("coredns_acl_dropped_requests_total", "."): 1}
+
+    def delta():
+        now = acl_counts(server)
+        return {k: now.get(k, 0) - before.get(k, 0) for k in set(now) | set(want)}
+
+    wait_for(lambda: all(delta().get(k, 0) >= n for k, n in want.items()), timeout=5)
+    time.sleep(0.6)  # and nothing more comes
+    got = delta()
+    assert {k: v for k, v in got.items() if v} == want, got
 
 
 @pytest.mark.parametrize("qtype, source, edns, cd", [
