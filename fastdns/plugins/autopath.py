@@ -38,7 +38,10 @@ from fastdns.corefile.errors import Unsupported
 from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 from fastdns.names import zone_key
 from fastdns.plugins import autopath_wire as aw
+from fastdns.plugins import counting
 from fastdns.plugins.spec import Plugin, Rewritten
+
+SUCCESS = "coredns_autopath_success_total"  # plugin/autopath/metrics.go
 
 NXDOMAIN = 3
 FAILED = {1, 2, 4, 5}  # FORMERR, SERVFAIL, NOTIMP, REFUSED: plugin.ClientWrite false
@@ -132,27 +135,38 @@ def before(data: bytes, q: wire.Query, addr: tuple[str, int], tcp: bool,
         name = base + suffix
         found = beforechain.image_answer(_ask(data, q, name), tcp)
         if found is None:  # the image hands it on: forward this name (below)
-            return _handed_on(data, q, name, first)
+            return _handed_on(data, q, name, first, block)
         if first is None:
             first = found
         if found[3] & 0xF == NXDOMAIN or found[3] & 0xF in FAILED:
             continue
+        counting.add((SUCCESS, counting.server_of(block)))  # autopath.go autoPathCount
         return aw.cnamed(data, q, found) if suffix != ns + b"\x03svc" + zone else found
-    return _handed_on(data, q, base + b"\x00", first)
+    return _handed_on(data, q, base + b"\x00", first, block)
 
 
-def _handed_on(data: bytes, q: wire.Query, name: bytes, first: bytes | None) -> Rewritten:
+def _handed_on(data: bytes, q: wire.Query, name: bytes, first: bytes | None,
+               block: ServerBlock) -> Rewritten:
     """Forward ``name``; its answer renamed, or the first try's when it failed."""
 
     def after(original: bytes, resp: bytes) -> bytes:
         if len(resp) >= 12 and (resp[3] & 0xF == NXDOMAIN or resp[3] & 0xF in FAILED):
             return first if first is not None else resp
         try:
-            return aw.cnamed(original, q, resp)
+            renamed = aw.cnamed(original, q, resp)
         except Exception:  # noqa: BLE001 - an answer we cannot rename goes out failed
             return first if first is not None else resp
+        counting.add((SUCCESS, counting.server_of(block)))
+        return renamed
 
     return Rewritten(_ask(data, q, name), after)
+
+
+def series(config: Config) -> list[counting.Series]:
+    """coredns_autopath_success_total{server} of each block that can autopath."""
+    return [(SUCCESS, counting.server_of(b)) for b in config.servers
+            if "autopath" in b.plugins
+            and getattr(b.plugins.get("kubernetes"), "pods", "") == "verified"]
 
 
 def prelookup(config: Config) -> object | None:
@@ -176,4 +190,4 @@ def prelookup(config: Config) -> object | None:
 
 PLUGIN = Plugin("autopath", "full", config=AutopathConfig, parse=parse_autopath,
                 stages=("fast_path", "slow_path"), before=before, prelookup=prelookup,
-                metrics=("coredns_autopath_success_total",))
+                metrics=(SUCCESS,), series=series)

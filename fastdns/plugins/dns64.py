@@ -28,6 +28,7 @@ from fastdns.codec import wire
 from fastdns.corefile.dispenser import Dispenser
 from fastdns.corefile.model import Config, PluginConfig, ServerBlock
 from fastdns.names import zone_key
+from fastdns.plugins import counting
 from fastdns.plugins.autopath_wire import uncompressed_rdata
 from fastdns.plugins.spec import Lookup, Pending, Plugin, Rewritten
 
@@ -35,6 +36,7 @@ A, AAAA, SOA, IN = 1, 28, 6, 1
 NXDOMAIN = 3
 DEFAULT_PREFIX = "64:ff9b::/96"
 _RR = struct.Struct(">HHIH")
+TRANSLATED = "coredns_dns64_requests_translated_total"  # plugin/dns64/metrics.go
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ def _a_query(data: bytes, q: wire.Query) -> bytes:
     return data[:end - 4] + struct.pack(">H", A) + data[end - 2:]
 
 
-def _after(conf: Dns64Config, tcp: bool, original: bytes, resp: bytes) -> bytes | Pending:
+def _after(conf: Dns64Config, tcp: bool, server: str, original: bytes,
+           resp: bytes) -> bytes | Pending:
     if not needs_synthesis(resp, conf):
         return resp
     try:
@@ -184,7 +187,9 @@ def _after(conf: Dns64Config, tcp: bool, original: bytes, resp: bytes) -> bytes 
         got = await lookup(_a_query(original, q))
         if not got:
             return wire.error_response(original, q, 2)  # no answer at all: SERVFAIL
-        return fit(synthesize(original, q, resp, got, conf.prefix), original, q, tcp)
+        out = fit(synthesize(original, q, resp, got, conf.prefix), original, q, tcp)
+        counting.add((TRANSLATED, server))  # dns64.go RequestsTranslatedCount
+        return out
 
     return Pending(work, resp)
 
@@ -196,7 +201,13 @@ def before(data: bytes, q: wire.Query, addr: tuple[str, int], tcp: bool,
         return None
     if not conf.allow_ipv4 and not from_ipv6(addr):
         return None
-    return Rewritten(data, lambda original, resp: _after(conf, tcp, original, resp))
+    server = counting.server_of(block)
+    return Rewritten(data, lambda original, resp: _after(conf, tcp, server, original, resp))
+
+
+def series(config: Config) -> list[counting.Series]:
+    """coredns_dns64_requests_translated_total{server} of each block with dns64."""
+    return [(TRANSLATED, counting.server_of(b)) for b in config.servers if "dns64" in b.plugins]
 
 
 def zone_rows(config: Config) -> list[tuple[int, bytes, int]]:
@@ -222,4 +233,4 @@ def prelookup(config: Config) -> Any:
 
 PLUGIN = Plugin("dns64", "full", config=Dns64Config, parse=parse_dns64,
                 stages=("fast_path", "slow_path"), before=before, prelookup=prelookup,
-                metrics=("coredns_dns64_requests_translated_total",))
+                metrics=(TRANSLATED,), series=series)

@@ -27,7 +27,7 @@ from fastdns.codec import NO_EXTENSIONS
 from fastdns.ipc import readout, shm
 from fastdns.testing import netns
 from tests.e2e.test_kubeadm_corefile import ThreadUpstream
-from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask
+from tests.helpers import DEMO, KUBERNETES, Server, a_records, ask, free_port, scrape_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,8 @@ POD_RESOLV = (f"nameserver {SERVER_IP}\nsearch default.svc.cluster.local svc.clu
               "cluster.local\noptions ndots:5\n")
 
 
-def corefile(autopath: bool) -> str:
-    return (f".:53 {{\n    bind {SERVER_IP}\n    log\n"
+def corefile(autopath: bool, mport: int) -> str:
+    return (f".:53 {{\n    bind {SERVER_IP}\n    log\n    prometheus 127.0.0.1:{mport}\n"
             + ("    autopath @kubernetes\n" if autopath else "")
             + "    kubernetes cluster.local in-addr.arpa ip6.arpa {\n        pods verified\n"
             "        fallthrough in-addr.arpa ip6.arpa\n    }\n"
@@ -88,8 +88,16 @@ def slow_count(srv: Server) -> int:
         return readout.read_counters(ctl.counters(0))["slow"]["total"]
 
 
-def run(tmp: Path, pod, autopath: bool) -> tuple[list[str], str, str]:
-    (tmp / "Corefile").write_text(corefile(autopath))
+def successes(mport: int) -> float:
+    """coredns_autopath_success_total{server="dns://SERVER_IP:53"} (0: no series yet)."""
+    want = ("coredns_autopath_success_total",
+            frozenset({("server", f"dns://{SERVER_IP}:53")}))
+    return scrape_metrics(mport).get(want, 0.0)
+
+
+def run(tmp: Path, pod, autopath: bool) -> tuple[list[str], str, str, list[float]]:
+    mport = free_port(v6=False)
+    (tmp / "Corefile").write_text(corefile(autopath, mport))
     srv = Server(tmp, ["--corefile", str(tmp / "Corefile"), "--state", str(state(tmp)),
                        "--workers", "1"], 53)
     try:
@@ -99,14 +107,17 @@ def run(tmp: Path, pod, autopath: bool) -> tuple[list[str], str, str]:
             assert a_records(ask(KUBERNETES, port=53, where=SERVER_IP)) == {"10.96.0.1"}
         if not NO_EXTENSIONS:
             assert slow_count(srv) == slow0
-        time.sleep(0.2)
+        time.sleep(0.7)  # and their counts exported (the worker's 0.5 s timer)
+        counted = [successes(mport)]
         mark = len(srv.log())
         got = pod.run(["getent", "ahostsv4", NAME], timeout=15)
         time.sleep(0.3)  # the log line of the last answer
         asked = queries_for(srv.log()[mark:])
         dig = pod.run(["dig", f"@{SERVER_IP}", "+noall", "+answer", "+tries=1", "+time=3",
                        f"{NAME}.default.svc.cluster.local", "A"], timeout=15)
-        return asked, got.stdout, dig.stdout
+        time.sleep(0.7)
+        counted.append(successes(mport))
+        return asked, got.stdout, dig.stdout, counted
     finally:
         if srv.proc.poll() is None:
             srv.proc.send_signal(signal.SIGTERM)
@@ -116,15 +127,19 @@ def run(tmp: Path, pod, autopath: bool) -> tuple[list[str], str, str]:
 def test_glibc_sends_one_query_with_autopath_and_four_without(pod, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    asked, resolved, dig = run(tmp_path / "a", pod, autopath=True)
+    asked, resolved, dig, counted = run(tmp_path / "a", pod, autopath=True)
     assert "192.0.2.1" in resolved, resolved
     assert asked == [f"{NAME}.default.svc.cluster.local."], asked
+    # coredns_autopath_success_total: glibc's one query and dig's, each answered
+    # from a search-path try (the cluster names asked first were not autopath's)
+    assert counted[1] - counted[0] == len(asked) + 1, counted
     # CoreDNS's shape: the asked name CNAMEs to the found one, then its records
     lines = [x.split() for x in dig.splitlines() if x.strip()]
     assert [(x[0], x[3], x[4]) for x in lines] == [
         (f"{NAME}.default.svc.cluster.local.", "CNAME", f"{NAME}."),
         (f"{NAME}.", "A", "192.0.2.1")], dig
-    asked, resolved, _dig = run(tmp_path / "b", pod, autopath=False)
+    asked, resolved, _dig, counted = run(tmp_path / "b", pod, autopath=False)
+    assert counted == [0.0, 0.0]  # no autopath, no series
     assert "192.0.2.1" in resolved, resolved
     assert asked == [f"{NAME}.default.svc.cluster.local.", f"{NAME}.svc.cluster.local.",
                      f"{NAME}.cluster.local.", f"{NAME}."], asked

@@ -9,6 +9,7 @@ dnspython; the expected answers are CoreDNS's (dns64.go Synthesize).
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import dns.flags
 import dns.message
@@ -22,7 +23,7 @@ from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.errors import CorefileError
 from fastdns.ipc import readout, shm
 from fastdns.plugins.dns64 import Dns64Config, to6
-from tests.helpers import DEMO, HAS_IPV6, KUBERNETES, Server, free_port
+from tests.helpers import DEMO, HAS_IPV6, KUBERNETES, Server, free_port, scrape_metrics, wait_for
 from tests.upstreams import UpstreamThread
 
 RECORDS = {
@@ -88,9 +89,11 @@ def server(request, tmp_path_factory):
     up = th.start(RECORDS, soa_ttl=120, soa_minimum=60)
     tmp = tmp_path_factory.mktemp(f"dns64-{request.param}")
     port = free_port()
+    mport = free_port(v6=False)
     bind = "    bind 127.0.0.1 ::1\n"
     (tmp / "Corefile").write_text(
-        f"cluster.local:{port} {{\n{bind}    dns64\n    kubernetes cluster.local\n}}\n"
+        f"cluster.local:{port} {{\n{bind}    dns64\n    kubernetes cluster.local\n"
+        f"    prometheus 127.0.0.1:{mport}\n}}\n"
         f"example.test:{port} {{\n{bind}    dns64 2001:db8:64::/96\n    forward . {up.addr}\n}}\n"
         f"all.test:{port} {{\n{bind}    dns64 {{\n        translate_all\n        allow_ipv4\n"
         f"    }}\n    rewrite name suffix .all.test. .example.test. answer auto\n"
@@ -102,6 +105,7 @@ def server(request, tmp_path_factory):
                        "--workers", "1"], port)
     mp.undo()
     srv.path = request.param
+    srv.mport = mport
     try:
         srv.wait_answering()
         yield srv, up
@@ -189,3 +193,25 @@ def test_only_aaaa_from_translated_clients_leave_the_fast_path(server):
     assert slow_count(srv) == before
     ask(srv, KUBERNETES)
     assert slow_count(srv) == before + 1
+
+
+def translated(srv) -> float:
+    key = ("coredns_dns64_requests_translated_total",
+           frozenset({("server", f"dns://127.0.0.1:{srv.port}")}))
+    return scrape_metrics(srv.mport).get(key, 0.0)
+
+
+def test_translations_are_counted(server):
+    """coredns_dns64_requests_translated_total{server}: one per synthesized
+    answer, none for an IPv4 client, a real AAAA or an NXDOMAIN."""
+    srv, _up = server
+    time.sleep(0.7)  # earlier tests' counts reach the block (the 0.5 s export)
+    before = translated(srv)
+    ask(srv, "v4only.example.test.")
+    ask(srv, "v4only.example.test.", tcp=True)
+    ask(srv, "v4only.example.test.", v6=False)
+    ask(srv, "dual.example.test.")
+    ask(srv, "nope.example.test.")
+    assert wait_for(lambda: translated(srv) - before >= 2, timeout=5)
+    time.sleep(0.6)
+    assert translated(srv) - before == 2
