@@ -204,6 +204,9 @@ def test_a_live_instance_keeps_its_segments(tmp_path, shm_dir, servers):
     port_a, port_b = free_port(), free_port()
     a = _start(tmp_path, shm_dir, port_a, servers, name="a")
     inst_a = a.instance
+    # its restart copy of the state is written 1 s after the load (process.py
+    # save_delay): the segments are all there once it is
+    wait_for(lambda: f"fastdns-{inst_a}-state" in _names(shm_dir), timeout=5)
     before = {n: os.stat(os.path.join(shm_dir, n)).st_ino for n in _names(shm_dir)}
     assert f"fastdns-{inst_a}-lock" in before
     b = _start(tmp_path, shm_dir, port_b, servers, name="b")

@@ -6,6 +6,8 @@ plugin or SERVFAIL without it, class/type filters, and the parser's refusals."""
 
 from __future__ import annotations
 
+import time
+
 import dns.flags
 import dns.message
 import dns.query
@@ -17,12 +19,13 @@ from fastdns.codec import NO_EXTENSIONS
 from fastdns.corefile.config import parse_corefile
 from fastdns.corefile.errors import CorefileError
 from fastdns.ipc import readout, shm
-from tests.helpers import DEMO, Server, free_port
+from tests.helpers import DEMO, Server, free_port, scrape_metrics, wait_for
 
 IP = ".".join(f"{{{{ .Group.{g} }}}}" for g in "abcd")  # {{ .Group.a }}.{{ .Group.b }}...
 COREFILE = """\
 example.:{port} {{
     bind 127.0.0.1
+    prometheus 127.0.0.1:{mport}
     template IN A example. {{
         match "^static[.]example[.]$"
         answer "static.example. 30 IN A 192.0.2.7"
@@ -48,7 +51,8 @@ def server(request, tmp_path_factory):
         pytest.skip("the Cython UDP path is not built")
     tmp = tmp_path_factory.mktemp(f"template-{request.param}")
     port = free_port()
-    (tmp / "Corefile").write_text(COREFILE.format(port=port, IP=IP) +
+    mport = free_port(v6=False)
+    (tmp / "Corefile").write_text(COREFILE.format(port=port, mport=mport, IP=IP) +
                                   f"cluster.local:{port} {{\n    bind 127.0.0.1\n"
                                   "    kubernetes cluster.local\n}\n")
     mp = pytest.MonkeyPatch()
@@ -57,6 +61,7 @@ def server(request, tmp_path_factory):
                        "--workers", "1"], port)
     mp.undo()
     srv.path = request.param
+    srv.mport = mport
     try:
         srv.wait_answering()
         yield srv
@@ -99,6 +104,39 @@ def test_static_and_rcode_templates_stay_in_c(server):
         assert ask(server, "x.example.", "AAAA").rcode() == dns.rcode.NXDOMAIN
     with shm.ControlSegment.attach(server.instance) as ctl:
         assert readout.read_counters(ctl.counters(0))["slow"]["total"] == before
+
+
+def matches(srv) -> dict[tuple[str, str, str], float]:
+    """coredns_template_matches_total by (zone, class, type)."""
+    out = {}
+    for (name, labels), v in scrape_metrics(srv.mport).items():
+        lab = dict(labels)
+        if name == "coredns_template_matches_total":
+            assert lab["server"] == f"dns://127.0.0.1:{srv.port}" and lab["view"] == ""
+            out[(lab["zone"], lab["class"], lab["type"])] = v
+    return out
+
+
+def test_matches_are_counted(server):
+    """template.go counts a match before its rcode: the static answer and the
+    rcode-only one (both in C), the regex groups and the TXT (Python); not the
+    SERVFAIL of a query no regex matched."""
+    time.sleep(0.7)  # earlier tests' counts reach the block (the 0.5 s export)
+    before = matches(server)
+    for name, rdtype in [("static.example.", "A"), ("ip-10-1-2-3.example.", "A"),
+                         ("x.example.", "TXT"), ("x.example.", "AAAA"),
+                         ("other.example.", "A")]:
+        ask(server, name, rdtype)
+    want = {("example.", "IN", "A"): 2, ("example.", "IN", "TXT"): 1,
+            ("example.", "IN", "AAAA"): 1}
+
+    def delta():
+        now = matches(server)
+        return {k: now.get(k, 0) - before.get(k, 0) for k in set(now) | set(want)}
+
+    wait_for(lambda: all(delta().get(k, 0) >= n for k, n in want.items()), timeout=5)
+    time.sleep(0.6)
+    assert {k: v for k, v in delta().items() if v} == want
 
 
 @pytest.mark.parametrize("body, message", [

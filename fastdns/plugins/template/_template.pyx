@@ -22,7 +22,7 @@ The context is immutable once built and freed with the capsule's owner.
 from cpython.pycapsule cimport PyCapsule_GetContext, PyCapsule_New, PyCapsule_SetContext
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cdef extern from *:
     """
@@ -45,6 +45,7 @@ cdef extern from *:
     } fastdns_prelookup;
 
     enum { T_LOOKUP = 0, T_ANSWER = 1, T_SLOW = 2 };
+    #define TP_COUNT_SLOTS 256
     enum { R_ALL = 0, R_LABELS = 1, R_EXACT = 2, R_SUFFIX = 3 };
 
     typedef struct { int off, len; } tp_name;           /* into pool */
@@ -64,7 +65,20 @@ cdef extern from *:
         const tp_block *blocks;
         const tp_portzone *pz;
         int npz, fallback_port;
+        /* matches answered here, for coredns_template_matches_total: an open
+           table keyed (template << 40 | zone << 32 | class << 16 | type) + 1 */
+        unsigned long long keys[TP_COUNT_SLOTS], counts[TP_COUNT_SLOTS];
     } tp_ctx;
+
+    static void tp_count(tp_ctx *c, unsigned long long key) {
+        key += 1;
+        unsigned int h = (unsigned int)((key * 0x9E3779B97F4A7C15ULL) >> 40) % TP_COUNT_SLOTS;
+        for (int i = 0; i < TP_COUNT_SLOTS; i++) {
+            unsigned int k = (h + i) % TP_COUNT_SLOTS;
+            if (c->keys[k] == key) { c->counts[k]++; return; }
+            if (c->keys[k] == 0) { c->keys[k] = key; c->counts[k] = 1; return; }
+        }  /* full: this (template, zone, class, type) goes uncounted */
+    }
 
     /* the query as the hook reads it: lowercased wire name, its label starts,
        its presentation text */
@@ -155,6 +169,14 @@ cdef extern from *:
         return 0;
     }
 
+    /* the longest zone of first..first+count that holds the name (Zones.Matches) */
+    static int tp_zone(const tp_ctx *c, const tp_query *q, int first, int count) {
+        int best = -1, len = -1;
+        for (int i = first; i < first + count; i++)
+            if (c->names[i].len > len && tp_in(c, q, i)) { best = i - first; len = c->names[i].len; }
+        return best;
+    }
+
     static int tp_rule_hit(const tp_ctx *c, const tp_query *q, const tp_rule *r) {
         if (r->kind == R_ALL) return 1;
         if (r->len > q->textlen) return 0;
@@ -224,6 +246,13 @@ cdef extern from *:
                 o[5] = 0; o[6] = 0; o[7] = q.dobit ? 0x80 : 0; o[8] = 0; o[9] = 0; o[10] = 0;
             }
             *ans = size;
+            {
+                unsigned long long qc = q.qclass != 255 ? q.qclass : t->qclass;
+                unsigned long long qt = q.qtype != 255 ? q.qtype : t->qtype;
+                int zi = tp_zone(c, &q, t->zone0, t->nzone);
+                tp_count((tp_ctx *)c, ((unsigned long long)ti << 40)
+                         | ((unsigned long long)(zi & 0xFF) << 32) | (qc << 16) | qt);
+            }
             return T_ANSWER;
         }
         return T_LOOKUP;
@@ -252,6 +281,8 @@ cdef extern from *:
         const tp_block* blocks
         const tp_portzone* pz
         int npz, fallback_port
+        unsigned long long keys[256]
+        unsigned long long counts[256]
     void* tp_hook_ptr "((void *)tp_hook)"
 
 
@@ -275,6 +306,23 @@ cdef class Hook:
 
     def __cinit__(self):
         self._parts = []
+        memset(self.ctx.keys, 0, sizeof(self.ctx.keys))
+        memset(self.ctx.counts, 0, sizeof(self.ctx.counts))
+
+    def counts(self):
+        """[(template, zone, class, type, matches)] answered here: the template's
+        index in fast.tables' order, the index of the zone in its zones."""
+        out = []
+        cdef int i
+        cdef unsigned long long k
+        for i in range(256):
+            k = self.ctx.keys[i]
+            if k:
+                k -= 1
+                out.append((<long long>(k >> 40), <int>((k >> 32) & 0xFF),
+                            <int>((k >> 16) & 0xFFFF), <int>(k & 0xFFFF),
+                            self.ctx.counts[i]))
+        return out
 
     def __init__(self, bytes pool, bytes names, bytes rules, bytes tmpls, bytes blocks,
                  bytes portzones, int npz, int fallback_port):
@@ -314,3 +362,11 @@ cdef void _release(object cap) noexcept:
 
 SIZES = {"name": sizeof(tp_name), "rule": sizeof(tp_rule), "tmpl": sizeof(tp_tmpl),
          "block": sizeof(tp_block), "portzone": sizeof(tp_portzone)}
+
+
+def counts(cap):
+    """Hook.counts of the Hook a capsule from ``Hook.capsule`` holds."""
+    cdef void* owner = PyCapsule_GetContext(cap)
+    if owner == NULL:
+        return []
+    return (<Hook>owner).counts()

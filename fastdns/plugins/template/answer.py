@@ -52,6 +52,8 @@ class Outcome:
     """What the template plugin does with a query: ``answer`` (wire) or go on (None)."""
     answer: bytes | None
     template: Template | None = None
+    #: the zone of the template whose regex matched (coredns_template_matches_total's)
+    matched: str | None = None
 
 
 class _Fail(Exception):
@@ -124,16 +126,16 @@ def serve(conf: TemplateConfig, data: bytes, q: Any, remote: str) -> Outcome:
                 continue
             return Outcome(wire.error_response(data, q, SERVFAIL), t)
         if t.rcode == SERVFAIL:
-            return Outcome(wire.error_response(data, q, SERVFAIL), t)
+            return Outcome(wire.error_response(data, q, SERVFAIL), t, zone)
         fields = _fields(t, zone, name, pattern, hit, q, remote)
         try:
             rrs = list(_records(t, gotmpl.Data(fields)))
         except _Fail:
-            return Outcome(wire.error_response(data, q, SERVFAIL), t)
+            return Outcome(wire.error_response(data, q, SERVFAIL), t, zone)
         head = _HEAD.pack(QR | AA | t.rcode, len(t.answer), len(t.authority),
                           len(t.additional), 0)
         resp = wire.respond(data, q, head + b"".join(rrs))
         if t.ederror is not None:
             resp = _ede_opt(data, q, resp, *t.ederror)
-        return Outcome(resp, t)
+        return Outcome(resp, t, zone)
     return Outcome(None)
