@@ -14,52 +14,26 @@ from libc.string cimport memcpy, memset
 
 include "../server/_prelookup.pxi"
 include "_names.pxi"
+include "_portzones.pxi"
 
 cdef enum:
-    MAX_ZONES = 32
     PRE_LOOKUP = 0
     PRE_ANSWER = 1
 
-cdef struct Zone:
-    int port
-    int on
-    int zlen
-    unsigned char zone[256]
-
 cdef struct Hook:
     fastdns_prelookup hook
-    int n
     int rlen
     unsigned char record[64]
-    Zone zones[MAX_ZONES]
+    PortZones zones
 
 
 cdef int any_fn(void* ctx, unsigned char* pkt, Py_ssize_t* length, unsigned char* out,
                 Py_ssize_t out_cap, Py_ssize_t* ans, const fastdns_peer* peer) noexcept nogil:
     cdef const Hook* h = <const Hook*>ctx
-    cdef int n = <int>length[0], pos, qend, i, best = -1, on = 0, o
-    cdef int starts[128]
-    cdef int ns
-    if n < 17 or (pkt[4] << 8 | pkt[5]) != 1 or pkt[2] & 0x80 or (pkt[2] >> 3) & 0xF:
+    cdef int qend = question_type_at(pkt, <int>length[0]), o
+    if qend < 0 or pkt[qend] != 0 or pkt[qend + 1] != 255:
         return PRE_LOOKUP
-    pos = 12
-    while pos < n and pkt[pos] != 0:
-        if pkt[pos] & 0xC0:
-            return PRE_LOOKUP
-        pos += pkt[pos] + 1
-    if pos + 5 > n:
-        return PRE_LOOKUP
-    qend = pos + 1
-    if pkt[qend] != 0 or pkt[qend + 1] != 255:
-        return PRE_LOOKUP
-    ns = label_starts(pkt + 12, qend - 12, starts)
-    for i in range(h.n):
-        if h.zones[i].port != peer.local_port or h.zones[i].zlen <= best:
-            continue
-        if under(pkt + 12, qend - 12, starts, ns, h.zones[i].zone, h.zones[i].zlen):
-            best = h.zones[i].zlen
-            on = h.zones[i].on
-    if not on:
+    if not block_value(&h.zones, peer.local_port, pkt + 12, qend - 12):
         return PRE_LOOKUP
     o = qend + 4
     if o + h.rlen > out_cap:
@@ -84,24 +58,17 @@ cdef void _free(object capsule) noexcept:
 def hook(zones, bytes record):
     """A "fastdns.prelookup" capsule for (port, wire zone, on) rows (at most 32)
     answering with ``record`` after the question."""
-    rows = list(zones)
-    if len(rows) > MAX_ZONES or len(record) > 64:
-        raise ValueError(f"at most {MAX_ZONES} (port, zone) blocks")
+    if len(record) > 64:
+        raise ValueError("a record longer than 64 octets")
     cdef Hook* h = <Hook*>PyMem_Malloc(sizeof(Hook))
     if h == NULL:
         raise MemoryError()
     memset(h, 0, sizeof(Hook))
-    cdef bytes z
-    for i, (port, zone, on) in enumerate(rows):
-        z = bytes(zone)
-        if len(z) > 255:
-            PyMem_Free(h)
-            raise ValueError("zone longer than 255 octets")
-        h.zones[i].port = port
-        h.zones[i].on = on
-        h.zones[i].zlen = len(z)
-        memcpy(h.zones[i].zone, <const unsigned char*>z, len(z))
-    h.n = len(rows)
+    try:
+        fill_port_zones(&h.zones, zones)
+    except BaseException:
+        PyMem_Free(h)
+        raise
     h.rlen = len(record)
     memcpy(h.record, <const unsigned char*>record, len(record))
     h.hook.fn = any_fn

@@ -15,52 +15,12 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.string cimport memcpy, memset
 
 include "../server/_prelookup.pxi"
-
-cdef enum:
-    MAX_ZONES = 32
-    ZONE_MAX = 255
-
-cdef struct Zone:
-    int port
-    int size  # the block's bufsize, 0: the block has none
-    int zlen
-    unsigned char zone[ZONE_MAX + 1]
+include "_names.pxi"
+include "_portzones.pxi"
 
 cdef struct Hook:
     fastdns_prelookup hook
-    int n
-    Zone zones[MAX_ZONES]
-
-
-cdef inline unsigned char lower(unsigned char c) noexcept nogil:
-    return c + 32 if 65 <= c <= 90 else c
-
-
-cdef int block_size(const Hook* h, int port, const unsigned char* name, int nlen) noexcept nogil:
-    """The bufsize of the block whose zone is the longest suffix of ``name``."""
-    cdef int starts[128]
-    cdef int ns = 0, pos = 0, i, j, k, best = -1, size = 0, s
-    while pos < nlen and ns < 128:
-        starts[ns] = pos
-        ns += 1
-        if name[pos] == 0:
-            break
-        pos += name[pos] + 1
-    for i in range(h.n):
-        if h.zones[i].port != port or h.zones[i].zlen <= best:
-            continue
-        for j in range(ns):
-            s = starts[j]
-            if nlen - s != h.zones[i].zlen:
-                continue
-            k = 0
-            while k < h.zones[i].zlen and lower(name[s + k]) == h.zones[i].zone[k]:
-                k += 1
-            if k == h.zones[i].zlen:
-                best = h.zones[i].zlen
-                size = h.zones[i].size
-            break
-    return size
+    PortZones zones  # value: the block's bufsize, 0: the block has none
 
 
 cdef int skip_name(const unsigned char* p, int pos, int n) noexcept nogil:
@@ -96,7 +56,7 @@ cdef int cap_fn(void* ctx, unsigned char* pkt, Py_ssize_t* length, unsigned char
     if pos >= n:
         return 0
     qend = pos + 1
-    size = block_size(h, peer.local_port, pkt + 12, qend - 12)
+    size = block_value(&h.zones, peer.local_port, pkt + 12, qend - 12)
     if size == 0:
         return 0
     pos = qend + 4
@@ -123,24 +83,15 @@ def hook(zones):
     """A "fastdns.prelookup" capsule for ``zones``: (port, wire zone, size) rows,
     at most 32, the zone lowercase in wire form, size 0 for a block without
     bufsize."""
-    rows = list(zones)
-    if len(rows) > MAX_ZONES:
-        raise ValueError(f"at most {MAX_ZONES} (port, zone) blocks")
     cdef Hook* h = <Hook*>PyMem_Malloc(sizeof(Hook))
     if h == NULL:
         raise MemoryError()
     memset(h, 0, sizeof(Hook))
-    cdef bytes z
-    for i, (port, zone, size) in enumerate(rows):
-        z = bytes(zone)
-        if len(z) > ZONE_MAX:
-            PyMem_Free(h)
-            raise ValueError("zone longer than 255 octets")
-        h.zones[i].port = port
-        h.zones[i].size = size
-        h.zones[i].zlen = len(z)
-        memcpy(h.zones[i].zone, <const unsigned char*>z, len(z))
-    h.n = len(rows)
+    try:
+        fill_port_zones(&h.zones, zones)
+    except BaseException:
+        PyMem_Free(h)
+        raise
     h.hook.fn = cap_fn
     h.hook.ctx = h
     h.hook.post = NULL

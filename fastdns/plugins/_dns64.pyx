@@ -30,50 +30,26 @@ cdef extern from "<netinet/in.h>":
 
 include "../server/_prelookup.pxi"
 include "_names.pxi"
+include "_portzones.pxi"
 
 cdef enum:
-    MAX_ZONES = 32
     PRE_LOOKUP = 0
     PRE_SLOW = 2
 
-cdef struct Zone:
-    int port
-    int on
-    int zlen
-    unsigned char zone[256]
-
 cdef struct Hook:
     fastdns_prelookup hook
-    int n
-    Zone zones[MAX_ZONES]
+    PortZones zones
 
 
 cdef int dns64_fn(void* ctx, unsigned char* pkt, Py_ssize_t* length, unsigned char* out,
                   Py_ssize_t out_cap, Py_ssize_t* ans, const fastdns_peer* peer) noexcept nogil:
     cdef const Hook* h = <const Hook*>ctx
-    cdef int n = <int>length[0], pos, qend, i, best = -1, on = 0
-    cdef int starts[128]
-    cdef int ns
-    if n < 17 or (pkt[4] << 8 | pkt[5]) != 1 or pkt[2] & 0x80 or (pkt[2] >> 3) & 0xF:
-        return PRE_LOOKUP
-    pos = 12
-    while pos < n and pkt[pos] != 0:
-        if pkt[pos] & 0xC0:
-            return PRE_LOOKUP
-        pos += pkt[pos] + 1
-    if pos + 5 > n:
-        return PRE_LOOKUP
-    qend = pos + 1
+    cdef int qend = question_type_at(pkt, <int>length[0]), on
     # AAAA (28), class IN (1)
-    if pkt[qend] != 0 or pkt[qend + 1] != 28 or pkt[qend + 2] != 0 or pkt[qend + 3] != 1:
+    if qend < 0 or pkt[qend] != 0 or pkt[qend + 1] != 28 or pkt[qend + 2] != 0 \
+            or pkt[qend + 3] != 1:
         return PRE_LOOKUP
-    ns = label_starts(pkt + 12, qend - 12, starts)
-    for i in range(h.n):
-        if h.zones[i].port != peer.local_port or h.zones[i].zlen <= best:
-            continue
-        if under(pkt + 12, qend - 12, starts, ns, h.zones[i].zone, h.zones[i].zlen):
-            best = h.zones[i].zlen
-            on = h.zones[i].on
+    on = block_value(&h.zones, peer.local_port, pkt + 12, qend - 12)
     if on == 2 or (on == 1 and fastdns_dns64_v6(peer.addr)):
         return PRE_SLOW
     return PRE_LOOKUP
@@ -85,24 +61,15 @@ cdef void _free(object capsule) noexcept:
 
 def hook(zones):
     """A "fastdns.prelookup" capsule for (port, wire zone, on) rows (at most 32)."""
-    rows = list(zones)
-    if len(rows) > MAX_ZONES:
-        raise ValueError(f"at most {MAX_ZONES} (port, zone) blocks")
     cdef Hook* h = <Hook*>PyMem_Malloc(sizeof(Hook))
     if h == NULL:
         raise MemoryError()
     memset(h, 0, sizeof(Hook))
-    cdef bytes z
-    for i, (port, zone, on) in enumerate(rows):
-        z = bytes(zone)
-        if len(z) > 255:
-            PyMem_Free(h)
-            raise ValueError("zone longer than 255 octets")
-        h.zones[i].port = port
-        h.zones[i].on = on
-        h.zones[i].zlen = len(z)
-        memcpy(h.zones[i].zone, <const unsigned char*>z, len(z))
-    h.n = len(rows)
+    try:
+        fill_port_zones(&h.zones, zones)
+    except BaseException:
+        PyMem_Free(h)
+        raise
     h.hook.fn = dns64_fn
     h.hook.ctx = h
     h.hook.post = NULL
