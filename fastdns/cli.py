@@ -41,11 +41,24 @@ def _port(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from fastdns import coredns_cli
+    from fastdns.nodecache import flags as nodecache_flags
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    sync = None
     if argv[:1] == ["serve"]:
         try:
-            argv = ["serve", *coredns_cli.translate(argv[1:])]
+            rest = argv[1:]
+            node_cache, rest = nodecache_flags.split(rest)
+            if node_cache is not None:  # kubernetes/dns node-cache's command line
+                from fastdns.nodecache import sync as nodecache_sync
+                from fastdns.nodecache.render import RenderError
+
+                try:
+                    rest, sync = nodecache_sync.prepare(node_cache, rest)
+                except (RenderError, OSError, UnicodeDecodeError) as e:
+                    print(f"node-cache: {e}", file=sys.stderr)
+                    return 1
+            argv = ["serve", *coredns_cli.translate(rest)]
         except coredns_cli.FlagError as e:
             print(e, file=sys.stderr)
             return 2
@@ -59,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from fastdns.supervisor.serve import run
 
+        if sync is not None:
+            sync.start()
         return run(args)
     if args.command == "check-corefile":
         from fastdns.corefile.check import main as check_main
