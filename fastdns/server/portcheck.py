@@ -29,14 +29,51 @@ class BindError(Exception):
 
 def _try(proto: str, address: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-    with socket.socket(family, kind) as s:
+    if proto == "udp":
+        _try_udp(family, address, port)
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # sockets.bind_udp/bind_tcp
-        if proto == "tcp":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind(sockaddr(address, port))
+        s.bind(sockaddr(address, port))  # bound, never listening: it takes no connection
+
+
+def _try_udp(family: int, address: str, port: int) -> None:
+    """A UDP probe that never joins a live reuseport group.
+
+    A SO_REUSEPORT socket bound beside a serving one takes its share of the
+    queries until it closes, and those queries are lost. That is what a surge
+    rollout's new server would do to the old one while checking the port
+    (tests/e2e/test_handover.py lost a few queries in one try out of ten).
+    So the probe binds without SO_REUSEPORT. Where that succeeds, the port is
+    free. Where it is in use, the holder may be a server this one is meant to
+    share it with. The answer is then left to the TCP probe and the workers'
+    own bind, which words a failure the same way (listeners._bind_failed).
+    That holds only when every holder /proc shows is a fastdns process. Any
+    other holder is reported here, as before.
+    """
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            s.bind(sockaddr(address, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            who = holders("udp", port)
+            if not who or not all(_is_fastdns(pid) for pid, _comm in who):
+                raise
+
+
+def _is_fastdns(pid: int) -> bool:
+    """Whether process ``pid`` is a ``fastdns serve`` (its command line says so)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"fastdns\x00serve\x00" in f.read()  # python3 -m fastdns serve, its workers
+    except OSError:
+        return False
 
 
 def socket_inodes(proto: str, port: int) -> set[str]:

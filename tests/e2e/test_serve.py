@@ -403,6 +403,34 @@ def test_broken_state_at_startup_exits_1(tmp_path):
     assert shm.list_segments(_segment_instance_of(r.stderr)) == []
 
 
+def test_the_port_check_never_joins_a_serving_reuseport_group(tmp_path):
+    """A second server's pre-check of a port a fastdns serves (a surge) passes,
+    and its UDP probe never takes a place in the port's reuseport group, where
+    it would take queries and lose them when it closes (server/portcheck.py)."""
+    from fastdns.server import portcheck
+
+    port = free_port(v6=False)
+    cf = tmp_path / "Corefile"
+    cf.write_text(corefile_for(port, v6=False))
+    srv = Server(tmp_path, ["--corefile", str(cf), "--demo", "--workers", "1"], port)
+    try:
+        srv.wait_answering()
+        before = portcheck.socket_inodes("udp", port)
+        seen: set[str] = set()
+        real = socket.socket.bind
+
+        def bind(sock, addr):  # each probe bind, and what the port holds right after
+            real(sock, addr)
+            seen.update(portcheck.socket_inodes("udp", port))
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(socket.socket, "bind", bind)
+            portcheck.check_listen((("127.0.0.1", port),))  # no BindError: shareable
+        assert seen <= before, (seen, before)  # no new UDP socket on the port, ever
+    finally:
+        srv.stop_and_sweep()
+
+
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_port_in_use_is_a_startup_error(tmp_path, proto):
     """CoreDNS exits when it cannot listen; so does `serve` (no restart loop), in one
